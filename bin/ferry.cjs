@@ -1,0 +1,18 @@
+#!/usr/bin/env node
+// Entry point of the `ferry` CLI and of the `ferryd` daemon (`ferry serve`).
+// CommonJS on purpose: it runs before any asynchronous file I/O, so the libuv
+// thread pool size set here is the one the disk data path gets (file reads and
+// writes run on that pool; the default of 4 threads caps queue depth).
+'use strict';
+if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16';
+const path = require('node:path');
+const { pathToFileURL } = require('node:url');
+import('tsx/esm/api')
+  .then((api) => {
+    api.register();
+    return import(pathToFileURL(path.join(__dirname, '..', 'src', 'cli', 'main.ts')).href);
+  })
+  .catch((err) => {
+    console.error(err);
+    process.exit(70);
+  });

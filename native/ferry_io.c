@@ -1,0 +1,166 @@
+/*
+ * ferry_io: the few Linux file primitives Node.js does not expose and the data
+ * path needs. fallocate() modes (preallocate a staging area, punch holes for
+ * TRIM, zero ranges for WRITE_ZEROES), the block-device ioctls that stand in for
+ * them (BLKDISCARD, BLKZEROOUT), SEEK_DATA/SEEK_HOLE for allocation maps, the size
+ * of a block device, and a read-ahead hint. Anything that can block on the device
+ * runs on the libuv thread pool; the lseek calls are metadata lookups and run inline.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define CHECK(call)                                                       \
+  do {                                                                    \
+    if ((call) != napi_ok) {                                              \
+      napi_throw_error(env, NULL, "ferry_io: N-API call failed: " #call); \
+      return NULL;                                                        \
+    }                                                                     \
+  } while (0)
+
+enum op { OP_ALLOCATE = 0, OP_PUNCH = 1, OP_ZERO = 2, OP_DISCARD = 3, OP_ZEROOUT = 4 };
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  int fd;
+  int op;
+  int64_t offset;
+  int64_t length;
+  int err;
+} space_req;
+
+static void space_execute(napi_env env, void *data) {
+  (void)env;
+  space_req *r = data;
+  int rc = 0;
+  uint64_t range[2] = {(uint64_t)r->offset, (uint64_t)r->length};
+  switch (r->op) {
+    case OP_ALLOCATE: rc = fallocate(r->fd, 0, r->offset, r->length); break;
+    case OP_PUNCH: rc = fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, r->offset, r->length); break;
+    case OP_ZERO: rc = fallocate(r->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, r->offset, r->length); break;
+    case OP_DISCARD: rc = ioctl(r->fd, BLKDISCARD, range); break;
+    case OP_ZEROOUT: rc = ioctl(r->fd, BLKZEROOUT, range); break;
+    default: rc = -1; errno = EINVAL;
+  }
+  r->err = rc == 0 ? 0 : errno;
+}
+
+static napi_value errno_error(napi_env env, int err, const char *syscall) {
+  napi_value msg, code, error, num, sys;
+  char text[160];
+  snprintf(text, sizeof text, "%s: %s", syscall, strerror(err));
+  const char *name = err == EOPNOTSUPP ? "EOPNOTSUPP" : err == ENOSPC ? "ENOSPC" : err == EINVAL ? "EINVAL"
+                   : err == EBADF ? "EBADF" : err == ENOTTY ? "ENOTTY" : err == ENXIO ? "ENXIO"
+                   : err == EIO ? "EIO" : err == EROFS ? "EROFS" : err == ENOSYS ? "ENOSYS" : "EIO";
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_error(env, code, msg, &error);
+  napi_create_int32(env, -err, &num);
+  napi_set_named_property(env, error, "errno", num);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sys);
+  napi_set_named_property(env, error, "syscall", sys);
+  return error;
+}
+
+static void space_complete(napi_env env, napi_status status, void *data) {
+  space_req *r = data;
+  napi_value cb, global, arg, result;
+  napi_get_reference_value(env, r->callback, &cb);
+  napi_get_global(env, &global);
+  if (status != napi_ok) {
+    arg = errno_error(env, ECANCELED, "fallocate");
+  } else if (r->err != 0) {
+    arg = errno_error(env, r->err, r->op >= OP_DISCARD ? "ioctl" : "fallocate");
+  } else {
+    napi_get_null(env, &arg);
+  }
+  napi_call_function(env, global, cb, 1, &arg, &result);
+  napi_delete_reference(env, r->callback);
+  napi_delete_async_work(env, r->work);
+  free(r);
+}
+
+/* space(fd, op, offset, length, callback(err)) */
+static napi_value space(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], name;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 5) {
+    napi_throw_type_error(env, NULL, "space(fd, op, offset, length, callback)");
+    return NULL;
+  }
+  space_req *r = calloc(1, sizeof *r);
+  if (r == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  CHECK(napi_get_value_int32(env, argv[0], &r->fd));
+  CHECK(napi_get_value_int32(env, argv[1], &r->op));
+  CHECK(napi_get_value_int64(env, argv[2], &r->offset));
+  CHECK(napi_get_value_int64(env, argv[3], &r->length));
+  CHECK(napi_create_reference(env, argv[4], 1, &r->callback));
+  CHECK(napi_create_string_utf8(env, "ferry_io.space", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, space_execute, space_complete, r, &r->work));
+  CHECK(napi_queue_async_work(env, r->work));
+  return NULL;
+}
+
+/* seek(fd, offset, whence) -> offset, or -1 when there is no further data/hole (ENXIO). */
+static napi_value seek(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], out;
+  int fd, which;
+  int64_t offset;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_int64(env, argv[1], &offset));
+  CHECK(napi_get_value_int32(env, argv[2], &which));
+  int whence = which == 0 ? SEEK_DATA : which == 1 ? SEEK_HOLE : SEEK_END;
+  off_t r = lseek(fd, (off_t)offset, whence);
+  if (r < 0) {
+    if (errno == ENXIO) {
+      CHECK(napi_create_int64(env, -1, &out));
+      return out;
+    }
+    napi_throw(env, errno_error(env, errno, "lseek"));
+    return NULL;
+  }
+  CHECK(napi_create_int64(env, (int64_t)r, &out));
+  return out;
+}
+
+/* willNeed(fd, offset, length): start read-ahead (NBD_CMD_CACHE). */
+static napi_value will_need(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int fd;
+  int64_t offset, length;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_int64(env, argv[1], &offset));
+  CHECK(napi_get_value_int64(env, argv[2], &length));
+  int rc = posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
+  if (rc != 0) napi_throw(env, errno_error(env, rc, "posix_fadvise"));
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"space", NULL, space, NULL, NULL, NULL, napi_default, NULL},
+    {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
+    {"willNeed", NULL, will_need, NULL, NULL, NULL, napi_default, NULL},
+  };
+  CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

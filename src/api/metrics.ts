@@ -1,0 +1,57 @@
+// Prometheus metrics, read from the daemon's state at scrape time (no background work).
+import client from 'prom-client';
+import type { Daemon } from '../control/daemon.js';
+
+export class Metrics {
+  private readonly registry = new client.Registry();
+
+  constructor(daemon: Daemon) {
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'ferry_process_' });
+    type Stats = NonNullable<ReturnType<Daemon['disks']['list']>[number]['stats']>;
+    const perDiskCounter = (name: string, help: string, pick: (s: Stats) => number): void => {
+      new client.Counter({
+        name,
+        help,
+        labelNames: ['disk'],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const d of daemon.disks.list()) if (d.stats) this.inc({ disk: d.name }, pick(d.stats));
+        },
+      });
+    };
+    perDiskCounter('ferry_disk_read_bytes_total', 'Bytes read by NBD clients', (s) => s.readBytes);
+    perDiskCounter('ferry_disk_write_bytes_total', 'Bytes written by NBD clients', (s) => s.writeBytes);
+    perDiskCounter('ferry_disk_read_ops_total', 'NBD read requests served', (s) => s.readOps);
+    perDiskCounter('ferry_disk_write_ops_total', 'NBD write requests served', (s) => s.writeOps);
+    perDiskCounter('ferry_disk_flush_ops_total', 'NBD flush requests served', (s) => s.flushOps);
+    new client.Gauge({
+      name: 'ferry_disk_clients',
+      help: 'NBD clients attached to a disk',
+      labelNames: ['disk'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const d of daemon.disks.list()) this.set({ disk: d.name }, d.clients);
+      },
+    });
+    new client.Gauge({
+      name: 'ferry_disk_online',
+      help: '1 when the disk is served, 0 when it is unavailable',
+      labelNames: ['disk'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const d of daemon.disks.list()) this.set({ disk: d.name }, d.state === 'online' ? 1 : 0);
+      },
+    });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

@@ -1,0 +1,181 @@
+// The API's route table: one entry per operation with its schemas and handler. The
+// server registers these and the OpenAPI document is generated from them, so the
+// description can never drift from what is served.
+import { Type, type TSchema } from '@sinclair/typebox';
+import { parseSize } from '../disk/size.js';
+import type { Daemon } from '../control/daemon.js';
+
+export interface RouteInput {
+  params: Record<string, string>;
+  query: Record<string, unknown>;
+  body: Record<string, unknown>;
+}
+
+export interface RouteDef {
+  method: 'GET' | 'POST' | 'DELETE';
+  url: string;
+  operationId: string;
+  summary: string;
+  tag: string;
+  params?: TSchema;
+  querystring?: TSchema;
+  body?: TSchema;
+  response: TSchema;
+  status?: number;
+  handler: (daemon: Daemon, input: RouteInput) => unknown;
+}
+
+const Name = Type.String({ minLength: 1, maxLength: 63, description: "letters, digits, '.', '_', '-'" });
+const Size = Type.Union([Type.Integer({ minimum: 1 }), Type.String({ minLength: 1, maxLength: 32 })], { description: 'bytes, or a string with a K/M/G/T suffix (binary units)' });
+
+const Stats = Type.Object({
+  readOps: Type.Integer(),
+  readBytes: Type.Integer(),
+  writeOps: Type.Integer(),
+  writeBytes: Type.Integer(),
+  flushOps: Type.Integer(),
+  trimOps: Type.Integer(),
+  zeroOps: Type.Integer(),
+  errors: Type.Integer(),
+});
+
+export const DiskSchema = Type.Object({
+  name: Type.String(),
+  kind: Type.Union([Type.Literal('virtual'), Type.Literal('adopted')]),
+  pool: Type.Union([Type.String(), Type.Null()]),
+  path: Type.String(),
+  size: Type.Integer(),
+  readOnly: Type.Boolean(),
+  state: Type.Union([Type.Literal('online'), Type.Literal('unavailable')]),
+  error: Type.Optional(Type.String()),
+  clients: Type.Integer({ description: 'NBD clients attached now' }),
+  allocatedBytes: Type.Union([Type.Integer(), Type.Null()]),
+  createdAt: Type.String({ format: 'date-time' }),
+  stats: Type.Union([Stats, Type.Null()]),
+});
+
+export const PoolSchema = Type.Object({ name: Type.String(), path: Type.String(), disks: Type.Integer(), createdAt: Type.String() });
+
+export const ErrorSchema = Type.Object({
+  error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Optional(Type.Record(Type.String(), Type.Unknown())) }),
+});
+
+const NameParam = Type.Object({ name: Name });
+
+export const routes: RouteDef[] = [
+  {
+    method: 'GET',
+    url: '/v1/health',
+    operationId: 'health',
+    summary: 'Liveness check (no token needed)',
+    tag: 'server',
+    response: Type.Object({ status: Type.Literal('ok') }),
+    handler: () => ({ status: 'ok' }),
+  },
+  {
+    method: 'GET',
+    url: '/v1/server',
+    operationId: 'serverInfo',
+    summary: 'Where the daemon listens, its data directory and uptime',
+    tag: 'server',
+    response: Type.Object({
+      version: Type.String(),
+      dataDir: Type.String(),
+      nbd: Type.String(),
+      api: Type.String(),
+      startedAt: Type.String(),
+      nbdConnections: Type.Integer(),
+    }),
+    handler: (d) => ({
+      version: process.env.npm_package_version ?? '0.1.0',
+      dataDir: d.config.dataDir,
+      nbd: `${d.nbdAddress.host}:${d.nbdAddress.port}`,
+      api: `http://${d.apiAddress.host}:${d.apiAddress.port}`,
+      startedAt: d.startedAt.toISOString(),
+      nbdConnections: d.nbdConnections,
+    }),
+  },
+  {
+    method: 'GET',
+    url: '/v1/disks',
+    operationId: 'listDisks',
+    summary: 'List disks',
+    tag: 'disks',
+    response: Type.Array(DiskSchema),
+    handler: (d) => d.disks.list(),
+  },
+  {
+    method: 'POST',
+    url: '/v1/disks',
+    operationId: 'createDisk',
+    summary: 'Create a thin-provisioned virtual disk in a storage pool',
+    tag: 'disks',
+    body: Type.Object({ name: Name, size: Size, pool: Type.Optional(Name), readOnly: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+    response: DiskSchema,
+    status: 201,
+    handler: (d, { body }) =>
+      d.disks.create({ name: body.name as string, size: parseSize(body.size as string | number), pool: body.pool as string | undefined, readOnly: body.readOnly as boolean | undefined }),
+  },
+  {
+    method: 'POST',
+    url: '/v1/disks/adopt',
+    operationId: 'adoptDisk',
+    summary: 'Serve an existing image file or block device as-is (service-enabled disk)',
+    tag: 'disks',
+    body: Type.Object({ name: Name, path: Type.String({ minLength: 1, maxLength: 4096 }), readOnly: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+    response: DiskSchema,
+    status: 201,
+    handler: (d, { body }) => d.disks.adopt({ name: body.name as string, path: body.path as string, readOnly: body.readOnly as boolean | undefined }),
+  },
+  {
+    method: 'GET',
+    url: '/v1/disks/:name',
+    operationId: 'getDisk',
+    summary: 'Show one disk',
+    tag: 'disks',
+    params: NameParam,
+    response: DiskSchema,
+    handler: (d, { params }) => d.disks.get(params.name!),
+  },
+  {
+    method: 'DELETE',
+    url: '/v1/disks/:name',
+    operationId: 'removeDisk',
+    summary: "Unregister a disk; purge=true also deletes a virtual disk's file (never an adopted disk's data)",
+    tag: 'disks',
+    params: NameParam,
+    querystring: Type.Object({ purge: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+    response: DiskSchema,
+    handler: (d, { params, query }) => d.disks.remove(params.name!, { purge: query.purge === true }),
+  },
+  {
+    method: 'GET',
+    url: '/v1/pools',
+    operationId: 'listPools',
+    summary: 'List storage pools',
+    tag: 'pools',
+    response: Type.Array(PoolSchema),
+    handler: (d) => d.disks.pools(),
+  },
+  {
+    method: 'POST',
+    url: '/v1/pools',
+    operationId: 'addPool',
+    summary: 'Register a directory as a storage pool for virtual disks',
+    tag: 'pools',
+    body: Type.Object({ name: Name, path: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false }),
+    response: PoolSchema,
+    status: 201,
+    handler: (d, { body }) => d.disks.addPool({ name: body.name as string, path: body.path as string }),
+  },
+  {
+    method: 'DELETE',
+    url: '/v1/pools/:name',
+    operationId: 'removePool',
+    summary: 'Unregister an empty storage pool (its directory is left alone)',
+    tag: 'pools',
+    params: NameParam,
+    response: PoolSchema,
+    handler: (d, { params }) => d.disks.removePool(params.name!),
+  },
+];

@@ -1,0 +1,107 @@
+// The api layer: ferryd's management REST API (fastify, JSON, TypeBox schemas). It
+// owns authentication (a bearer token from the data directory), request validation,
+// the mapping of FerryError codes onto HTTP statuses, the OpenAPI description (built
+// from the same route table that registers the routes) and Prometheus metrics. It
+// calls into the control layer and never touches disks or sockets itself.
+import crypto from 'node:crypto';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { FerryError } from '../errors.js';
+import type { Daemon } from '../control/daemon.js';
+import { routes, type RouteDef } from './routes.js';
+import { buildOpenApi } from './openapi.js';
+import { Metrics } from './metrics.js';
+
+export interface ApiServerOptions {
+  daemon: Daemon;
+  token: string;
+  log: Logger;
+}
+
+/** Request bodies are small JSON documents; anything larger is refused before parsing. */
+const bodyBytesMax = 64 * 1024;
+
+export class ApiServer {
+  private readonly app: FastifyInstance;
+  private readonly token: Buffer;
+
+  constructor(private readonly opts: ApiServerOptions) {
+    this.token = Buffer.from(opts.token, 'utf8');
+    this.app = Fastify({
+      loggerInstance: opts.log.child({ component: 'api' }) as unknown as FastifyBaseLogger,
+      bodyLimit: bodyBytesMax,
+      logController: { disableRequestLogging: true },
+      // Unknown fields are an error, not silently dropped; query strings may coerce ("true" → true).
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+    });
+    const metrics = new Metrics(opts.daemon);
+    this.app.addHook('onRequest', async (req) => {
+      if (req.url === '/v1/health') return;
+      this.authenticate(req);
+    });
+    this.app.setErrorHandler((err: unknown, req, reply) => {
+      const e = toFerryError(err);
+      if (e.httpStatus >= 500) req.log.error({ err: String(err), url: req.url }, 'API request failed');
+      void reply.status(e.httpStatus).send({ error: e.toJSON() });
+    });
+    this.app.setNotFoundHandler((req, reply) => {
+      void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `no API route ${req.method} ${req.url.split('?')[0]}` } });
+    });
+    for (const r of routes) this.register(r);
+    this.app.get('/openapi.json', async () => buildOpenApi(routes));
+    this.app.get('/metrics', async (_req, reply) => {
+      void reply.header('content-type', metrics.contentType);
+      return metrics.render();
+    });
+  }
+
+  private authenticate(req: FastifyRequest): void {
+    const header = req.headers.authorization ?? '';
+    const m = /^Bearer\s+(\S+)$/i.exec(header);
+    const given = Buffer.from(m?.[1] ?? '', 'utf8');
+    const ok = given.length === this.token.length && crypto.timingSafeEqual(given, this.token);
+    if (!ok) {
+      req.log.warn({ remote: req.ip, url: req.url }, 'API request refused: missing or wrong token');
+      throw new FerryError('UNAUTHORIZED', 'missing or wrong API token: send "Authorization: Bearer <token>" (the token is in the data directory, file api-token)');
+    }
+  }
+
+  private register(r: RouteDef): void {
+    this.app.route({
+      method: r.method,
+      url: r.url,
+      schema: {
+        ...(r.params ? { params: r.params } : {}),
+        ...(r.querystring ? { querystring: r.querystring } : {}),
+        ...(r.body ? { body: r.body } : {}),
+      },
+      handler: async (req, reply) => {
+        const result = await r.handler(this.opts.daemon, { params: req.params as never, query: req.query as never, body: req.body as never });
+        void reply.status(r.status ?? 200);
+        return result;
+      },
+    });
+  }
+
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    return this.app.listen({ host, port }).then(() => {
+      const addr = this.app.server.address();
+      if (addr === null || typeof addr === 'string') throw new Error('API server has no TCP address');
+      return { host: addr.address, port: addr.port };
+    });
+  }
+
+  close(): Promise<void> {
+    return this.app.close();
+  }
+}
+
+function toFerryError(err: unknown): FerryError {
+  if (err instanceof FerryError) return err;
+  const e = err as { validation?: unknown; statusCode?: number; code?: string; message?: string };
+  if (e.validation) return new FerryError('BAD_REQUEST', `invalid request: ${e.message}`);
+  if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new FerryError('BAD_REQUEST', 'send JSON (content-type: application/json)');
+  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new FerryError('BAD_REQUEST', `request body exceeds ${bodyBytesMax} bytes`);
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) return new FerryError('BAD_REQUEST', e.message ?? 'bad request');
+  return new FerryError('INTERNAL', e.message ?? String(err));
+}

@@ -1,0 +1,69 @@
+// `ferry serve`: runs ferryd in the foreground with embedded defaults, prints where
+// it listens, and shuts down cleanly on SIGINT/SIGTERM (in-flight NBD requests are
+// answered, files synced, the metadata store closed).
+import path from 'node:path';
+import { pino } from 'pino';
+import { Daemon } from '../control/daemon.js';
+import type { TlsMode } from '../nbd/handshake.js';
+import { DEFAULT_DATA } from './api-client.js';
+
+export interface ServeOptions {
+  data?: string;
+  nbd: string;
+  api: string;
+  tls: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  logLevel: string;
+}
+
+export function parseHostPort(value: string, what: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new Error(`${what} must be HOST:PORT (e.g. 127.0.0.1:10809), got '${value}'`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+export async function serve(opts: ServeOptions): Promise<void> {
+  const dataDir = path.resolve(opts.data ?? process.env.FERRY_DATA ?? DEFAULT_DATA);
+  if (!['off', 'on', 'require'].includes(opts.tls)) throw new Error(`--tls must be off, on or require, got '${opts.tls}'`);
+  const log = pino({ level: opts.logLevel, base: { svc: 'ferryd' } }, pino.destination({ fd: 2, sync: false }));
+  const daemon = new Daemon({
+    dataDir,
+    nbd: parseHostPort(opts.nbd, '--nbd'),
+    api: parseHostPort(opts.api, '--api'),
+    tls: { mode: opts.tls as TlsMode, certFile: opts.tlsCert, keyFile: opts.tlsKey, caFile: opts.tlsCa },
+    log,
+  });
+  await daemon.start();
+  const fmt = (a: { host: string; port: number }): string => (a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`);
+  process.stdout.write(`ferryd: data directory ${dataDir}\n`);
+  process.stdout.write(`ferryd: NBD listening on ${fmt(daemon.nbdAddress)}${opts.tls !== 'off' ? ` (TLS ${opts.tls})` : ''}\n`);
+  process.stdout.write(`ferryd: API listening on http://${fmt(daemon.apiAddress)}\n`);
+  log.info({ dataDir, nbd: daemon.nbdAddress, api: daemon.apiAddress }, 'ferryd started');
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(130);
+    }
+    stopping = true;
+    log.info({ signal }, 'shutting down: finishing in-flight requests');
+    daemon.stop().then(
+      () => {
+        process.stdout.write('ferryd: stopped\n');
+        log.flush();
+        process.exit(0);
+      },
+      (err) => {
+        log.error({ err: String(err) }, 'shutdown failed');
+        log.flush();
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}

@@ -1,0 +1,86 @@
+// The control layer owns the daemon's state and lifecycle: the data directory, the
+// metadata store, the disk registry, the API token, and the listeners (NBD, API).
+// Start order: data dir → store → disks → NBD → API; stop order is the reverse, with
+// in-flight NBD requests finished and every file synced before the store closes.
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import type { Logger } from 'pino';
+import { MetadataStore } from './store.js';
+import { DiskRegistry } from './disk-registry.js';
+import { NbdServer, type NbdTlsConfig } from '../nbd/server.js';
+import { ApiServer } from '../api/server.js';
+
+export interface DaemonConfig {
+  dataDir: string;
+  nbd: { host: string; port: number };
+  api: { host: string; port: number };
+  tls: NbdTlsConfig;
+  log: Logger;
+}
+
+export const TOKEN_FILE = 'api-token';
+export const DB_FILE = 'ferry.db';
+
+export class Daemon {
+  readonly config: DaemonConfig;
+  readonly log: Logger;
+  store!: MetadataStore;
+  disks!: DiskRegistry;
+  private nbd!: NbdServer;
+  private api!: ApiServer;
+  readonly startedAt = new Date();
+  nbdAddress!: { host: string; port: number };
+  apiAddress!: { host: string; port: number };
+
+  constructor(config: DaemonConfig) {
+    this.config = config;
+    this.log = config.log;
+  }
+
+  async start(): Promise<void> {
+    const dir = this.config.dataDir;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const token = loadOrCreateToken(dir);
+    this.store = new MetadataStore(path.join(dir, DB_FILE));
+    this.disks = new DiskRegistry(this.store, dir, this.log);
+    this.disks.load();
+    this.nbd = new NbdServer({
+      host: this.config.nbd.host,
+      port: this.config.nbd.port,
+      tls: this.config.tls,
+      log: this.log,
+      catalog: { find: (name) => this.disks.volume(name), names: () => this.disks.names() },
+    });
+    this.nbdAddress = await this.nbd.listen();
+    this.api = new ApiServer({ daemon: this, token, log: this.log });
+    this.apiAddress = await this.api.listen(this.config.api.host, this.config.api.port);
+  }
+
+  get nbdConnections(): number {
+    return this.nbd.connectionCount;
+  }
+
+  async stop(): Promise<void> {
+    await this.api?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the API failed'));
+    await this.nbd?.close();
+    await this.disks?.close();
+    this.store?.close();
+  }
+}
+
+/** The API bearer token, created (0600) on first start; the CLI reads the same file. */
+export function loadOrCreateToken(dataDir: string): string {
+  const file = path.join(dataDir, TOKEN_FILE);
+  try {
+    const t = fs.readFileSync(file, 'utf8').trim();
+    if (t.length >= 32) return t;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const token = crypto.randomBytes(32).toString('hex');
+  const tmp = `${file}.tmp`;
+  fs.writeFileSync(tmp, `${token}\n`, { mode: 0o600 });
+  fs.renameSync(tmp, file);
+  return token;
+}

@@ -1,0 +1,297 @@
+// The control layer's record of pools and disks, and the rules that keep them sane:
+// names are validated, paths are resolved and checked (a pool directory, an existing
+// file or block device, never one another disk uses, never Ferry's own metadata),
+// and every change happens in an order that a crash cannot turn into a lost or
+// half-registered disk: files are created (exclusively) and synced before their row
+// is committed, and rows are removed before files are deleted. A bad request throws a
+// FerryError before anything is changed.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { FerryError, fromSystemError } from '../errors.js';
+import { BlockDevice } from '../disk/block-device.js';
+import { sizeBytesMax } from '../disk/size.js';
+import { Volume } from '../volume/volume.js';
+import { validateName } from './names.js';
+import type { DiskKind, DiskRow, MetadataStore, PoolRow } from './store.js';
+
+export const DEFAULT_POOL = 'default';
+
+export interface DiskInfo {
+  name: string;
+  kind: DiskKind;
+  pool: string | null;
+  path: string;
+  size: number;
+  readOnly: boolean;
+  state: 'online' | 'unavailable';
+  error?: string;
+  clients: number;
+  allocatedBytes: number | null;
+  createdAt: string;
+  stats: Volume['stats'] | null;
+}
+
+export interface PoolInfo {
+  name: string;
+  path: string;
+  disks: number;
+  createdAt: string;
+}
+
+interface OpenDisk {
+  row: DiskRow;
+  volume: Volume | null;
+  error?: string;
+}
+
+export class DiskRegistry {
+  private readonly disks = new Map<string, OpenDisk>();
+
+  constructor(
+    private readonly store: MetadataStore,
+    private readonly dataDir: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Ensures the default pool and opens every registered disk; a disk that cannot be opened is kept, marked unavailable. */
+  load(): void {
+    if (!this.store.pool(DEFAULT_POOL)) {
+      const dir = path.join(this.dataDir, 'pool');
+      fs.mkdirSync(dir, { recursive: true });
+      this.store.insertPool({ name: DEFAULT_POOL, path: fs.realpathSync(dir), created_at: Date.now() });
+    }
+    for (const row of this.store.disks()) this.disks.set(row.name, this.open(row));
+  }
+
+  private open(row: DiskRow): OpenDisk {
+    try {
+      const device = BlockDevice.open(row.path, { readOnly: row.read_only === 1 });
+      if (device.size !== row.size) {
+        this.log.warn({ disk: row.name, recorded: row.size, actual: device.size }, 'disk size changed outside Ferry; serving the actual size');
+      }
+      return { row, volume: new Volume(row.name, device, row.read_only === 1) };
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      this.log.error({ disk: row.name, path: row.path, err: message }, 'disk unavailable');
+      return { row, volume: null, error: message };
+    }
+  }
+
+  /** The volume of an online disk, for the NBD catalog. */
+  volume(name: string): Volume | undefined {
+    return this.disks.get(name)?.volume ?? undefined;
+  }
+
+  names(): string[] {
+    return [...this.disks.keys()].filter((n) => this.disks.get(n)!.volume !== null).sort();
+  }
+
+  list(): DiskInfo[] {
+    return [...this.disks.values()].sort((a, b) => a.row.name.localeCompare(b.row.name)).map((d) => this.info(d));
+  }
+
+  get(name: string): DiskInfo {
+    return this.info(this.mustGet(name));
+  }
+
+  private mustGet(name: string): OpenDisk {
+    validateName('disk', name);
+    const d = this.disks.get(name);
+    if (!d) throw new FerryError('DISK_NOT_FOUND', `no disk named '${name}'`);
+    return d;
+  }
+
+  private info(d: OpenDisk): DiskInfo {
+    let allocatedBytes: number | null = null;
+    try {
+      const st = fs.statSync(d.row.path);
+      if (st.isFile()) allocatedBytes = st.blocks * 512;
+    } catch {
+      allocatedBytes = null;
+    }
+    return {
+      name: d.row.name,
+      kind: d.row.kind,
+      pool: d.row.pool,
+      path: d.row.path,
+      size: d.volume?.size ?? d.row.size,
+      readOnly: d.row.read_only === 1,
+      state: d.volume ? 'online' : 'unavailable',
+      ...(d.error ? { error: d.error } : {}),
+      clients: d.volume?.attachedClients ?? 0,
+      allocatedBytes,
+      createdAt: new Date(d.row.created_at).toISOString(),
+      stats: d.volume ? { ...d.volume.stats } : null,
+    };
+  }
+
+  private checkNewName(name: string): void {
+    validateName('disk', name);
+    if (this.disks.has(name)) throw new FerryError('DISK_EXISTS', `a disk named '${name}' already exists`);
+  }
+
+  private checkPathFree(realPath: string): void {
+    const user = this.store.diskByPath(realPath);
+    if (user) throw new FerryError('PATH_IN_USE', `${realPath} is already used by disk '${user.name}'`);
+  }
+
+  /** Creates a thin-provisioned (sparse) virtual disk in a pool. */
+  async create(req: { name: string; size: number; pool?: string; readOnly?: boolean }): Promise<DiskInfo> {
+    this.checkNewName(req.name);
+    const poolName = req.pool ?? DEFAULT_POOL;
+    validateName('pool', poolName);
+    const pool = this.store.pool(poolName);
+    if (!pool) throw new FerryError('POOL_NOT_FOUND', `no pool named '${poolName}'`);
+    if (!Number.isSafeInteger(req.size) || req.size <= 0 || req.size > sizeBytesMax) {
+      throw new FerryError('INVALID_SIZE', `disk size must be between 1 byte and ${sizeBytesMax} bytes`);
+    }
+    if (req.size % 512 !== 0) throw new FerryError('INVALID_SIZE', `disk size ${req.size} is not a multiple of 512 bytes`);
+    const file = path.join(pool.path, `${req.name}.img`);
+    this.checkPathFree(file);
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new FerryError('PATH_IN_USE', `${file} already exists in pool '${poolName}'; Ferry never overwrites a file it did not create (adopt it instead)`);
+      }
+      throw fromSystemError(err, `create ${file}`);
+    }
+    try {
+      fs.ftruncateSync(fd, req.size);
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+      syncDirectory(pool.path);
+      const row: DiskRow = { name: req.name, kind: 'virtual', pool: poolName, path: file, size: req.size, read_only: req.readOnly ? 1 : 0, created_at: Date.now() };
+      this.store.insertDisk(row);
+      const opened = this.open(row);
+      this.disks.set(row.name, opened);
+      this.log.info({ disk: row.name, size: row.size, pool: poolName }, 'virtual disk created');
+      return this.info(opened);
+    } catch (err) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already closed
+      }
+      fs.rmSync(file, { force: true });
+      if (err instanceof FerryError) throw err;
+      if ((err as NodeJS.ErrnoException).code === 'EFBIG' || (err as NodeJS.ErrnoException).code === 'EINVAL') {
+        throw new FerryError('INVALID_SIZE', `the pool's file system cannot hold a ${req.size}-byte file`);
+      }
+      throw fromSystemError(err, `create ${file}`);
+    }
+  }
+
+  /** Serves an existing image file or block device as-is: nothing is written into it but client data. */
+  async adopt(req: { name: string; path: string; readOnly?: boolean }): Promise<DiskInfo> {
+    this.checkNewName(req.name);
+    if (typeof req.path !== 'string' || !path.isAbsolute(req.path)) throw new FerryError('INVALID_PATH', `path ${JSON.stringify(req.path)} must be absolute`);
+    let real: string;
+    try {
+      real = fs.realpathSync(req.path);
+    } catch (err) {
+      throw fromSystemError(err, `adopt ${req.path}`);
+    }
+    const st = fs.statSync(real);
+    if (!st.isFile() && !st.isBlockDevice()) throw new FerryError('INVALID_PATH', `${real} is neither a regular file nor a block device`);
+    const dataReal = fs.realpathSync(this.dataDir);
+    const inPool = this.store.pools().some((p) => isInside(real, p.path));
+    if (isInside(real, dataReal) && !inPool) throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own data directory`);
+    this.checkPathFree(real);
+    const device = BlockDevice.open(real, { readOnly: req.readOnly ?? false });
+    if (device.size === 0) {
+      await device.close();
+      throw new FerryError('INVALID_SIZE', `${real} is empty; a disk needs at least one byte`);
+    }
+    const row: DiskRow = { name: req.name, kind: 'adopted', pool: null, path: real, size: device.size, read_only: req.readOnly ? 1 : 0, created_at: Date.now() };
+    try {
+      this.store.insertDisk(row);
+    } catch (err) {
+      await device.close();
+      throw fromSystemError(err, `register ${real}`);
+    }
+    const opened: OpenDisk = { row, volume: new Volume(row.name, device, row.read_only === 1) };
+    this.disks.set(row.name, opened);
+    this.log.info({ disk: row.name, path: real, size: row.size }, 'disk adopted');
+    return this.info(opened);
+  }
+
+  /** Unregisters a disk. A virtual disk's file is deleted only with purge; an adopted disk's data never. */
+  async remove(name: string, opts: { purge?: boolean }): Promise<DiskInfo> {
+    const d = this.mustGet(name);
+    if (opts.purge && d.row.kind === 'adopted') {
+      throw new FerryError('BAD_REQUEST', `disk '${name}' is adopted: Ferry never deletes its data; remove it without --purge`);
+    }
+    const clients = d.volume?.attachedClients ?? 0;
+    if (clients > 0) throw new FerryError('DISK_BUSY', `disk '${name}' has ${clients} NBD client(s) attached; disconnect them first`);
+    const before = this.info(d);
+    this.store.deleteDisk(name);
+    this.disks.delete(name);
+    await d.volume?.close();
+    if (opts.purge && d.row.kind === 'virtual') {
+      fs.rmSync(d.row.path, { force: true });
+      syncDirectory(path.dirname(d.row.path));
+    }
+    this.log.info({ disk: name, purged: Boolean(opts.purge) }, 'disk removed');
+    return before;
+  }
+
+  pools(): PoolInfo[] {
+    return this.store.pools().map((p) => this.poolInfo(p));
+  }
+
+  private poolInfo(p: PoolRow): PoolInfo {
+    return { name: p.name, path: p.path, disks: this.store.disksInPool(p.name), createdAt: new Date(p.created_at).toISOString() };
+  }
+
+  addPool(req: { name: string; path: string }): PoolInfo {
+    validateName('pool', req.name);
+    if (this.store.pool(req.name)) throw new FerryError('POOL_EXISTS', `a pool named '${req.name}' already exists`);
+    if (typeof req.path !== 'string' || !path.isAbsolute(req.path)) throw new FerryError('INVALID_PATH', `pool path ${JSON.stringify(req.path)} must be absolute`);
+    let real: string;
+    try {
+      real = fs.realpathSync(req.path);
+    } catch (err) {
+      throw fromSystemError(err, `pool ${req.path}`);
+    }
+    if (!fs.statSync(real).isDirectory()) throw new FerryError('INVALID_PATH', `${real} is not a directory`);
+    const clash = this.store.pools().find((p) => isInside(real, p.path) || isInside(p.path, real));
+    if (clash) throw new FerryError('PATH_IN_USE', `${real} overlaps pool '${clash.name}' (${clash.path})`);
+    const row: PoolRow = { name: req.name, path: real, created_at: Date.now() };
+    this.store.insertPool(row);
+    this.log.info({ pool: req.name, path: real }, 'pool added');
+    return this.poolInfo(row);
+  }
+
+  removePool(name: string): PoolInfo {
+    validateName('pool', name);
+    const p = this.store.pool(name);
+    if (!p) throw new FerryError('POOL_NOT_FOUND', `no pool named '${name}'`);
+    if (name === DEFAULT_POOL) throw new FerryError('BAD_REQUEST', 'the default pool cannot be removed');
+    const n = this.store.disksInPool(name);
+    if (n > 0) throw new FerryError('POOL_NOT_EMPTY', `pool '${name}' still holds ${n} disk(s)`);
+    this.store.deletePool(name);
+    return { ...this.poolInfo(p), disks: 0 };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.disks.values()].map((d) => d.volume?.close()));
+  }
+}
+
+function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/** Makes a directory entry change (create, unlink) durable. */
+export function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

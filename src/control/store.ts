@@ -1,0 +1,112 @@
+// The control layer's metadata store: one SQLite database (WAL, synchronous=FULL) in
+// the data directory holding pools and disks (later mirrors and peers). It is the
+// single source of truth for what the daemon serves after a restart. Every change is
+// one transaction; schema changes are numbered migrations applied at open.
+import Database from 'better-sqlite3';
+
+export interface PoolRow {
+  name: string;
+  path: string;
+  created_at: number;
+}
+
+export type DiskKind = 'virtual' | 'adopted';
+
+export interface DiskRow {
+  name: string;
+  kind: DiskKind;
+  pool: string | null;
+  path: string;
+  size: number;
+  read_only: number;
+  created_at: number;
+}
+
+const migrations: string[] = [
+  `CREATE TABLE pools (
+     name TEXT PRIMARY KEY,
+     path TEXT NOT NULL UNIQUE,
+     created_at INTEGER NOT NULL
+   );
+   CREATE TABLE disks (
+     name TEXT PRIMARY KEY,
+     kind TEXT NOT NULL CHECK (kind IN ('virtual', 'adopted')),
+     pool TEXT REFERENCES pools(name),
+     path TEXT NOT NULL UNIQUE,
+     size INTEGER NOT NULL CHECK (size > 0),
+     read_only INTEGER NOT NULL DEFAULT 0,
+     created_at INTEGER NOT NULL
+   );`,
+];
+
+export class MetadataStore {
+  readonly db: Database.Database;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+  }
+
+  private migrate(): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version > migrations.length) {
+      throw new Error(`metadata schema version ${version} is newer than this ferryd understands (${migrations.length}); upgrade ferryd`);
+    }
+    for (let v = version; v < migrations.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(migrations[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  pools(): PoolRow[] {
+    return this.db.prepare('SELECT * FROM pools ORDER BY name').all() as PoolRow[];
+  }
+
+  pool(name: string): PoolRow | undefined {
+    return this.db.prepare('SELECT * FROM pools WHERE name = ?').get(name) as PoolRow | undefined;
+  }
+
+  insertPool(row: PoolRow): void {
+    this.db.prepare('INSERT INTO pools (name, path, created_at) VALUES (@name, @path, @created_at)').run(row);
+  }
+
+  deletePool(name: string): void {
+    this.db.prepare('DELETE FROM pools WHERE name = ?').run(name);
+  }
+
+  disks(): DiskRow[] {
+    return this.db.prepare('SELECT * FROM disks ORDER BY name').all() as DiskRow[];
+  }
+
+  disk(name: string): DiskRow | undefined {
+    return this.db.prepare('SELECT * FROM disks WHERE name = ?').get(name) as DiskRow | undefined;
+  }
+
+  diskByPath(path: string): DiskRow | undefined {
+    return this.db.prepare('SELECT * FROM disks WHERE path = ?').get(path) as DiskRow | undefined;
+  }
+
+  disksInPool(pool: string): number {
+    return (this.db.prepare('SELECT count(*) AS n FROM disks WHERE pool = ?').get(pool) as { n: number }).n;
+  }
+
+  insertDisk(row: DiskRow): void {
+    this.db
+      .prepare('INSERT INTO disks (name, kind, pool, path, size, read_only, created_at) VALUES (@name, @kind, @pool, @path, @size, @read_only, @created_at)')
+      .run(row);
+  }
+
+  deleteDisk(name: string): void {
+    this.db.prepare('DELETE FROM disks WHERE name = ?').run(name);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,232 @@
+// The disk layer: a BlockDevice is one open image file or block device, addressed by
+// byte offset, with the primitives the NBD commands map onto (read, write, durable
+// sync, discard, zeroing, allocation map, read-ahead). It knows nothing of disks'
+// names, journals or mirrors: the volume layer above it adds those. Every call checks
+// its range against the device's fixed size, so nothing above can write past the end.
+import fs from 'node:fs';
+import assert from 'node:assert/strict';
+import { FerryError, fromSystemError } from '../errors.js';
+import { SpaceOp, deviceSize, seekData, seekHole, space, willNeed } from './native-io.js';
+import { SyncBatcher } from './sync-batcher.js';
+
+/** base:allocation flags of an extent (doc/proto.md, "base:allocation"). */
+export const ExtentFlag = { HOLE: 1, ZERO: 2 } as const;
+
+export interface Extent {
+  offset: number;
+  length: number;
+  /** 0 for data, HOLE|ZERO for an unallocated range, ZERO for allocated zeroes. */
+  flags: number;
+}
+
+export type DeviceKind = 'file' | 'block';
+
+/** Largest single zero-fill write when the file system cannot zero a range itself. */
+const zeroFillChunkBytesMax = 1024 * 1024;
+
+export class BlockDevice {
+  readonly path: string;
+  readonly kind: DeviceKind;
+  readonly size: number;
+  readonly readOnly: boolean;
+  private fd: number;
+  private readonly syncer: SyncBatcher;
+  private closed = false;
+
+  private constructor(path: string, fd: number, kind: DeviceKind, size: number, readOnly: boolean) {
+    this.path = path;
+    this.fd = fd;
+    this.kind = kind;
+    this.size = size;
+    this.readOnly = readOnly;
+    this.syncer = new SyncBatcher(() => fdatasync(this.fd));
+  }
+
+  /** Opens an existing regular file or block device. The device is never created, truncated or extended here. */
+  static open(path: string, opts: { readOnly?: boolean } = {}): BlockDevice {
+    const readOnly = opts.readOnly ?? false;
+    let fd: number;
+    try {
+      fd = fs.openSync(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+    } catch (err) {
+      throw fromSystemError(err, `open ${path}`);
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      let kind: DeviceKind;
+      if (st.isFile()) kind = 'file';
+      else if (st.isBlockDevice()) kind = 'block';
+      else throw new FerryError('INVALID_PATH', `${path} is neither a regular file nor a block device`);
+      const size = kind === 'file' ? st.size : deviceSize(fd);
+      return new BlockDevice(path, fd, kind, size, readOnly);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw fromSystemError(err, `open ${path}`);
+    }
+  }
+
+  private check(offset: number, length: number): void {
+    if (this.closed) throw new FerryError('DISK_UNAVAILABLE', `${this.path} is closed`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new FerryError('OUT_OF_RANGE', `range ${offset}+${length} is outside ${this.path} (size ${this.size})`);
+    }
+  }
+
+  private checkWritable(offset: number, length: number): void {
+    this.check(offset, length);
+    if (this.readOnly) throw new FerryError('READ_ONLY', `${this.path} is open read-only`);
+  }
+
+  /** Reads exactly `length` bytes at `offset` into `buf` at `bufOffset`. */
+  read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    this.check(offset, length);
+    return readFully(this.fd, buf, bufOffset, length, offset).catch((err) => {
+      throw fromSystemError(err, `read ${this.path}`);
+    });
+  }
+
+  /** Writes `length` bytes of `buf` from `bufOffset` at `offset`. Not durable until sync(). */
+  write(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    this.checkWritable(offset, length);
+    return writeFully(this.fd, buf, bufOffset, length, offset).catch((err) => {
+      throw fromSystemError(err, `write ${this.path}`);
+    });
+  }
+
+  /**
+   * Makes every write that completed before this call durable. Concurrent callers
+   * share one fdatasync (group commit): a caller arriving while one runs waits for the next.
+   */
+  sync(): Promise<void> {
+    if (this.closed) return Promise.reject(new FerryError('DISK_UNAVAILABLE', `${this.path} is closed`));
+    if (this.readOnly) return Promise.resolve();
+    return this.syncer.sync().catch((err) => {
+      throw fromSystemError(err, `fdatasync ${this.path}`);
+    });
+  }
+
+  /** Discards a range (advisory: the range then reads as zeroes on files, unspecified on devices). */
+  async trim(offset: number, length: number): Promise<void> {
+    this.checkWritable(offset, length);
+    if (length === 0) return;
+    try {
+      await space(this.fd, this.kind === 'file' ? SpaceOp.punchHole : SpaceOp.blkDiscard, offset, length);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // Discard is a hint: a device or file system without it loses nothing by ignoring it.
+      if (code !== 'EOPNOTSUPP' && code !== 'ENOTTY' && code !== 'EINVAL') throw fromSystemError(err, `trim ${this.path}`);
+    }
+  }
+
+  /**
+   * Makes a range read as zeroes. `mayDeallocate` allows a hole (NBD without NO_HOLE);
+   * `fastOnly` fails with NOT_SUPPORTED instead of falling back to writing zero buffers.
+   */
+  async zero(offset: number, length: number, mayDeallocate: boolean, fastOnly: boolean): Promise<void> {
+    this.checkWritable(offset, length);
+    if (length === 0) return;
+    const ops = this.kind === 'file' ? (mayDeallocate ? [SpaceOp.punchHole, SpaceOp.zeroRange] : [SpaceOp.zeroRange]) : [SpaceOp.blkZeroOut];
+    for (const op of ops) {
+      try {
+        await space(this.fd, op, offset, length);
+        return;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EOPNOTSUPP' && code !== 'ENOTTY' && code !== 'EINVAL' && code !== 'ENOSYS') throw fromSystemError(err, `zero ${this.path}`);
+      }
+    }
+    if (fastOnly) throw new FerryError('NOT_SUPPORTED', `${this.path} cannot zero a range quickly`);
+    const zeroes = Buffer.alloc(Math.min(length, zeroFillChunkBytesMax));
+    for (let done = 0; done < length; ) {
+      const n = Math.min(zeroes.length, length - done);
+      await this.write(zeroes, 0, n, offset + done);
+      done += n;
+    }
+  }
+
+  /**
+   * Allocation map of [offset, offset+length), at most `extentsMax` extents, merged and in
+   * order; it may end before offset+length when the limit is reached. Block devices report data.
+   */
+  extents(offset: number, length: number, extentsMax: number): Extent[] {
+    this.check(offset, length);
+    assert.ok(extentsMax >= 1);
+    const end = offset + length;
+    if (this.kind === 'block' || length === 0) return length === 0 ? [] : [{ offset, length, flags: 0 }];
+    const out: Extent[] = [];
+    let pos = offset;
+    try {
+      while (pos < end && out.length < extentsMax) {
+        let dataAt = seekData(this.fd, pos);
+        if (dataAt < 0 || dataAt > end) dataAt = end;
+        if (dataAt > pos) {
+          out.push({ offset: pos, length: dataAt - pos, flags: ExtentFlag.HOLE | ExtentFlag.ZERO });
+          pos = dataAt;
+          continue;
+        }
+        let holeAt = seekHole(this.fd, pos);
+        if (holeAt < 0 || holeAt > end) holeAt = end;
+        assert.ok(holeAt > pos, 'SEEK_HOLE must advance past data');
+        out.push({ offset: pos, length: holeAt - pos, flags: 0 });
+        pos = holeAt;
+      }
+    } catch (err) {
+      throw fromSystemError(err, `allocation map of ${this.path}`);
+    }
+    return out;
+  }
+
+  /** Starts read-ahead of a range (NBD_CMD_CACHE); a hint, so failures are ignored. */
+  prefetch(offset: number, length: number): void {
+    this.check(offset, length);
+    try {
+      willNeed(this.fd, offset, length);
+    } catch {
+      // Read-ahead is advisory.
+    }
+  }
+
+  /** Syncs and closes. Further calls fail with DISK_UNAVAILABLE. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (!this.readOnly) await this.sync().catch(() => undefined);
+    this.closed = true;
+    fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+function readFully(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === length) return resolve();
+      fs.read(fd, buf, bufOffset + done, length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        if (n === 0) {
+          // Past the end of a file that shrank underneath us: those bytes read as zeroes.
+          buf.fill(0, bufOffset + done, bufOffset + length);
+          return resolve();
+        }
+        step(done + n);
+      });
+    };
+    step(0);
+  });
+}
+
+function writeFully(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === length) return resolve();
+      fs.write(fd, buf, bufOffset + done, length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        step(done + n);
+      });
+    };
+    step(0);
+  });
+}

@@ -1,0 +1,41 @@
+// Typed access to the ferry_io addon (native/ferry_io.c): fallocate modes,
+// block-device discard/zero-out ioctls, SEEK_DATA/SEEK_HOLE and read-ahead.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+interface Addon {
+  space(fd: number, op: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
+  seek(fd: number, offset: number, which: number): number;
+  willNeed(fd: number, offset: number, length: number): void;
+}
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const addon = createRequire(import.meta.url)(path.join(root, 'build', 'Release', 'ferry_io.node')) as Addon;
+
+export const SpaceOp = { allocate: 0, punchHole: 1, zeroRange: 2, blkDiscard: 3, blkZeroOut: 4 } as const;
+export type SpaceOpValue = (typeof SpaceOp)[keyof typeof SpaceOp];
+
+/** fallocate()/ioctl on the thread pool. Rejects with the errno code (EOPNOTSUPP when the file system lacks the mode). */
+export function space(fd: number, op: SpaceOpValue, offset: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => addon.space(fd, op, offset, length, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Next offset >= `offset` holding data, or -1 when only a hole follows. */
+export function seekData(fd: number, offset: number): number {
+  return addon.seek(fd, offset, 0);
+}
+
+/** Next offset >= `offset` that starts a hole (the end of file counts as one), or -1 past the end. */
+export function seekHole(fd: number, offset: number): number {
+  return addon.seek(fd, offset, 1);
+}
+
+/** Size of a file or block device (lseek to its end; fstat reports 0 for block devices). */
+export function deviceSize(fd: number): number {
+  return addon.seek(fd, 0, 2);
+}
+
+export function willNeed(fd: number, offset: number, length: number): void {
+  addon.willNeed(fd, offset, length);
+}

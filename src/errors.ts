@@ -1,0 +1,109 @@
+// The one error registry of Ferry. Every failure that crosses a layer boundary is a
+// FerryError with a stable code (never renamed: scripts and the CLI's --json output
+// depend on it), an NBD errno for the wire and an HTTP status for the API. Adding a
+// code means adding a row to ERRORS; nothing else in the tree invents error codes.
+
+/** NBD wire error values (doc/proto.md, "Error values"). */
+export const NbdErrno = {
+  EPERM: 1,
+  EIO: 5,
+  ENOMEM: 12,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EOVERFLOW: 75,
+  ENOTSUP: 95,
+  ESHUTDOWN: 108,
+} as const;
+export type NbdErrnoValue = (typeof NbdErrno)[keyof typeof NbdErrno];
+
+interface ErrorSpec {
+  readonly http: number;
+  readonly nbd: NbdErrnoValue;
+  readonly summary: string;
+}
+
+export const ERRORS = {
+  // Requests that are malformed or out of range: nothing was changed.
+  BAD_REQUEST: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the request is malformed' },
+  INVALID_NAME: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the name is not a valid disk or pool name' },
+  INVALID_SIZE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the size is not valid' },
+  INVALID_PATH: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the path is not allowed' },
+  OUT_OF_RANGE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the range lies outside the disk' },
+  TOO_LARGE: { http: 400, nbd: NbdErrno.EOVERFLOW, summary: 'the request exceeds the maximum length' },
+  // Authentication.
+  UNAUTHORIZED: { http: 401, nbd: NbdErrno.EPERM, summary: 'missing or wrong API token' },
+  // Lookups.
+  DISK_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no disk has that name' },
+  POOL_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no pool has that name' },
+  PATH_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'the path does not exist' },
+  // Conflicts with existing state: nothing was changed.
+  DISK_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a disk with that name exists' },
+  POOL_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a pool with that name exists' },
+  PATH_IN_USE: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the path is already used by Ferry' },
+  DISK_BUSY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk is in use' },
+  POOL_NOT_EMPTY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the pool still holds disks' },
+  DISK_UNAVAILABLE: { http: 409, nbd: NbdErrno.EIO, summary: 'the disk cannot be opened' },
+  READ_ONLY: { http: 409, nbd: NbdErrno.EPERM, summary: 'the disk is read-only' },
+  // Capabilities.
+  NOT_SUPPORTED: { http: 422, nbd: NbdErrno.ENOTSUP, summary: 'the operation is not supported here' },
+  // Faults.
+  IO_ERROR: { http: 500, nbd: NbdErrno.EIO, summary: 'an I/O error occurred' },
+  NO_SPACE: { http: 507, nbd: NbdErrno.ENOSPC, summary: 'no space left on the backing storage' },
+  SHUTTING_DOWN: { http: 503, nbd: NbdErrno.ESHUTDOWN, summary: 'the server is shutting down' },
+  INTERNAL: { http: 500, nbd: NbdErrno.EIO, summary: 'internal error' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class FerryError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message?: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    super(message ?? ERRORS[code].summary, options);
+    this.name = 'FerryError';
+    this.code = code;
+    this.details = details;
+  }
+
+  get httpStatus(): number {
+    return ERRORS[this.code].http;
+  }
+
+  get nbdErrno(): NbdErrnoValue {
+    return ERRORS[this.code].nbd;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message };
+  }
+}
+
+/** Maps an errno-style failure of the operating system onto the registry. */
+export function fromSystemError(err: unknown, context: string): FerryError {
+  if (err instanceof FerryError) return err;
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const message = `${context}: ${(err as Error | undefined)?.message ?? String(err)}`;
+  switch (code) {
+    case 'ENOENT':
+      return new FerryError('PATH_NOT_FOUND', message, undefined, { cause: err });
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new FerryError('NO_SPACE', message, undefined, { cause: err });
+    case 'EROFS':
+    case 'EACCES':
+    case 'EPERM':
+      return new FerryError('READ_ONLY', message, undefined, { cause: err });
+    case 'EOPNOTSUPP':
+    case 'ENOTSUP':
+    case 'ENOSYS':
+      return new FerryError('NOT_SUPPORTED', message, undefined, { cause: err });
+    default:
+      return new FerryError('IO_ERROR', message, undefined, { cause: err });
+  }
+}
+
+/** NBD errno for any thrown value: unknown failures are reported as EIO, never as success. */
+export function nbdErrnoOf(err: unknown): NbdErrnoValue {
+  return err instanceof FerryError ? err.nbdErrno : NbdErrno.EIO;
+}

@@ -1,0 +1,129 @@
+// The nbd layer: Ferry's NBD server. This file owns the listening socket and the life
+// of each connection (accept → negotiation in handshake.ts → transmission in
+// transmission.ts → close); the protocol phases live in their own files, the protocol
+// numbers in protocol.ts. Bounded: connections at once, negotiation time.
+import net from 'node:net';
+import fs from 'node:fs';
+import tls from 'node:tls';
+import type { Logger } from 'pino';
+import { negotiate, type ExportCatalog, type TlsMode } from './handshake.js';
+import { Limits } from './protocol.js';
+import { Transmission } from './transmission.js';
+
+export interface NbdTlsConfig {
+  mode: TlsMode;
+  certFile?: string;
+  keyFile?: string;
+  /** CA bundle; when given, clients must present a certificate it signed. */
+  caFile?: string;
+}
+
+export interface NbdServerOptions {
+  host: string;
+  port: number;
+  catalog: ExportCatalog;
+  tls: NbdTlsConfig;
+  log: Logger;
+  connectionsMax?: number;
+}
+
+export class NbdServer {
+  private readonly server: net.Server;
+  private readonly negotiating = new Set<net.Socket>();
+  private readonly sessions = new Set<Transmission>();
+  private readonly secureContext: tls.SecureContext | undefined;
+  private readonly opts: NbdServerOptions;
+  private readonly connectionsMax: number;
+  private closing = false;
+
+  constructor(opts: NbdServerOptions) {
+    this.opts = opts;
+    this.connectionsMax = opts.connectionsMax ?? 512;
+    if (opts.tls.mode !== 'off') {
+      if (!opts.tls.certFile || !opts.tls.keyFile) throw new Error('NBD TLS needs a certificate and a key (--tls-cert, --tls-key)');
+      this.secureContext = tls.createSecureContext({
+        cert: fs.readFileSync(opts.tls.certFile),
+        key: fs.readFileSync(opts.tls.keyFile),
+        ca: opts.tls.caFile ? fs.readFileSync(opts.tls.caFile) : undefined,
+        minVersion: 'TLSv1.2',
+      });
+    }
+    this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
+  }
+
+  listen(): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.opts.port, this.opts.host, () => {
+        this.server.off('error', reject);
+        const addr = this.server.address() as net.AddressInfo;
+        resolve({ host: addr.address, port: addr.port });
+      });
+    });
+  }
+
+  get connectionCount(): number {
+    return this.negotiating.size + this.sessions.size;
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.closing || this.connectionCount >= this.connectionsMax) {
+      this.opts.log.warn({ remote: socket.remoteAddress }, 'NBD connection refused: server closing or at its connection limit');
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    socket.on('error', () => undefined);
+    this.negotiating.add(socket);
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const log = (msg: string, extra?: Record<string, unknown>): void => this.opts.log.warn({ remote, ...extra }, msg);
+    const timer = setTimeout(() => {
+      log('negotiation timed out');
+      socket.destroy();
+    }, Limits.handshakeMsMax);
+    negotiate(socket, {
+      catalog: this.opts.catalog,
+      tlsMode: this.opts.tls.mode,
+      secureContext: this.secureContext,
+      verifyClients: Boolean(this.opts.tls.caFile),
+      log,
+    })
+      .then((result) => {
+        clearTimeout(timer);
+        this.negotiating.delete(socket);
+        if (!result) return;
+        if (this.closing) {
+          result.stream.destroy();
+          return;
+        }
+        this.opts.log.info({ remote, disk: result.volume.name, tls: result.tls, structured: result.structuredReplies }, 'NBD client attached');
+        const session = new Transmission(result.stream, result.pending, {
+          volume: result.volume,
+          structuredReplies: result.structuredReplies,
+          baseAllocation: result.baseAllocation,
+          log,
+        });
+        this.sessions.add(session);
+        void session.done.then(() => {
+          this.sessions.delete(session);
+          this.opts.log.info({ remote, disk: result.volume.name }, 'NBD client detached');
+        });
+      })
+      .catch((err) => {
+        clearTimeout(timer);
+        this.negotiating.delete(socket);
+        log('negotiation failed', { err: String(err) });
+        socket.destroy();
+      });
+  }
+
+  /** Stops accepting, lets every in-flight request finish and reply, then closes all connections. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of this.negotiating) s.destroy();
+    await Promise.all([...this.sessions].map((s) => s.shutdown()));
+    await closed;
+  }
+}

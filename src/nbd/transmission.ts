@@ -1,0 +1,369 @@
+// Transmission phase of NBD: parses requests as bytes arrive, dispatches them to the
+// volume concurrently, and writes each reply in one socket write as soon as its
+// request completes (replies may leave out of order; the cookie pairs them).
+// Bounds: requests and payload bytes in flight per connection, and bytes queued for
+// the client to read; past either, the socket is paused, so a client can never make
+// the server buffer without limit. Every request is validated (magic, command, flags,
+// range, length) before it touches the volume; a request that fails validation gets
+// an NBD error and changes nothing. A bad magic means the stream is lost: disconnect.
+import type { Duplex } from 'node:stream';
+import { FerryError, NbdErrno, nbdErrnoOf } from '../errors.js';
+import {
+  BASE_ALLOCATION_ID,
+  Cmd,
+  CmdFlag,
+  HEADER_REQUEST_BYTES,
+  Limits,
+  REQUEST_MAGIC,
+  ReplyFlag,
+  ReplyType,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC,
+} from './protocol.js';
+import type { Volume } from '../volume/volume.js';
+
+/** Flags each command accepts; anything else is NBD_EINVAL (doc/proto.md, "Error values"). */
+const allowedFlags: Record<number, number> = {
+  [Cmd.READ]: CmdFlag.DF | CmdFlag.FUA,
+  [Cmd.WRITE]: CmdFlag.FUA,
+  [Cmd.DISC]: 0,
+  [Cmd.FLUSH]: 0,
+  [Cmd.TRIM]: CmdFlag.FUA,
+  [Cmd.CACHE]: 0,
+  [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
+  [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
+};
+
+interface Request {
+  flags: number;
+  type: number;
+  cookieHi: number;
+  cookieLo: number;
+  offset: number;
+  length: number;
+}
+
+export interface TransmissionOptions {
+  volume: Volume;
+  structuredReplies: boolean;
+  baseAllocation: boolean;
+  log: (msg: string, extra?: Record<string, unknown>) => void;
+}
+
+export class Transmission {
+  private readonly stream: Duplex;
+  private readonly volume: Volume;
+  private readonly structured: boolean;
+  private readonly baseAllocation: boolean;
+  private readonly log: TransmissionOptions['log'];
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private header: Request | null = null;
+  private drainBytes = 0;
+  private inflight = 0;
+  private inflightBytes = 0;
+  private paused = false;
+  private stopping = false;
+  private closed = false;
+  private readonly release: () => void;
+  private readonly idleWaiters: Array<() => void> = [];
+  readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  constructor(stream: Duplex, pending: Buffer, opts: TransmissionOptions) {
+    this.stream = stream;
+    this.volume = opts.volume;
+    this.structured = opts.structuredReplies;
+    this.baseAllocation = opts.baseAllocation;
+    this.log = opts.log;
+    this.release = this.volume.attach();
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    stream.on('data', (chunk: Buffer) => this.onData(chunk));
+    stream.on('drain', () => this.updateFlow());
+    stream.on('error', () => this.onClose());
+    stream.on('close', () => this.onClose());
+    stream.on('end', () => this.onClose());
+    if (pending.length) this.onData(pending);
+    stream.resume();
+  }
+
+  /** Stops taking requests, lets in-flight ones finish and reply, then closes the connection. */
+  async shutdown(): Promise<void> {
+    this.stopping = true;
+    this.stream.pause();
+    await this.idle();
+    this.stream.end();
+    this.onClose();
+  }
+
+  private idle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.chunks = [];
+    this.buffered = 0;
+    void this.idle().then(() => {
+      this.release();
+      this.resolveDone();
+    });
+    if (!this.stream.destroyed) this.stream.destroy();
+  }
+
+  private protocolError(reason: string): void {
+    this.log('client protocol violation, disconnecting', { reason, disk: this.volume.name });
+    this.stopping = true;
+    this.stream.pause();
+    void this.idle().then(() => this.onClose());
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed || this.stopping) return;
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.parse();
+    this.updateFlow();
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let filled = 0;
+      while (filled < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length, n - filled);
+        c.copy(out, filled, 0, k);
+        filled += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
+    return out;
+  }
+
+  private parse(): void {
+    while (!this.stopping) {
+      if (this.drainBytes > 0) {
+        const n = Math.min(this.drainBytes, this.buffered);
+        if (n === 0) return;
+        this.take(n);
+        this.drainBytes -= n;
+        if (this.drainBytes > 0) return;
+        continue;
+      }
+      if (this.header === null) {
+        if (this.buffered < HEADER_REQUEST_BYTES) return;
+        const h = this.take(HEADER_REQUEST_BYTES);
+        if (h.readUInt32BE(0) !== REQUEST_MAGIC) {
+          this.protocolError(`bad request magic 0x${h.readUInt32BE(0).toString(16)}`);
+          return;
+        }
+        const offsetBig = h.readBigUInt64BE(16);
+        const req: Request = {
+          flags: h.readUInt16BE(4),
+          type: h.readUInt16BE(6),
+          cookieHi: h.readUInt32BE(8),
+          cookieLo: h.readUInt32BE(12),
+          // Offsets beyond 2^53 cannot be in range of any disk; keep them unsafe so the range check refuses them.
+          offset: offsetBig > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER + 1 : Number(offsetBig),
+          length: h.readUInt32BE(24),
+        };
+        if (req.type === Cmd.WRITE) {
+          if (req.length > Limits.payloadBytesMax) {
+            if (req.length > Limits.drainBytesMax) {
+              this.protocolError(`write payload of ${req.length} bytes`);
+              return;
+            }
+            // Keep the stream in step: discard the payload, then refuse the request.
+            this.drainBytes = req.length;
+            this.reply(req, NbdErrno.EINVAL, `write of ${req.length} bytes exceeds the maximum payload ${Limits.payloadBytesMax}`);
+            continue;
+          }
+          this.header = req;
+        } else {
+          this.dispatch(req, null);
+          continue;
+        }
+      }
+      const req = this.header;
+      if (this.buffered < req.length) return;
+      this.header = null;
+      const payload = req.length ? this.take(req.length) : Buffer.alloc(0);
+      this.dispatch(req, payload);
+    }
+  }
+
+  private updateFlow(): void {
+    if (this.closed || this.stopping) return;
+    const overloaded =
+      this.inflight >= Limits.inflightRequestsMax ||
+      this.inflightBytes + this.buffered >= Limits.inflightBytesMax ||
+      this.stream.writableLength >= Limits.inflightBytesMax;
+    if (overloaded && !this.paused) {
+      this.paused = true;
+      this.stream.pause();
+    } else if (!overloaded && this.paused) {
+      this.paused = false;
+      this.stream.resume();
+    }
+  }
+
+  private dispatch(req: Request, payload: Buffer | null): void {
+    const allowed = allowedFlags[req.type];
+    if (allowed === undefined) return this.reply(req, NbdErrno.EINVAL, `unknown command ${req.type}`);
+    if (req.flags & ~allowed) return this.reply(req, NbdErrno.EINVAL, `flags 0x${req.flags.toString(16)} not valid for command ${req.type}`);
+    if (req.type === Cmd.DISC) {
+      this.stopping = true;
+      this.stream.pause();
+      void this.idle().then(() => {
+        this.stream.end();
+        this.onClose();
+      });
+      return;
+    }
+    const size = this.volume.size;
+    const end = req.offset + req.length;
+    const inRange = Number.isSafeInteger(end) && end <= size;
+    const writes = req.type === Cmd.WRITE || req.type === Cmd.TRIM || req.type === Cmd.WRITE_ZEROES;
+    if (writes && this.volume.readOnly) return this.reply(req, NbdErrno.EPERM, `disk ${this.volume.name} is read-only`);
+    if (!inRange && req.type !== Cmd.FLUSH) {
+      const errno = req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
+      return this.reply(req, errno, `range ${req.offset}+${req.length} exceeds disk size ${size}`);
+    }
+    const fua = (req.flags & CmdFlag.FUA) !== 0;
+    const cost = req.type === Cmd.READ || req.type === Cmd.WRITE ? req.length : 0;
+    let op: Promise<unknown>;
+    switch (req.type) {
+      case Cmd.READ: {
+        if (req.length > Limits.payloadBytesMax) return this.reply(req, NbdErrno.EINVAL, `read of ${req.length} bytes exceeds the maximum payload`);
+        return this.track(cost, this.doRead(req));
+      }
+      case Cmd.WRITE:
+        op = this.volume.write(payload!, 0, req.length, req.offset, fua);
+        break;
+      case Cmd.FLUSH:
+        op = this.volume.flush();
+        break;
+      case Cmd.TRIM:
+        op = this.volume.trim(req.offset, req.length, fua);
+        break;
+      case Cmd.WRITE_ZEROES:
+        op = this.volume.zero(req.offset, req.length, (req.flags & CmdFlag.NO_HOLE) === 0, (req.flags & CmdFlag.FAST_ZERO) !== 0, fua);
+        break;
+      case Cmd.CACHE:
+        op = Promise.resolve().then(() => this.volume.prefetch(req.offset, req.length));
+        break;
+      case Cmd.BLOCK_STATUS:
+        if (!this.baseAllocation) return this.reply(req, NbdErrno.EINVAL, 'no metadata context was negotiated');
+        if (req.length === 0) return this.reply(req, NbdErrno.EINVAL, 'block status of an empty range');
+        return this.track(0, Promise.resolve().then(() => this.doBlockStatus(req)));
+      default:
+        return this.reply(req, NbdErrno.EINVAL, `unknown command ${req.type}`);
+    }
+    this.track(
+      cost,
+      op.then(
+        () => this.reply(req, 0),
+        (err) => this.replyFailure(req, err),
+      ),
+    );
+  }
+
+  private track(cost: number, op: Promise<void>): void {
+    this.inflight++;
+    this.inflightBytes += cost;
+    op.catch((err) => this.log('request failed unexpectedly', { err: String(err) })).finally(() => {
+      this.inflight--;
+      this.inflightBytes -= cost;
+      if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
+      this.updateFlow();
+    });
+  }
+
+  private async doRead(req: Request): Promise<void> {
+    const headerBytes = this.structured ? 28 : 16;
+    const out = Buffer.allocUnsafe(headerBytes + req.length);
+    try {
+      await this.volume.read(out, headerBytes, req.length, req.offset);
+    } catch (err) {
+      return this.replyFailure(req, err);
+    }
+    if (this.closed) return;
+    if (!this.structured) {
+      out.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+      out.writeUInt32BE(0, 4);
+      out.writeUInt32BE(req.cookieHi, 8);
+      out.writeUInt32BE(req.cookieLo, 12);
+    } else if (req.length === 0) {
+      return this.structuredChunk(req, ReplyType.NONE, Buffer.alloc(0));
+    } else {
+      out.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+      out.writeUInt16BE(ReplyFlag.DONE, 4);
+      out.writeUInt16BE(ReplyType.OFFSET_DATA, 6);
+      out.writeUInt32BE(req.cookieHi, 8);
+      out.writeUInt32BE(req.cookieLo, 12);
+      out.writeUInt32BE(8 + req.length, 16);
+      out.writeBigUInt64BE(BigInt(req.offset), 20);
+    }
+    this.stream.write(out);
+  }
+
+  private doBlockStatus(req: Request): void {
+    const max = req.flags & CmdFlag.REQ_ONE ? 1 : Limits.extentsPerReplyMax;
+    const extents = this.volume.extents(req.offset, req.length, max);
+    const body = Buffer.allocUnsafe(4 + extents.length * 8);
+    body.writeUInt32BE(BASE_ALLOCATION_ID, 0);
+    extents.forEach((e, i) => {
+      body.writeUInt32BE(e.length, 4 + i * 8);
+      body.writeUInt32BE(e.flags, 8 + i * 8);
+    });
+    this.structuredChunk(req, ReplyType.BLOCK_STATUS, body);
+  }
+
+  private structuredChunk(req: Request, type: number, body: Buffer): void {
+    if (this.closed) return;
+    const out = Buffer.allocUnsafe(20 + body.length);
+    out.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+    out.writeUInt16BE(ReplyFlag.DONE, 4);
+    out.writeUInt16BE(type, 6);
+    out.writeUInt32BE(req.cookieHi, 8);
+    out.writeUInt32BE(req.cookieLo, 12);
+    out.writeUInt32BE(body.length, 16);
+    body.copy(out, 20);
+    this.stream.write(out);
+  }
+
+  private replyFailure(req: Request, err: unknown): void {
+    if (!(err instanceof FerryError)) this.log('unexpected I/O failure', { disk: this.volume.name, err: String(err) });
+    this.reply(req, nbdErrnoOf(err), err instanceof Error ? err.message : String(err));
+  }
+
+  /** One reply, one write. Errors of READ and BLOCK_STATUS go as structured ERROR chunks when negotiated. */
+  private reply(req: Request, errno: number, message = ''): void {
+    if (this.closed) return;
+    if (errno !== 0 && this.structured && (req.type === Cmd.READ || req.type === Cmd.BLOCK_STATUS)) {
+      const msg = Buffer.from(message.slice(0, 1024), 'utf8');
+      const body = Buffer.allocUnsafe(6 + msg.length);
+      body.writeUInt32BE(errno, 0);
+      body.writeUInt16BE(msg.length, 4);
+      msg.copy(body, 6);
+      return this.structuredChunk(req, ReplyType.ERROR, body);
+    }
+    const out = Buffer.allocUnsafe(16);
+    out.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    out.writeUInt32BE(errno, 4);
+    out.writeUInt32BE(req.cookieHi, 8);
+    out.writeUInt32BE(req.cookieLo, 12);
+    this.stream.write(out);
+  }
+}
