@@ -28,9 +28,9 @@ export class ApiServer {
   constructor(private readonly opts: ApiServerOptions) {
     this.token = Buffer.from(opts.token, 'utf8');
     this.app = Fastify({
-      loggerInstance: opts.log.child({ component: 'api' }) as unknown as FastifyBaseLogger,
+      // Per-request lines are info level; the API logs warnings and errors only.
+      loggerInstance: opts.log.child({ component: 'api' }, { level: 'warn' }) as unknown as FastifyBaseLogger,
       bodyLimit: bodyBytesMax,
-      logController: { disableRequestLogging: true },
       // Unknown fields are an error, not silently dropped; query strings may coerce ("true" → true).
       ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
     });
