@@ -1,0 +1,180 @@
+// Test harness: runs a real ferryd (bin/ferry.cjs serve) on ephemeral loopback ports
+// with its own temporary data directory, and real command-line clients against it.
+// Interop tests never skip: a missing client tool is a failure (requireTool).
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const FERRY_BIN = path.join(ROOT, 'bin', 'ferry.cjs');
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion (bounded by timeoutMs), capturing its output. */
+export function run(cmd: string, args: string[], opts: { input?: string | Buffer; env?: NodeJS.ProcessEnv; timeoutMs?: number; cwd?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** Fails (never skips) when a client tool the test needs is missing. */
+export function requireTool(name: string): string {
+  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin'])) {
+    const p = path.join(dir, name);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // keep looking
+    }
+  }
+  throw new Error(`required tool '${name}' is not installed (run .ci/run or see README "Install")`);
+}
+
+export function tmpDir(prefix = 'ferry-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface StartOptions {
+  dataDir?: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+export class Ferryd {
+  proc!: ChildProcess;
+  nbdHost = '127.0.0.1';
+  nbdPort = 0;
+  apiUrl = '';
+  stdout = '';
+  stderr = '';
+  private exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | null = null;
+
+  constructor(
+    readonly dataDir: string,
+    readonly args: string[],
+    readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  get token(): string {
+    return fs.readFileSync(path.join(this.dataDir, 'api-token'), 'utf8').trim();
+  }
+
+  /** nbd:// URI of a disk (the export name is the disk name). */
+  uri(disk: string): string {
+    return `nbd://${this.nbdHost}:${this.nbdPort}/${disk}`;
+  }
+
+  get nbdAddress(): string {
+    return `${this.nbdHost}:${this.nbdPort}`;
+  }
+
+  async start(): Promise<void> {
+    this.stdout = '';
+    this.stderr = '';
+    const proc = spawn(process.execPath, [FERRY_BIN, 'serve', '--data', this.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', ...this.args], {
+      env: this.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc = proc;
+    this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+    proc.stderr!.on('data', (b: Buffer) => (this.stderr += b.toString()));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`ferryd did not start in 30 s\nstdout: ${this.stdout}\nstderr: ${this.stderr}`)), 30_000);
+      proc.stdout!.on('data', (b: Buffer) => {
+        this.stdout += b.toString();
+        const nbd = /NBD listening on (\S+):(\d+)/.exec(this.stdout);
+        const api = /API listening on (http:\/\/\S+)/.exec(this.stdout);
+        if (nbd && api) {
+          clearTimeout(timer);
+          this.nbdHost = nbd[1]!;
+          this.nbdPort = Number(nbd[2]);
+          this.apiUrl = api[1]!;
+          resolve();
+        }
+      });
+      proc.on('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`ferryd exited with ${code} before listening\nstdout: ${this.stdout}\nstderr: ${this.stderr}`));
+      });
+    });
+  }
+
+  /** Runs the real CLI against this daemon. */
+  cli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+    return run(process.execPath, [FERRY_BIN, ...args], {
+      env: { ...process.env, FERRY_API: this.apiUrl, FERRY_DATA: this.dataDir, ...opts.env },
+      timeoutMs: opts.timeoutMs,
+    });
+  }
+
+  /** Calls the REST API with the daemon's token. */
+  async api(method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> {
+    const res = await fetch(this.apiUrl + url, {
+      method,
+      headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // not JSON
+    }
+    return { status: res.status, body: parsed };
+  }
+
+  /** Creates a virtual disk through the API and returns its info. */
+  async createDisk(name: string, size: string | number): Promise<any> {
+    const r = await this.api('POST', '/v1/disks', { name, size });
+    if (r.status !== 201) throw new Error(`create disk ${name}: ${r.status} ${JSON.stringify(r.body)}`);
+    return r.body;
+  }
+
+  /** Graceful stop (SIGTERM by default); resolves with the exit status. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (!this.exited) return { code: 0, signal: null };
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill(signal);
+    const r = await this.exited;
+    this.exited = null;
+    return r;
+  }
+
+  kill9(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    return this.stop('SIGKILL');
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+}
+
+/** Starts ferryd with a fresh (or given) data directory. Call stop() in an after hook. */
+export async function startFerryd(opts: StartOptions = {}): Promise<Ferryd> {
+  const d = new Ferryd(opts.dataDir ?? tmpDir('ferry-data-'), opts.args ?? [], { ...process.env, ...opts.env });
+  await d.start();
+  return d;
+}
