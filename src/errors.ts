@@ -44,6 +44,12 @@ export const ERRORS = {
   POOL_NOT_EMPTY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the pool still holds disks' },
   DISK_UNAVAILABLE: { http: 409, nbd: NbdErrno.EIO, summary: 'the disk cannot be opened' },
   READ_ONLY: { http: 409, nbd: NbdErrno.EPERM, summary: 'the disk is read-only' },
+  // Staging areas.
+  STAGING_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the staging area is smaller than the minimum' },
+  STAGING_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk already has a staging area' },
+  NO_STAGING: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk has no staging area' },
+  STAGING_CORRUPT: { http: 500, nbd: NbdErrno.EIO, summary: 'the staging area cannot be trusted' },
+  STAGING_FAILED: { http: 500, nbd: NbdErrno.EIO, summary: 'every copy of the staging area failed' },
   // Capabilities.
   NOT_SUPPORTED: { http: 422, nbd: NbdErrno.ENOTSUP, summary: 'the operation is not supported here' },
   // Faults.

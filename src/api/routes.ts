@@ -62,6 +62,24 @@ export const ErrorSchema = Type.Object({
 
 const NameParam = Type.Object({ name: Name });
 
+export const StagingSchema = Type.Object({
+  disk: Type.String(),
+  path: Type.String(),
+  copyPath: Type.Union([Type.String(), Type.Null()]),
+  size: Type.Integer(),
+  areaBytes: Type.Integer(),
+  ringBytes: Type.Integer(),
+  usedBytes: Type.Integer({ description: 'bytes of records some consumer still needs' }),
+  nextSeq: Type.Integer(),
+  writtenSeq: Type.Integer(),
+  durableSeq: Type.Integer(),
+  consumers: Type.Array(Type.Object({ name: Type.String(), nextSeq: Type.Integer(), pendingRecords: Type.Integer() })),
+  copies: Type.Array(Type.Object({ path: Type.String(), healthy: Type.Boolean(), rebuilding: Type.Boolean(), problem: Type.Optional(Type.String()) })),
+  degraded: Type.Boolean(),
+  overlayExtents: Type.Integer(),
+  committerError: Type.Union([Type.String(), Type.Null()]),
+});
+
 export const routes: RouteDef[] = [
   {
     method: 'GET',
@@ -144,9 +162,56 @@ export const routes: RouteDef[] = [
     summary: "Unregister a disk; purge=true also deletes a virtual disk's file (never an adopted disk's data)",
     tag: 'disks',
     params: NameParam,
-    querystring: Type.Object({ purge: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+    // Query values are strings (the API never coerces types): purge=true or purge=false.
+    querystring: Type.Object({ purge: Type.Optional(Type.Unsafe<'true' | 'false'>({ type: 'string', enum: ['true', 'false'] })) }, { additionalProperties: false }),
     response: DiskSchema,
-    handler: (d, { params, query }) => d.disks.remove(params.name!, { purge: query.purge === true }),
+    handler: (d, { params, query }) => d.disks.remove(params.name!, { purge: query.purge === 'true' }),
+  },
+  {
+    method: 'POST',
+    url: '/v1/disks/:name/staging',
+    operationId: 'attachStaging',
+    summary: 'Attach a staging area (a new preallocated file, or a block device), optionally with a second copy',
+    tag: 'staging',
+    params: NameParam,
+    body: Type.Object(
+      { path: Type.String({ minLength: 1, maxLength: 4096 }), size: Type.Optional(Size), copy: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })) },
+      { additionalProperties: false },
+    ),
+    response: StagingSchema,
+    status: 201,
+    handler: (d, { params, body }) =>
+      d.staging.attach({ disk: params.name!, path: body.path as string, size: body.size === undefined ? undefined : parseSize(body.size as string | number), copy: body.copy as string | undefined }),
+  },
+  {
+    method: 'GET',
+    url: '/v1/disks/:name/staging',
+    operationId: 'showStaging',
+    summary: 'Staging area state: size, used bytes, records pending per consumer, copies and their health',
+    tag: 'staging',
+    params: NameParam,
+    response: StagingSchema,
+    handler: (d, { params }) => d.staging.show(params.name!),
+  },
+  {
+    method: 'DELETE',
+    url: '/v1/disks/:name/staging',
+    operationId: 'detachStaging',
+    summary: 'Apply every staged write to the disk, then detach the staging area',
+    tag: 'staging',
+    params: NameParam,
+    response: StagingSchema,
+    handler: (d, { params }) => d.staging.detach(params.name!),
+  },
+  {
+    method: 'POST',
+    url: '/v1/disks/:name/staging/repair',
+    operationId: 'repairStaging',
+    summary: 'Rebuild failed staging copies from the healthy one while writes go on',
+    tag: 'staging',
+    params: NameParam,
+    response: StagingSchema,
+    handler: (d, { params }) => d.staging.repair(params.name!),
   },
   {
     method: 'GET',

@@ -6,7 +6,7 @@
 import crypto from 'node:crypto';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import { FerryError } from '../errors.js';
+import { FerryError, type ErrorCode } from '../errors.js';
 import type { Daemon } from '../control/daemon.js';
 import { routes, type RouteDef } from './routes.js';
 import { buildOpenApi } from './openapi.js';
@@ -31,16 +31,17 @@ export class ApiServer {
       // Per-request lines are info level; the API logs warnings and errors only.
       loggerInstance: opts.log.child({ component: 'api' }, { level: 'warn' }) as unknown as FastifyBaseLogger,
       bodyLimit: bodyBytesMax,
-      // Unknown fields are an error, not silently dropped; query strings may coerce ("true" → true).
-      ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+      // Unknown fields are an error, not silently dropped, and a JSON value of the wrong type is
+      // refused, never coerced (5 is not the name "5", true is not the size 1).
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
     });
     const metrics = new Metrics(opts.daemon);
     this.app.addHook('onRequest', async (req) => {
-      if (req.url === '/v1/health') return;
+      if (req.url.split('?')[0] === '/v1/health') return;
       this.authenticate(req);
     });
     this.app.setErrorHandler((err: unknown, req, reply) => {
-      const e = toFerryError(err);
+      const e = toFerryError(err, req);
       if (e.httpStatus >= 500) req.log.error({ err: String(err), url: req.url }, 'API request failed');
       void reply.status(e.httpStatus).send({ error: e.toJSON() });
     });
@@ -96,12 +97,30 @@ export class ApiServer {
   }
 }
 
-function toFerryError(err: unknown): FerryError {
+function toFerryError(err: unknown, req: FastifyRequest): FerryError {
   if (err instanceof FerryError) return err;
-  const e = err as { validation?: unknown; statusCode?: number; code?: string; message?: string };
-  if (e.validation) return new FerryError('BAD_REQUEST', `invalid request: ${e.message}`);
+  const e = err as { validation?: unknown; validationContext?: string; statusCode?: number; code?: string; message?: string };
+  if (e.validation) return new FerryError(validationCode(e, req), `invalid request: ${e.message}`);
   if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new FerryError('BAD_REQUEST', 'send JSON (content-type: application/json)');
   if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new FerryError('BAD_REQUEST', `request body exceeds ${bodyBytesMax} bytes`);
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) return new FerryError('BAD_REQUEST', e.message ?? 'bad request');
   return new FerryError('INTERNAL', e.message ?? String(err));
+}
+
+/**
+ * A schema failure of a name or size field whose JSON type is right (a string name, a
+ * string or number size, a string path) gets the code the control layer would give it,
+ * so '' and a 64-character name are INVALID_NAME like '../x'; a wrong JSON type stays
+ * BAD_REQUEST.
+ */
+function validationCode(e: { validation?: unknown; validationContext?: string }, req: FastifyRequest): ErrorCode {
+  const first = (e.validation as Array<{ instancePath?: string }>)[0];
+  const source = e.validationContext === 'body' ? req.body : e.validationContext === 'params' ? req.params : undefined;
+  const field = /^\/(\w+)$/.exec(first?.instancePath ?? '')?.[1];
+  if (!field || typeof source !== 'object' || source === null) return 'BAD_REQUEST';
+  const value = (source as Record<string, unknown>)[field];
+  if ((field === 'name' || field === 'pool') && typeof value === 'string') return 'INVALID_NAME';
+  if (field === 'size' && (typeof value === 'string' || typeof value === 'number')) return 'INVALID_SIZE';
+  if (field === 'path' && typeof value === 'string') return 'INVALID_PATH';
+  return 'BAD_REQUEST';
 }

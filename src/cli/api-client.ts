@@ -44,7 +44,8 @@ export class ApiClient {
         body: body !== undefined ? JSON.stringify(body) : undefined,
       });
     } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause?.code ?? String(err);
+      const c = (err as { cause?: { code?: string; message?: string } }).cause;
+      const cause = c?.code ?? c?.message ?? String(err);
       throw new ApiError(0, 'UNREACHABLE', `cannot reach ferryd at ${this.base} (${cause}); is 'ferry serve' running? (set --api or FERRY_API)`);
     }
     const text = await res.text();

@@ -7,6 +7,7 @@ import { ApiClient, ApiError } from './api-client.js';
 import { serve } from './serve.js';
 import { bytes, keyValues, table } from './output.js';
 import type { DiskInfo, PoolInfo } from '../control/disk-registry.js';
+import { registerStagingCommands } from './staging-commands.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -155,6 +156,8 @@ program
     const s = await c.request<Record<string, string | number>>('GET', '/v1/server');
     print(cmd, s, () => keyValues(Object.entries(s).map(([k, v]) => [k, String(v)])));
   });
+
+registerStagingCommands(program);
 
 async function main(): Promise<void> {
   try {

@@ -8,6 +8,7 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { MetadataStore } from './store.js';
 import { DiskRegistry } from './disk-registry.js';
+import { StagingControl } from './staging-control.js';
 import { NbdServer, type NbdTlsConfig } from '../nbd/server.js';
 import { ApiServer } from '../api/server.js';
 
@@ -27,6 +28,7 @@ export class Daemon {
   readonly log: Logger;
   store!: MetadataStore;
   disks!: DiskRegistry;
+  staging!: StagingControl;
   private nbd!: NbdServer;
   private api!: ApiServer;
   readonly startedAt = new Date();
@@ -44,7 +46,8 @@ export class Daemon {
     const token = loadOrCreateToken(dir);
     this.store = new MetadataStore(path.join(dir, DB_FILE));
     this.disks = new DiskRegistry(this.store, dir, this.log);
-    this.disks.load();
+    this.staging = new StagingControl(this.store, this.disks, dir, this.log);
+    await this.disks.load((row, volume) => this.staging.openAtStart(row, volume));
     this.nbd = new NbdServer({
       host: this.config.nbd.host,
       port: this.config.nbd.port,

@@ -54,14 +54,36 @@ export class DiskRegistry {
     private readonly log: Logger,
   ) {}
 
-  /** Ensures the default pool and opens every registered disk; a disk that cannot be opened is kept, marked unavailable. */
-  load(): void {
+  /**
+   * Ensures the default pool and opens every registered disk, recovering its staging area
+   * if it has one. A disk that cannot be opened, or whose staging area cannot be trusted,
+   * is kept but marked unavailable: serving its primary alone could serve stale data.
+   */
+  async load(openStaging: (row: DiskRow, volume: Volume) => Promise<void>): Promise<void> {
     if (!this.store.pool(DEFAULT_POOL)) {
       const dir = path.join(this.dataDir, 'pool');
       fs.mkdirSync(dir, { recursive: true });
       this.store.insertPool({ name: DEFAULT_POOL, path: fs.realpathSync(dir), created_at: Date.now() });
     }
-    for (const row of this.store.disks()) this.disks.set(row.name, this.open(row));
+    for (const row of this.store.disks()) {
+      const d = this.open(row);
+      if (d.volume) {
+        try {
+          await openStaging(row, d.volume);
+        } catch (err) {
+          d.error = `staging area: ${err instanceof Error ? err.message : String(err)}`;
+          this.log.error({ disk: row.name, err: d.error }, 'disk unavailable: its staging area cannot be opened');
+          await d.volume.close().catch(() => undefined);
+          d.volume = null;
+        }
+      }
+      this.disks.set(row.name, d);
+    }
+  }
+
+  /** The registry entry of a disk (row and open volume), for the staging and mirror controls. */
+  entry(name: string): { row: DiskRow; volume: Volume | null } {
+    return this.mustGet(name);
   }
 
   private open(row: DiskRow): OpenDisk {
@@ -132,8 +154,31 @@ export class DiskRegistry {
   }
 
   private checkPathFree(realPath: string): void {
-    const user = this.store.diskByPath(realPath);
-    if (user) throw new FerryError('PATH_IN_USE', `${realPath} is already used by disk '${user.name}'`);
+    const user = this.store.pathUser(realPath);
+    if (user) throw new FerryError('PATH_IN_USE', `${realPath} is already used by ${user}`);
+  }
+
+  /**
+   * The same data under another name: a hard link to a disk's file or to Ferry's own
+   * metadata, or a second device node of a disk's block device. realpath cannot see
+   * these, so they are compared by inode (files) or device number (block devices).
+   */
+  private checkSameDataFree(real: string, st: fs.Stats, dataReal: string): void {
+    const same = (p: string): boolean => {
+      let o: fs.Stats;
+      try {
+        o = fs.statSync(p);
+      } catch {
+        return false;
+      }
+      return st.isBlockDevice() ? o.isBlockDevice() && o.rdev === st.rdev : o.isFile() && o.dev === st.dev && o.ino === st.ino;
+    };
+    for (const f of fs.readdirSync(dataReal)) {
+      if (same(path.join(dataReal, f))) throw new FerryError('INVALID_PATH', `${real} is the same file as ${path.join(dataReal, f)}, part of Ferry's own data directory`);
+    }
+    for (const row of this.store.disks()) {
+      if (same(row.path)) throw new FerryError('PATH_IN_USE', `${real} is the same ${st.isBlockDevice() ? 'device' : 'file'} as ${row.path}, already used by disk '${row.name}'`);
+    }
   }
 
   /** Creates a thin-provisioned (sparse) virtual disk in a pool. */
@@ -200,6 +245,7 @@ export class DiskRegistry {
     const inPool = this.store.pools().some((p) => isInside(real, p.path));
     if (isInside(real, dataReal) && !inPool) throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own data directory`);
     this.checkPathFree(real);
+    this.checkSameDataFree(real, st, dataReal);
     const device = BlockDevice.open(real, { readOnly: req.readOnly ?? false });
     if (device.size === 0) {
       await device.close();
@@ -224,6 +270,7 @@ export class DiskRegistry {
     if (opts.purge && d.row.kind === 'adopted') {
       throw new FerryError('BAD_REQUEST', `disk '${name}' is adopted: Ferry never deletes its data; remove it without --purge`);
     }
+    if (this.store.staging(name)) throw new FerryError('DISK_BUSY', `disk '${name}' has a staging area; detach it first (ferry staging detach ${name})`);
     const clients = d.volume?.attachedClients ?? 0;
     if (clients > 0) throw new FerryError('DISK_BUSY', `disk '${name}' has ${clients} NBD client(s) attached; disconnect them first`);
     const before = this.info(d);

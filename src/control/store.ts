@@ -37,7 +37,26 @@ const migrations: string[] = [
      read_only INTEGER NOT NULL DEFAULT 0,
      created_at INTEGER NOT NULL
    );`,
+  `CREATE TABLE staging (
+     disk TEXT PRIMARY KEY REFERENCES disks(name),
+     path TEXT NOT NULL UNIQUE,
+     copy_path TEXT UNIQUE,
+     size INTEGER NOT NULL CHECK (size > 0),
+     created_file INTEGER NOT NULL,
+     created_copy INTEGER NOT NULL,
+     created_at INTEGER NOT NULL
+   );`,
 ];
+
+export interface StagingRow {
+  disk: string;
+  path: string;
+  copy_path: string | null;
+  size: number;
+  created_file: number;
+  created_copy: number;
+  created_at: number;
+}
 
 export class MetadataStore {
   readonly db: Database.Database;
@@ -104,6 +123,29 @@ export class MetadataStore {
 
   deleteDisk(name: string): void {
     this.db.prepare('DELETE FROM disks WHERE name = ?').run(name);
+  }
+
+  staging(disk: string): StagingRow | undefined {
+    return this.db.prepare('SELECT * FROM staging WHERE disk = ?').get(disk) as StagingRow | undefined;
+  }
+
+  insertStaging(row: StagingRow): void {
+    this.db
+      .prepare('INSERT INTO staging (disk, path, copy_path, size, created_file, created_copy, created_at) VALUES (@disk, @path, @copy_path, @size, @created_file, @created_copy, @created_at)')
+      .run(row);
+  }
+
+  deleteStaging(disk: string): void {
+    this.db.prepare('DELETE FROM staging WHERE disk = ?').run(disk);
+  }
+
+  /** Who uses a path (a disk, or a staging area or its copy), for "path already in use" refusals. */
+  pathUser(path: string): string | undefined {
+    const d = this.diskByPath(path);
+    if (d) return `disk '${d.name}'`;
+    const s = this.db.prepare('SELECT disk, path FROM staging WHERE path = ? OR copy_path = ?').get(path, path) as { disk: string; path: string } | undefined;
+    if (s) return `the staging area of disk '${s.disk}'${s.path === path ? '' : ' (its copy)'}`;
+    return undefined;
   }
 
   close(): void {

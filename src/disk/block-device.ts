@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { FerryError, fromSystemError } from '../errors.js';
 import { SpaceOp, deviceSize, seekData, seekHole, space, willNeed } from './native-io.js';
 import { SyncBatcher } from './sync-batcher.js';
+import type { Store } from './store.js';
 
 /** base:allocation flags of an extent (doc/proto.md, "base:allocation"). */
 export const ExtentFlag = { HOLE: 1, ZERO: 2 } as const;
@@ -24,7 +25,7 @@ export type DeviceKind = 'file' | 'block';
 /** Largest single zero-fill write when the file system cannot zero a range itself. */
 const zeroFillChunkBytesMax = 1024 * 1024;
 
-export class BlockDevice {
+export class BlockDevice implements Store {
   readonly path: string;
   readonly kind: DeviceKind;
   readonly size: number;
@@ -183,6 +184,18 @@ export class BlockDevice {
       willNeed(this.fd, offset, length);
     } catch {
       // Read-ahead is advisory.
+    }
+  }
+
+  /** False once the path no longer names the open file (it was removed or replaced). */
+  stillAtPath(): boolean {
+    if (this.closed) return false;
+    try {
+      const open = fs.fstatSync(this.fd);
+      const named = fs.statSync(this.path);
+      return open.ino === named.ino && open.dev === named.dev;
+    } catch {
+      return false;
     }
   }
 

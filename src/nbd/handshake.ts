@@ -117,6 +117,8 @@ export async function negotiate(socket: Socket, opts: NegotiationOptions): Promi
       switch (option) {
         case Opt.ABORT:
           reply(option, Rep.ACK);
+          // Flush the ACK, then close: nothing else would ever close this socket.
+          stream.end(() => stream.destroy());
           return null;
 
         case Opt.STARTTLS: {

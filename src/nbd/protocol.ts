@@ -119,6 +119,8 @@ export const Limits = {
   extentsPerReplyMax: 2048,
   /** Time a client has to finish negotiation. */
   handshakeMsMax: 30_000,
+  /** Time a closing connection (DISC, server shutdown) waits for the client to take its last replies. */
+  closeFlushMsMax: 10_000,
 } as const;
 
 export const HEADER_REQUEST_BYTES = 28;

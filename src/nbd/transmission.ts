@@ -22,16 +22,20 @@ import {
 } from './protocol.js';
 import type { Volume } from '../volume/volume.js';
 
-/** Flags each command accepts; anything else is NBD_EINVAL (doc/proto.md, "Error values"). */
+/**
+ * Flags each command accepts; anything else is NBD_EINVAL (doc/proto.md, "Error values").
+ * FUA is valid on every command once SEND_FUA is advertised ("the server MUST accept all
+ * commands with this bit set"); where nothing is written it is ignored.
+ */
 const allowedFlags: Record<number, number> = {
   [Cmd.READ]: CmdFlag.DF | CmdFlag.FUA,
   [Cmd.WRITE]: CmdFlag.FUA,
-  [Cmd.DISC]: 0,
-  [Cmd.FLUSH]: 0,
+  [Cmd.DISC]: CmdFlag.FUA,
+  [Cmd.FLUSH]: CmdFlag.FUA,
   [Cmd.TRIM]: CmdFlag.FUA,
-  [Cmd.CACHE]: 0,
+  [Cmd.CACHE]: CmdFlag.FUA,
   [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
-  [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
+  [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE | CmdFlag.FUA,
 };
 
 interface Request {
@@ -92,8 +96,26 @@ export class Transmission {
     this.stopping = true;
     this.stream.pause();
     await this.idle();
-    this.stream.end();
-    this.onClose();
+    await this.endAfterFlush();
+  }
+
+  /**
+   * Ends the connection once every reply already written has reached the kernel
+   * (end() then destroy() at once would drop replies still queued), bounded for
+   * clients that stop reading.
+   */
+  private endAfterFlush(): Promise<void> {
+    return new Promise((resolve) => {
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.onClose();
+        resolve();
+      };
+      const timer = setTimeout(finish, Limits.closeFlushMsMax);
+      timer.unref();
+      if (this.closed || this.stream.destroyed) return finish();
+      this.stream.end(finish);
+    });
   }
 
   private idle(): Promise<void> {
@@ -225,10 +247,7 @@ export class Transmission {
     if (req.type === Cmd.DISC) {
       this.stopping = true;
       this.stream.pause();
-      void this.idle().then(() => {
-        this.stream.end();
-        this.onClose();
-      });
+      void this.idle().then(() => this.endAfterFlush());
       return;
     }
     const size = this.volume.size;

@@ -1,11 +1,17 @@
 // The volume layer owns a disk's data path: what an NBD request turns into. A Volume
 // is the stable object clients hold for the life of their connection; underneath it
-// the primary device may later gain a staging journal and overlay, or change place in
-// a swap, without the connection noticing. Today a volume passes I/O straight through
-// to its primary device, adding durability semantics (FUA), read-only enforcement,
-// a count of attached clients, and I/O statistics.
+// the disk passes I/O straight to its primary device, or, with a staging area, through
+// the journal and read overlay (staged-path.ts). The path can change under open
+// connections: the I/O gate holds new requests while in-flight ones finish, so a
+// switch never fails a request. The volume also enforces read-only, counts attached
+// clients and keeps I/O statistics.
+import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import type { BlockDevice, Extent } from '../disk/block-device.js';
+import type { Extent } from '../disk/block-device.js';
+import type { DiskStore } from '../disk/store.js';
+import { IoGate } from './io-gate.js';
+import { StagedPath } from './staged-path.js';
+import type { Journal } from '../journal/journal.js';
 
 export interface VolumeStats {
   readOps: number;
@@ -22,31 +28,37 @@ export class Volume {
   readonly name: string;
   readonly readOnly: boolean;
   readonly stats: VolumeStats = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 };
-  private readonly device: BlockDevice;
+  private readonly primary: DiskStore;
+  private staged: StagedPath | null = null;
+  private readonly gate = new IoGate();
   private clients = 0;
 
-  constructor(name: string, device: BlockDevice, readOnly: boolean) {
+  constructor(name: string, primary: DiskStore, readOnly: boolean) {
     this.name = name;
-    this.device = device;
-    this.readOnly = readOnly || device.readOnly;
+    this.primary = primary;
+    this.readOnly = readOnly || primary.readOnly;
   }
 
   get size(): number {
-    return this.device.size;
+    return this.primary.size;
   }
 
   get path(): string {
-    return this.device.path;
+    return this.primary.path;
   }
 
-  /** A flush on any connection makes every completed write durable: one file, one fdatasync. */
+  get staging(): StagedPath | null {
+    return this.staged;
+  }
+
+  /** A flush on any connection makes every completed write durable: one file (or one journal), one sync. */
   get canMultiConn(): boolean {
     return true;
   }
 
-  /** Zeroing without writing buffers is possible on files (fallocate) and on devices (BLKZEROOUT). */
+  /** Zeroing without writing buffers: files (fallocate), and staged disks (a header-only record). */
   get canFastZero(): boolean {
-    return this.device.kind === 'file';
+    return this.staged !== null || this.primary.kind === 'file';
   }
 
   get attachedClients(): number {
@@ -64,52 +76,125 @@ export class Volume {
     };
   }
 
+  /** Runs one request inside the I/O gate. */
+  private async io<T>(op: () => Promise<T>): Promise<T> {
+    let wait = this.gate.enter();
+    while (wait) {
+      await wait;
+      wait = this.gate.enter();
+    }
+    try {
+      return await op();
+    } catch (err) {
+      this.stats.errors++;
+      throw err;
+    } finally {
+      this.gate.leave();
+    }
+  }
+
   private writable(): void {
     if (this.readOnly) throw new FerryError('READ_ONLY', `disk ${this.name} is read-only`);
   }
 
-  async read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
-    await this.device.read(buf, bufOffset, length, offset);
-    this.stats.readOps++;
-    this.stats.readBytes += length;
+  read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    return this.io(async () => {
+      await (this.staged ? this.staged.read(buf, bufOffset, length, offset) : this.primary.read(buf, bufOffset, length, offset));
+      this.stats.readOps++;
+      this.stats.readBytes += length;
+    });
   }
 
-  async write(buf: Buffer, bufOffset: number, length: number, offset: number, fua: boolean): Promise<void> {
-    this.writable();
-    await this.device.write(buf, bufOffset, length, offset);
-    if (fua) await this.device.sync();
-    this.stats.writeOps++;
-    this.stats.writeBytes += length;
+  write(buf: Buffer, bufOffset: number, length: number, offset: number, fua: boolean): Promise<void> {
+    return this.io(async () => {
+      this.writable();
+      if (this.staged) await this.staged.write(buf, bufOffset, length, offset, fua);
+      else {
+        await this.primary.write(buf, bufOffset, length, offset);
+        if (fua) await this.primary.sync();
+      }
+      this.stats.writeOps++;
+      this.stats.writeBytes += length;
+    });
   }
 
-  async flush(): Promise<void> {
-    this.stats.flushOps++;
-    await this.device.sync();
+  flush(): Promise<void> {
+    return this.io(async () => {
+      this.stats.flushOps++;
+      await (this.staged ? this.staged.flush() : this.primary.sync());
+    });
   }
 
-  async trim(offset: number, length: number, fua: boolean): Promise<void> {
-    this.writable();
-    await this.device.trim(offset, length);
-    if (fua) await this.device.sync();
-    this.stats.trimOps++;
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.io(async () => {
+      this.writable();
+      if (this.staged) await this.staged.trim(offset, length, fua);
+      else {
+        await this.primary.trim(offset, length);
+        if (fua) await this.primary.sync();
+      }
+      this.stats.trimOps++;
+    });
   }
 
-  async zero(offset: number, length: number, mayDeallocate: boolean, fastOnly: boolean, fua: boolean): Promise<void> {
-    this.writable();
-    await this.device.zero(offset, length, mayDeallocate, fastOnly);
-    if (fua) await this.device.sync();
-    this.stats.zeroOps++;
+  zero(offset: number, length: number, mayDeallocate: boolean, fastOnly: boolean, fua: boolean): Promise<void> {
+    return this.io(async () => {
+      this.writable();
+      if (this.staged) await this.staged.zero(offset, length, mayDeallocate, fua);
+      else {
+        await this.primary.zero(offset, length, mayDeallocate, fastOnly);
+        if (fua) await this.primary.sync();
+      }
+      this.stats.zeroOps++;
+    });
   }
 
   extents(offset: number, length: number, extentsMax: number): Extent[] {
-    return this.device.extents(offset, length, extentsMax);
+    return this.staged ? this.staged.extents(offset, length, extentsMax) : this.primary.extents(offset, length, extentsMax);
   }
 
   prefetch(offset: number, length: number): void {
-    this.device.prefetch(offset, length);
+    this.primary.prefetch(offset, length);
   }
 
-  close(): Promise<void> {
-    return this.device.close();
+  /**
+   * Puts a staging area in front of the primary (recovering and replaying it first), with
+   * requests held at the gate while the path switches.
+   */
+  async attachStaging(journal: Journal, log: Logger): Promise<StagedPath> {
+    if (this.staged) throw new FerryError('STAGING_EXISTS', `disk ${this.name} already has a staging area`);
+    const staged = new StagedPath(journal, this.primary, log);
+    await this.gate.close();
+    try {
+      await staged.start();
+      this.staged = staged;
+      return staged;
+    } finally {
+      this.gate.open();
+    }
+  }
+
+  /** Drains the staging area to the primary and returns to the direct path. */
+  async detachStaging(): Promise<void> {
+    const staged = this.staged;
+    if (!staged) throw new FerryError('NO_STAGING', `disk ${this.name} has no staging area`);
+    await this.gate.close();
+    try {
+      await staged.drain();
+      await staged.close();
+      this.staged = null;
+    } finally {
+      this.gate.open();
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.gate.close();
+    try {
+      if (this.staged) await this.staged.close();
+      this.staged = null;
+    } finally {
+      await this.primary.close();
+    }
   }
 }

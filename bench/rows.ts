@@ -1,0 +1,23 @@
+// The workloads: one fio job each, run against every server. Add a row by appending
+// to `rows`; `servers` narrows a row to some servers (by name) when a workload only
+// makes sense for some of them.
+export interface RowDef {
+  id: string;
+  title: string;
+  /** fio --rw */
+  rw: 'randwrite' | 'randread' | 'write' | 'read' | 'randrw';
+  /** fio --bs */
+  bs: string;
+  iodepth: number;
+  /** Extra fio arguments (e.g. ['--fsync=32']). */
+  extra?: string[];
+  /** Only these servers (by name); all when absent. */
+  servers?: string[];
+}
+
+export const rows: RowDef[] = [
+  { id: 'randwrite-4k-qd1', title: '4 KiB random write, QD1', rw: 'randwrite', bs: '4k', iodepth: 1 },
+  { id: 'randwrite-4k-qd32', title: '4 KiB random write, QD32', rw: 'randwrite', bs: '4k', iodepth: 32 },
+  { id: 'randread-4k-qd32', title: '4 KiB random read, QD32', rw: 'randread', bs: '4k', iodepth: 32 },
+  { id: 'write-1m-qd8', title: '1 MiB sequential write, QD8', rw: 'write', bs: '1m', iodepth: 8 },
+];

@@ -1,0 +1,257 @@
+// The control layer's management of staging areas: attach (create and preallocate the
+// files, or take a block device, format, record in metadata, switch the disk's data
+// path), show, detach (drain to the disk first) and repair (rebuild a failed copy
+// while writes go on). Every refusal happens before anything is created or changed.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { FerryError, fromSystemError } from '../errors.js';
+import { BlockDevice } from '../disk/block-device.js';
+import type { Store } from '../disk/store.js';
+import { sizeBytesMax } from '../disk/size.js';
+import { Journal, STAGING_BYTES_MIN, type JournalStats } from '../journal/journal.js';
+import { PRIMARY_CONSUMER } from '../volume/committer.js';
+import type { Volume } from '../volume/volume.js';
+import { syncDirectory, type DiskRegistry } from './disk-registry.js';
+import type { DiskRow, MetadataStore, StagingRow } from './store.js';
+
+export interface StagingInfo extends JournalStats {
+  disk: string;
+  path: string;
+  copyPath: string | null;
+  size: number;
+  degraded: boolean;
+  overlayExtents: number;
+  committerError: string | null;
+}
+
+const zeroChunkBytes = 8 * 1024 * 1024;
+
+export class StagingControl {
+  constructor(
+    private readonly store: MetadataStore,
+    private readonly disks: DiskRegistry,
+    private readonly dataDir: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Opens the staging area of a disk at daemon start (recovery and replay happen here). */
+  async openAtStart(row: DiskRow, volume: Volume): Promise<void> {
+    const s = this.store.staging(row.name);
+    if (!s) return;
+    const stores: Store[] = [];
+    const paths = [s.path, ...(s.copy_path ? [s.copy_path] : [])];
+    for (const p of paths) {
+      try {
+        stores.push(BlockDevice.open(p));
+      } catch (err) {
+        if (stores.length === 0 && p === paths[paths.length - 1]) throw err;
+        this.log.error({ disk: row.name, copy: p, err: (err as Error).message }, 'staging copy missing at start: degraded; run `ferry staging repair`');
+        stores.push(new MissingStore(p, s.size));
+      }
+    }
+    const journal = await Journal.open(stores, this.log.child({ disk: row.name }));
+    const r = journal.recovery;
+    this.log.info({ disk: row.name, records: r.records, bytes: r.payloadBytes, end: r.end, rewritten: r.rewrittenRecords }, 'staging area recovered; replaying to the primary');
+    await volume.attachStaging(journal, this.log.child({ disk: row.name }));
+  }
+
+  private onlineVolume(name: string): { row: DiskRow; volume: Volume } {
+    const e = this.disks.entry(name);
+    if (!e.volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${name}' is unavailable`);
+    return { row: e.row, volume: e.volume };
+  }
+
+  /** Validates a staging path: absolute, unused, not the disk; returns its real path and whether it is a block device. */
+  private checkPath(p: unknown, what: string, diskPath: string): { real: string; block: boolean } {
+    if (typeof p !== 'string' || !path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `${what} ${JSON.stringify(p)} must be an absolute path`);
+    let real: string;
+    let block = false;
+    if (fs.existsSync(p)) {
+      real = fs.realpathSync(p);
+      const st = fs.statSync(real);
+      if (!st.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
+      block = true;
+    } else {
+      let dir: string;
+      try {
+        dir = fs.realpathSync(path.dirname(p));
+      } catch (err) {
+        throw fromSystemError(err, `${what} directory`);
+      }
+      if (!fs.statSync(dir).isDirectory()) throw new FerryError('INVALID_PATH', `${path.dirname(p)} is not a directory`);
+      real = path.join(dir, path.basename(p));
+    }
+    if (real === diskPath) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
+    const user = this.store.pathUser(real);
+    if (user) throw new FerryError('PATH_IN_USE', `${real} is already used by ${user}`);
+    const data = fs.realpathSync(this.dataDir);
+    if (real === path.join(data, 'ferry.db') || real.startsWith(path.join(data, 'ferry.db')) || real === path.join(data, 'api-token')) {
+      throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own metadata`);
+    }
+    return { real, block };
+  }
+
+  async attach(req: { disk: string; path: string; size?: number; copy?: string }): Promise<StagingInfo> {
+    const { row, volume } = this.onlineVolume(req.disk);
+    if (this.store.staging(req.disk)) throw new FerryError('STAGING_EXISTS', `disk '${req.disk}' already has a staging area`);
+    if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only; a staging area stages writes`);
+    const main = this.checkPath(req.path, 'staging path', row.path);
+    const copy = req.copy !== undefined ? this.checkPath(req.copy, 'staging copy path', row.path) : null;
+    if (copy && copy.real === main.real) throw new FerryError('PATH_IN_USE', 'the staging copy must be on a different path than the staging area');
+    const deviceSizes = [main, ...(copy ? [copy] : [])].filter((x) => x.block).map((x) => deviceSize(x.real));
+    let size = req.size ?? (deviceSizes.length ? Math.min(...deviceSizes) : NaN);
+    if (!Number.isFinite(size)) throw new FerryError('INVALID_SIZE', 'give the staging area size (--size) when it is a new file');
+    if (!Number.isSafeInteger(size) || size > sizeBytesMax) throw new FerryError('INVALID_SIZE', `staging size ${size} is not valid`);
+    if (size < STAGING_BYTES_MIN) throw new FerryError('STAGING_TOO_SMALL', `a staging area needs at least ${STAGING_BYTES_MIN} bytes (64MiB); ${size} is too small`);
+    size = Math.floor(size / 4096) * 4096;
+    for (const d of deviceSizes) if (d < size) throw new FerryError('STAGING_TOO_SMALL', `a block device for the staging area holds ${d} bytes, less than ${size}`);
+
+    const created: string[] = [];
+    const stores: Store[] = [];
+    try {
+      for (const target of [main, ...(copy ? [copy] : [])]) {
+        if (!target.block) {
+          await createPreallocated(target.real, size);
+          created.push(target.real);
+        }
+        stores.push(BlockDevice.open(target.real));
+      }
+      await Journal.format(stores, req.disk, PRIMARY_CONSUMER);
+      const journal = await Journal.open(stores, this.log.child({ disk: req.disk }));
+      const srow: StagingRow = {
+        disk: req.disk,
+        path: main.real,
+        copy_path: copy?.real ?? null,
+        size,
+        created_file: main.block ? 0 : 1,
+        created_copy: copy && !copy.block ? 1 : 0,
+        created_at: Date.now(),
+      };
+      this.store.insertStaging(srow);
+      try {
+        await volume.attachStaging(journal, this.log.child({ disk: req.disk }));
+      } catch (err) {
+        this.store.deleteStaging(req.disk);
+        await journal.close();
+        throw err;
+      }
+    } catch (err) {
+      await Promise.all(stores.map((s) => s.close().catch(() => undefined)));
+      for (const f of created) fs.rmSync(f, { force: true });
+      throw err instanceof FerryError ? err : fromSystemError(err, 'attach staging area');
+    }
+    this.log.info({ disk: req.disk, path: main.real, copy: copy?.real, size }, 'staging area attached');
+    return this.show(req.disk);
+  }
+
+  show(disk: string): StagingInfo {
+    const { volume } = this.onlineVolume(disk);
+    const s = this.store.staging(disk);
+    const staged = volume.staging;
+    if (!s || !staged) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
+    const stats = staged.journal.stats();
+    return {
+      disk,
+      path: s.path,
+      copyPath: s.copy_path,
+      size: s.size,
+      ...stats,
+      degraded: stats.copies.some((c) => !c.healthy),
+      overlayExtents: staged.overlay.size,
+      committerError: staged.committer.lastError,
+    };
+  }
+
+  /** Applies every staged write to the disk, then detaches and deletes the files Ferry created. */
+  async detach(disk: string): Promise<StagingInfo> {
+    const info = this.show(disk);
+    const { volume } = this.onlineVolume(disk);
+    const s = this.store.staging(disk)!;
+    await volume.detachStaging();
+    this.store.deleteStaging(disk);
+    for (const [p, mine] of [[s.path, s.created_file], [s.copy_path, s.created_copy]] as const) {
+      if (p && mine) {
+        fs.rmSync(p, { force: true });
+        syncDirectory(path.dirname(p));
+      }
+    }
+    this.log.info({ disk }, 'staging area detached: every staged write is on the disk');
+    return { ...info, usedBytes: 0 };
+  }
+
+  /** Rebuilds every failed copy (a new preallocated file at the same path, or the block device reopened). */
+  async repair(disk: string): Promise<StagingInfo> {
+    const info = this.show(disk);
+    const s = this.store.staging(disk)!;
+    const journal = this.onlineVolume(disk).volume.staging!.journal;
+    const failed = info.copies.filter((c) => !c.healthy && !c.rebuilding);
+    if (failed.length === 0) throw new FerryError('BAD_REQUEST', `the staging area of disk '${disk}' has no failed copy`);
+    for (const c of failed) {
+      const mine = c.path === s.path ? s.created_file === 1 : s.created_copy === 1;
+      if (mine) {
+        fs.rmSync(c.path, { force: true });
+        await createPreallocated(c.path, s.size);
+      }
+      await journal.rebuildCopy(journal.copyIndexOf(c.path), BlockDevice.open(c.path));
+    }
+    return this.show(disk);
+  }
+}
+
+function deviceSize(p: string): number {
+  const d = BlockDevice.open(p, { readOnly: true });
+  const size = d.size;
+  void d.close();
+  return size;
+}
+
+/** Creates a new file and writes it full of zeroes (real allocation: later syncs touch no extent metadata). */
+async function createPreallocated(file: string, size: number): Promise<void> {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  } catch (err) {
+    throw fromSystemError(err, `create ${file}`);
+  }
+  try {
+    const zero = Buffer.alloc(zeroChunkBytes);
+    for (let at = 0; at < size; at += zero.length) {
+      const n = Math.min(zero.length, size - at);
+      await new Promise<void>((resolve, reject) => fs.write(fd, zero, 0, n, at, (err) => (err ? reject(err) : resolve())));
+    }
+    fs.fsyncSync(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(file, { force: true });
+    throw fromSystemError(err, `preallocate ${file}`);
+  }
+  fs.closeSync(fd);
+  syncDirectory(path.dirname(file));
+}
+
+/** Stands in for a staging copy whose file is gone at start: every call fails, so the journal marks it failed. */
+class MissingStore implements Store {
+  constructor(
+    readonly path: string,
+    readonly size: number,
+  ) {}
+  private fail(): Promise<never> {
+    return Promise.reject(new FerryError('PATH_NOT_FOUND', `${this.path} is missing`));
+  }
+  read(): Promise<void> {
+    return this.fail();
+  }
+  write(): Promise<void> {
+    return this.fail();
+  }
+  sync(): Promise<void> {
+    return this.fail();
+  }
+  stillAtPath(): boolean {
+    return false;
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

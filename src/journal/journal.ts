@@ -1,0 +1,562 @@
+// The journal layer: a disk's staging area. Writes are appended here as checksummed,
+// sequence-numbered records (many concurrent requests share one sequential write and
+// one flush: group commit); consumers (the committer that applies records to the
+// primary disk, later mirrors) read them in order and each keeps its own durable
+// position; space is reclaimed only behind every consumer's durable position.
+//
+// Invariants (asserted where data is written and read back):
+//  J1 Sequence numbers are dense and strictly increasing; record n+1 carries the crc
+//     of record n (hash chain), so recovery accepts exactly one successor per record.
+//  J2 A record is written only into free ring space: never over a record some
+//     consumer still needs according to the last DURABLE checkpoint, never over bytes
+//     an in-flight read may still be reading.
+//  J3 A write is acknowledged only after its record is written to every healthy copy;
+//     a FUA write or FLUSH is acknowledged only after those copies are synced.
+//  J4 A consumer position is checkpointed only after the consumer made the records
+//     before it durable on its side (the committer syncs the primary first), and the
+//     tail moves only after that checkpoint is durable on every healthy copy.
+//  J5 A record is handed to a consumer only once it is durable in the staging area
+//     (durableSeq), so a power loss can never leave the primary ahead of the journal.
+//  J6 Records never straddle the end of the ring; a record that does not fit before the
+//     end goes to ring offset 0.
+//
+// Memory is bounded whatever the staging size: the write queue by the NBD layer's
+// in-flight limits, the batch by batchBytesMax, the cache of recent records by
+// recentBytesMax; records themselves live in the staging area, not in memory.
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { FerryError } from '../errors.js';
+import { SyncBatcher } from '../disk/sync-batcher.js';
+import type { Store } from '../disk/store.js';
+import {
+  CHECKPOINT_OFFSETS,
+  HEADER_AREA_BYTES,
+  RECORD_HEADER_BYTES,
+  encodeCheckpoint,
+  encodeRecord,
+  encodeSuperblock,
+  recordSpan,
+  type ConsumerPosition,
+  type RecordTypeValue,
+} from './format.js';
+import { RingWindow, readRecordAt, type VerifiedRecord } from './record-reader.js';
+import { recoverJournal, type RecoveryResult } from './recovery.js';
+
+/** Smallest staging area: the largest NBD write (32 MiB) must always fit with room to spare. */
+export const STAGING_BYTES_MIN = 64 * 1024 * 1024;
+const batchBytesMax = 8 * 1024 * 1024;
+const recentBytesMax = 64 * 1024 * 1024;
+
+export interface AppendRequest {
+  type: RecordTypeValue;
+  flags: number;
+  diskOffset: number;
+  length: number;
+  payload: Buffer | null;
+  /** FUA: resolve only once durable on every healthy copy. */
+  durable: boolean;
+}
+
+export interface StagedRecord {
+  seq: number;
+  pos: number;
+  span: number;
+  type: RecordTypeValue;
+  flags: number;
+  diskOffset: number;
+  length: number;
+  crc: number;
+  timeMs: number;
+  /** Payload bytes (WRITE), held while the record is in the recent cache. */
+  payload: Buffer | null;
+}
+
+interface Copy {
+  store: Store;
+  healthy: boolean;
+  rebuilding: boolean;
+  problem?: string;
+}
+
+interface Pending {
+  req: AppendRequest;
+  resolve: (r: StagedRecord) => void;
+  reject: (e: Error) => void;
+}
+
+export interface JournalStats {
+  areaBytes: number;
+  ringBytes: number;
+  usedBytes: number;
+  nextSeq: number;
+  writtenSeq: number;
+  durableSeq: number;
+  consumers: Array<{ name: string; nextSeq: number; pendingRecords: number }>;
+  copies: Array<{ path: string; healthy: boolean; rebuilding: boolean; problem?: string }>;
+}
+
+export class Journal extends EventEmitter {
+  readonly journalId: bigint;
+  readonly areaBytes: number;
+  readonly ringBytes: number;
+  readonly recovery: RecoveryResult;
+  private readonly copies: Copy[];
+  private readonly log: Logger;
+  private headPos: number;
+  private nextSeq: number;
+  private lastCrc: number;
+  private writtenSeqValue: number;
+  private durableSeqValue: number;
+  private readonly consumers = new Map<string, ConsumerPosition>();
+  private tail: { seq: number; pos: number };
+  private generation: number;
+  private lastCheckpoint: Buffer | null = null;
+  private queue: Pending[] = [];
+  private writing = false;
+  private failure: FerryError | null = null;
+  private spaceWaiters: Array<() => void> = [];
+  private readonly syncer: SyncBatcher;
+  private checkpointChain: Promise<void> = Promise.resolve();
+  private batchLock: Promise<void> = Promise.resolve();
+  private readonly recent = new Map<number, StagedRecord>();
+  private recentBytes = 0;
+  private readGeneration = 0;
+  private readonly readsByGeneration = new Map<number, number>();
+  private readDrainWaiters: Array<{ upTo: number; resolve: () => void }> = [];
+  private writtenWaiters: Array<() => void> = [];
+  private durableWaiters: Array<() => void> = [];
+  /** Called synchronously for each written batch, before any append resolves (the overlay index). */
+  onWritten: ((records: StagedRecord[]) => void) | null = null;
+
+  private constructor(stores: Store[], r: RecoveryResult, log: Logger) {
+    super();
+    this.log = log;
+    this.recovery = r;
+    this.journalId = r.superblock.journalId;
+    this.areaBytes = r.superblock.areaBytes;
+    this.ringBytes = this.areaBytes - HEADER_AREA_BYTES;
+    this.copies = stores.map((store, i) => ({ store, healthy: r.copies[i]!.usable, rebuilding: false, problem: r.copies[i]!.problem }));
+    this.headPos = r.headPos;
+    this.nextSeq = r.nextSeq;
+    this.lastCrc = r.lastCrc;
+    this.writtenSeqValue = r.nextSeq - 1;
+    this.durableSeqValue = r.nextSeq - 1;
+    this.generation = r.checkpoint.generation;
+    for (const c of r.checkpoint.consumers) this.consumers.set(c.name, { ...c });
+    const min = this.minConsumer();
+    this.tail = { seq: min.nextSeq, pos: min.nextPos };
+    this.syncer = new SyncBatcher(() => this.syncCopies());
+    for (const c of this.copies) if (!c.healthy) this.log.error({ copy: c.store.path, problem: c.problem }, 'staging copy unusable at open: run `ferry staging repair`');
+  }
+
+  /** Formats new staging copies (all the same size): superblock and a first checkpoint with one consumer. */
+  static async format(stores: Store[], diskName: string, consumer: string): Promise<void> {
+    const areaBytes = Math.min(...stores.map((s) => s.size));
+    if (areaBytes < STAGING_BYTES_MIN) throw new FerryError('STAGING_TOO_SMALL', `a staging area needs at least ${STAGING_BYTES_MIN} bytes`);
+    const journalId = crypto.randomBytes(8).readBigUInt64LE(0) || 1n;
+    const sb = encodeSuperblock({ journalId, areaBytes, createdMs: Date.now(), diskName });
+    const cp = encodeCheckpoint({ generation: 1, journalId, consumers: [{ name: consumer, nextSeq: 1, nextPos: 0, prevCrc: 0 }] });
+    const empty = Buffer.alloc(RECORD_HEADER_BYTES);
+    for (const s of stores) {
+      await s.write(sb, 0, sb.length, 0);
+      await s.write(cp, 0, cp.length, CHECKPOINT_OFFSETS[1]);
+      await s.write(empty, 0, empty.length, CHECKPOINT_OFFSETS[0]);
+      await s.write(empty, 0, empty.length, HEADER_AREA_BYTES);
+      await s.sync();
+    }
+  }
+
+  /** Opens a formatted staging area, recovering the log (see recovery.ts for the decisions). */
+  static async open(stores: Store[], log: Logger): Promise<Journal> {
+    const r = await recoverJournal(stores, log);
+    return new Journal(stores, r, log);
+  }
+
+  get writtenSeq(): number {
+    return this.writtenSeqValue;
+  }
+
+  get durableSeq(): number {
+    return this.durableSeqValue;
+  }
+
+  get failed(): FerryError | null {
+    return this.failure;
+  }
+
+  private minConsumer(): ConsumerPosition {
+    let min: ConsumerPosition | null = null;
+    for (const c of this.consumers.values()) if (!min || c.nextSeq < min.nextSeq) min = c;
+    assert.ok(min, 'a staging area always has a consumer');
+    return min;
+  }
+
+  consumer(name: string): ConsumerPosition {
+    const c = this.consumers.get(name);
+    if (!c) throw new Error(`no consumer ${name}`);
+    return { ...c };
+  }
+
+  /** Records that `name` is done with every record before pos.nextSeq (durable on its side). Takes effect at the next checkpoint. */
+  advanceConsumer(name: string, pos: ConsumerPosition): void {
+    const c = this.consumers.get(name);
+    assert.ok(c, `unknown consumer ${name}`);
+    assert.ok(pos.nextSeq >= c.nextSeq && pos.nextSeq <= this.nextSeq, 'consumers only move forward, never past the head');
+    this.consumers.set(name, { ...pos, name });
+    this.trimRecent();
+  }
+
+  /** Appends one record; resolves when it is written (and durable, for FUA) on every healthy copy. */
+  append(req: AppendRequest): Promise<StagedRecord> {
+    if (this.failure) return Promise.reject(this.failure);
+    assert.ok(recordSpan(req.payload?.length ?? 0) <= this.ringBytes / 2, 'a record is at most half the ring');
+    return new Promise((resolve, reject) => {
+      this.queue.push({ req, resolve, reject });
+      if (!this.writing) void this.writeLoop();
+    });
+  }
+
+  /** Where a record of `span` bytes can go with the head at `head`, or -1 when there is no free space (J2, J6). */
+  private place(head: number, span: number, empty: boolean): number {
+    const t = this.tail.pos;
+    if (empty) return head + span <= this.ringBytes ? head : 0;
+    if (head === t) return -1;
+    if (head > t) {
+      if (head + span <= this.ringBytes) return head;
+      return span <= t ? 0 : -1;
+    }
+    return head + span <= t ? head : -1;
+  }
+
+  private async writeLoop(): Promise<void> {
+    this.writing = true;
+    try {
+      while (this.queue.length > 0) {
+        if (this.failure) {
+          for (const p of this.queue.splice(0)) p.reject(this.failure);
+          break;
+        }
+        let head = this.headPos;
+        let start = -1;
+        let bytes = 0;
+        let count = 0;
+        for (const p of this.queue) {
+          const span = recordSpan(p.req.payload?.length ?? 0);
+          if (count > 0 && bytes + span > batchBytesMax) break;
+          const at = this.place(head, span, count === 0 && this.tail.seq === this.nextSeq);
+          if (at < 0 || (count > 0 && at !== head)) break;
+          if (count === 0) start = at;
+          head = at + span;
+          bytes += span;
+          count++;
+        }
+        if (count === 0) {
+          this.emit('space-needed');
+          await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
+          continue;
+        }
+        const batch = this.queue.splice(0, count);
+        await this.writeBatch(batch, start, bytes);
+      }
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  private async writeBatch(batch: Pending[], start: number, bytes: number): Promise<void> {
+    let release!: () => void;
+    const previous = this.batchLock;
+    this.batchLock = new Promise((r) => (release = r));
+    await previous;
+    try {
+      const buf = Buffer.allocUnsafe(bytes);
+      const records: StagedRecord[] = [];
+      const now = Date.now();
+      let at = 0;
+      for (const p of batch) {
+        const { req } = p;
+        const seq = this.nextSeq++;
+        const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs: now, prevCrc: this.lastCrc }, req.payload);
+        const span = recordSpan(req.payload?.length ?? 0);
+        this.lastCrc = crc;
+        const payload = req.payload ? buf.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + req.payload.length) : null;
+        records.push({ seq, pos: start + at, span, type: req.type, flags: req.flags, diskOffset: req.diskOffset, length: req.length, crc, timeMs: now, payload });
+        at += span;
+      }
+      assert.equal(at, bytes);
+      assert.ok(start >= 0 && start + bytes <= this.ringBytes, 'a batch never straddles the end of the ring (J6)');
+      this.headPos = start + bytes;
+      await this.writeCopies(buf, HEADER_AREA_BYTES + start);
+      if (this.failure) throw this.failure;
+      this.writtenSeqValue = records[records.length - 1]!.seq;
+      for (const r of records) this.remember(r);
+      this.onWritten?.(records);
+      for (const w of this.writtenWaiters.splice(0)) w();
+      // Plain writes are acknowledged now (J3); FUA writes once a sync started after this write ends.
+      // The sync is not awaited here, so the next batch is written while it runs.
+      const durable: number[] = [];
+      batch.forEach((p, i) => (p.req.durable ? durable.push(i) : p.resolve(records[i]!)));
+      if (durable.length) {
+        this.sync().then(
+          () => durable.forEach((i) => batch[i]!.resolve(records[i]!)),
+          (err) => durable.forEach((i) => batch[i]!.reject(err)),
+        );
+      }
+    } catch (err) {
+      const e = err instanceof FerryError ? err : new FerryError('STAGING_FAILED', `staging write failed: ${(err as Error).message}`);
+      for (const p of batch) p.reject(e);
+    } finally {
+      release();
+    }
+  }
+
+  /** Writes to every healthy (or rebuilding) copy; a copy that fails is dropped loudly; none left is fatal. */
+  private async writeCopies(buf: Buffer, offset: number): Promise<void> {
+    const targets = this.copies.filter((c) => c.healthy || c.rebuilding);
+    await Promise.all(targets.map((c) => c.store.write(buf, 0, buf.length, offset).catch((err) => this.markFailed(c, `write failed: ${(err as Error).message}`))));
+    this.checkAlive();
+  }
+
+  private async syncCopies(): Promise<void> {
+    const upTo = this.writtenSeqValue;
+    const targets = this.copies.filter((c) => c.healthy || c.rebuilding);
+    await Promise.all(targets.map((c) => c.store.sync().catch((err) => this.markFailed(c, `sync failed: ${(err as Error).message}`))));
+    this.checkAlive();
+    if (upTo > this.durableSeqValue) {
+      this.durableSeqValue = upTo;
+      for (const w of this.durableWaiters.splice(0)) w();
+    }
+  }
+
+  private checkAlive(): void {
+    if (!this.failure && !this.copies.some((c) => c.healthy)) {
+      this.failure = new FerryError('STAGING_FAILED', `every copy of the staging area failed (${this.copies.map((c) => `${c.store.path}: ${c.problem}`).join('; ')})`);
+      this.log.fatal({ err: this.failure.message }, 'staging area lost: writes to this disk now fail');
+      this.emit('failed', this.failure);
+      for (const w of this.spaceWaiters.splice(0)) w();
+    }
+  }
+
+  markFailed(c: Copy, problem: string): void {
+    if (!c.healthy && !c.rebuilding) return;
+    c.healthy = false;
+    c.rebuilding = false;
+    c.problem = problem;
+    this.log.error({ copy: c.store.path, problem }, 'STAGING COPY FAILED: the staging area is degraded to its other copy; run `ferry staging repair`');
+    this.emit('degraded', { path: c.store.path, problem });
+  }
+
+  /** Makes every written record durable on every healthy copy (NBD FLUSH). */
+  async sync(): Promise<void> {
+    if (this.failure) throw this.failure;
+    await this.syncer.sync();
+    if (this.failure) throw this.failure;
+  }
+
+  /** Resolves once a record beyond `seq` has been written. */
+  whenWrittenBeyond(seq: number): Promise<void> {
+    if (this.writtenSeqValue > seq || this.failure) return Promise.resolve();
+    return new Promise((resolve) => this.writtenWaiters.push(resolve));
+  }
+
+  /** Resolves once a record beyond `seq` is durable (made so by a client flush or anyone's sync). */
+  whenDurableBeyond(seq: number): Promise<void> {
+    if (this.durableSeqValue > seq || this.failure) return Promise.resolve();
+    return new Promise((resolve) => this.durableWaiters.push(resolve));
+  }
+
+  private remember(r: StagedRecord): void {
+    this.recent.set(r.seq, r);
+    this.recentBytes += r.span;
+    this.trimRecent();
+  }
+
+  private trimRecent(): void {
+    const min = this.minConsumer().nextSeq;
+    for (const [seq, r] of this.recent) {
+      if (seq >= min && this.recentBytes <= recentBytesMax) break;
+      this.recent.delete(seq);
+      this.recentBytes -= r.span;
+    }
+  }
+
+  /**
+   * The record `seq` expected at `pos` (or at ring start, if it wrapped), verified. From the
+   * recent cache when possible; otherwise read from a healthy copy, falling back to the other
+   * copy on a checksum mismatch (the bad copy is marked failed). Only durable records (J5).
+   */
+  async readRecord(seq: number, pos: number, prevCrc: number): Promise<StagedRecord> {
+    assert.ok(seq <= this.durableSeqValue, 'consumers only read durable records (J5)');
+    const cached = this.recent.get(seq);
+    if (cached) return cached;
+    const exp = { journalId: this.journalId, seq, prevCrc, ringBytes: this.ringBytes };
+    const bad: Copy[] = [];
+    let found: VerifiedRecord | null = null;
+    for (const c of this.copies.filter((x) => x.healthy)) {
+      const w = new RingWindow(c.store, this.ringBytes, 256 * 1024);
+      let r = await readRecordAt(w, pos, exp);
+      if (!r.ok && pos !== 0) r = await readRecordAt(w, 0, exp);
+      if (r.ok) {
+        found = r.record;
+        break;
+      }
+      bad.push(c);
+    }
+    for (const c of bad) if (found) this.markFailed(c, `record ${seq} does not verify on this copy`);
+    if (!found) throw new FerryError('STAGING_CORRUPT', `record ${seq} at ring offset ${pos} does not verify on any copy of the staging area`);
+    const h = found.header;
+    return { seq, pos: found.pos, span: found.span, type: h.type, flags: h.flags, diskOffset: h.diskOffset, length: h.length, crc: h.crc, timeMs: h.timeMs, payload: found.payload };
+  }
+
+  /** Reads staged payload bytes at ring position `pos` (for the read overlay). */
+  async readPayload(pos: number, buf: Buffer, bufOffset: number, length: number): Promise<void> {
+    assert.ok(pos >= 0 && pos + length <= this.ringBytes, 'staged payload lies inside the ring');
+    const gen = this.readGeneration;
+    this.readsByGeneration.set(gen, (this.readsByGeneration.get(gen) ?? 0) + 1);
+    try {
+      for (;;) {
+        const c = this.copies.find((x) => x.healthy);
+        if (!c) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy staging copy');
+        try {
+          await c.store.read(buf, bufOffset, length, HEADER_AREA_BYTES + pos);
+          return;
+        } catch (err) {
+          this.markFailed(c, `read failed: ${(err as Error).message}`);
+          this.checkAlive();
+        }
+      }
+    } finally {
+      const left = this.readsByGeneration.get(gen)! - 1;
+      if (left === 0) this.readsByGeneration.delete(gen);
+      else this.readsByGeneration.set(gen, left);
+      this.wakeReadDrains();
+    }
+  }
+
+  /** Resolves when every payload read that started before this call has finished (J2). */
+  private drainReads(): Promise<void> {
+    const upTo = this.readGeneration++;
+    if (![...this.readsByGeneration.keys()].some((g) => g <= upTo)) return Promise.resolve();
+    return new Promise((resolve) => this.readDrainWaiters.push({ upTo, resolve }));
+  }
+
+  private wakeReadDrains(): void {
+    this.readDrainWaiters = this.readDrainWaiters.filter((w) => {
+      if ([...this.readsByGeneration.keys()].some((g) => g <= w.upTo)) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  /** Makes the consumer positions durable on every copy, then frees the space behind them (J4). */
+  checkpoint(): Promise<void> {
+    const run = async (): Promise<void> => {
+      if (this.failure) throw this.failure;
+      for (const c of this.copies) if ((c.healthy || c.rebuilding) && !c.store.stillAtPath()) this.markFailed(c, 'the file was removed or replaced');
+      this.checkAlive();
+      const consumers = [...this.consumers.values()].map((c) => ({ ...c }));
+      const generation = this.generation + 1;
+      const buf = encodeCheckpoint({ generation, journalId: this.journalId, consumers });
+      await this.writeCopies(buf, CHECKPOINT_OFFSETS[generation % 2]!);
+      await this.syncCopies();
+      if (this.failure) throw this.failure;
+      this.generation = generation;
+      this.lastCheckpoint = buf;
+      const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
+      if (min.nextSeq !== this.tail.seq) {
+        await this.drainReads();
+        this.tail = { seq: min.nextSeq, pos: min.nextPos };
+        for (const w of this.spaceWaiters.splice(0)) w();
+      }
+    };
+    const p = this.checkpointChain.then(run, run);
+    this.checkpointChain = p.catch(() => undefined);
+    return p;
+  }
+
+  /**
+   * Rebuilds a failed copy onto `store` while writes go on: from the next batch on it
+   * receives every write; then the live part of the ring is copied over from a healthy
+   * copy; once synced it is healthy again.
+   */
+  async rebuildCopy(index: number, store: Store): Promise<void> {
+    const c = this.copies[index];
+    assert.ok(c, `no staging copy ${index}`);
+    if (c.healthy) throw new FerryError('BAD_REQUEST', `staging copy ${c.store.path} is healthy; nothing to repair`);
+    if (store.size < this.areaBytes) throw new FerryError('STAGING_TOO_SMALL', `${store.path} is smaller than the staging area (${this.areaBytes} bytes)`);
+    const source = this.copies.find((x) => x.healthy);
+    if (!source) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy copy to rebuild from');
+    const header = Buffer.alloc(HEADER_AREA_BYTES);
+    await source.store.read(header, 0, HEADER_AREA_BYTES, 0);
+    let release!: () => void;
+    const previous = this.batchLock;
+    this.batchLock = new Promise((r) => (release = r));
+    await previous;
+    let from: number;
+    let to: number;
+    try {
+      await store.write(header, 0, HEADER_AREA_BYTES, 0);
+      void c.store.close().catch(() => undefined);
+      c.store = store;
+      c.rebuilding = true;
+      c.problem = 'rebuilding';
+      from = this.tail.pos;
+      to = this.headPos;
+    } finally {
+      release();
+    }
+    const ranges: Array<[number, number]> = this.tail.seq === this.nextSeq ? [] : to > from ? [[from, to]] : [[from, this.ringBytes], [0, to]];
+    const chunk = Buffer.allocUnsafe(4 * 1024 * 1024);
+    for (const [a, b] of ranges) {
+      for (let p = a; p < b; p += chunk.length) {
+        const n = Math.min(chunk.length, b - p);
+        await source.store.read(chunk, 0, n, HEADER_AREA_BYTES + p);
+        await store.write(chunk, 0, n, HEADER_AREA_BYTES + p);
+      }
+    }
+    await store.sync();
+    if (!c.rebuilding) throw new FerryError('STAGING_FAILED', `${store.path} failed while it was being rebuilt: ${c.problem}`);
+    c.rebuilding = false;
+    c.healthy = true;
+    delete c.problem;
+    this.log.warn({ copy: store.path }, 'staging copy rebuilt: two healthy copies again');
+    this.emit('repaired', { path: store.path });
+  }
+
+  stats(): JournalStats {
+    const empty = this.tail.seq === this.nextSeq;
+    const used = empty ? 0 : this.headPos > this.tail.pos ? this.headPos - this.tail.pos : this.ringBytes - this.tail.pos + this.headPos;
+    return {
+      areaBytes: this.areaBytes,
+      ringBytes: this.ringBytes,
+      usedBytes: used,
+      nextSeq: this.nextSeq,
+      writtenSeq: this.writtenSeqValue,
+      durableSeq: this.durableSeqValue,
+      consumers: [...this.consumers.values()].map((c) => ({ name: c.name, nextSeq: c.nextSeq, pendingRecords: this.nextSeq - c.nextSeq })),
+      copies: this.copies.map((c) => ({ path: c.store.path, healthy: c.healthy, rebuilding: c.rebuilding, ...(c.problem ? { problem: c.problem } : {}) })),
+    };
+  }
+
+  copyIndexOf(path: string): number {
+    return this.copies.findIndex((c) => c.store.path === path);
+  }
+
+  get hasWaitersForSpace(): boolean {
+    return this.spaceWaiters.length > 0;
+  }
+
+  /** The head: where the next record goes and the chain link it will carry. */
+  headPosition(): ConsumerPosition {
+    return { name: '', nextSeq: this.nextSeq, nextPos: this.headPos, prevCrc: this.lastCrc };
+  }
+
+  async close(): Promise<void> {
+    while (this.writing) await new Promise((r) => setTimeout(r, 5));
+    await this.checkpointChain;
+    if (!this.failure) await this.sync().catch(() => undefined);
+    await Promise.all(this.copies.map((c) => c.store.close().catch(() => undefined)));
+  }
+}

@@ -1,0 +1,188 @@
+// The committer: the staging area's first consumer. It applies durable records to the
+// primary disk in sequence order, drops each from the read overlay once it is on the
+// primary, and checkpoints its position after syncing the primary, which lets the
+// journal reclaim the space behind it.
+//
+// Records are applied in groups: consecutive records whose ranges do not overlap are
+// written concurrently (their order cannot matter); a record overlapping an earlier
+// one in the group starts the next group, so overlapping writes land in order.
+// A failing primary is retried with bounded backoff; acknowledged data stays safe in
+// the staging area (and readable through the overlay) meanwhile.
+import type { Logger } from 'pino';
+import type { DiskStore } from '../disk/store.js';
+import { RecordType, type ConsumerPosition } from '../journal/format.js';
+import type { Journal, StagedRecord } from '../journal/journal.js';
+import type { Overlay } from './overlay.js';
+
+export const PRIMARY_CONSUMER = 'primary';
+/** Record flag: a ZERO record that must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
+export const FLAG_NO_HOLE = 1;
+
+const recordsPerBatchMax = 512;
+const bytesPerBatchMax = 16 * 1024 * 1024;
+/** How long written records may gather before the committer applies them (unless many are pending or space is short). */
+const applyDelayMs = 20;
+const checkpointIntervalMs = 500;
+const retryMsMax = 30_000;
+
+export class Committer {
+  private pos: ConsumerPosition;
+  private stopped = false;
+  private loop: Promise<void> | null = null;
+  private dirty = false;
+  private lastCheckpointMs = Date.now();
+  private bytesSinceCheckpoint = 0;
+  private progressWaiters: Array<() => void> = [];
+  private kickWaiter: (() => void) | null = null;
+  lastError: string | null = null;
+  /** Time of the newest record applied, for lag reporting. */
+  appliedTimeMs = 0;
+
+  constructor(
+    private readonly journal: Journal,
+    private readonly primary: DiskStore,
+    private readonly overlay: Overlay,
+    private readonly log: Logger,
+  ) {
+    this.pos = journal.consumer(PRIMARY_CONSUMER);
+    journal.on('space-needed', () => this.kick());
+  }
+
+  get nextSeq(): number {
+    return this.pos.nextSeq;
+  }
+
+  /** Ends the current wait of the loop early (space or overlay pressure, new records, stop). */
+  kick(): void {
+    const k = this.kickWaiter;
+    this.kickWaiter = null;
+    k?.();
+  }
+
+  private waitFor(event: Promise<void>, ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = ms > 0 ? setTimeout(resolve, ms) : null;
+      this.kickWaiter = resolve;
+      void event.then(resolve);
+    }).finally(() => {
+      this.kickWaiter = null;
+    });
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Resolves at the next progress (a group applied), to pace writers waiting on the overlay bound. */
+  progress(): Promise<void> {
+    return new Promise((resolve) => this.progressWaiters.push(resolve));
+  }
+
+  private async run(): Promise<void> {
+    let retryMs = 100;
+    while (!this.stopped) {
+      try {
+        await this.step();
+        retryMs = 100;
+        this.lastError = null;
+      } catch (err) {
+        if (this.stopped) break;
+        this.lastError = (err as Error).message;
+        this.log.error({ err: this.lastError, retryMs }, 'committer could not apply staged records to the primary; retrying');
+        await new Promise((r) => setTimeout(r, retryMs));
+        retryMs = Math.min(retryMs * 2, retryMsMax);
+        if (this.journal.failed) break;
+      }
+    }
+  }
+
+  private async step(): Promise<void> {
+    if (this.pos.nextSeq > this.journal.writtenSeq) {
+      if (this.dirty) return this.checkpoint();
+      return this.waitFor(this.journal.whenWrittenBeyond(this.pos.nextSeq - 1), 0);
+    }
+    // Let records gather for a moment unless many are pending or space is short: one sync and
+    // one concurrent apply then serve many records. Only durable records are applied (J5); a
+    // client FLUSH or FUA has often made them so already.
+    if (this.journal.writtenSeq - this.pos.nextSeq + 1 < recordsPerBatchMax && !this.journal.hasWaitersForSpace) {
+      await this.waitFor(new Promise<void>(() => undefined), applyDelayMs);
+    }
+    if (this.pos.nextSeq > this.journal.durableSeq) await this.journal.sync();
+    const upTo = this.journal.durableSeq;
+    const records: StagedRecord[] = [];
+    let bytes = 0;
+    let pos = this.pos;
+    while (pos.nextSeq <= upTo && records.length < recordsPerBatchMax && bytes < bytesPerBatchMax) {
+      const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc);
+      records.push(r);
+      bytes += r.span;
+      pos = { name: PRIMARY_CONSUMER, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
+    }
+    await this.apply(records);
+    this.pos = pos;
+    this.dirty = true;
+    this.bytesSinceCheckpoint += bytes;
+    for (const w of this.progressWaiters.splice(0)) w();
+    const due = Date.now() - this.lastCheckpointMs >= checkpointIntervalMs || this.bytesSinceCheckpoint >= this.journal.ringBytes / 4 || this.journal.hasWaitersForSpace;
+    if (due) await this.checkpoint();
+  }
+
+  private async apply(records: StagedRecord[]): Promise<void> {
+    let group: StagedRecord[] = [];
+    const flush = async (): Promise<void> => {
+      await Promise.all(group.map((r) => this.applyOne(r)));
+      for (const r of group) {
+        this.overlay.removeRecord(r.seq, r.diskOffset, r.diskOffset + r.length);
+        this.appliedTimeMs = r.timeMs;
+      }
+      group = [];
+    };
+    for (const r of records) {
+      const overlaps = group.some((g) => r.diskOffset < g.diskOffset + g.length && g.diskOffset < r.diskOffset + r.length);
+      if (overlaps) await flush();
+      group.push(r);
+    }
+    await flush();
+  }
+
+  private applyOne(r: StagedRecord): Promise<void> {
+    switch (r.type) {
+      case RecordType.WRITE:
+        return this.primary.write(r.payload!, 0, r.length, r.diskOffset);
+      case RecordType.ZERO:
+        return this.primary.zero(r.diskOffset, r.length, (r.flags & FLAG_NO_HOLE) === 0, false);
+      case RecordType.TRIM:
+        return this.primary.trim(r.diskOffset, r.length);
+      default:
+        throw new Error(`unknown record type ${String(r.type)}`);
+    }
+  }
+
+  /** Primary first, then the position (J4). */
+  private async checkpoint(): Promise<void> {
+    await this.primary.sync();
+    this.journal.advanceConsumer(PRIMARY_CONSUMER, this.pos);
+    await this.journal.checkpoint();
+    this.dirty = false;
+    this.lastCheckpointMs = Date.now();
+    this.bytesSinceCheckpoint = 0;
+  }
+
+  /** Applies everything written so far and checkpoints: the primary then holds every staged write. */
+  async drain(): Promise<void> {
+    const target = this.journal.writtenSeq;
+    while (this.pos.nextSeq <= target) {
+      if (this.journal.failed) throw this.journal.failed;
+      if (this.lastError) throw new Error(`cannot drain the staging area: ${this.lastError}`);
+      await Promise.race([this.progress(), new Promise((r) => setTimeout(r, 50))]);
+    }
+    await this.checkpoint();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.kick();
+    for (const w of this.progressWaiters.splice(0)) w();
+    await this.loop;
+  }
+}

@@ -1,0 +1,154 @@
+// The read overlay of a staged disk: which byte ranges of the disk have newer data in
+// the staging area than on the primary, and where. Extents never overlap; a newer
+// write replaces (splits) older extents; an extent leaves the overlay only when the
+// committer has applied exactly its record to the primary.
+//
+// Structure: a sorted list of buckets, each a sorted array of at most bucketMax
+// extents, so insert, remove and range lookups cost O(log n + bucketMax) whatever the
+// number of extents. The number of extents is bounded by the volume (extentsMax):
+// writers wait for the committer rather than letting the index grow without limit.
+import assert from 'node:assert/strict';
+
+export const ExtentKind = { DATA: 0, ZERO: 1 } as const;
+
+export interface OverlayExtent {
+  start: number;
+  end: number;
+  seq: number;
+  kind: number;
+  /** Ring position of the payload byte that belongs at `start` (DATA only). */
+  jpos: number;
+}
+
+const bucketMax = 512;
+
+export class Overlay {
+  private buckets: OverlayExtent[][] = [];
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  /** Index of the bucket that may hold the first extent ending after `pos`. */
+  private bucketFor(pos: number): number {
+    let lo = 0;
+    let hi = this.buckets.length - 1;
+    let ans = 0;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.buckets[mid]![0]!.start <= pos) {
+        ans = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return ans;
+  }
+
+  /** Position (bucket, index) of the first extent with end > pos. */
+  private seek(pos: number): [number, number] {
+    if (this.buckets.length === 0) return [0, 0];
+    let b = this.bucketFor(pos);
+    const arr = this.buckets[b]!;
+    let lo = 0;
+    let hi = arr.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (arr[mid]!.end <= pos) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === arr.length && b + 1 < this.buckets.length) {
+      b++;
+      lo = 0;
+    }
+    return [b, lo];
+  }
+
+  /** Extents overlapping [start, end), in order, clipped to the range. */
+  lookup(start: number, end: number): OverlayExtent[] {
+    const out: OverlayExtent[] = [];
+    if (this.count === 0 || end <= start) return out;
+    let [b, i] = this.seek(start);
+    while (b < this.buckets.length) {
+      const arr = this.buckets[b]!;
+      for (; i < arr.length; i++) {
+        const x = arr[i]!;
+        if (x.start >= end) return out;
+        const s = Math.max(x.start, start);
+        const e = Math.min(x.end, end);
+        out.push({ start: s, end: e, seq: x.seq, kind: x.kind, jpos: x.kind === ExtentKind.DATA ? x.jpos + (s - x.start) : -1 });
+      }
+      b++;
+      i = 0;
+    }
+    return out;
+  }
+
+  /** Adds the newest extent, trimming or splitting every older extent it overlaps. */
+  insert(ext: OverlayExtent): void {
+    assert.ok(ext.end > ext.start, 'overlay extents are never empty');
+    const displaced = this.removeRange(ext.start, ext.end, () => true);
+    for (const x of displaced) {
+      assert.ok(x.seq < ext.seq, 'a newer record can only replace older ones');
+      if (x.start < ext.start) this.add({ ...x, end: ext.start });
+      if (x.end > ext.end) this.add({ ...x, start: ext.end, jpos: x.kind === ExtentKind.DATA ? x.jpos + (ext.end - x.start) : -1 });
+    }
+    this.add(ext);
+  }
+
+  /** Drops what is left of record `seq` within [start, end) once it is on the primary. */
+  removeRecord(seq: number, start: number, end: number): void {
+    if (end <= start) return;
+    this.removeRange(start, end, (x) => x.seq === seq);
+  }
+
+  /** Removes and returns whole extents that overlap [start, end) and match `which`. */
+  private removeRange(start: number, end: number, which: (x: OverlayExtent) => boolean): OverlayExtent[] {
+    const out: OverlayExtent[] = [];
+    if (this.count === 0) return out;
+    let [b, i] = this.seek(start);
+    while (b < this.buckets.length) {
+      const arr = this.buckets[b]!;
+      while (i < arr.length && arr[i]!.start < end) {
+        if (which(arr[i]!)) {
+          out.push(arr[i]!);
+          arr.splice(i, 1);
+          this.count--;
+        } else i++;
+      }
+      if (arr.length === 0) {
+        this.buckets.splice(b, 1);
+        i = 0;
+        continue;
+      }
+      if (i < arr.length) break;
+      b++;
+      i = 0;
+    }
+    return out;
+  }
+
+  private add(ext: OverlayExtent): void {
+    this.count++;
+    if (this.buckets.length === 0) {
+      this.buckets.push([ext]);
+      return;
+    }
+    const b = this.bucketFor(ext.start);
+    const arr = this.buckets[b]!;
+    let lo = 0;
+    let hi = arr.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (arr[mid]!.start < ext.start) lo = mid + 1;
+      else hi = mid;
+    }
+    arr.splice(lo, 0, ext);
+    if (arr.length > bucketMax) this.buckets.splice(b + 1, 0, arr.splice(arr.length >> 1));
+  }
+
+  /** Every extent in order (tests and invariant checks). */
+  *all(): Generator<OverlayExtent> {
+    for (const arr of this.buckets) yield* arr;
+  }
+}

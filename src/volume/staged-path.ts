@@ -1,0 +1,142 @@
+// The data path of a disk with a staging area: writes become journal records and are
+// acknowledged from there; the overlay indexes what is staged but not yet on the
+// primary; reads take the newest data (overlay over primary, also for partial
+// overlaps); the committer applies records to the primary in the background.
+import assert from 'node:assert/strict';
+import type { Logger } from 'pino';
+import { FerryError } from '../errors.js';
+import { ExtentFlag, type Extent } from '../disk/block-device.js';
+import type { DiskStore } from '../disk/store.js';
+import { RECORD_HEADER_BYTES, RecordType, type RecordTypeValue } from '../journal/format.js';
+import type { Journal, StagedRecord } from '../journal/journal.js';
+import { Committer, FLAG_NO_HOLE } from './committer.js';
+import { ExtentKind, Overlay } from './overlay.js';
+
+/** Overlay extents held in memory before writers wait for the committer (about 100 bytes each). */
+export const overlayExtentsMax = 512 * 1024;
+
+export class StagedPath {
+  readonly overlay = new Overlay();
+  readonly committer: Committer;
+
+  constructor(
+    readonly journal: Journal,
+    private readonly primary: DiskStore,
+    log: Logger,
+  ) {
+    this.committer = new Committer(journal, primary, this.overlay, log);
+    journal.onWritten = (records) => this.index(records);
+  }
+
+  /** Replays what recovery found (records the primary has not checkpointed), then keeps applying in the background. */
+  async start(): Promise<void> {
+    this.committer.start();
+    await this.committer.drain();
+  }
+
+  private index(records: StagedRecord[]): void {
+    for (const r of records) {
+      if (r.length === 0) continue;
+      const kind = r.type === RecordType.WRITE ? ExtentKind.DATA : ExtentKind.ZERO;
+      this.overlay.insert({ start: r.diskOffset, end: r.diskOffset + r.length, seq: r.seq, kind, jpos: kind === ExtentKind.DATA ? r.pos + RECORD_HEADER_BYTES : -1 });
+    }
+  }
+
+  private async append(type: RecordTypeValue, flags: number, offset: number, length: number, payload: Buffer | null, fua: boolean): Promise<void> {
+    while (this.overlay.size >= overlayExtentsMax) {
+      this.committer.kick();
+      await this.committer.progress();
+    }
+    await this.journal.append({ type, flags, diskOffset: offset, length, payload, durable: fua });
+  }
+
+  write(buf: Buffer, bufOffset: number, length: number, offset: number, fua: boolean): Promise<void> {
+    if (length === 0) return fua ? this.journal.sync() : Promise.resolve();
+    return this.append(RecordType.WRITE, 0, offset, length, buf.subarray(bufOffset, bufOffset + length), fua);
+  }
+
+  zero(offset: number, length: number, mayDeallocate: boolean, fua: boolean): Promise<void> {
+    return this.append(RecordType.ZERO, mayDeallocate ? 0 : FLAG_NO_HOLE, offset, length, null, fua);
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.append(RecordType.TRIM, 0, offset, length, null, fua);
+  }
+
+  flush(): Promise<void> {
+    return this.journal.sync();
+  }
+
+  /** Newest data wins: staged pieces from the journal, zeroed pieces as zeroes, the rest from the primary. */
+  read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    const end = offset + length;
+    const pieces = this.overlay.lookup(offset, end);
+    if (pieces.length === 0) return this.primary.read(buf, bufOffset, length, offset);
+    // Every journal read is issued in this same tick as the lookup, so the checkpoint's
+    // read drain covers it before the space can be reused (J2).
+    const ops: Promise<void>[] = [];
+    let at = offset;
+    for (const p of pieces) {
+      assert.ok(p.start >= at && p.end <= end, 'overlay pieces are ordered and inside the request');
+      if (p.start > at) ops.push(this.primary.read(buf, bufOffset + (at - offset), p.start - at, at));
+      if (p.kind === ExtentKind.DATA) ops.push(this.journal.readPayload(p.jpos, buf, bufOffset + (p.start - offset), p.end - p.start));
+      else buf.fill(0, bufOffset + (p.start - offset), bufOffset + (p.end - offset));
+      at = p.end;
+    }
+    if (at < end) ops.push(this.primary.read(buf, bufOffset + (at - offset), end - at, at));
+    return Promise.all(ops).then(() => undefined);
+  }
+
+  /** Allocation as clients will see it: staged data is data, staged zeroes read as zero. */
+  extents(offset: number, length: number, extentsMax: number): Extent[] {
+    const base = this.primary.extents(offset, length, extentsMax);
+    if (base.length === 0) return base;
+    const covered = base[base.length - 1]!.offset + base[base.length - 1]!.length;
+    const pieces = this.overlay.lookup(offset, covered);
+    if (pieces.length === 0) return base;
+    const out: Extent[] = [];
+    const push = (e: Extent): void => {
+      if (e.length <= 0) return;
+      const last = out[out.length - 1];
+      if (last && last.flags === e.flags && last.offset + last.length === e.offset) last.length += e.length;
+      else out.push({ ...e });
+    };
+    let pi = 0;
+    for (const b of base) {
+      let at = b.offset;
+      const bEnd = b.offset + b.length;
+      while (at < bEnd) {
+        while (pi < pieces.length && pieces[pi]!.end <= at) pi++;
+        const p = pieces[pi];
+        if (!p || p.start >= bEnd) {
+          push({ offset: at, length: bEnd - at, flags: b.flags });
+          break;
+        }
+        if (p.start > at) {
+          push({ offset: at, length: p.start - at, flags: b.flags });
+          at = p.start;
+        }
+        const e = Math.min(p.end, bEnd);
+        push({ offset: at, length: e - at, flags: p.kind === ExtentKind.DATA ? 0 : ExtentFlag.ZERO });
+        at = e;
+      }
+    }
+    return out.slice(0, extentsMax);
+  }
+
+  /** Applies everything staged to the primary; the journal is then empty for the primary consumer. */
+  drain(): Promise<void> {
+    return this.committer.drain();
+  }
+
+  async close(): Promise<void> {
+    await this.committer.drain().catch(() => undefined);
+    await this.committer.stop();
+    this.journal.onWritten = null;
+    await this.journal.close();
+  }
+
+  get failure(): FerryError | null {
+    return this.journal.failed;
+  }
+}

@@ -1,0 +1,177 @@
+// Shared helpers for the interop suite: start/stop a ferryd and remove its data,
+// run the real NBD clients (qemu-io, nbdsh, ...) with bounded time, and small file
+// utilities. Clients are always real programs; nothing here fakes the server.
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { requireTool, run, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
+
+/** Default bound on one client run; every spawned tool gets one. */
+export const TOOL_TIMEOUT_MS = 120_000;
+
+/**
+ * nbdsh is a shell script running `python3 -m nbd` from $PATH; the libnbd bindings
+ * are installed for the system interpreter, which a pyenv or venv on $PATH would
+ * shadow. Put /usr/bin first for it.
+ */
+export const SYSTEM_PYTHON_ENV: NodeJS.ProcessEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
+
+/** Temp dirs and daemons to remove in `after()`. */
+export class Cleanup {
+  private readonly dirs: string[] = [];
+  private readonly daemons: Ferryd[] = [];
+  private readonly hooks: Array<() => Promise<void> | void> = [];
+
+  dir(prefix = 'ferry-interop-'): string {
+    const d = tmpDir(prefix);
+    this.dirs.push(d);
+    return d;
+  }
+
+  /** Starts a ferryd whose data directory is removed at cleanup. */
+  async ferryd(opts: StartOptions = {}): Promise<Ferryd> {
+    const dataDir = opts.dataDir ?? this.dir('ferry-data-');
+    const d = await startFerryd({ ...opts, dataDir });
+    this.daemons.push(d);
+    return d;
+  }
+
+  /** Runs `fn` at cleanup, before daemons stop (e.g. unmount what uses them). LIFO. */
+  defer(fn: () => Promise<void> | void): void {
+    this.hooks.push(fn);
+  }
+
+  async run(): Promise<void> {
+    const errors: unknown[] = [];
+    for (const h of this.hooks.splice(0).reverse()) {
+      try {
+        await h();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    for (const d of this.daemons.splice(0)) {
+      try {
+        await d.stop();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+    if (errors.length) throw errors[0];
+  }
+}
+
+function describe(cmd: string, args: string[], r: RunResult): string {
+  return `${cmd} ${args.map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ')}\nexit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}\nstdout: ${r.stdout.slice(-4000)}\nstderr: ${r.stderr.slice(-4000)}`;
+}
+
+export interface ToolOptions {
+  input?: string | Buffer;
+  env?: NodeJS.ProcessEnv;
+  timeoutMs?: number;
+}
+
+/** Runs a required tool (failing when missing), bounded in time. */
+export async function tool(name: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
+  const bin = requireTool(name);
+  return run(bin, args, { ...opts, timeoutMs: opts.timeoutMs ?? TOOL_TIMEOUT_MS });
+}
+
+/** Runs a tool and asserts it exited 0; returns its output. */
+export async function ok(name: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
+  const r = await tool(name, args, opts);
+  assert.equal(r.code, 0, `expected success:\n${describe(name, args, r)}`);
+  return r;
+}
+
+/** Runs a tool and asserts it failed (non-zero exit, not killed by our timeout). */
+export async function fails(name: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
+  const r = await tool(name, args, opts);
+  assert.ok(r.signal === null, `killed by ${r.signal} (timeout?):\n${describe(name, args, r)}`);
+  assert.notEqual(r.code, 0, `expected failure:\n${describe(name, args, r)}`);
+  return r;
+}
+
+/** qemu-io on a raw image at `uri`, one -c per command. */
+export function qemuIo(uri: string, commands: string[], extra: string[] = []): Promise<RunResult> {
+  return tool('qemu-io', ['-f', 'raw', ...extra, ...commands.flatMap((c) => ['-c', c]), uri]);
+}
+
+/** qemu-io that must succeed: exit 0 and no failed command or pattern mismatch. */
+export async function qemuIoOk(uri: string, commands: string[], extra: string[] = []): Promise<RunResult> {
+  const r = await qemuIo(uri, commands, extra);
+  const args = [...extra, ...commands.flatMap((c) => ['-c', c]), uri];
+  assert.equal(r.code, 0, `qemu-io failed:\n${describe('qemu-io', args, r)}`);
+  assert.doesNotMatch(r.stdout + r.stderr, /failed|error/i, `qemu-io reported a failure:\n${describe('qemu-io', args, r)}`);
+  return r;
+}
+
+/**
+ * Runs a Python script in nbdsh (libnbd's shell: `nbd` is imported). The script
+ * should print what the test checks; a Python exception makes nbdsh exit non-zero,
+ * which fails the test with the traceback.
+ */
+export async function nbdsh(script: string, timeoutMs = TOOL_TIMEOUT_MS): Promise<string> {
+  const r = await tool('nbdsh', ['-c', script], { env: SYSTEM_PYTHON_ENV, timeoutMs });
+  assert.equal(r.code, 0, `nbdsh script failed:\n${script}\nexit ${r.code} ${r.signal ?? ''}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Parses the last line of nbdsh output that is JSON (scripts end with print(json.dumps(...))). */
+export function lastJson<T = any>(stdout: string): T {
+  const line = stdout
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('{') || l.startsWith('['));
+  assert.ok(line, `no JSON line in output:\n${stdout}`);
+  return JSON.parse(line) as T;
+}
+
+export function sha256File(file: string): string {
+  const h = crypto.createHash('sha256');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+/** Writes `bytes` of random data (from the kernel's CSPRNG) to a new file. */
+export function writeRandomFile(file: string, bytes: number): void {
+  const fd = fs.openSync(file, 'w');
+  try {
+    const chunk = 1 << 20;
+    for (let done = 0; done < bytes; done += chunk) fs.writeSync(fd, crypto.randomBytes(Math.min(chunk, bytes - done)));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Waits until `check` returns true, polling; fails after timeoutMs with `what`. */
+export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Python literal of a string (JSON strings are valid Python strings for our inputs). */
+export function py(s: string): string {
+  return JSON.stringify(s);
+}
+
+export function file(dir: string, name: string): string {
+  return path.join(dir, name);
+}
