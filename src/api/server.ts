@@ -109,7 +109,7 @@ function toFerryError(err: unknown, req: FastifyRequest): FerryError {
 
 /**
  * A schema failure of a name or size field whose JSON type is right (a string name, a
- * string or number size, a string path) gets the code the control layer would give it,
+ * string or number size, a string path or copy path) gets the code the control layer would give it,
  * so '' and a 64-character name are INVALID_NAME like '../x'; a wrong JSON type stays
  * BAD_REQUEST.
  */
@@ -121,6 +121,6 @@ function validationCode(e: { validation?: unknown; validationContext?: string },
   const value = (source as Record<string, unknown>)[field];
   if ((field === 'name' || field === 'pool') && typeof value === 'string') return 'INVALID_NAME';
   if (field === 'size' && (typeof value === 'string' || typeof value === 'number')) return 'INVALID_SIZE';
-  if (field === 'path' && typeof value === 'string') return 'INVALID_PATH';
+  if ((field === 'path' || field === 'copy') && typeof value === 'string') return 'INVALID_PATH';
   return 'BAD_REQUEST';
 }

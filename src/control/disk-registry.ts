@@ -178,6 +178,10 @@ export class DiskRegistry {
     }
     for (const row of this.store.disks()) {
       if (same(row.path)) throw new FerryError('PATH_IN_USE', `${real} is the same ${st.isBlockDevice() ? 'device' : 'file'} as ${row.path}, already used by disk '${row.name}'`);
+      const staging = this.store.staging(row.name);
+      for (const p of [staging?.path, staging?.copy_path]) {
+        if (p && same(p)) throw new FerryError('PATH_IN_USE', `${real} is the same ${st.isBlockDevice() ? 'device' : 'file'} as ${p}, the staging area of disk '${row.name}'`);
+      }
     }
   }
 

@@ -64,6 +64,8 @@ export class Transmission {
   private buffered = 0;
   private header: Request | null = null;
   private drainBytes = 0;
+  /** The oversized WRITE whose payload is being drained; refused once the payload is read. */
+  private drainedWrite: Request | null = null;
   private inflight = 0;
   private inflightBytes = 0;
   private paused = false;
@@ -181,10 +183,18 @@ export class Transmission {
         this.take(n);
         this.drainBytes -= n;
         if (this.drainBytes > 0) return;
+        // Refuse only now: clients (libnbd) match a reply to a request they have finished
+        // sending, and a reply arriving mid-payload kills their connection.
+        const refused = this.drainedWrite!;
+        this.drainedWrite = null;
+        this.reply(refused, NbdErrno.EINVAL, `write of ${refused.length} bytes exceeds the maximum payload ${Limits.payloadBytesMax}`);
         continue;
       }
       if (this.header === null) {
         if (this.buffered < HEADER_REQUEST_BYTES) return;
+        // One segment can hold thousands of headers (each READ up to 32 MiB): start no more
+        // than the in-flight bounds allow; updateFlow() resumes parsing as requests complete.
+        if (this.busy()) return;
         const h = this.take(HEADER_REQUEST_BYTES);
         if (h.readUInt32BE(0) !== REQUEST_MAGIC) {
           this.protocolError(`bad request magic 0x${h.readUInt32BE(0).toString(16)}`);
@@ -208,7 +218,7 @@ export class Transmission {
             }
             // Keep the stream in step: discard the payload, then refuse the request.
             this.drainBytes = req.length;
-            this.reply(req, NbdErrno.EINVAL, `write of ${req.length} bytes exceeds the maximum payload ${Limits.payloadBytesMax}`);
+            this.drainedWrite = req;
             continue;
           }
           this.header = req;
@@ -225,7 +235,18 @@ export class Transmission {
     }
   }
 
+  /** In-flight requests, their payload bytes or unsent replies are at their bound: start no new request. */
+  private busy(): boolean {
+    return (
+      this.inflight >= Limits.inflightRequestsMax ||
+      this.inflightBytes >= Limits.inflightBytesMax ||
+      this.stream.writableLength >= Limits.inflightBytesMax
+    );
+  }
+
   private updateFlow(): void {
+    if (this.closed || this.stopping) return;
+    if (this.buffered > 0 && !this.busy()) this.parse();
     if (this.closed || this.stopping) return;
     const overloaded =
       this.inflight >= Limits.inflightRequestsMax ||

@@ -59,7 +59,7 @@ describe('NBD resource bounds over the wire', { timeout: 300_000 }, () => {
     await d?.stop();
   });
 
-  test('pipelined 32 MiB WRITEs whose replies are never read: ferryd RSS stays bounded', { timeout: 180_000 }, async () => {
+  test('pipelined 32 MiB WRITEs whose replies are never read: ferryd RSS stays bounded', { timeout: 180_000 }, async (t) => {
     const { c } = await RawNbd.attached(d.nbdHost, d.nbdPort, DISK);
     open.push(c);
     const pid = d.proc.pid!;
@@ -86,6 +86,7 @@ describe('NBD resource bounds over the wire', { timeout: 300_000 }, () => {
       assert.equal(r.error, 0, `write ${r.cookie}`);
     }
     const peak = rss.stop();
+    t.diagnostic(`ferryd RSS ${(before / MiB).toFixed(0)} MiB before, peak ${(peak / MiB).toFixed(0)} MiB, ${sent} writes of 32 MiB`);
     assert.ok(peak < RSS_LIMIT_BYTES, `ferryd RSS peaked at ${(peak / MiB).toFixed(0)} MiB (${(before / MiB).toFixed(0)} MiB before) while a client pushed ${(sent * PAYLOAD) / MiB} MiB`);
     // The last write to each slot is what the disk holds.
     const file = await backingFile(d, DISK);
@@ -95,7 +96,7 @@ describe('NBD resource bounds over the wire', { timeout: 300_000 }, () => {
     c.close();
   });
 
-  test('pipelined 32 MiB READs whose replies are not read: ferryd RSS stays bounded', { timeout: 180_000 }, async () => {
+  test('pipelined 32 MiB READs whose replies are not read: ferryd RSS stays bounded', { timeout: 180_000 }, async (t) => {
     const { c } = await RawNbd.attached(d.nbdHost, d.nbdPort, DISK);
     open.push(c);
     const pid = d.proc.pid!;
@@ -118,6 +119,7 @@ describe('NBD resource bounds over the wire', { timeout: 300_000 }, () => {
     }
     assert.equal(seen.size, count);
     const peak = rss.stop();
+    t.diagnostic(`ferryd RSS ${(before / MiB).toFixed(0)} MiB before, peak ${(peak / MiB).toFixed(0)} MiB, ${count} READs of 32 MiB`);
     assert.ok(peak < RSS_LIMIT_BYTES, `ferryd RSS peaked at ${(peak / MiB).toFixed(0)} MiB (${(before / MiB).toFixed(0)} MiB before) serving ${(count * PAYLOAD) / MiB} MiB of READs`);
     c.close();
   });

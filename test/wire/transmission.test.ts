@@ -261,8 +261,14 @@ describe('NBD transmission over the wire', { timeout: 300_000 }, () => {
   test('WRITE above 32 MiB and below 256 MiB: EINVAL after its payload is drained, next request works', async () => {
     const c = await attach(BIG);
     const length = 40 * MiB;
-    await c.writeFlowing(encodeRequest({ type: Cmd.WRITE, cookie: 600n, offset: 0, length }));
-    await c.writeFlowing(pattern(length, 6));
+    const payload = pattern(length, 6);
+    await c.write(Buffer.concat([encodeRequest({ type: Cmd.WRITE, cookie: 600n, offset: 0, length }), payload.subarray(0, length - 1)]));
+    // Clients match replies to requests they have finished sending: no reply while a byte is missing
+    // (an observation window: a slow server passes it too, it never fails spuriously).
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(c.pendingBytes, 0, 'no reply before the whole payload was sent');
+    assert.ok(!c.isEnded, 'the connection stays up');
+    await c.write(payload.subarray(length - 1));
     const r = await c.readSimpleReply(0, 60_000);
     assert.equal(r.error, Errno.EINVAL);
     assert.equal(r.cookie, 600n);
@@ -487,7 +493,56 @@ describe('NBD transmission over the wire', { timeout: 300_000 }, () => {
     z.close();
   });
 
+  test('DISC with FUA set still disconnects', async () => {
+    const c = await attach();
+    await c.write(Buffer.concat([encodeRequest({ type: Cmd.FLUSH, cookie: 1600n }), encodeRequest({ type: Cmd.DISC, flags: CmdFlag.FUA, cookie: 1601n })]));
+    const r = await c.readSimpleReply();
+    assert.equal(r.cookie, 1600n);
+    assert.equal((await c.expectDisconnect()).length, 0, 'no reply to DISC');
+  });
+
   test('after everything: the disk holds exactly the legitimate writes', async () => {
     await assertHealthy();
+  });
+});
+
+describe('NBD server shutdown over the wire', { timeout: 120_000 }, () => {
+  let d: Ferryd;
+  before(async () => {
+    d = await startFerryd();
+    await d.createDisk('sd', 64 * MiB);
+  });
+  after(async () => {
+    await d?.stop();
+  });
+
+  test('SIGTERM with requests in flight: their replies arrive, then the server closes', async () => {
+    const { c } = await RawNbd.attached(d.nbdHost, d.nbdPort, 'sd');
+    const N = 8;
+    const len = 4 * MiB;
+    const reqs: Buffer[] = [];
+    for (let i = 0; i < N; i++) reqs.push(encodeRequest({ type: Cmd.READ, cookie: BigInt(i + 1), offset: BigInt(i * len), length: len }));
+    await c.write(Buffer.concat(reqs));
+    // The server is working on them once the first reply bytes arrive; then stop reading and stop the server.
+    await c.read(4, 30_000).then((b) => {
+      assert.equal(b.readUInt32BE(0), SIMPLE_REPLY_MAGIC);
+    });
+    c.socket.pause();
+    const stopped = d.stop();
+    await new Promise((r) => setTimeout(r, 300));
+    c.socket.resume();
+    const first = await c.read(12, 30_000);
+    assert.equal(first.readUInt32BE(0), 0);
+    await c.read(len, 30_000);
+    const seen = new Set<bigint>([first.readBigUInt64BE(4)]);
+    for (let i = 1; i < N; i++) {
+      const r = await c.readSimpleReply(len, 30_000);
+      assert.equal(r.error, 0);
+      seen.add(r.cookie);
+    }
+    assert.equal(seen.size, N);
+    await c.expectDisconnect(30_000);
+    const exit = await stopped;
+    assert.equal(exit.code, 0);
   });
 });
