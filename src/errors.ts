@@ -50,6 +50,12 @@ export const ERRORS = {
   NO_STAGING: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk has no staging area' },
   STAGING_CORRUPT: { http: 500, nbd: NbdErrno.EIO, summary: 'the staging area cannot be trusted' },
   STAGING_FAILED: { http: 500, nbd: NbdErrno.EIO, summary: 'every copy of the staging area failed' },
+  // Mirrors.
+  MIRROR_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk already has a mirror' },
+  NO_MIRROR: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk has no mirror' },
+  MIRROR_NOT_IN_SYNC: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the mirror is not in sync' },
+  TARGET_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is smaller than the disk' },
+  INVALID_TARGET: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is not valid' },
   // Capabilities.
   NOT_SUPPORTED: { http: 422, nbd: NbdErrno.ENOTSUP, summary: 'the operation is not supported here' },
   // Faults.

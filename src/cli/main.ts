@@ -8,6 +8,7 @@ import { serve } from './serve.js';
 import { bytes, keyValues, table } from './output.js';
 import type { DiskInfo, PoolInfo } from '../control/disk-registry.js';
 import { registerStagingCommands } from './staging-commands.js';
+import { registerMirrorCommands } from './mirror-commands.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -158,6 +159,7 @@ program
   });
 
 registerStagingCommands(program);
+registerMirrorCommands(program);
 
 async function main(): Promise<void> {
   try {

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { MetadataStore } from './store.js';
 import { DiskRegistry } from './disk-registry.js';
 import { StagingControl } from './staging-control.js';
+import { MirrorControl } from './mirror-control.js';
 import { NbdServer, type NbdTlsConfig } from '../nbd/server.js';
 import { ApiServer } from '../api/server.js';
 
@@ -29,6 +30,7 @@ export class Daemon {
   store!: MetadataStore;
   disks!: DiskRegistry;
   staging!: StagingControl;
+  mirrors!: MirrorControl;
   private nbd!: NbdServer;
   private api!: ApiServer;
   readonly startedAt = new Date();
@@ -47,7 +49,11 @@ export class Daemon {
     this.store = new MetadataStore(path.join(dir, DB_FILE));
     this.disks = new DiskRegistry(this.store, dir, this.log);
     this.staging = new StagingControl(this.store, this.disks, dir, this.log);
-    await this.disks.load((row, volume) => this.staging.openAtStart(row, volume));
+    this.mirrors = new MirrorControl(this.store, this.disks, this.staging, dir, this.log);
+    await this.disks.load(async (row, volume) => {
+      await this.staging.openAtStart(row, volume);
+      await this.mirrors.openAtStart(row, volume);
+    });
     this.nbd = new NbdServer({
       host: this.config.nbd.host,
       port: this.config.nbd.port,
@@ -67,6 +73,7 @@ export class Daemon {
   async stop(): Promise<void> {
     await this.api?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the API failed'));
     await this.nbd?.close();
+    await this.mirrors?.close();
     await this.disks?.close();
     this.store?.close();
   }

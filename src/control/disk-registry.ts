@@ -13,6 +13,7 @@ import { BlockDevice } from '../disk/block-device.js';
 import { sizeBytesMax } from '../disk/size.js';
 import { Volume } from '../volume/volume.js';
 import { validateName } from './names.js';
+import { assertPathFree } from './path-guard.js';
 import type { DiskKind, DiskRow, MetadataStore, PoolRow } from './store.js';
 
 export const DEFAULT_POOL = 'default';
@@ -79,6 +80,12 @@ export class DiskRegistry {
       }
       this.disks.set(row.name, d);
     }
+  }
+
+  /** Re-reads a disk's row after another control changed it (a swap of roles). */
+  reloadRow(name: string): void {
+    const d = this.mustGet(name);
+    d.row = this.store.disk(name)!;
   }
 
   /** The registry entry of a disk (row and open volume), for the staging and mirror controls. */
@@ -153,37 +160,7 @@ export class DiskRegistry {
     if (this.disks.has(name)) throw new FerryError('DISK_EXISTS', `a disk named '${name}' already exists`);
   }
 
-  private checkPathFree(realPath: string): void {
-    const user = this.store.pathUser(realPath);
-    if (user) throw new FerryError('PATH_IN_USE', `${realPath} is already used by ${user}`);
-  }
 
-  /**
-   * The same data under another name: a hard link to a disk's file or to Ferry's own
-   * metadata, or a second device node of a disk's block device. realpath cannot see
-   * these, so they are compared by inode (files) or device number (block devices).
-   */
-  private checkSameDataFree(real: string, st: fs.Stats, dataReal: string): void {
-    const same = (p: string): boolean => {
-      let o: fs.Stats;
-      try {
-        o = fs.statSync(p);
-      } catch {
-        return false;
-      }
-      return st.isBlockDevice() ? o.isBlockDevice() && o.rdev === st.rdev : o.isFile() && o.dev === st.dev && o.ino === st.ino;
-    };
-    for (const f of fs.readdirSync(dataReal)) {
-      if (same(path.join(dataReal, f))) throw new FerryError('INVALID_PATH', `${real} is the same file as ${path.join(dataReal, f)}, part of Ferry's own data directory`);
-    }
-    for (const row of this.store.disks()) {
-      if (same(row.path)) throw new FerryError('PATH_IN_USE', `${real} is the same ${st.isBlockDevice() ? 'device' : 'file'} as ${row.path}, already used by disk '${row.name}'`);
-      const staging = this.store.staging(row.name);
-      for (const p of [staging?.path, staging?.copy_path]) {
-        if (p && same(p)) throw new FerryError('PATH_IN_USE', `${real} is the same ${st.isBlockDevice() ? 'device' : 'file'} as ${p}, the staging area of disk '${row.name}'`);
-      }
-    }
-  }
 
   /** Creates a thin-provisioned (sparse) virtual disk in a pool. */
   async create(req: { name: string; size: number; pool?: string; readOnly?: boolean }): Promise<DiskInfo> {
@@ -197,7 +174,7 @@ export class DiskRegistry {
     }
     if (req.size % 512 !== 0) throw new FerryError('INVALID_SIZE', `disk size ${req.size} is not a multiple of 512 bytes`);
     const file = path.join(pool.path, `${req.name}.img`);
-    this.checkPathFree(file);
+    assertPathFree(this.store, this.dataDir, file);
     let fd: number;
     try {
       fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
@@ -248,8 +225,7 @@ export class DiskRegistry {
     const dataReal = fs.realpathSync(this.dataDir);
     const inPool = this.store.pools().some((p) => isInside(real, p.path));
     if (isInside(real, dataReal) && !inPool) throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own data directory`);
-    this.checkPathFree(real);
-    this.checkSameDataFree(real, st, dataReal);
+    assertPathFree(this.store, this.dataDir, real);
     const device = BlockDevice.open(real, { readOnly: req.readOnly ?? false });
     if (device.size === 0) {
       await device.close();
@@ -274,6 +250,7 @@ export class DiskRegistry {
     if (opts.purge && d.row.kind === 'adopted') {
       throw new FerryError('BAD_REQUEST', `disk '${name}' is adopted: Ferry never deletes its data; remove it without --purge`);
     }
+    if (this.store.mirror(name)) throw new FerryError('DISK_BUSY', `disk '${name}' has a mirror; remove it first (ferry mirror remove ${name})`);
     if (this.store.staging(name)) throw new FerryError('DISK_BUSY', `disk '${name}' has a staging area; detach it first (ferry staging detach ${name})`);
     const clients = d.volume?.attachedClients ?? 0;
     if (clients > 0) throw new FerryError('DISK_BUSY', `disk '${name}' has ${clients} NBD client(s) attached; disconnect them first`);

@@ -13,6 +13,7 @@ import { Journal, STAGING_BYTES_MIN, type JournalStats } from '../journal/journa
 import { PRIMARY_CONSUMER } from '../volume/committer.js';
 import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
+import { assertPathFree } from './path-guard.js';
 import type { DiskRow, MetadataStore, StagingRow } from './store.js';
 
 export interface StagingInfo extends JournalStats {
@@ -83,12 +84,7 @@ export class StagingControl {
       real = path.join(dir, path.basename(p));
     }
     if (real === diskPath) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
-    const user = this.store.pathUser(real);
-    if (user) throw new FerryError('PATH_IN_USE', `${real} is already used by ${user}`);
-    const data = fs.realpathSync(this.dataDir);
-    if (real === path.join(data, 'ferry.db') || real.startsWith(path.join(data, 'ferry.db')) || real === path.join(data, 'api-token')) {
-      throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own metadata`);
-    }
+    assertPathFree(this.store, this.dataDir, real);
     return { real, block };
   }
 
@@ -166,6 +162,7 @@ export class StagingControl {
   /** Applies every staged write to the disk, then detaches and deletes the files Ferry created. */
   async detach(disk: string): Promise<StagingInfo> {
     const info = this.show(disk);
+    if (this.store.mirror(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' has a mirror, which needs its staging area; remove the mirror first`);
     const { volume } = this.onlineVolume(disk);
     const s = this.store.staging(disk)!;
     await volume.detachStaging();

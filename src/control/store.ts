@@ -46,7 +46,32 @@ const migrations: string[] = [
      created_copy INTEGER NOT NULL,
      created_at INTEGER NOT NULL
    );`,
+  `CREATE TABLE mirrors (
+     disk TEXT PRIMARY KEY REFERENCES disks(name),
+     target TEXT NOT NULL,
+     path TEXT NOT NULL UNIQUE,
+     created_file INTEGER NOT NULL,
+     sync_mode TEXT NOT NULL CHECK (sync_mode IN ('full', 'checksum')),
+     sync_cursor INTEGER NOT NULL,
+     sync_done INTEGER NOT NULL,
+     target_zero INTEGER NOT NULL,
+     paused INTEGER NOT NULL DEFAULT 0,
+     created_at INTEGER NOT NULL
+   );`,
 ];
+
+export interface MirrorRow {
+  disk: string;
+  target: string;
+  path: string;
+  created_file: number;
+  sync_mode: 'full' | 'checksum';
+  sync_cursor: number;
+  sync_done: number;
+  target_zero: number;
+  paused: number;
+  created_at: number;
+}
 
 export interface StagingRow {
   disk: string;
@@ -139,12 +164,63 @@ export class MetadataStore {
     this.db.prepare('DELETE FROM staging WHERE disk = ?').run(disk);
   }
 
+  mirror(disk: string): MirrorRow | undefined {
+    return this.db.prepare('SELECT * FROM mirrors WHERE disk = ?').get(disk) as MirrorRow | undefined;
+  }
+
+  mirrors(): MirrorRow[] {
+    return this.db.prepare('SELECT * FROM mirrors ORDER BY disk').all() as MirrorRow[];
+  }
+
+  insertMirror(row: MirrorRow): void {
+    this.db
+      .prepare(
+        'INSERT INTO mirrors (disk, target, path, created_file, sync_mode, sync_cursor, sync_done, target_zero, paused, created_at) VALUES (@disk, @target, @path, @created_file, @sync_mode, @sync_cursor, @sync_done, @target_zero, @paused, @created_at)',
+      )
+      .run(row);
+  }
+
+  updateMirror(disk: string, fields: Partial<Pick<MirrorRow, 'sync_cursor' | 'sync_done' | 'paused'>>): void {
+    const sets = Object.keys(fields).map((k) => `${k} = @${k}`).join(', ');
+    if (sets) this.db.prepare(`UPDATE mirrors SET ${sets} WHERE disk = @disk`).run({ ...fields, disk });
+  }
+
+  deleteMirror(disk: string): void {
+    this.db.prepare('DELETE FROM mirrors WHERE disk = ?').run(disk);
+  }
+
+  /** Exchanges the disk's path with its mirror's, in one transaction (a swap of roles). */
+  swapMirrorPaths(disk: string): void {
+    this.db.transaction(() => {
+      const d = this.disk(disk)!;
+      const m = this.mirror(disk)!;
+      // Free the UNIQUE paths first, then exchange them.
+      this.db.prepare('UPDATE mirrors SET path = ? WHERE disk = ?').run(`swapping:${m.path}`, disk);
+      this.db.prepare("UPDATE disks SET path = ?, kind = 'adopted', pool = NULL WHERE name = ?").run(m.path, disk);
+      this.db.prepare('UPDATE mirrors SET path = ?, target = ? WHERE disk = ?').run(d.path, `local:${d.path}`, disk);
+    })();
+  }
+
+  /** Every path Ferry uses, with who uses it. */
+  usedPaths(): Array<{ path: string; user: string }> {
+    const out: Array<{ path: string; user: string }> = [];
+    for (const d of this.disks()) out.push({ path: d.path, user: `disk '${d.name}'` });
+    for (const s of this.db.prepare('SELECT disk, path, copy_path FROM staging').all() as Array<{ disk: string; path: string; copy_path: string | null }>) {
+      out.push({ path: s.path, user: `the staging area of disk '${s.disk}'` });
+      if (s.copy_path) out.push({ path: s.copy_path, user: `the staging area of disk '${s.disk}' (its copy)` });
+    }
+    for (const m of this.mirrors()) out.push({ path: m.path, user: `the mirror of disk '${m.disk}'` });
+    return out;
+  }
+
   /** Who uses a path (a disk, or a staging area or its copy), for "path already in use" refusals. */
   pathUser(path: string): string | undefined {
     const d = this.diskByPath(path);
     if (d) return `disk '${d.name}'`;
     const s = this.db.prepare('SELECT disk, path FROM staging WHERE path = ? OR copy_path = ?').get(path, path) as { disk: string; path: string } | undefined;
     if (s) return `the staging area of disk '${s.disk}'${s.path === path ? '' : ' (its copy)'}`;
+    const m = this.db.prepare('SELECT disk FROM mirrors WHERE path = ?').get(path) as { disk: string } | undefined;
+    if (m) return `the mirror of disk '${m.disk}'`;
     return undefined;
   }
 

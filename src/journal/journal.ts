@@ -32,6 +32,7 @@ import { SyncBatcher } from '../disk/sync-batcher.js';
 import type { Store } from '../disk/store.js';
 import {
   CHECKPOINT_OFFSETS,
+  CONSUMERS_MAX,
   HEADER_AREA_BYTES,
   RECORD_HEADER_BYTES,
   encodeCheckpoint,
@@ -197,6 +198,40 @@ export class Journal extends EventEmitter {
     const c = this.consumers.get(name);
     if (!c) throw new Error(`no consumer ${name}`);
     return { ...c };
+  }
+
+  /**
+   * Adds a consumer that starts at the head: it will see every record written from now on.
+   * Durable at the next checkpoint (which this awaits).
+   */
+  async addConsumer(name: string): Promise<ConsumerPosition> {
+    if (this.consumers.has(name)) throw new Error(`consumer ${name} exists`);
+    if (this.consumers.size >= CONSUMERS_MAX) throw new FerryError('BAD_REQUEST', `a staging area serves at most ${CONSUMERS_MAX} consumers`);
+    let release!: () => void;
+    const previous = this.batchLock;
+    this.batchLock = new Promise((r) => (release = r));
+    await previous;
+    let pos: ConsumerPosition;
+    try {
+      pos = { name, nextSeq: this.nextSeq, nextPos: this.headPos, prevCrc: this.lastCrc };
+      this.consumers.set(name, pos);
+    } finally {
+      release();
+    }
+    await this.checkpoint();
+    return { ...pos };
+  }
+
+  /** Removes a consumer; the space only it needed is freed at the checkpoint this awaits. */
+  async removeConsumer(name: string): Promise<void> {
+    if (!this.consumers.has(name)) return;
+    if (this.consumers.size === 1) throw new Error('the last consumer cannot be removed');
+    this.consumers.delete(name);
+    await this.checkpoint();
+  }
+
+  hasConsumer(name: string): boolean {
+    return this.consumers.has(name);
   }
 
   /** Records that `name` is done with every record before pos.nextSeq (durable on its side). Takes effect at the next checkpoint. */
@@ -365,6 +400,11 @@ export class Journal extends EventEmitter {
   whenDurableBeyond(seq: number): Promise<void> {
     if (this.durableSeqValue > seq || this.failure) return Promise.resolve();
     return new Promise((resolve) => this.durableWaiters.push(resolve));
+  }
+
+  /** When record `seq` was written, if it is still in the recent cache. */
+  recordTime(seq: number): number | null {
+    return this.recent.get(seq)?.timeMs ?? null;
   }
 
   private remember(r: StagedRecord): void {

@@ -93,7 +93,8 @@ export class NbdServer {
         clearTimeout(timer);
         this.negotiating.delete(socket);
         if (!result) return;
-        if (this.closing) {
+        // The disk may have been removed while the client negotiated: never attach to a closed volume.
+        if (this.closing || this.opts.catalog.find(result.volume.name) !== result.volume) {
           result.stream.destroy();
           return;
         }

@@ -1,7 +1,9 @@
-// The committer: the staging area's first consumer. It applies durable records to the
-// primary disk in sequence order, drops each from the read overlay once it is on the
-// primary, and checkpoints its position after syncing the primary, which lets the
-// journal reclaim the space behind it.
+// The committer: a staging area consumer that applies durable records to a target disk
+// in sequence order and checkpoints its position after syncing the target, which lets
+// the journal reclaim the space behind it. The primary's committer also drops each
+// record from the read overlay once it is on the primary; a local mirror's committer
+// (src/mirror/) applies the same records to the mirror, holding back records that touch
+// a region the sync engine is copying at that moment.
 //
 // Records are applied in groups: consecutive records whose ranges do not overlap are
 // written concurrently (their order cannot matter); a record overlapping an earlier
@@ -12,7 +14,6 @@ import type { Logger } from 'pino';
 import type { DiskStore } from '../disk/store.js';
 import { RecordType, type ConsumerPosition } from '../journal/format.js';
 import type { Journal, StagedRecord } from '../journal/journal.js';
-import type { Overlay } from './overlay.js';
 
 export const PRIMARY_CONSUMER = 'primary';
 /** Record flag: a ZERO record that must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
@@ -25,8 +26,19 @@ const applyDelayMs = 20;
 const checkpointIntervalMs = 500;
 const retryMsMax = 30_000;
 
+export interface CommitterOptions {
+  /** The journal consumer this committer is (default: the primary). */
+  consumer?: string;
+  /** Called once a group of records is on the target (not yet synced). */
+  onApplied?: (records: StagedRecord[]) => void;
+  /** Resolves when a record may be applied now (null: at once). */
+  admit?: (record: StagedRecord) => Promise<void> | null;
+}
+
 export class Committer {
   private pos: ConsumerPosition;
+  private readonly consumerName: string;
+  private paused = false;
   private stopped = false;
   private loop: Promise<void> | null = null;
   private dirty = false;
@@ -40,16 +52,40 @@ export class Committer {
 
   constructor(
     private readonly journal: Journal,
-    private readonly primary: DiskStore,
-    private readonly overlay: Overlay,
+    private target: DiskStore,
     private readonly log: Logger,
+    private readonly opts: CommitterOptions = {},
   ) {
-    this.pos = journal.consumer(PRIMARY_CONSUMER);
+    this.consumerName = opts.consumer ?? PRIMARY_CONSUMER;
+    this.pos = journal.consumer(this.consumerName);
     journal.on('space-needed', () => this.kick());
   }
 
   get nextSeq(): number {
     return this.pos.nextSeq;
+  }
+
+  get position(): ConsumerPosition {
+    return { ...this.pos };
+  }
+
+  /** Stops applying (records wait in the staging area) until resume(). */
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.kick();
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Points the committer at another target (a swap of roles; the caller holds the I/O gate and has drained). */
+  retarget(target: DiskStore): void {
+    this.target = target;
   }
 
   /** Ends the current wait of the loop early (space or overlay pressure, new records, stop). */
@@ -97,6 +133,10 @@ export class Committer {
   }
 
   private async step(): Promise<void> {
+    if (this.paused) {
+      if (this.dirty) return this.checkpoint();
+      return this.waitFor(new Promise<void>(() => undefined), 1000);
+    }
     if (this.pos.nextSeq > this.journal.writtenSeq) {
       if (this.dirty) return this.checkpoint();
       return this.waitFor(this.journal.whenWrittenBeyond(this.pos.nextSeq - 1), 0);
@@ -116,7 +156,7 @@ export class Committer {
       const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc);
       records.push(r);
       bytes += r.span;
-      pos = { name: PRIMARY_CONSUMER, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
+      pos = { name: this.consumerName, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
     }
     await this.apply(records);
     this.pos = pos;
@@ -131,10 +171,8 @@ export class Committer {
     let group: StagedRecord[] = [];
     const flush = async (): Promise<void> => {
       await Promise.all(group.map((r) => this.applyOne(r)));
-      for (const r of group) {
-        this.overlay.removeRecord(r.seq, r.diskOffset, r.diskOffset + r.length);
-        this.appliedTimeMs = r.timeMs;
-      }
+      this.opts.onApplied?.(group);
+      if (group.length) this.appliedTimeMs = group[group.length - 1]!.timeMs;
       group = [];
     };
     for (const r of records) {
@@ -145,31 +183,35 @@ export class Committer {
     await flush();
   }
 
-  private applyOne(r: StagedRecord): Promise<void> {
+  private async applyOne(r: StagedRecord): Promise<void> {
+    const wait = this.opts.admit?.(r);
+    if (wait) await wait;
     switch (r.type) {
       case RecordType.WRITE:
-        return this.primary.write(r.payload!, 0, r.length, r.diskOffset);
+        return this.target.write(r.payload!, 0, r.length, r.diskOffset);
       case RecordType.ZERO:
-        return this.primary.zero(r.diskOffset, r.length, (r.flags & FLAG_NO_HOLE) === 0, false);
+        return this.target.zero(r.diskOffset, r.length, (r.flags & FLAG_NO_HOLE) === 0, false);
       case RecordType.TRIM:
-        return this.primary.trim(r.diskOffset, r.length);
+        return this.target.trim(r.diskOffset, r.length);
       default:
         throw new Error(`unknown record type ${String(r.type)}`);
     }
   }
 
-  /** Primary first, then the position (J4). */
+  /** Target first, then the position (J4). */
   private async checkpoint(): Promise<void> {
-    await this.primary.sync();
-    this.journal.advanceConsumer(PRIMARY_CONSUMER, this.pos);
+    const pos = this.pos;
+    await this.target.sync();
+    this.journal.advanceConsumer(this.consumerName, pos);
     await this.journal.checkpoint();
-    this.dirty = false;
+    if (this.pos === pos) this.dirty = false;
     this.lastCheckpointMs = Date.now();
     this.bytesSinceCheckpoint = 0;
   }
 
-  /** Applies everything written so far and checkpoints: the primary then holds every staged write. */
+  /** Applies everything written so far and checkpoints: the target then holds every staged write. */
   async drain(): Promise<void> {
+    if (this.paused) throw new Error(`the ${this.consumerName} consumer is paused`);
     const target = this.journal.writtenSeq;
     while (this.pos.nextSeq <= target) {
       if (this.journal.failed) throw this.journal.failed;

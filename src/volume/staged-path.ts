@@ -15,17 +15,35 @@ import { ExtentKind, Overlay } from './overlay.js';
 /** Overlay extents held in memory before writers wait for the committer (about 100 bytes each). */
 export const overlayExtentsMax = 512 * 1024;
 
+/** Regions whose write counters let an online verify tell "changed while compared" from "differs". */
+const writeGenRegionsMax = 1 << 20;
+
 export class StagedPath {
   readonly overlay = new Overlay();
   readonly committer: Committer;
+  /** Writes started per region of genRegionBytes (wrapping counters; at most 4 MiB of memory). */
+  readonly writeGen: Uint32Array;
+  readonly genRegionBytes: number;
 
   constructor(
     readonly journal: Journal,
-    private readonly primary: DiskStore,
+    private primary: DiskStore,
     log: Logger,
   ) {
-    this.committer = new Committer(journal, primary, this.overlay, log);
+    this.committer = new Committer(journal, primary, log, {
+      onApplied: (records) => {
+        for (const r of records) this.overlay.removeRecord(r.seq, r.diskOffset, r.diskOffset + r.length);
+      },
+    });
     journal.onWritten = (records) => this.index(records);
+    this.genRegionBytes = Math.max(1024 * 1024, 2 ** Math.ceil(Math.log2(Math.max(1, primary.size / writeGenRegionsMax))));
+    this.writeGen = new Uint32Array(Math.ceil(primary.size / this.genRegionBytes) + 1);
+  }
+
+  /** Points the data path at another primary (a swap of roles; the caller holds the I/O gate and has drained). */
+  setPrimary(primary: DiskStore): void {
+    this.primary = primary;
+    this.committer.retarget(primary);
   }
 
   /** Replays what recovery found (records the primary has not checkpointed), then keeps applying in the background. */
@@ -43,6 +61,10 @@ export class StagedPath {
   }
 
   private async append(type: RecordTypeValue, flags: number, offset: number, length: number, payload: Buffer | null, fua: boolean): Promise<void> {
+    if (length > 0) {
+      const last = Math.floor((offset + length - 1) / this.genRegionBytes);
+      for (let r = Math.floor(offset / this.genRegionBytes); r <= last; r++) this.writeGen[r] = (this.writeGen[r]! + 1) >>> 0;
+    }
     while (this.overlay.size >= overlayExtentsMax) {
       this.committer.kick();
       await this.committer.progress();

@@ -28,8 +28,10 @@ export class Volume {
   readonly name: string;
   readonly readOnly: boolean;
   readonly stats: VolumeStats = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 };
-  private readonly primary: DiskStore;
+  private primary: DiskStore;
   private staged: StagedPath | null = null;
+  /** Fixed for the life of the volume: a swap onto a larger device does not change what clients see. */
+  readonly size: number;
   private readonly gate = new IoGate();
   private clients = 0;
 
@@ -37,10 +39,11 @@ export class Volume {
     this.name = name;
     this.primary = primary;
     this.readOnly = readOnly || primary.readOnly;
+    this.size = primary.size;
   }
 
-  get size(): number {
-    return this.primary.size;
+  get primaryStore(): DiskStore {
+    return this.primary;
   }
 
   get path(): string {
@@ -186,6 +189,30 @@ export class Volume {
     } finally {
       this.gate.open();
     }
+  }
+
+  /**
+   * Runs `fn` with every request held at the gate and none in flight; returns how long
+   * requests were held. Used to switch roles (swap) under open connections.
+   */
+  async exclusive(fn: () => Promise<void>): Promise<number> {
+    const started = process.hrtime.bigint();
+    await this.gate.close();
+    try {
+      await fn();
+    } finally {
+      this.gate.open();
+    }
+    return Number(process.hrtime.bigint() - started) / 1e6;
+  }
+
+  /** Makes `store` the primary (inside exclusive(), after draining); returns the old one. */
+  replacePrimary(store: DiskStore): DiskStore {
+    if (store.size < this.size) throw new FerryError('INVALID_SIZE', `${store.path} is smaller than disk ${this.name}`);
+    const old = this.primary;
+    this.primary = store;
+    this.staged?.setPrimary(store);
+    return old;
   }
 
   async close(): Promise<void> {

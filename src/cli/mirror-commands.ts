@@ -1,0 +1,145 @@
+// `ferry mirror ...`: create, status (with --watch and a progress bar in a terminal),
+// pause, resume, verify, swap and remove.
+import { Option, type Command } from 'commander';
+import cliProgress from 'cli-progress';
+import type { MirrorStatus, VerifyReport } from '../mirror/mirror.js';
+import type { SwapReport } from '../control/mirror-control.js';
+import { client, jsonOpt, print } from './command-kit.js';
+import { bytes, table } from './output.js';
+
+function duration(seconds: number | null): string {
+  if (seconds === null) return '-';
+  if (seconds < 1) return `${Math.round(seconds * 1000)}ms`;
+  if (seconds < 120) return `${seconds.toFixed(1)}s`;
+  return `${Math.floor(seconds / 60)}m${Math.round(seconds % 60)}s`;
+}
+
+function statusTable(list: MirrorStatus[]): string {
+  return table(
+    list.map((m) => ({
+      disk: m.disk,
+      target: m.target,
+      state: m.state,
+      consistent: m.consistent ? 'yes' : 'NO',
+      sync: m.consistent ? 'done' : `${(m.syncProgress * 100).toFixed(1)}% ${bytes(m.syncBytesPerSec)}/s eta ${duration(m.syncEtaSeconds)}`,
+      lag: `${m.lagRecords} rec ${bytes(m.lagBytes)} ${duration(m.lagSeconds)}`,
+      error: m.syncError ?? m.committerError ?? '',
+    })),
+    ['disk', 'target', 'state', 'consistent', 'sync', 'lag', 'error'],
+  );
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Shows a progress bar until the mirror is in sync (or fails, or the user interrupts). */
+async function waitInSync(cmd: Command, disk: string): Promise<MirrorStatus> {
+  const api = client(cmd);
+  const tty = process.stderr.isTTY;
+  const bar = tty ? new cliProgress.SingleBar({ format: `sync ${disk} [{bar}] {percentage}% | {rate}/s | eta {eta_formatted}`, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  bar?.start(100, 0, { rate: '0B' });
+  for (;;) {
+    const m = await api.request<MirrorStatus>('GET', `/v1/disks/${encodeURIComponent(disk)}/mirror`);
+    bar?.update(Math.floor(m.syncProgress * 100), { rate: bytes(m.syncBytesPerSec) });
+    if (m.consistent || m.syncError) {
+      bar?.update(m.consistent ? 100 : Math.floor(m.syncProgress * 100));
+      bar?.stop();
+      return m;
+    }
+    await sleep(500);
+  }
+}
+
+export function registerMirrorCommands(program: Command): void {
+  const mirror = program.command('mirror').description('mirrors: a second copy of a disk, kept write-order consistent through its staging area');
+  const path = (disk: string, rest = ''): string => `/v1/disks/${encodeURIComponent(disk)}/mirror${rest}`;
+
+  mirror
+    .command('create <disk>')
+    .description('create a mirror and sync it in the background while clients keep writing')
+    .requiredOption('--to <target>', 'local:PATH (a new file, or an existing file or block device at least as large as the disk)')
+    .option('--staging <path>', 'staging area to attach if the disk has none (a new file or a block device)')
+    .option('--staging-size <size>', 'size of that staging area, e.g. 4G')
+    .option('--staging-copy <path>', 'a second copy of that staging area')
+    .addOption(new Option('--sync <mode>', 'full, or checksum: copy only chunks that differ on a target holding similar data').choices(['full', 'checksum']).default('full'))
+    .option('--wait', 'wait (with a progress bar in a terminal) until the mirror is in sync')
+    .addOption(jsonOpt())
+    .action(async (disk: string, opts, cmd: Command) => {
+      let m = await client(cmd).request<MirrorStatus>('POST', path(disk), {
+        to: opts.to,
+        staging: opts.staging,
+        stagingSize: opts.stagingSize,
+        stagingCopy: opts.stagingCopy,
+        sync: opts.sync,
+      });
+      if (opts.wait) m = await waitInSync(cmd, disk);
+      print(cmd, m, () => (m.consistent ? `mirror of ${disk} on ${m.target} is in sync\n` : `mirror of ${disk} on ${m.target} created; syncing (ferry mirror status ${disk} --watch)\n`));
+    });
+
+  mirror
+    .command('status [disk]')
+    .description('state, consistency, sync progress (throughput, ETA) and lag (records, bytes, seconds)')
+    .option('--watch', 'refresh every second (a progress bar while a single disk syncs)')
+    .addOption(jsonOpt())
+    .action(async (disk: string | undefined, opts, cmd: Command) => {
+      const api = client(cmd);
+      const get = async (): Promise<MirrorStatus[]> => (disk ? [await api.request<MirrorStatus>('GET', path(disk))] : api.request<MirrorStatus[]>('GET', '/v1/mirrors'));
+      if (opts.watch && disk && !opts.json) {
+        const first = (await get())[0]!;
+        if (!first.consistent) await waitInSync(cmd, disk);
+      }
+      for (;;) {
+        const list = await get();
+        if (opts.watch && process.stdout.isTTY && !opts.json) process.stdout.write('\x1b[2J\x1b[H');
+        print(cmd, disk ? list[0] : list, () => statusTable(list));
+        if (!opts.watch) return;
+        await sleep(1000);
+      }
+    });
+
+  for (const [name, description] of [
+    ['pause', 'stop applying records to the mirror; they wait in the staging area'],
+    ['resume', 'resume applying records (and the sync) to the mirror'],
+  ] as const) {
+    mirror
+      .command(`${name} <disk>`)
+      .description(description)
+      .addOption(jsonOpt())
+      .action(async (disk: string, _opts, cmd: Command) => {
+        const m = await client(cmd).request<MirrorStatus>('POST', path(disk, `/${name}`));
+        print(cmd, m, () => `mirror of ${disk}: ${m.state}\n`);
+      });
+  }
+
+  mirror
+    .command('verify <disk>')
+    .description('compare disk and mirror online and report the ranges that differ (exit 1 if any)')
+    .addOption(jsonOpt())
+    .action(async (disk: string, _opts, cmd: Command) => {
+      const r = await client(cmd).request<VerifyReport>('POST', path(disk, '/verify'));
+      print(cmd, r, () => {
+        const head = `compared ${bytes(r.bytesCompared)} in ${duration(r.seconds)}: ${r.regionsVerified} regions verified, ${r.regionsSkipped} skipped (written throughout)\n`;
+        if (r.differences.length === 0) return head + 'disk and mirror are identical\n';
+        return head + `${r.differences.length} differing range(s):\n` + table(r.differences.map((d) => ({ offset: String(d.offset), length: String(d.length) })), ['offset', 'length']);
+      });
+      if (r.differences.length > 0) process.exitCode = 1;
+    });
+
+  mirror
+    .command('swap <disk>')
+    .description('exchange the roles of disk and mirror (in sync only); NBD clients stay connected')
+    .addOption(jsonOpt())
+    .action(async (disk: string, _opts, cmd: Command) => {
+      const r = await client(cmd).request<SwapReport>('POST', path(disk, '/swap'));
+      print(cmd, r, () => `swapped: ${disk} now on ${r.primary}, mirror on ${r.mirror} (writes paused ${r.pauseMs.toFixed(1)} ms)\n`);
+    });
+
+  mirror
+    .command('remove <disk>')
+    .description('detach the mirror, brought up to date first; the copy is left intact and no longer used by Ferry')
+    .option('--force', 'abandon a mirror that is still syncing (its copy is incomplete)')
+    .addOption(jsonOpt())
+    .action(async (disk: string, opts, cmd: Command) => {
+      const m = await client(cmd).request<MirrorStatus>('DELETE', path(disk, opts.force ? '?force=true' : ''));
+      print(cmd, m, () => `removed the mirror of ${disk}; ${m.target.replace(/^local:/, '')} is ${m.consistent ? 'a consistent copy' : 'INCOMPLETE'} and no longer used by Ferry\n`);
+    });
+}

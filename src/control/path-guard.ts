@@ -1,0 +1,35 @@
+// One rule for every path Ferry takes over (an adopted disk, a staging area or its copy,
+// a mirror target): it is not Ferry's own metadata, and no disk, staging area or mirror
+// uses it already, by name or as the same file (hard link, symlink) or device.
+import fs from 'node:fs';
+import path from 'node:path';
+import { FerryError } from '../errors.js';
+import type { MetadataStore } from './store.js';
+
+/** Throws PATH_IN_USE or INVALID_PATH unless `real` (a resolved path) is free for Ferry to use. */
+export function assertPathFree(store: MetadataStore, dataDir: string, real: string): void {
+  const user = store.pathUser(real);
+  if (user) throw new FerryError('PATH_IN_USE', `${real} is already used by ${user}`);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(real);
+  } catch {
+    return; // a new file: nothing can share it yet
+  }
+  const same = (p: string): boolean => {
+    let o: fs.Stats;
+    try {
+      o = fs.statSync(p);
+    } catch {
+      return false;
+    }
+    return st.isBlockDevice() ? o.isBlockDevice() && o.rdev === st.rdev : o.isFile() && o.dev === st.dev && o.ino === st.ino;
+  };
+  const dataReal = fs.realpathSync(dataDir);
+  for (const f of fs.readdirSync(dataReal)) {
+    if (same(path.join(dataReal, f))) throw new FerryError('INVALID_PATH', `${real} is the same file as ${path.join(dataReal, f)}, part of Ferry's own data directory`);
+  }
+  for (const u of store.usedPaths()) {
+    if (same(u.path)) throw new FerryError('PATH_IN_USE', `${real} is the same ${st.isBlockDevice() ? 'device' : 'file'} as ${u.path}, already used by ${u.user}`);
+  }
+}

@@ -1,0 +1,202 @@
+// The mirror layer owns mirrors: the sync engine that copies a disk onto its mirror
+// while clients write, the mirror's record stream (a staging consumer), status, verify.
+//
+// The sync engine copies the disk as clients see it (overlay over primary) onto the
+// target, chunk by chunk, while the mirror's committer applies every record written
+// since the mirror was created. One rule makes the two converge: while a chunk is being
+// copied (read, then written), the mirror committer applies no record touching it.
+// Then each chunk ends as the copy (some state at or after the committer's position)
+// followed by every later record in order, which is the disk's newest state.
+// Holes and all-zero chunks are never copied as data: skipped on a fresh target,
+// zeroed (fallocate or BLKZEROOUT) on a used one. In checksum mode, a chunk is read on
+// both sides and only the parts that differ are written.
+import type { Logger } from 'pino';
+import type { Extent } from '../disk/block-device.js';
+import type { DiskStore } from '../disk/store.js';
+
+export type SyncMode = 'full' | 'checksum';
+
+/** What the engine reads: the disk as clients see it. */
+export interface SyncSource {
+  readonly size: number;
+  read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void>;
+  extents(offset: number, length: number, extentsMax: number): Extent[];
+}
+
+export interface SyncOptions {
+  mode: SyncMode;
+  /** The target is known to read as zeroes (a file Ferry just created): holes need no writes. */
+  targetIsZero: boolean;
+  /** Bytes below this were synced before (durably): resume from here. */
+  startCursor: number;
+  /** Called after the target is synced, with the new durable cursor. */
+  onCheckpoint: (cursor: number) => void;
+  log: Logger;
+}
+
+export const SYNC_CHUNK_BYTES = 4 * 1024 * 1024;
+const chunksInFlightMax = 4;
+const compareBlockBytes = 64 * 1024;
+const checkpointEveryChunks = 64;
+
+export class SyncEngine {
+  private readonly locked = new Map<number, Promise<void>>();
+  private cursor: number;
+  private stopped = false;
+  private running: Promise<void> | null = null;
+  private readonly startedAt = Date.now();
+  private readonly startedCursor: number;
+  copiedBytes = 0;
+  skippedBytes = 0;
+  done = false;
+  error: string | null = null;
+
+  constructor(
+    private readonly source: SyncSource,
+    private readonly target: DiskStore,
+    private readonly opts: SyncOptions,
+  ) {
+    this.cursor = Math.min(opts.startCursor, source.size);
+    this.startedCursor = this.cursor;
+  }
+
+  /** Bytes of the disk already synced (durable or in progress below the cursor). */
+  get position(): number {
+    return this.cursor;
+  }
+
+  get progress(): number {
+    return this.source.size === 0 ? 1 : this.done ? 1 : this.cursor / this.source.size;
+  }
+
+  /** Bytes per second of disk covered since this run started. */
+  get rateBytesPerSec(): number {
+    const s = (Date.now() - this.startedAt) / 1000;
+    return s > 0 ? (this.cursor - this.startedCursor) / s : 0;
+  }
+
+  get etaSeconds(): number | null {
+    if (this.done) return 0;
+    const r = this.rateBytesPerSec;
+    return r > 0 ? (this.source.size - this.cursor) / r : null;
+  }
+
+  /** For the mirror committer: null when a record may be applied now, else when it may. */
+  admit(offset: number, length: number): Promise<void> | null {
+    if (this.locked.size === 0 || length === 0) return null;
+    const first = Math.floor(offset / SYNC_CHUNK_BYTES);
+    const last = Math.floor((offset + length - 1) / SYNC_CHUNK_BYTES);
+    const waits: Promise<void>[] = [];
+    for (const [chunk, p] of this.locked) if (chunk >= first && chunk <= last) waits.push(p);
+    return waits.length ? Promise.all(waits).then(() => undefined) : null;
+  }
+
+  start(): Promise<void> {
+    this.running ??= this.run().catch((err) => {
+      this.error = (err as Error).message;
+      this.opts.log.error({ err: this.error }, 'mirror sync failed; it resumes from its checkpoint when restarted');
+    });
+    return this.running;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.running;
+  }
+
+  private async run(): Promise<void> {
+    const size = this.source.size;
+    const chunks = Math.ceil(size / SYNC_CHUNK_BYTES);
+    let next = Math.floor(this.cursor / SYNC_CHUNK_BYTES);
+    const finished = new Set<number>();
+    let lowest = next; // every chunk below this one is finished
+    let sinceCheckpoint = 0;
+    const worker = async (): Promise<void> => {
+      while (!this.stopped && next < chunks) {
+        const chunk = next++;
+        await this.copyChunk(chunk);
+        finished.add(chunk);
+        while (finished.has(lowest)) finished.delete(lowest++);
+        this.cursor = Math.min(size, lowest * SYNC_CHUNK_BYTES);
+        if (++sinceCheckpoint >= checkpointEveryChunks) {
+          sinceCheckpoint = 0;
+          await this.checkpoint();
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: chunksInFlightMax }, worker));
+    if (this.stopped) return;
+    await this.checkpoint();
+    this.done = true;
+    this.opts.log.info({ copiedBytes: this.copiedBytes, skippedBytes: this.skippedBytes, seconds: (Date.now() - this.startedAt) / 1000 }, 'mirror sync complete');
+  }
+
+  private async checkpoint(): Promise<void> {
+    const cursor = this.cursor;
+    await this.target.sync();
+    this.opts.onCheckpoint(cursor);
+  }
+
+  private async copyChunk(chunk: number): Promise<void> {
+    const offset = chunk * SYNC_CHUNK_BYTES;
+    const length = Math.min(SYNC_CHUNK_BYTES, this.source.size - offset);
+    const extents = this.source.extents(offset, length, 1024);
+    const allHole = extents.every((e) => e.flags & 2) && extents.reduce((n, e) => n + e.length, 0) >= length;
+    if (allHole && this.opts.targetIsZero) {
+      // Nothing to write, so nothing to race with: no lock needed.
+      this.skippedBytes += length;
+      return;
+    }
+    let unlock!: () => void;
+    this.locked.set(chunk, new Promise<void>((r) => (unlock = r)));
+    try {
+      const buf = Buffer.allocUnsafe(length);
+      await this.source.read(buf, 0, length, offset);
+      if (this.opts.mode === 'checksum') await this.writeDiffering(buf, offset);
+      else await this.writeData(buf, offset);
+    } finally {
+      this.locked.delete(chunk);
+      unlock();
+    }
+  }
+
+  /** Writes the chunk, turning all-zero blocks into zeroed ranges (or nothing, on a zero target). */
+  private async writeData(buf: Buffer, offset: number): Promise<void> {
+    for (let at = 0; at < buf.length; ) {
+      const n = Math.min(compareBlockBytes, buf.length - at);
+      const zero = isZero(buf, at, n);
+      let end = at + n;
+      while (end < buf.length && isZero(buf, end, Math.min(compareBlockBytes, buf.length - end)) === zero) end += Math.min(compareBlockBytes, buf.length - end);
+      const run = end - at;
+      if (zero) {
+        if (!this.opts.targetIsZero) await this.target.zero(offset + at, run, true, false);
+        this.skippedBytes += run;
+      } else {
+        await this.target.write(buf, at, run, offset + at);
+        this.copiedBytes += run;
+      }
+      at = end;
+    }
+  }
+
+  /** Reads the target's copy of the chunk and writes only the blocks that differ. */
+  private async writeDiffering(buf: Buffer, offset: number): Promise<void> {
+    const theirs = Buffer.allocUnsafe(buf.length);
+    await this.target.read(theirs, 0, buf.length, offset);
+    for (let at = 0; at < buf.length; at += compareBlockBytes) {
+      const n = Math.min(compareBlockBytes, buf.length - at);
+      if (buf.compare(theirs, at, at + n, at, at + n) === 0) {
+        this.skippedBytes += n;
+        continue;
+      }
+      await this.target.write(buf, at, n, offset + at);
+      this.copiedBytes += n;
+    }
+  }
+}
+
+const zeroBlock = Buffer.alloc(compareBlockBytes);
+
+function isZero(buf: Buffer, at: number, length: number): boolean {
+  return buf.compare(zeroBlock, 0, length, at, at + length) === 0;
+}
