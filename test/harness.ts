@@ -34,6 +34,7 @@ export function run(cmd: string, args: string[], opts: { input?: string | Buffer
       clearTimeout(timer);
       resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
     });
+    child.stdin.on('error', () => undefined); // a child that exits at once must not fail the test with EPIPE
     child.stdin.end(opts.input ?? '');
   });
 }
@@ -52,8 +53,22 @@ export function requireTool(name: string): string {
   throw new Error(`required tool '${name}' is not installed (run .ci/run or see README "Install")`);
 }
 
+const tmpDirs: string[] = [];
+process.on('exit', () => {
+  for (const d of tmpDirs) {
+    try {
+      fs.rmSync(d, { recursive: true, force: true });
+    } catch {
+      // still mounted or busy: leave it
+    }
+  }
+});
+
+/** A temporary directory, deleted when the test process exits. */
 export function tmpDir(prefix = 'ferry-test-'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tmpDirs.push(d);
+  return d;
 }
 
 export interface StartOptions {

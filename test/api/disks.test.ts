@@ -4,12 +4,13 @@
 // client attached cannot be removed.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { requireTool, run, startFerryd, tmpDir, type Ferryd } from '../harness.js';
 import { DiskSchema } from '../../src/api/routes.js';
-import { assertError, assertSchema, assertUnchanged, holdNbd, rawApi, sha256File, snapshot, waitFor } from './helpers.js';
+import { assertError, assertSchema, assertUnchanged, cleanup, holdNbd, rawApi, sha256File, snapshot, waitFor } from './helpers.js';
 
 describe('API: adopt and remove disks', () => {
   let d: Ferryd;
@@ -22,7 +23,7 @@ describe('API: adopt and remove disks', () => {
     await d.createDisk('virt', '1M');
   });
   after(async () => {
-    await d?.stop();
+    await cleanup(d, ext);
   });
 
   async function adoptRefused(name: string, p: unknown, status: number, code: string, what: string): Promise<void> {
@@ -50,7 +51,7 @@ describe('API: adopt and remove disks', () => {
     await adoptRefused('a1', path.join(ext, 'dir'), 400, 'INVALID_PATH', 'a directory');
     await adoptRefused('a1', '/dev/null', 400, 'INVALID_PATH', 'a character device');
     const fifo = path.join(ext, 'fifo');
-    assert.equal((await run('mkfifo', [fifo])).code, 0);
+    execFileSync('mkfifo', [fifo]);
     await adoptRefused('a1', fifo, 400, 'INVALID_PATH', 'a FIFO');
     for (const own of ['ferry.db', 'api-token', 'ferry.db-wal', '']) {
       const p = path.join(d.dataDir, own);
@@ -86,6 +87,23 @@ describe('API: adopt and remove disks', () => {
     fs.linkSync(virt, path.join(ext, 'virt-hardlink'));
     await adoptRefused('a2', path.join(ext, 'virt-hardlink'), 409, 'PATH_IN_USE', 'a hard link to a virtual disk');
     assert.equal((await d.api('DELETE', '/v1/disks/used')).status, 200);
+  });
+
+  test("adopt refuses a disk's staging area, also through a hard link", async () => {
+    await d.createDisk('staged', '1M');
+    const area = path.join(ext, 'staging.area');
+    const r = await d.api('POST', '/v1/disks/staged/staging', { path: area, size: '64M' });
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+    try {
+      await adoptRefused('a3', area, 409, 'PATH_IN_USE', 'the staging area file');
+      fs.linkSync(area, path.join(ext, 'staging-hardlink'));
+      await adoptRefused('a3', path.join(ext, 'staging-hardlink'), 409, 'PATH_IN_USE', 'a hard link to the staging area');
+      assertError(await rawApi(d, 'DELETE', '/v1/disks/staged'), 409, 'DISK_BUSY', 'remove a disk with a staging area');
+    } finally {
+      assert.equal((await d.api('DELETE', '/v1/disks/staged/staging')).status, 200);
+      fs.rmSync(path.join(ext, 'staging-hardlink'), { force: true });
+    }
+    assert.equal((await d.api('DELETE', '/v1/disks/staged?purge=true')).status, 200);
   });
 
   test('adopt serves the file as-is, and NBD writes change only the bytes written', async () => {

@@ -114,6 +114,12 @@ export async function assertUnchanged(d: Ferryd, before: Snapshot, what: string,
   assert.deepEqual(after.files, before.files, `${what}: files changed`);
 }
 
+/** Stops ferryd, then removes its data directory and the given scratch directories. */
+export async function cleanup(d: Ferryd | undefined, ...dirs: Array<string | undefined>): Promise<void> {
+  if (d) await d.stop();
+  for (const dir of [d?.dataDir, ...dirs]) if (dir) fs.rmSync(dir, { recursive: true, force: true });
+}
+
 /** Polls until check() holds; fails after timeoutMs. */
 export async function waitFor(check: () => Promise<boolean> | boolean, what: string, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

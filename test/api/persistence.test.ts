@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { requireTool, run, startFerryd, tmpDir, type Ferryd } from '../harness.js';
-import { assertError, rawApi } from './helpers.js';
+import { assertError, cleanup, rawApi } from './helpers.js';
 
 describe('API state across restarts', () => {
   let d: Ferryd;
@@ -18,7 +18,7 @@ describe('API state across restarts', () => {
     ext = fs.realpathSync(tmpDir('ferry-persist-'));
   });
   after(async () => {
-    await d?.stop();
+    await cleanup(d, ext);
   });
 
   /** The registered state, without live values (statistics, clients). */

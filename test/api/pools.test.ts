@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startFerryd, tmpDir, type Ferryd } from '../harness.js';
 import { PoolSchema } from '../../src/api/routes.js';
-import { assertError, assertSchema, assertUnchanged, rawApi, snapshot } from './helpers.js';
+import { assertError, assertSchema, assertUnchanged, cleanup, rawApi, snapshot } from './helpers.js';
 
 describe('API: storage pools', () => {
   let d: Ferryd;
@@ -18,7 +18,7 @@ describe('API: storage pools', () => {
     ext = fs.realpathSync(tmpDir('ferry-pools-'));
   });
   after(async () => {
-    await d?.stop();
+    await cleanup(d, ext);
   });
 
   async function addRefused(name: string, p: string, status: number, code: string, what: string): Promise<void> {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startFerryd, type Ferryd } from '../harness.js';
-import { assertError, assertUnchanged, rawApi, snapshot } from './helpers.js';
+import { assertError, assertUnchanged, cleanup, rawApi, snapshot } from './helpers.js';
 
 describe('API request validation', () => {
   let d: Ferryd;
@@ -17,7 +17,7 @@ describe('API request validation', () => {
     await d.createDisk('existing', '1M');
   });
   after(async () => {
-    await d?.stop();
+    await cleanup(d);
   });
 
   async function refused(method: string, url: string, body: string | undefined, status: number, code: string, what: string, contentType?: string): Promise<void> {

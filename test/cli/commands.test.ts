@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startFerryd, tmpDir, type Ferryd, type RunResult } from '../harness.js';
 import { DiskSchema, PoolSchema } from '../../src/api/routes.js';
-import { assertSchema } from '../api/helpers.js';
+import { assertSchema, cleanup } from '../api/helpers.js';
 
 describe('ferry CLI commands', () => {
   let d: Ferryd;
@@ -17,7 +17,7 @@ describe('ferry CLI commands', () => {
     ext = fs.realpathSync(tmpDir('ferry-cli-'));
   });
   after(async () => {
-    await d?.stop();
+    await cleanup(d, ext);
   });
 
   async function ok(args: string[]): Promise<string> {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FERRY_BIN, run, startFerryd, tmpDir, type Ferryd, type RunResult } from '../harness.js';
-import { assertUnchanged, closedPort, snapshot } from '../api/helpers.js';
+import { assertUnchanged, cleanup, closedPort, snapshot } from '../api/helpers.js';
 
 describe('ferry CLI failures', () => {
   let d: Ferryd;
@@ -21,7 +21,7 @@ describe('ferry CLI failures', () => {
     assert.equal((await d.api('POST', '/v1/disks/adopt', { name: 'adopted', path: path.join(ext, 'adopted.img') })).status, 201);
   });
   after(async () => {
-    await d?.stop();
+    await cleanup(d, ext);
   });
 
   const cli = (args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult> => d.cli(args, { env, timeoutMs: 60_000 });
@@ -129,6 +129,7 @@ describe('ferry CLI failures', () => {
       assert.equal(r.code, 0, `${what}: ${r.stderr}`);
       assert.ok(JSON.parse(r.stdout).some((x: { name: string }) => x.name === 'existing'));
     }
+    fs.rmSync(empty, { recursive: true, force: true });
   });
 });
 
@@ -156,17 +157,20 @@ describe('ferry serve', () => {
     const tls = await run(process.execPath, [FERRY_BIN, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--tls', 'maybe'], { timeoutMs: 30_000 });
     assert.equal(tls.code, 2, tls.stderr);
     assert.match(tls.stderr, /--tls/);
+    fs.rmSync(parent, { recursive: true, force: true });
   });
 
   test('a listen address in use exits non-zero with the reason', async () => {
     const d = await startFerryd();
     try {
-      const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', tmpDir(), '--nbd', d.nbdAddress, '--api', '127.0.0.1:0'], { timeoutMs: 30_000 });
+      const other = tmpDir();
+      const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', other, '--nbd', d.nbdAddress, '--api', '127.0.0.1:0'], { timeoutMs: 30_000 });
+      fs.rmSync(other, { recursive: true, force: true });
       assert.ok(r.code !== 0 && r.code !== null, r.stderr);
       assert.match(r.stderr, /EADDRINUSE/);
       assert.equal((await d.api('GET', '/v1/health')).status, 200, 'the running ferryd is unaffected');
     } finally {
-      await d.stop();
+      await cleanup(d);
     }
   });
 
@@ -180,7 +184,7 @@ describe('ferry serve', () => {
       assert.ok(d.stdout.trimEnd().endsWith('ferryd: stopped'), d.stdout);
       await d.start();
       assert.equal((await d.api('GET', '/v1/disks/d1')).status, 200);
-      await d.stop();
+      await cleanup(d);
     });
   }
 });

@@ -2,13 +2,20 @@
 // run the real NBD clients (qemu-io, nbdsh, ...) with bounded time, and small file
 // utilities. Clients are always real programs; nothing here fakes the server.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
-import { requireTool, run, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
+import { requireTool, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
 
 /** Default bound on one client run; every spawned tool gets one. */
 export const TOOL_TIMEOUT_MS = 120_000;
+
+/**
+ * Options for every it() and hook: a bound on each, so a hung request (the harness's
+ * fetch has no timeout) fails the test instead of stalling the suite. Generous: no
+ * timing is asserted, machines are noisy.
+ */
+export const T = { timeout: 300_000 } as const;
 
 /**
  * nbdsh is a shell script running `python3 -m nbd` from $PATH; the libnbd bindings
@@ -71,12 +78,37 @@ export interface ToolOptions {
   input?: string | Buffer;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  cwd?: string;
+}
+
+/**
+ * Runs a command to completion, killed after timeoutMs. Like the harness's run(), but
+ * a child that exits without reading its stdin (EPIPE) is not an uncaught exception.
+ */
+export function runBounded(cmd: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.stdin.on('error', () => undefined);
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? TOOL_TIMEOUT_MS);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
 }
 
 /** Runs a required tool (failing when missing), bounded in time. */
 export async function tool(name: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
-  const bin = requireTool(name);
-  return run(bin, args, { ...opts, timeoutMs: opts.timeoutMs ?? TOOL_TIMEOUT_MS });
+  return runBounded(requireTool(name), args, opts);
 }
 
 /** Runs a tool and asserts it exited 0; returns its output. */
@@ -94,15 +126,20 @@ export async function fails(name: string, args: string[], opts: ToolOptions = {}
   return r;
 }
 
-/** qemu-io on a raw image at `uri`, one -c per command. */
+/** qemu-io arguments: a raw image at `uri` (or --image-opts in `extra`), one -c per command. */
+export function qemuIoArgs(uri: string, commands: string[], extra: string[] = []): string[] {
+  const format = extra.includes('--image-opts') ? [] : ['-f', 'raw'];
+  return [...format, ...extra, ...commands.flatMap((c) => ['-c', c]), uri];
+}
+
 export function qemuIo(uri: string, commands: string[], extra: string[] = []): Promise<RunResult> {
-  return tool('qemu-io', ['-f', 'raw', ...extra, ...commands.flatMap((c) => ['-c', c]), uri]);
+  return tool('qemu-io', qemuIoArgs(uri, commands, extra));
 }
 
 /** qemu-io that must succeed: exit 0 and no failed command or pattern mismatch. */
 export async function qemuIoOk(uri: string, commands: string[], extra: string[] = []): Promise<RunResult> {
   const r = await qemuIo(uri, commands, extra);
-  const args = [...extra, ...commands.flatMap((c) => ['-c', c]), uri];
+  const args = qemuIoArgs(uri, commands, extra);
   assert.equal(r.code, 0, `qemu-io failed:\n${describe('qemu-io', args, r)}`);
   assert.doesNotMatch(r.stdout + r.stderr, /failed|error/i, `qemu-io reported a failure:\n${describe('qemu-io', args, r)}`);
   return r;
@@ -170,8 +207,4 @@ export async function waitFor(what: string, check: () => boolean | Promise<boole
 /** Python literal of a string (JSON strings are valid Python strings for our inputs). */
 export function py(s: string): string {
   return JSON.stringify(s);
-}
-
-export function file(dir: string, name: string): string {
-  return path.join(dir, name);
 }

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { requireTool, type Ferryd } from '../harness.js';
-import { Cleanup, ok, sha256File, tool, waitFor } from './clients.js';
+import { Cleanup, ok, sha256File, tool, waitFor, T } from './clients.js';
 
 const MiB = 1024 * 1024;
 const DISK_SIZE = 256 * MiB;
@@ -110,8 +110,8 @@ describe('ext4 on a Ferry disk (nbdfuse + loop device)', () => {
     att = new Attachment(path.join(base, 'fuse'), path.join(base, 'mnt'));
     // Runs before the daemon stops and the directories go.
     cleanup.defer(() => att.detach());
-  });
-  after(() => cleanup.run());
+  }, T);
+  after(() => cleanup.run(), T);
 
   function put(rel: string, data: Buffer): void {
     const p = path.join(att.mountDir, rel);
@@ -128,14 +128,14 @@ describe('ext4 on a Ferry disk (nbdfuse + loop device)', () => {
     }
   }
 
-  it('formats the disk with mkfs.ext4 and mounts it', async () => {
+  it('formats the disk with mkfs.ext4 and mounts it', T, async () => {
     const loop = await att.attach(d.uri('fs'));
     await ok('mkfs.ext4', ['-q', '-F', '-L', 'ferry', loop], { timeoutMs: 180_000 });
     await att.mount();
     assert.ok(fs.existsSync(path.join(att.mountDir, 'lost+found')));
   });
 
-  it('writes files of many sizes and a deep tree, then syncs', async () => {
+  it('writes files of many sizes and a deep tree, then syncs', T, async () => {
     put('hello.txt', Buffer.from('hello, ferry\n'));
     put('empty', Buffer.alloc(0));
     put('odd.bin', crypto.randomBytes(4097));
@@ -157,13 +157,13 @@ describe('ext4 on a Ferry disk (nbdfuse + loop device)', () => {
     checkFiles();
   });
 
-  it('unmounts cleanly and e2fsck -fn finds no error', async () => {
+  it('unmounts cleanly and e2fsck -fn finds no error', T, async () => {
     await att.unmount();
     const r = await ok('e2fsck', ['-fn', att.loop!]);
     assert.match(r.stdout, /files.*blocks/);
   });
 
-  it('detaches, restarts ferryd, reattaches: the files are all there, unchanged', async () => {
+  it('detaches, restarts ferryd, reattaches: the files are all there, unchanged', T, async () => {
     await att.detach();
     await d.restart();
     const listed = (await d.api('GET', '/v1/disks')).body.map((x: any) => x.name);
@@ -177,7 +177,7 @@ describe('ext4 on a Ferry disk (nbdfuse + loop device)', () => {
     assert.equal(fs.readdirSync(path.join(att.mountDir, 'many')).length, 200);
   });
 
-  it('the remounted file system is writable and stays consistent', async () => {
+  it('the remounted file system is writable and stays consistent', T, async () => {
     put('after-restart.bin', crypto.randomBytes(5 * MiB));
     await ok('sync', ['-f', path.join(att.mountDir, 'after-restart.bin')]);
     await att.unmount();

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Ferryd } from '../harness.js';
-import { Cleanup, qemuIoOk, tool } from './clients.js';
+import { Cleanup, qemuIoOk, tool, T } from './clients.js';
 
 const MiB = 1024 * 1024;
 
@@ -25,13 +25,14 @@ describe('fio (nbd engine)', () => {
     d = await cleanup.ferryd();
     dir = cleanup.dir();
     await d.createDisk('fio', 256 * MiB);
-  });
-  after(() => cleanup.run());
+  }, T);
+  after(() => cleanup.run(), T);
 
   /** Runs fio with JSON output to a file (fio prints engine chatter on stdout). */
   async function fio(name: string, args: string[]): Promise<{ code: number | null; jobs: FioJob[]; text: string }> {
     const out = path.join(dir, `${name}.out`);
-    const r = await tool('fio', [`--name=${name}`, '--ioengine=nbd', `--uri=${d.uri('fio')}`, ...args, `--output=${out}`], { timeoutMs: 240_000 });
+    // cwd: fio leaves its verify state files (NAME-N-verify.state) in the working directory.
+    const r = await tool('fio', [`--name=${name}`, '--ioengine=nbd', `--uri=${d.uri('fio')}`, ...args, `--output=${out}`], { timeoutMs: 240_000, cwd: dir });
     assert.equal(r.signal, null, `fio was killed (timeout): ${r.stderr}`);
     const text = fs.existsSync(out) ? fs.readFileSync(out, 'utf8') : '';
     let jobs: FioJob[] = [];
@@ -42,7 +43,7 @@ describe('fio (nbd engine)', () => {
     return { code: r.code, jobs, text: `${text}\n${r.stdout}\n${r.stderr}` };
   }
 
-  it('randwrite 4k at iodepth 32 over 64 MiB, verified with crc32c', async () => {
+  it('randwrite 4k at iodepth 32 over 64 MiB, verified with crc32c', T, async () => {
     const r = await fio('randwrite', ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--size=64m', '--verify=crc32c', '--do_verify=1', '--output-format=json']);
     assert.equal(r.code, 0, r.text);
     const [job] = r.jobs;
@@ -52,7 +53,7 @@ describe('fio (nbd engine)', () => {
     assert.doesNotMatch(r.text, /verify failed|bad magic|err=[1-9]/);
   });
 
-  it('mixed randrw (60% writes) at iodepth 32 with verify', async () => {
+  it('mixed randrw (60% writes) at iodepth 32 with verify', T, async () => {
     const r = await fio('randrw', ['--rw=randrw', '--rwmixread=40', '--bs=4k', '--iodepth=32', '--size=64m', '--offset=64m', '--verify=crc32c', '--do_verify=1', '--output-format=json']);
     assert.equal(r.code, 0, r.text);
     const [job] = r.jobs;
@@ -60,7 +61,7 @@ describe('fio (nbd engine)', () => {
     assert.ok(job!.write.io_bytes > 0 && job!.read.total_ios > 0);
   });
 
-  it('four jobs (four connections) with mixed block sizes, each verifying its own region', async () => {
+  it('four jobs (four connections) with mixed block sizes, each verifying its own region', T, async () => {
     const r = await fio('multi', [
       '--rw=randwrite',
       '--bsrange=512-128k',
@@ -81,7 +82,7 @@ describe('fio (nbd engine)', () => {
     }
   });
 
-  it('sequential writes with FUA-free flushes (fsync=32) and a later verify-only pass', async () => {
+  it('sequential writes with a flush every 32 writes (fsync=32), then a separate verify-only pass', T, async () => {
     const common = ['--rw=write', '--bs=64k', '--iodepth=8', '--size=16m', '--offset=16m', '--verify=crc32c'];
     const w = await fio('seq', [...common, '--do_verify=0', '--fsync=32']);
     assert.equal(w.code, 0, w.text);
@@ -89,7 +90,7 @@ describe('fio (nbd engine)', () => {
     assert.equal(v.code, 0, v.text);
   });
 
-  it("fio's verification really catches corruption (negative control)", async () => {
+  it("fio's verification really catches corruption (negative control)", T, async () => {
     const common = ['--rw=write', '--bs=64k', '--size=8m', '--offset=240m', '--verify=crc32c'];
     const w = await fio('ctl', [...common, '--do_verify=0']);
     assert.equal(w.code, 0, w.text);

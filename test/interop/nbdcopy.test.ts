@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Ferryd } from '../harness.js';
-import { Cleanup, fails, ok, qemuIoOk, sha256File, waitFor, writeRandomFile } from './clients.js';
+import { Cleanup, fails, ok, qemuIoOk, sha256File, waitFor, writeRandomFile, T } from './clients.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -23,8 +23,8 @@ describe('nbdcopy', () => {
     source = path.join(dir, 'random.img');
     writeRandomFile(source, SIZE);
     sourceSum = sha256File(source);
-  });
-  after(() => cleanup.run());
+  }, T);
+  after(() => cleanup.run(), T);
 
   /** Connections ferryd has logged for a disk so far. */
   function attaches(disk: string): number {
@@ -38,13 +38,13 @@ describe('nbdcopy', () => {
     return sha256File(out);
   }
 
-  it('copies 64 MiB of random data in and back out, identical', async () => {
+  it('copies 64 MiB of random data in and back out, identical', T, async () => {
     await d.createDisk('plain', SIZE);
     await ok('nbdcopy', [source, d.uri('plain')]);
     assert.equal(await copyOut('plain', 'plain.out'), sourceSum);
   });
 
-  it('with --connections=4 (multi-conn, 4 threads) and --requests=64, in and out', async () => {
+  it('with --connections=4 (multi-conn, 4 threads) and --requests=64, in and out', T, async () => {
     await d.createDisk('multi', SIZE);
     const before = attaches('multi');
     await ok('nbdcopy', ['--threads=4', '--connections=4', '--requests=64', '--flush', source, d.uri('multi')]);
@@ -56,7 +56,7 @@ describe('nbdcopy', () => {
     assert.equal(await copyOut('multi', 'multi.out', ['--threads=4', '--connections=4', '--requests=64']), sourceSum);
   });
 
-  it('with the largest request size (32 MiB) and with small synchronous requests', async () => {
+  it('with the largest request size (32 MiB) and with small synchronous requests', T, async () => {
     await d.createDisk('big', SIZE);
     await ok('nbdcopy', ['--request-size=33554432', source, d.uri('big')]);
     assert.equal(await copyOut('big', 'big.out', ['--request-size=33554432']), sourceSum);
@@ -65,7 +65,7 @@ describe('nbdcopy', () => {
     assert.equal(await copyOut('sync', 'sync.out', ['--synchronous']), sourceSum);
   });
 
-  it('copies disk to disk over NBD, and zeroes the stale data where the source is sparse', async () => {
+  it('copies disk to disk over NBD, and zeroes the stale data where the source is sparse', T, async () => {
     await d.createDisk('sparse-src', SIZE);
     await qemuIoOk(d.uri('sparse-src'), ['write -P 0x61 0 1M', 'write -P 0x62 30M 3M', 'write -P 0x63 63M 1M']);
     await d.createDisk('stale-dst', SIZE);
@@ -75,7 +75,7 @@ describe('nbdcopy', () => {
     assert.equal(await copyOut('stale-dst', 'stale.out'), await copyOut('sparse-src', 'sparse.out'));
   });
 
-  it('a copy to a disk that is too small fails cleanly', async () => {
+  it('a copy to a disk that is too small fails cleanly', T, async () => {
     await d.createDisk('small', '1M');
     const r = await fails('nbdcopy', [source, d.uri('small')]);
     assert.match(r.stderr, /destination size|smaller|too small/i);

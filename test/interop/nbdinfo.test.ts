@@ -3,7 +3,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Ferryd } from '../harness.js';
-import { Cleanup, fails, ok, qemuIoOk } from './clients.js';
+import { Cleanup, fails, ok, qemuIoOk, T } from './clients.js';
 
 const MiB = 1024 * 1024;
 
@@ -17,8 +17,8 @@ describe('nbdinfo', () => {
     await d.createDisk('beta', 3 * MiB + 512);
     const ro = await d.api('POST', '/v1/disks', { name: 'frozen', size: '1M', readOnly: true });
     assert.equal(ro.status, 201, JSON.stringify(ro.body));
-  });
-  after(() => cleanup.run());
+  }, T);
+  after(() => cleanup.run(), T);
 
   async function info(disk: string): Promise<any> {
     const r = await ok('nbdinfo', ['--json', d.uri(disk)]);
@@ -27,7 +27,7 @@ describe('nbdinfo', () => {
     return j;
   }
 
-  it('reports the size, the capabilities and the block sizes of a writable disk', async () => {
+  it('reports the size, the capabilities and the block sizes of a writable disk', T, async () => {
     const j = await info('alpha');
     assert.equal(j.protocol, 'newstyle-fixed');
     assert.equal(j.structured, true);
@@ -45,12 +45,12 @@ describe('nbdinfo', () => {
     assert.deepEqual(e.contexts, ['base:allocation']);
   });
 
-  it('reports an odd size exactly', async () => {
+  it('reports an odd size exactly', T, async () => {
     const j = await info('beta');
     assert.equal(j.exports[0]['export-size'], 3 * MiB + 512);
   });
 
-  it('shows a read-only disk as read-only, without trim or zero', async () => {
+  it('shows a read-only disk as read-only, without trim or zero', T, async () => {
     const e = (await info('frozen')).exports[0];
     assert.equal(e.is_read_only, true);
     assert.equal(e['export-size'], MiB);
@@ -59,7 +59,7 @@ describe('nbdinfo', () => {
     assert.equal(e.can_flush, true);
   });
 
-  it('--list lists every disk with its size', async () => {
+  it('--list lists every disk with its size', T, async () => {
     const r = await ok('nbdinfo', ['--list', '--json', `nbd://${d.nbdAddress}`]);
     const j = JSON.parse(r.stdout);
     const byName = new Map<string, any>(j.exports.map((e: any) => [e['export-name'], e]));
@@ -72,19 +72,19 @@ describe('nbdinfo', () => {
     for (const n of ['alpha', 'beta', 'frozen']) assert.match(human.stdout, new RegExp(`export="${n}"`));
   });
 
-  it('a disk created after start is listed at once', async () => {
+  it('a disk created after start is listed at once', T, async () => {
     await d.createDisk('gamma', '1M');
     const r = await ok('nbdinfo', ['--list', '--json', `nbd://${d.nbdAddress}`]);
     assert.ok(JSON.parse(r.stdout).exports.some((e: any) => e['export-name'] === 'gamma'));
   });
 
-  it('an unknown export is refused with a clear message', async () => {
+  it('an unknown export is refused with a clear message', T, async () => {
     const r = await fails('nbdinfo', ['--json', d.uri('no-such-disk')]);
     // NBD_REP_ERR_UNKNOWN, which libnbd reports as ENOENT.
     assert.match(r.stderr, /No such file or directory for export: no-such-disk/);
   });
 
-  it('--map shows a fresh disk as one hole, then hole/data/hole after a write', async () => {
+  it('--map shows a fresh disk as one hole, then hole/data/hole after a write', T, async () => {
     const fresh = JSON.parse((await ok('nbdinfo', ['--map', '--json', d.uri('alpha')])).stdout);
     assert.deepEqual(
       fresh.map((x: any) => [x.offset, x.length, x.type]),

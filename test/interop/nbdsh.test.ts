@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Ferryd } from '../harness.js';
-import { Cleanup, lastJson, nbdsh, py } from './clients.js';
+import { Cleanup, lastJson, nbdsh, py, T } from './clients.js';
 
 const MiB = 1024 * 1024;
 
@@ -20,8 +20,8 @@ describe('nbdsh', () => {
     diskPath = (await d.createDisk('sh', 256 * MiB)).path;
     const ro = await d.api('POST', '/v1/disks', { name: 'sh-ro', size: '4M', readOnly: true });
     assert.equal(ro.status, 201, JSON.stringify(ro.body));
-  });
-  after(() => cleanup.run());
+  }, T);
+  after(() => cleanup.run(), T);
 
   /** Python prelude: `h` connected to `disk` with base:allocation, and helpers. */
   function prelude(disk = 'sh'): string {
@@ -54,7 +54,7 @@ def errno_of(fn):
     return lastJson<T>(await nbdsh(prelude(disk) + body));
   }
 
-  it('negotiates structured replies, base:allocation and the advertised flags', async () => {
+  it('negotiates structured replies, base:allocation and the advertised flags', T, async () => {
     const r = await runPy(`
 print(json.dumps({"size": h.get_size(), "structured": h.get_structured_replies_negotiated(),
   "meta": h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION), "fua": h.can_fua(), "flush": h.can_flush(),
@@ -65,7 +65,7 @@ print(json.dumps({"size": h.get_size(), "structured": h.get_structured_replies_n
     assert.deepEqual(r, { size: 256 * MiB, structured: true, meta: true, fua: true, flush: true, trim: true, zero: true, fast_zero: true, cache: true, df: true, multi: true, ro: false, bs: [1, 4096, 33554432] });
   });
 
-  it('pwrite with FUA, flush, pread (and a structured read with DF) return the data', async () => {
+  it('pwrite with FUA, flush, pread (and a structured read with DF) return the data', T, async () => {
     const r = await runPy(`
 data = bytes(range(256)) * 64
 h.pwrite(data, 1 << 20, nbd.CMD_FLAG_FUA)
@@ -83,7 +83,7 @@ print(json.dumps({"same": back == bytes(expect), "df_chunks": chunks}))
     assert.deepEqual(r, { same: true, df_chunks: [[true, true]] });
   });
 
-  it('trim then pread gives zeroes, and the range becomes a hole', async () => {
+  it('trim then pread gives zeroes, and the range becomes a hole', T, async () => {
     const r = await runPy(`
 h.pwrite(b"\\x5a" * (1 << 20), 8 << 20)
 before = status_at(8 << 20)
@@ -93,7 +93,7 @@ print(json.dumps({"zeros": h.pread(1 << 20, 8 << 20) == bytes(1 << 20), "before"
     assert.deepEqual(r, { zeros: true, before: 0, after: 3 });
   });
 
-  it('zero without NO_HOLE punches a hole; with NO_HOLE it keeps the blocks allocated', async () => {
+  it('zero without NO_HOLE punches a hole; with NO_HOLE it keeps the blocks allocated', T, async () => {
     const r = await runPy(`
 MB = 1 << 20
 h.pwrite(b"\\x11" * (4 * MB), 16 * MB)
@@ -118,7 +118,7 @@ print(json.dumps({"data": data, "nohole_zero_bit": all(f & 2 for _, f in noh), "
     assert.equal(r.zeros, true);
   });
 
-  it('FAST_ZERO succeeds on a file-backed disk and reads back zeroes (unaligned too)', async () => {
+  it('FAST_ZERO succeeds on a file-backed disk and reads back zeroes (unaligned too)', T, async () => {
     const r = await runPy(`
 h.pwrite(b"\\x22" * 65536, 24 << 20)
 h.zero(65536, 24 << 20, nbd.CMD_FLAG_FAST_ZERO)
@@ -131,7 +131,7 @@ print(json.dumps({"z": h.pread(65536, 24 << 20) == bytes(65536),
     assert.deepEqual(r, { z: true, edges: true });
   });
 
-  it('block_status with REQ_ONE returns one extent; without it, the whole map', async () => {
+  it('block_status with REQ_ONE returns one extent; without it, the whole map', T, async () => {
     const r = await runPy(`
 B = 32 << 20
 for i in range(0, 8, 2):
@@ -147,7 +147,7 @@ print(json.dumps({"full": full, "one": one, "one_hole": one_hole}))
     assert.deepEqual(r.one_hole, [[65536, 3]]);
   });
 
-  it('cache (prefetch) is accepted', async () => {
+  it('cache (prefetch) is accepted', T, async () => {
     const r = await runPy(`
 h.cache(4 << 20, 0)
 h.cache(1, h.get_size() - 1)
@@ -156,7 +156,7 @@ print(json.dumps({"ok": True}))
     assert.deepEqual(r, { ok: true });
   });
 
-  it('out-of-range requests get EINVAL (read, trim, cache) or ENOSPC (write, zero) from the server, and the connection lives on', async () => {
+  it('out-of-range requests get EINVAL (read, trim, cache) or ENOSPC (write, zero) from the server, and the connection lives on', T, async () => {
     const r = await runPy(`
 h.set_strict_mode(0)
 S = h.get_size()
@@ -174,7 +174,36 @@ print(json.dumps({
     assert.deepEqual(r, { pread: 'EINVAL', pread_far: 'EINVAL', pwrite: 'ENOSPC', zero: 'ENOSPC', trim: 'EINVAL', cache: 'EINVAL', status: 'EINVAL', after: true });
   });
 
-  it('writes to a read-only disk get EPERM from the server', async () => {
+  it('requests above the 32 MiB maximum get EINVAL and the connection stays usable', T, async () => {
+    // Regression: the refusal of an oversized WRITE used to be sent before its payload was
+    // read, which libnbd treats as a server bug ("no matching cookie") and drops the link.
+    const r = await runPy(`
+h.set_strict_mode(0)
+M = 32 << 20
+print(json.dumps({
+  "read_max": len(h.pread(M, 0)) == M,
+  "read_over": errno_of(lambda: h.pread(M + 1, 0)),
+  "write_over": errno_of(lambda: h.pwrite(b"o" * (M + 1), 0)),
+  "write_64m": errno_of(lambda: h.pwrite(b"o" * (2 * M), 0)),
+  "untouched": h.pread(4096, 0) == bytes(4096),
+  "write_max": errno_of(lambda: h.pwrite(b"m" * M, 128 << 20)),
+  "back": h.pread(16, (128 << 20) + M - 16) == b"m" * 16,
+}))
+`);
+    assert.deepEqual(r, { read_max: true, read_over: 'EINVAL', write_over: 'EINVAL', write_64m: 'EINVAL', untouched: true, write_max: null, back: true });
+  });
+
+  it('zero-length read, write, zero and trim succeed; zero-length block status is EINVAL', T, async () => {
+    const r = await runPy(`
+h.set_strict_mode(0)
+print(json.dumps({"read": len(h.pread(0, 4096)), "write": errno_of(lambda: h.pwrite(b"", 4096)),
+  "zero": errno_of(lambda: h.zero(0, 4096)), "trim": errno_of(lambda: h.trim(0, 4096)),
+  "status": errno_of(lambda: extents(0, 4096)), "at_end": errno_of(lambda: h.pwrite(b"", h.get_size()))}))
+`);
+    assert.deepEqual(r, { read: 0, write: null, zero: null, trim: null, status: 'EINVAL', at_end: null });
+  });
+
+  it('writes to a read-only disk get EPERM from the server', T, async () => {
     const r = await runPy(
       `
 h.set_strict_mode(0)
@@ -187,7 +216,7 @@ print(json.dumps({"ro": h.is_read_only(), "pwrite": errno_of(lambda: h.pwrite(b"
     assert.deepEqual(r, { ro: true, pwrite: 'EPERM', trim: 'EPERM', zero: 'EPERM', read: true, flush: null });
   });
 
-  it('256 concurrent aio_pwrite then 256 aio_pread, 128 MiB in flight, all correct', async () => {
+  it('256 concurrent aio_pwrite then 256 aio_pread, 128 MiB in flight, all correct', T, async () => {
     const r = await runPy(`
 N, L, BASE = 256, 512 * 1024, 64 << 20
 import random
@@ -213,7 +242,7 @@ print(json.dumps({"peak_w": peak_w, "peak_r": peak_r, "bad": bad}))
     assert.ok(r.peak_w > 128 && r.peak_r > 128, `requests in flight: ${r.peak_w}, ${r.peak_r}`);
   });
 
-  it('multi-conn: a write on one connection, a flush on another, a read on a third', async () => {
+  it('multi-conn: a write on one connection, a flush on another, a read on a third', T, async () => {
     const r = await runPy(`
 def conn():
     c = nbd.NBD(); c.connect_uri(${py(d.uri('sh'))}); return c

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Ferryd } from '../harness.js';
-import { Cleanup, fails, ok, qemuIoOk, sha256File, writeRandomFile } from './clients.js';
+import { Cleanup, fails, ok, qemuIoOk, sha256File, writeRandomFile, T } from './clients.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -42,27 +42,27 @@ describe('qemu-img', () => {
     fs.closeSync(fd);
     await d.createDisk('target', SIZE);
     await d.createDisk('dirty', SIZE);
-  });
-  after(() => cleanup.run());
+  }, T);
+  after(() => cleanup.run(), T);
 
   async function map(uri: string): Promise<MapEntry[]> {
     return JSON.parse((await ok('qemu-img', ['map', '--output=json', '-f', 'raw', uri])).stdout) as MapEntry[];
   }
 
-  it('qemu-img info sees the disk as a raw image of the right size', async () => {
+  it('qemu-img info sees the disk as a raw image of the right size', T, async () => {
     const r = await ok('qemu-img', ['info', '--output=json', '-f', 'raw', d.uri('target')]);
     const info = JSON.parse(r.stdout);
     assert.equal(info['virtual-size'], SIZE);
     assert.equal(info.format, 'raw');
   });
 
-  it('convert -n copies a sparse random image in, and compare finds it identical', async () => {
+  it('convert -n copies a sparse random image in, and compare finds it identical', T, async () => {
     await ok('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', source, d.uri('target')]);
     const r = await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', source, d.uri('target')]);
     assert.match(r.stdout, /Images are identical/);
   });
 
-  it('map --output=json reflects what was written: data where the source had data, zero holes elsewhere', async () => {
+  it('map --output=json reflects what was written: data where the source had data, zero holes elsewhere', T, async () => {
     const m = await map(d.uri('target'));
     assert.equal(m.at(-1)!.start + m.at(-1)!.length, SIZE);
     const at = (off: number): MapEntry => m.find((e) => e.start <= off && off < e.start + e.length)!;
@@ -78,27 +78,27 @@ describe('qemu-img', () => {
     assert.ok(info.allocatedBytes >= 8 * MiB && info.allocatedBytes < 16 * MiB, `allocated ${info.allocatedBytes}`);
   });
 
-  it('convert -n over a disk holding old data zeroes the source holes', async () => {
+  it('convert -n over a disk holding old data zeroes the source holes', T, async () => {
     await qemuIoOk(d.uri('dirty'), ['write -P 0xaa 0 64M']);
     await ok('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', source, d.uri('dirty')]);
     await ok('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', source, d.uri('dirty')]);
   });
 
-  it('compare notices a one-byte change made through NBD', async () => {
+  it('compare notices a one-byte change made through NBD', T, async () => {
     await qemuIoOk(d.uri('dirty'), [`write -P 0x01 ${20 * MiB + 7} 1`]);
     const r = await fails('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', source, d.uri('dirty')]);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stdout, /Content mismatch at offset/);
   });
 
-  it('convert out of the disk to a new file gives the source bytes back', async () => {
+  it('convert out of the disk to a new file gives the source bytes back', T, async () => {
     const out = path.join(dir, 'out.img');
     await ok('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', d.uri('target'), out]);
     assert.equal(fs.statSync(out).size, SIZE);
     assert.equal(sha256File(out), sha256File(source));
   });
 
-  it('convert into a disk through qcow2 compression round trip (qemu-img as a pipeline stage)', async () => {
+  it('convert into a disk through qcow2 compression round trip (qemu-img as a pipeline stage)', T, async () => {
     const qcow = path.join(dir, 'mid.qcow2');
     await ok('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', d.uri('target'), qcow]);
     await d.createDisk('fromqcow', SIZE);
