@@ -3,7 +3,8 @@
 // people and JSON with --json. Exit codes: 0 ok, 1 the server refused (error code
 // printed), 2 bad usage, 3 ferryd unreachable.
 import { Command, Option, CommanderError } from 'commander';
-import { ApiClient, ApiError } from './api-client.js';
+import { ApiError } from './api-client.js';
+import { client, jsonOpt, print } from './command-kit.js';
 import { serve } from './serve.js';
 import { bytes, keyValues, table } from './output.js';
 import type { DiskInfo, PoolInfo } from '../control/disk-registry.js';
@@ -17,14 +18,6 @@ const program = new Command('ferry')
   .option('--data <dir>', 'data directory, to find the token (default $FERRY_DATA or ./var/ferry)')
   .showHelpAfterError()
   .exitOverride();
-
-function client(cmd: Command): ApiClient {
-  return new ApiClient(cmd.optsWithGlobals() as { api?: string; token?: string; data?: string });
-}
-
-function print(cmd: Command, value: unknown, human: () => string): void {
-  process.stdout.write((cmd.optsWithGlobals() as { json?: boolean }).json ? JSON.stringify(value, null, 2) + '\n' : human());
-}
 
 function diskDetails(d: DiskInfo): string {
   return keyValues([
@@ -40,8 +33,6 @@ function diskDetails(d: DiskInfo): string {
     ['created', d.createdAt],
   ]);
 }
-
-const jsonOpt = (): Option => new Option('--json', 'print JSON');
 
 program
   .command('serve')

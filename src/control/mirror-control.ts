@@ -11,7 +11,7 @@ import { Mirror, MIRROR_CONSUMER, type MirrorStatus, type VerifyReport } from '.
 import type { SyncMode } from '../mirror/sync-engine.js';
 import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
-import { assertPathFree } from './path-guard.js';
+import { assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, MirrorRow } from './store.js';
 
@@ -106,22 +106,9 @@ export class MirrorControl {
     }
     const p = to.slice('local:'.length);
     if (!path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `mirror target path '${p}' must be absolute`);
-    let real: string;
-    let exists = false;
-    if (fs.existsSync(p)) {
-      real = fs.realpathSync(p);
-      const st = fs.statSync(real);
-      if (!st.isFile() && !st.isBlockDevice()) throw new FerryError('INVALID_TARGET', `${real} is neither a regular file nor a block device`);
-      exists = true;
-    } else {
-      let dir: string;
-      try {
-        dir = fs.realpathSync(path.dirname(p));
-      } catch (err) {
-        throw fromSystemError(err, 'mirror target directory');
-      }
-      real = path.join(dir, path.basename(p));
-    }
+    const { real, stat } = resolveTargetPath(p, 'mirror target');
+    if (stat && !stat.isFile() && !stat.isBlockDevice()) throw new FerryError('INVALID_TARGET', `${real} is neither a regular file nor a block device`);
+    const exists = stat !== null;
     if (real === row.path) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
     assertPathFree(this.store, this.dataDir, real);
     if (exists) {

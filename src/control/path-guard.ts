@@ -3,7 +3,7 @@
 // uses it already, by name or as the same file (hard link, symlink) or device.
 import fs from 'node:fs';
 import path from 'node:path';
-import { FerryError } from '../errors.js';
+import { FerryError, fromSystemError } from '../errors.js';
 import type { MetadataStore } from './store.js';
 
 /** Throws PATH_IN_USE or INVALID_PATH unless `real` (a resolved path) is free for Ferry to use. */
@@ -32,4 +32,23 @@ export function assertPathFree(store: MetadataStore, dataDir: string, real: stri
   for (const u of store.usedPaths()) {
     if (same(u.path)) throw new FerryError('PATH_IN_USE', `${real} is the same ${st.isBlockDevice() ? 'device' : 'file'} as ${u.path}, already used by ${u.user}`);
   }
+}
+
+/**
+ * Resolves a path Ferry will create or take: an existing one to its real path (with its
+ * stat), a new one through its (existing) parent directory. Symlinks never hide a clash.
+ */
+export function resolveTargetPath(p: string, what: string): { real: string; stat: fs.Stats | null } {
+  if (fs.existsSync(p)) {
+    const real = fs.realpathSync(p);
+    return { real, stat: fs.statSync(real) };
+  }
+  let dir: string;
+  try {
+    dir = fs.realpathSync(path.dirname(p));
+  } catch (err) {
+    throw fromSystemError(err, `${what} directory`);
+  }
+  if (!fs.statSync(dir).isDirectory()) throw new FerryError('INVALID_PATH', `${path.dirname(p)} is not a directory`);
+  return { real: path.join(dir, path.basename(p)), stat: null };
 }

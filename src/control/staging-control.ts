@@ -13,7 +13,7 @@ import { Journal, STAGING_BYTES_MIN, type JournalStats } from '../journal/journa
 import { PRIMARY_CONSUMER } from '../volume/committer.js';
 import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
-import { assertPathFree } from './path-guard.js';
+import { assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { DiskRow, MetadataStore, StagingRow } from './store.js';
 
 export interface StagingInfo extends JournalStats {
@@ -66,23 +66,9 @@ export class StagingControl {
   /** Validates a staging path: absolute, unused, not the disk; returns its real path and whether it is a block device. */
   private checkPath(p: unknown, what: string, diskPath: string): { real: string; block: boolean } {
     if (typeof p !== 'string' || !path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `${what} ${JSON.stringify(p)} must be an absolute path`);
-    let real: string;
-    let block = false;
-    if (fs.existsSync(p)) {
-      real = fs.realpathSync(p);
-      const st = fs.statSync(real);
-      if (!st.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
-      block = true;
-    } else {
-      let dir: string;
-      try {
-        dir = fs.realpathSync(path.dirname(p));
-      } catch (err) {
-        throw fromSystemError(err, `${what} directory`);
-      }
-      if (!fs.statSync(dir).isDirectory()) throw new FerryError('INVALID_PATH', `${path.dirname(p)} is not a directory`);
-      real = path.join(dir, path.basename(p));
-    }
+    const { real, stat } = resolveTargetPath(p, what);
+    if (stat && !stat.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
+    const block = stat !== null;
     if (real === diskPath) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
     assertPathFree(this.store, this.dataDir, real);
     return { real, block };

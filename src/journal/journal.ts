@@ -127,6 +127,7 @@ export class Journal extends EventEmitter {
   private readonly readsByGeneration = new Map<number, number>();
   private readDrainWaiters: Array<{ upTo: number; resolve: () => void }> = [];
   private writtenWaiters: Array<() => void> = [];
+  private readonly readerWindows = new Map<string, { store: Store; window: RingWindow; loadedAt: number }>();
   private durableWaiters: Array<() => void> = [];
   /** Called synchronously for each written batch, before any append resolves (the overlay index). */
   onWritten: ((records: StagedRecord[]) => void) | null = null;
@@ -427,7 +428,7 @@ export class Journal extends EventEmitter {
    * recent cache when possible; otherwise read from a healthy copy, falling back to the other
    * copy on a checksum mismatch (the bad copy is marked failed). Only durable records (J5).
    */
-  async readRecord(seq: number, pos: number, prevCrc: number): Promise<StagedRecord> {
+  async readRecord(seq: number, pos: number, prevCrc: number, reader?: string): Promise<StagedRecord> {
     assert.ok(seq <= this.durableSeqValue, 'consumers only read durable records (J5)');
     const cached = this.recent.get(seq);
     if (cached) return cached;
@@ -435,7 +436,7 @@ export class Journal extends EventEmitter {
     const bad: Copy[] = [];
     let found: VerifiedRecord | null = null;
     for (const c of this.copies.filter((x) => x.healthy)) {
-      const w = new RingWindow(c.store, this.ringBytes, 256 * 1024);
+      const w = this.readerWindow(c, seq, reader);
       let r = await readRecordAt(w, pos, exp);
       if (!r.ok && pos !== 0) r = await readRecordAt(w, 0, exp);
       if (r.ok) {
@@ -448,6 +449,26 @@ export class Journal extends EventEmitter {
     if (!found) throw new FerryError('STAGING_CORRUPT', `record ${seq} at ring offset ${pos} does not verify on any copy of the staging area`);
     const h = found.header;
     return { seq, pos: found.pos, span: found.span, type: h.type, flags: h.flags, diskOffset: h.diskOffset, length: h.length, crc: h.crc, timeMs: h.timeMs, payload: found.payload };
+  }
+
+  /**
+   * A consumer reading in order gets a read-ahead window per copy. Window bytes are trusted
+   * only for records written before the window was loaded (a later lap may have rewritten
+   * the rest), so it is reloaded when a newer record is asked for.
+   */
+  private readerWindow(c: Copy, seq: number, reader: string | undefined): RingWindow {
+    if (!reader) return new RingWindow(c.store, this.ringBytes, 256 * 1024);
+    const key = `${reader}@${this.copies.indexOf(c)}`;
+    let e = this.readerWindows.get(key);
+    if (!e || e.store !== c.store) {
+      e = { store: c.store, window: new RingWindow(c.store, this.ringBytes), loadedAt: -1 };
+      this.readerWindows.set(key, e);
+    }
+    if (seq > e.loadedAt) {
+      e.window.invalidate();
+      e.loadedAt = this.writtenSeqValue;
+    }
+    return e.window;
   }
 
   /** Reads staged payload bytes at ring position `pos` (for the read overlay). */

@@ -20,6 +20,8 @@ export const PRIMARY_CONSUMER = 'primary';
 export const FLAG_NO_HOLE = 1;
 
 const recordsPerBatchMax = 512;
+/** Target writes in flight at once: enough to keep a device busy, few enough to leave the thread pool to clients. */
+const appliesInFlightMax = 8;
 const bytesPerBatchMax = 16 * 1024 * 1024;
 /** How long written records may gather before the committer applies them (unless many are pending or space is short). */
 const applyDelayMs = 20;
@@ -153,7 +155,7 @@ export class Committer {
     let bytes = 0;
     let pos = this.pos;
     while (pos.nextSeq <= upTo && records.length < recordsPerBatchMax && bytes < bytesPerBatchMax) {
-      const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc);
+      const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, this.consumerName);
       records.push(r);
       bytes += r.span;
       pos = { name: this.consumerName, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
@@ -167,20 +169,38 @@ export class Committer {
     if (due) await this.checkpoint();
   }
 
+  /**
+   * Applies records with at most appliesInFlightMax writes in flight (the thread pool must
+   * stay free for client I/O), never two overlapping records at once: a record waits for
+   * any earlier in-flight record it overlaps, so overlapping writes land in order.
+   */
   private async apply(records: StagedRecord[]): Promise<void> {
-    let group: StagedRecord[] = [];
-    const flush = async (): Promise<void> => {
-      await Promise.all(group.map((r) => this.applyOne(r)));
-      this.opts.onApplied?.(group);
-      if (group.length) this.appliedTimeMs = group[group.length - 1]!.timeMs;
-      group = [];
-    };
+    const inflight = new Map<StagedRecord, Promise<void>>();
+    const overlaps = (a: StagedRecord, b: StagedRecord): boolean => a.diskOffset < b.diskOffset + b.length && b.diskOffset < a.diskOffset + a.length;
+    let failure: unknown = null;
     for (const r of records) {
-      const overlaps = group.some((g) => r.diskOffset < g.diskOffset + g.length && g.diskOffset < r.diskOffset + r.length);
-      if (overlaps) await flush();
-      group.push(r);
+      if (failure) break;
+      for (;;) {
+        let blocked = inflight.size >= appliesInFlightMax;
+        if (!blocked) for (const x of inflight.keys()) if (overlaps(x, r)) blocked = true;
+        if (!blocked) break;
+        await Promise.race(inflight.values());
+      }
+      inflight.set(
+        r,
+        this.applyOne(r).then(
+          () => void inflight.delete(r),
+          (err) => {
+            inflight.delete(r);
+            failure ??= err;
+          },
+        ),
+      );
     }
-    await flush();
+    await Promise.all(inflight.values());
+    if (failure) throw failure;
+    this.opts.onApplied?.(records);
+    if (records.length) this.appliedTimeMs = records[records.length - 1]!.timeMs;
   }
 
   private async applyOne(r: StagedRecord): Promise<void> {
