@@ -29,10 +29,10 @@ export const ERRORS = {
   INVALID_SIZE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the size is not valid' },
   INVALID_PATH: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the path is not allowed' },
   OUT_OF_RANGE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the range lies outside the disk' },
-  TOO_LARGE: { http: 400, nbd: NbdErrno.EOVERFLOW, summary: 'the request exceeds the maximum length' },
   // Authentication.
   UNAUTHORIZED: { http: 401, nbd: NbdErrno.EPERM, summary: 'missing or wrong API token' },
   // Lookups.
+  NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no such API route' },
   DISK_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no disk has that name' },
   POOL_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no pool has that name' },
   PATH_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'the path does not exist' },
@@ -61,7 +61,6 @@ export const ERRORS = {
   // Faults.
   IO_ERROR: { http: 500, nbd: NbdErrno.EIO, summary: 'an I/O error occurred' },
   NO_SPACE: { http: 507, nbd: NbdErrno.ENOSPC, summary: 'no space left on the backing storage' },
-  SHUTTING_DOWN: { http: 503, nbd: NbdErrno.ESHUTDOWN, summary: 'the server is shutting down' },
   INTERNAL: { http: 500, nbd: NbdErrno.EIO, summary: 'internal error' },
 } as const satisfies Record<string, ErrorSpec>;
 

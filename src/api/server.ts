@@ -46,7 +46,8 @@ export class ApiServer {
       void reply.status(e.httpStatus).send({ error: e.toJSON() });
     });
     this.app.setNotFoundHandler((req, reply) => {
-      void reply.status(404).send({ error: { code: 'NOT_FOUND', message: `no API route ${req.method} ${req.url.split('?')[0]}` } });
+      const e = new FerryError('NOT_FOUND', `no API route ${req.method} ${req.url.split('?')[0]}`);
+      void reply.status(e.httpStatus).send({ error: e.toJSON() });
     });
     for (const r of routes) this.register(r);
     this.app.get('/openapi.json', async () => buildOpenApi(routes));

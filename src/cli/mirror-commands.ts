@@ -72,6 +72,7 @@ export function registerMirrorCommands(program: Command): void {
         sync: opts.sync,
       });
       if (opts.wait) m = await waitInSync(cmd, disk);
+      if (m.syncError) process.exitCode = 1;
       print(cmd, m, () => (m.consistent ? `mirror of ${disk} on ${m.target} is in sync\n` : `mirror of ${disk} on ${m.target} created; syncing (ferry mirror status ${disk} --watch)\n`));
     });
 
@@ -135,11 +136,12 @@ export function registerMirrorCommands(program: Command): void {
 
   mirror
     .command('remove <disk>')
-    .description('detach the mirror, brought up to date first; the copy is left intact and no longer used by Ferry')
+    .description('detach the mirror, brought up to date first (unless paused); the copy is left intact and no longer used by Ferry')
     .option('--force', 'abandon a mirror that is still syncing (its copy is incomplete)')
     .addOption(jsonOpt())
     .action(async (disk: string, opts, cmd: Command) => {
       const m = await client(cmd).request<MirrorStatus>('DELETE', path(disk, opts.force ? '?force=true' : ''));
-      print(cmd, m, () => `removed the mirror of ${disk}; ${m.target.replace(/^local:/, '')} is ${m.consistent ? 'a consistent copy' : 'INCOMPLETE'} and no longer used by Ferry\n`);
+      const copy = !m.consistent ? 'INCOMPLETE' : m.state === 'paused' ? 'a consistent copy as of the pause' : 'a consistent, up-to-date copy';
+      print(cmd, m, () => `removed the mirror of ${disk}; ${m.target.replace(/^local:/, '')} is ${copy} and no longer used by Ferry\n`);
     });
 }

@@ -100,7 +100,7 @@ export class MirrorControl {
     if (typeof to !== 'string' || to.length === 0) throw new FerryError('INVALID_TARGET', 'give a target: local:PATH (or PEER:DISK for a remote mirror)');
     if (!to.startsWith('local:')) {
       if (/^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(to)) {
-        throw new FerryError('NOT_SUPPORTED', `remote mirror targets (${to}) need a paired peer; this server has none (see 'ferry peer')`);
+        throw new FerryError('NOT_SUPPORTED', `remote mirror targets (${to}) are not available in this version of ferryd; use local:PATH`);
       }
       throw new FerryError('INVALID_TARGET', `target '${to}' is neither local:PATH nor PEER:DISK`);
     }
@@ -128,6 +128,9 @@ export class MirrorControl {
     const mode: SyncMode = req.sync ?? 'full';
     const target = this.checkTarget(req.to, row, volume.size);
     const hasStaging = this.store.staging(req.disk) !== undefined;
+    if (req.staging === undefined && (req.stagingSize !== undefined || req.stagingCopy !== undefined)) {
+      throw new FerryError('BAD_REQUEST', '--staging-size and --staging-copy describe a staging area to attach: give --staging too');
+    }
     if (hasStaging && req.staging !== undefined) throw new FerryError('STAGING_EXISTS', `disk '${req.disk}' already has a staging area; leave out --staging`);
     if (!hasStaging && req.staging === undefined) {
       throw new FerryError('NO_STAGING', `disk '${req.disk}' has no staging area: give --staging PATH --staging-size SIZE (every write to a mirrored disk goes through one)`);

@@ -67,6 +67,12 @@ export class StagingControl {
   private checkPath(p: unknown, what: string, diskPath: string): { real: string; block: boolean } {
     if (typeof p !== 'string' || !path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `${what} ${JSON.stringify(p)} must be an absolute path`);
     const { real, stat } = resolveTargetPath(p, what);
+    // Names Ferry's metadata owns even while no such file exists (SQLite creates and deletes
+    // ferry.db-journal and ferry.db-wal itself): a staging file there would be deleted under us.
+    const data = fs.realpathSync(this.dataDir);
+    if (real.startsWith(path.join(data, 'ferry.db')) || real.startsWith(path.join(data, 'api-token'))) {
+      throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own metadata`);
+    }
     if (stat && !stat.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
     const block = stat !== null;
     if (real === diskPath) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
@@ -80,7 +86,7 @@ export class StagingControl {
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only; a staging area stages writes`);
     const main = this.checkPath(req.path, 'staging path', row.path);
     const copy = req.copy !== undefined ? this.checkPath(req.copy, 'staging copy path', row.path) : null;
-    if (copy && copy.real === main.real) throw new FerryError('PATH_IN_USE', 'the staging copy must be on a different path than the staging area');
+    if (copy && (copy.real === main.real || sameBlockDevice(copy.real, main.real))) throw new FerryError('PATH_IN_USE', 'the staging copy must be on a different path (and device) than the staging area');
     const deviceSizes = [main, ...(copy ? [copy] : [])].filter((x) => x.block).map((x) => deviceSize(x.real));
     let size = req.size ?? (deviceSizes.length ? Math.min(...deviceSizes) : NaN);
     if (!Number.isFinite(size)) throw new FerryError('INVALID_SIZE', 'give the staging area size (--size) when it is a new file');
@@ -179,6 +185,17 @@ export class StagingControl {
       await journal.rebuildCopy(journal.copyIndexOf(c.path), BlockDevice.open(c.path));
     }
     return this.show(disk);
+  }
+}
+
+/** Two device nodes of one block device (realpath cannot tell): two "copies" there would be one. */
+function sameBlockDevice(a: string, b: string): boolean {
+  try {
+    const x = fs.statSync(a);
+    const y = fs.statSync(b);
+    return x.isBlockDevice() && y.isBlockDevice() && x.rdev === y.rdev;
+  } catch {
+    return false;
   }
 }
 

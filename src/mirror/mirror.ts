@@ -107,7 +107,7 @@ export class Mirror {
   private startSync(): void {
     const volume = this.opts.volume;
     this.sync = new SyncEngine(
-      { size: volume.size, read: (b, o, l, off) => volume.read(b, o, l, off), extents: (off, len, max) => volume.extents(off, len, max) },
+      { size: volume.size, read: (b, o, l, off) => volume.readInternal(b, o, l, off), extents: (off, len, max) => volume.extents(off, len, max) },
       this.target,
       {
         mode: this.opts.syncMode,
@@ -208,7 +208,7 @@ export class Mirror {
       for (let attempt = 0; attempt < verifyAttemptsMax && !verified; attempt++) {
         const gen = this.staged.writeGen[r];
         const seq = this.journal.writtenSeq;
-        await this.opts.volume.read(ours, 0, length, offset);
+        await this.opts.volume.readInternal(ours, 0, length, offset);
         while (this.committer.position.nextSeq <= seq) {
           if (this.committer.lastError) throw new FerryError('IO_ERROR', `the mirror cannot keep up: ${this.committer.lastError}`);
           await Promise.race([this.committer.progress(), new Promise((res) => setTimeout(res, 20))]);

@@ -108,6 +108,11 @@ export class Volume {
     });
   }
 
+  /** A read by Ferry itself (mirror sync, verify): same data path, not counted as client I/O. */
+  readInternal(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    return this.io(() => (this.staged ? this.staged.read(buf, bufOffset, length, offset) : this.primary.read(buf, bufOffset, length, offset)));
+  }
+
   write(buf: Buffer, bufOffset: number, length: number, offset: number, fua: boolean): Promise<void> {
     return this.io(async () => {
       this.writable();
