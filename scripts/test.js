@@ -27,5 +27,7 @@ if (files.length === 0) {
   process.exit(1);
 }
 const args = ['--import', 'tsx', '--test', '--test-reporter=spec', ...files];
-const r = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' } });
+// Debian's python3 first: nbdsh and the python workloads need its libnbd bindings (a pyenv python lacks them).
+const PATH = ['/usr/bin', '/usr/sbin', '/sbin', process.env.PATH ?? ''].join(':');
+const r = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env: { ...process.env, PATH, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' } });
 process.exit(r.status ?? 1);
