@@ -46,6 +46,11 @@ export class MirrorControl {
   async openAtStart(row: DiskRow, volume: Volume): Promise<void> {
     const journal = volume.staging?.journal;
     const m = this.store.mirror(row.name);
+    if (m && volume.size > row.size) {
+      // Swapped onto a larger mirror before this restart: the disk keeps the size its mirror (the old primary) holds.
+      this.log.warn({ disk: row.name, size: row.size, device: volume.size }, 'mirrored disk keeps its recorded size; its device is larger');
+      volume.keepSize(row.size);
+    }
     if (!journal) return;
     if (!m) {
       // Created or removed halfway before a crash: a consumer without a mirror would hold the staging area forever.

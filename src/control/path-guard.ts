@@ -8,6 +8,12 @@ import type { MetadataStore } from './store.js';
 
 /** Throws PATH_IN_USE or INVALID_PATH unless `real` (a resolved path) is free for Ferry to use. */
 export function assertPathFree(store: MetadataStore, dataDir: string, real: string): void {
+  // Names Ferry's metadata owns even while no such file exists (SQLite creates and deletes
+  // ferry.db-journal and ferry.db-wal itself): a file of ours there would be deleted under us.
+  const dataReal = fs.realpathSync(dataDir);
+  if (real.startsWith(path.join(dataReal, 'ferry.db')) || real.startsWith(path.join(dataReal, 'api-token'))) {
+    throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own metadata`);
+  }
   const user = store.pathUser(real);
   if (user) throw new FerryError('PATH_IN_USE', `${real} is already used by ${user}`);
   let st: fs.Stats;
@@ -25,7 +31,6 @@ export function assertPathFree(store: MetadataStore, dataDir: string, real: stri
     }
     return st.isBlockDevice() ? o.isBlockDevice() && o.rdev === st.rdev : o.isFile() && o.dev === st.dev && o.ino === st.ino;
   };
-  const dataReal = fs.realpathSync(dataDir);
   for (const f of fs.readdirSync(dataReal)) {
     if (same(path.join(dataReal, f))) throw new FerryError('INVALID_PATH', `${real} is the same file as ${path.join(dataReal, f)}, part of Ferry's own data directory`);
   }

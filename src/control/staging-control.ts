@@ -67,12 +67,6 @@ export class StagingControl {
   private checkPath(p: unknown, what: string, diskPath: string): { real: string; block: boolean } {
     if (typeof p !== 'string' || !path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `${what} ${JSON.stringify(p)} must be an absolute path`);
     const { real, stat } = resolveTargetPath(p, what);
-    // Names Ferry's metadata owns even while no such file exists (SQLite creates and deletes
-    // ferry.db-journal and ferry.db-wal itself): a staging file there would be deleted under us.
-    const data = fs.realpathSync(this.dataDir);
-    if (real.startsWith(path.join(data, 'ferry.db')) || real.startsWith(path.join(data, 'api-token'))) {
-      throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own metadata`);
-    }
     if (stat && !stat.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
     const block = stat !== null;
     if (real === diskPath) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);

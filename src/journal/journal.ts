@@ -128,6 +128,8 @@ export class Journal extends EventEmitter {
   private readDrainWaiters: Array<{ upTo: number; resolve: () => void }> = [];
   private writtenWaiters: Array<() => void> = [];
   private readonly readerWindows = new Map<string, { store: Store; window: RingWindow; loadedAt: number }>();
+  /** Rebuilds copying the ring: while any runs, checkpoints do not move the tail (J2). */
+  private rebuildsRunning = 0;
   private durableWaiters: Array<() => void> = [];
   /** Called synchronously for each written batch, before any append resolves (the overlay index). */
   onWritten: ((records: StagedRecord[]) => void) | null = null;
@@ -527,7 +529,7 @@ export class Journal extends EventEmitter {
       this.generation = generation;
       this.lastCheckpoint = buf;
       const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
-      if (min.nextSeq !== this.tail.seq) {
+      if (min.nextSeq !== this.tail.seq && this.rebuildsRunning === 0) {
         await this.drainReads();
         this.tail = { seq: min.nextSeq, pos: min.nextPos };
         for (const w of this.spaceWaiters.splice(0)) w();
@@ -540,51 +542,70 @@ export class Journal extends EventEmitter {
 
   /**
    * Rebuilds a failed copy onto `store` while writes go on: from the next batch on it
-   * receives every write; then the live part of the ring is copied over from a healthy
-   * copy; once synced it is healthy again.
+   * receives every write (and every checkpoint); then the live part of the ring is copied
+   * over from a healthy copy; once synced it is healthy again. The header area is taken
+   * in the checkpoint chain, so it holds the newest durable checkpoint and no checkpoint
+   * can pass between it and the copy joining; the tail does not move until the copy is
+   * done, so no record is written into the part being copied (J2).
    */
   async rebuildCopy(index: number, store: Store): Promise<void> {
     const c = this.copies[index];
     assert.ok(c, `no staging copy ${index}`);
     if (c.healthy) throw new FerryError('BAD_REQUEST', `staging copy ${c.store.path} is healthy; nothing to repair`);
     if (store.size < this.areaBytes) throw new FerryError('STAGING_TOO_SMALL', `${store.path} is smaller than the staging area (${this.areaBytes} bytes)`);
-    const source = this.copies.find((x) => x.healthy);
+    let source = this.copies.find((x) => x.healthy);
     if (!source) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy copy to rebuild from');
-    const header = Buffer.alloc(HEADER_AREA_BYTES);
-    await source.store.read(header, 0, HEADER_AREA_BYTES, 0);
-    let release!: () => void;
-    const previous = this.batchLock;
-    this.batchLock = new Promise((r) => (release = r));
-    await previous;
-    let from: number;
-    let to: number;
+    this.rebuildsRunning++;
     try {
-      await store.write(header, 0, HEADER_AREA_BYTES, 0);
-      void c.store.close().catch(() => undefined);
-      c.store = store;
-      c.rebuilding = true;
-      c.problem = 'rebuilding';
-      from = this.tail.pos;
-      to = this.headPos;
-    } finally {
-      release();
-    }
-    const ranges: Array<[number, number]> = this.tail.seq === this.nextSeq ? [] : to > from ? [[from, to]] : [[from, this.ringBytes], [0, to]];
-    const chunk = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (const [a, b] of ranges) {
-      for (let p = a; p < b; p += chunk.length) {
-        const n = Math.min(chunk.length, b - p);
-        await source.store.read(chunk, 0, n, HEADER_AREA_BYTES + p);
-        await store.write(chunk, 0, n, HEADER_AREA_BYTES + p);
+      let from = 0;
+      let to = 0;
+      let empty = true;
+      const join = async (): Promise<void> => {
+        source = this.copies.find((x) => x.healthy);
+        if (!source) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy copy to rebuild from');
+        const header = Buffer.alloc(HEADER_AREA_BYTES);
+        await source.store.read(header, 0, HEADER_AREA_BYTES, 0);
+        let release!: () => void;
+        const previous = this.batchLock;
+        this.batchLock = new Promise((r) => (release = r));
+        await previous;
+        try {
+          await store.write(header, 0, HEADER_AREA_BYTES, 0);
+          void c.store.close().catch(() => undefined);
+          c.store = store;
+          c.rebuilding = true;
+          c.problem = 'rebuilding';
+          from = this.tail.pos;
+          to = this.headPos;
+          empty = this.tail.seq === this.nextSeq;
+        } finally {
+          release();
+        }
+      };
+      const joined = this.checkpointChain.then(join, join);
+      this.checkpointChain = joined.catch(() => undefined);
+      await joined;
+      const ranges: Array<[number, number]> = empty ? [] : to > from ? [[from, to]] : [[from, this.ringBytes], [0, to]];
+      const chunk = Buffer.allocUnsafe(4 * 1024 * 1024);
+      for (const [a, b] of ranges) {
+        for (let p = a; p < b; p += chunk.length) {
+          const n = Math.min(chunk.length, b - p);
+          await source.store.read(chunk, 0, n, HEADER_AREA_BYTES + p);
+          await store.write(chunk, 0, n, HEADER_AREA_BYTES + p);
+        }
       }
+      await store.sync();
+      if (!c.rebuilding) throw new FerryError('STAGING_FAILED', `${store.path} failed while it was being rebuilt: ${c.problem}`);
+      c.rebuilding = false;
+      c.healthy = true;
+      delete c.problem;
+      this.log.warn({ copy: store.path }, 'staging copy rebuilt: two healthy copies again');
+      this.emit('repaired', { path: store.path });
+    } finally {
+      this.rebuildsRunning--;
+      // The space consumers finished with during the copy is freed now (the tail moves here).
+      if (this.rebuildsRunning === 0 && !this.failure) await this.checkpoint().catch(() => undefined);
     }
-    await store.sync();
-    if (!c.rebuilding) throw new FerryError('STAGING_FAILED', `${store.path} failed while it was being rebuilt: ${c.problem}`);
-    c.rebuilding = false;
-    c.healthy = true;
-    delete c.problem;
-    this.log.warn({ copy: store.path }, 'staging copy rebuilt: two healthy copies again');
-    this.emit('repaired', { path: store.path });
   }
 
   stats(): JournalStats {

@@ -1,0 +1,327 @@
+// Shared helpers for the staging-area end-to-end tests: daemons and temp dirs removed at
+// cleanup, bounded runs of real tools, the Python workload and checker (workload.py,
+// check.py, run with /usr/bin/python3 which has the libnbd bindings), and `ferry staging`
+// through the real CLI.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { requireTool, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
+
+export const MiB = 1024 * 1024;
+export const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const PYTHON = '/usr/bin/python3';
+/** The libnbd bindings belong to the system interpreter; keep /usr/bin first for nbdsh too. */
+export const SYSTEM_ENV: NodeJS.ProcessEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
+export const TOOL_TIMEOUT_MS = 120_000;
+
+/** Temp dirs, daemons and hooks to undo in `after()`. */
+export class Cleanup {
+  private readonly dirs: string[] = [];
+  private readonly daemons: Ferryd[] = [];
+  private readonly hooks: Array<() => Promise<void> | void> = [];
+  private readonly children = new Set<ChildProcess>();
+
+  dir(prefix = 'ferry-staging-'): string {
+    const d = tmpDir(prefix);
+    this.dirs.push(d);
+    return d;
+  }
+
+  async ferryd(opts: StartOptions = {}): Promise<Ferryd> {
+    const d = await startFerryd({ ...opts, dataDir: opts.dataDir ?? this.dir('ferry-data-') });
+    this.daemons.push(d);
+    return d;
+  }
+
+  /** Runs at cleanup before daemons stop (LIFO). */
+  defer(fn: () => Promise<void> | void): void {
+    this.hooks.push(fn);
+  }
+
+  track(child: ChildProcess): void {
+    this.children.add(child);
+    child.on('exit', () => this.children.delete(child));
+  }
+
+  async run(): Promise<void> {
+    const errors: unknown[] = [];
+    for (const c of this.children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    for (const h of this.hooks.splice(0).reverse()) {
+      try {
+        await h();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    for (const d of this.daemons.splice(0)) {
+      try {
+        await d.stop();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+    if (errors.length) throw errors[0];
+  }
+}
+
+export function describeRun(cmd: string, args: string[], r: RunResult): string {
+  return `${cmd} ${args.join(' ')}\nexit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}\nstdout: ${r.stdout.slice(-4000)}\nstderr: ${r.stderr.slice(-4000)}`;
+}
+
+/** Runs a command to completion, killed after timeoutMs; a child that never reads stdin is fine. */
+export function runBounded(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; input?: string | Buffer } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.stdin.on('error', () => undefined);
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? TOOL_TIMEOUT_MS);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** Runs a required tool and asserts it exited 0. */
+export async function ok(name: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; input?: string | Buffer } = {}): Promise<RunResult> {
+  const r = await runBounded(requireTool(name), args, opts);
+  assert.equal(r.code, 0, `expected success:\n${describeRun(name, args, r)}`);
+  return r;
+}
+
+/** Parses the last JSON line of a program's output. */
+export function lastJson<T = any>(stdout: string): T {
+  const line = stdout
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('{') || l.startsWith('['));
+  assert.ok(line, `no JSON line in output:\n${stdout}`);
+  return JSON.parse(line) as T;
+}
+
+/** Runs a Python script (inline) with the system interpreter; asserts exit 0; returns its last JSON line. */
+export async function python<T = any>(script: string, args: string[] = [], timeoutMs = TOOL_TIMEOUT_MS): Promise<T> {
+  const r = await runBounded(PYTHON, ['-c', script, ...args], { env: SYSTEM_ENV, timeoutMs });
+  assert.equal(r.code, 0, `python failed:\n${script}\nexit ${r.code} ${r.signal ?? ''}\nstdout: ${r.stdout.slice(-4000)}\nstderr: ${r.stderr.slice(-4000)}`);
+  return lastJson<T>(r.stdout);
+}
+
+export interface Workload {
+  child: ChildProcess;
+  /** Resolves once the workload is connected (or has exited). */
+  connected: Promise<boolean>;
+  /** Resolves with the workload's summary when it exits. */
+  done: Promise<WorkloadSummary>;
+}
+
+export interface WorkloadSummary {
+  first: number;
+  next: number;
+  issued: number;
+  acked: number;
+  failed: number;
+  flushes: number;
+  fua: number;
+  error: string | null;
+}
+
+/** Starts workload.py in the background (see its header for the arguments and log format). */
+export function startWorkload(
+  cleanup: Cleanup,
+  opts: { uri: string; log: string; firstCounter: number; firstBlock?: number; blocks: number; seed: number; maxSeconds: number; depth?: number },
+): Workload {
+  const args = [
+    path.join(HERE, 'workload.py'),
+    opts.uri,
+    opts.log,
+    String(opts.firstCounter),
+    String(opts.firstBlock ?? 0),
+    String(opts.blocks),
+    String(opts.seed),
+    String(opts.maxSeconds),
+    String(opts.depth ?? 16),
+  ];
+  const child = spawn(PYTHON, args, { env: SYSTEM_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+  cleanup.track(child);
+  let out = '';
+  let err = '';
+  const timer = setTimeout(() => child.kill('SIGKILL'), (opts.maxSeconds + 60) * 1000);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal });
+    }),
+  );
+  const connected = new Promise<boolean>((resolve) => {
+    child.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('connected\n')) resolve(true);
+    });
+    void exited.then(() => resolve(false));
+  });
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  const done = exited.then(({ code, signal }) => {
+    assert.equal(code, 0, `workload failed: exit ${code} ${signal ?? ''}\nstdout: ${out.slice(-2000)}\nstderr: ${err.slice(-4000)}`);
+    return lastJson<WorkloadSummary>(out);
+  });
+  return { child, connected, done };
+}
+
+export interface CheckSummary {
+  issued: number;
+  acked: number;
+  flushedAcked: number;
+  fuaAcked: number;
+  highestSurvivor: number;
+  survivedUnacked: number;
+  lostUnacked: number;
+  writtenBlocks: number;
+  torn: number;
+  prefixViolations: number;
+  errors: string[];
+}
+
+/** Runs check.py: reads blocks [firstBlock, firstBlock+blocks) and checks them against one workload log (see check.py). */
+export async function checkDisk(uri: string, log: string, range: { firstBlock?: number; blocks: number }, stateIn: string | null, stateOut: string): Promise<CheckSummary> {
+  const args = [path.join(HERE, 'check.py'), uri, log, String(range.firstBlock ?? 0), String(range.blocks), stateIn ?? '-', stateOut];
+  const r = await runBounded(PYTHON, args, { env: SYSTEM_ENV, timeoutMs: TOOL_TIMEOUT_MS });
+  assert.equal(r.code, 0, `checker failed:\n${describeRun('check.py', args, r)}`);
+  return lastJson<CheckSummary>(r.stdout);
+}
+
+/** `ferry staging show DISK --json` through the real CLI. */
+export async function stagingShow(d: Ferryd, disk: string): Promise<any> {
+  const r = await d.cli(['staging', 'show', disk, '--json']);
+  assert.equal(r.code, 0, `staging show failed:\n${r.stdout}\n${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+/** Runs `ferry ARGS --json` and asserts success; returns the parsed output. */
+export async function cliJson(d: Ferryd, args: string[], timeoutMs?: number): Promise<any> {
+  const r = await d.cli([...args, '--json'], { timeoutMs });
+  assert.equal(r.code, 0, `ferry ${args.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+/** Runs `ferry ARGS --json` expecting failure with `code`; returns the error message. */
+export async function cliFails(d: Ferryd, args: string[], code: string): Promise<string> {
+  const r = await d.cli([...args, '--json']);
+  assert.notEqual(r.code, 0, `ferry ${args.join(' ')} should have failed with ${code}:\n${r.stdout}`);
+  const body = lastJson<{ error: { code: string; message: string } }>(r.stderr);
+  assert.equal(body.error.code, code, `ferry ${args.join(' ')}: ${r.stderr}`);
+  return body.error.message;
+}
+
+/** A staging area in good health: every copy healthy, nothing failed, no committer error. */
+export function assertHealthy(s: any, copies: number): void {
+  assert.equal(s.degraded, false, `staging area degraded: ${JSON.stringify(s.copies)}`);
+  assert.equal(s.copies.length, copies, JSON.stringify(s.copies));
+  for (const c of s.copies) assert.ok(c.healthy && !c.rebuilding && !c.problem, `copy not healthy: ${JSON.stringify(c)}`);
+  assert.equal(s.committerError, null);
+  assert.ok(s.durableSeq <= s.writtenSeq && s.writtenSeq < s.nextSeq, JSON.stringify(s));
+  assert.ok(s.usedBytes >= 0 && s.usedBytes <= s.ringBytes, JSON.stringify(s));
+}
+
+/** Waits until `check` returns true, polling; fails after timeoutMs with `what`. */
+export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** One attachment of a Ferry disk as a block device: nbdfuse → file → loop device → (ext4 mount). Needs root and /dev/fuse. */
+export class Attachment {
+  private fuse: ChildProcess | null = null;
+  private fuseExited: Promise<void> = Promise.resolve();
+  private fuseLog = '';
+  loop: string | null = null;
+  mounted = false;
+
+  constructor(
+    readonly fuseDir: string,
+    readonly mountDir: string,
+    readonly diskBytes: number,
+  ) {}
+
+  get file(): string {
+    return path.join(this.fuseDir, 'nbd');
+  }
+
+  async attach(uri: string): Promise<string> {
+    const pidFile = path.join(path.dirname(this.fuseDir), `${path.basename(this.fuseDir)}.pid`);
+    fs.rmSync(pidFile, { force: true });
+    const proc = spawn(requireTool('nbdfuse'), ['-P', pidFile, this.fuseDir, uri], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.fuse = proc;
+    this.fuseExited = new Promise((resolve) => proc.on('exit', () => resolve()));
+    proc.stdout!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
+    proc.stderr!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
+    let exited = false;
+    void this.fuseExited.then(() => (exited = true));
+    await waitFor('nbdfuse to serve its file', () => {
+      if (exited) throw new Error(`nbdfuse exited early: ${this.fuseLog}`);
+      return fs.existsSync(pidFile) && fs.existsSync(this.file) && fs.statSync(this.file).size === this.diskBytes;
+    });
+    this.loop = (await ok('losetup', ['-f', '--show', this.file])).stdout.trim();
+    assert.match(this.loop, /^\/dev\/loop\d+$/);
+    return this.loop;
+  }
+
+  async mount(): Promise<void> {
+    await ok('mount', ['-t', 'ext4', this.loop!, this.mountDir]);
+    this.mounted = true;
+  }
+
+  async unmount(): Promise<void> {
+    if (!this.mounted) return;
+    const r = await runBounded(requireTool('umount'), [this.mountDir]);
+    if (r.code !== 0) await ok('umount', ['-l', this.mountDir]);
+    this.mounted = false;
+  }
+
+  /** Undoes everything that was done, in reverse; safe to call at any point and twice. */
+  async detach(): Promise<void> {
+    await this.unmount();
+    if (this.loop) {
+      const loop = this.loop;
+      await runBounded(requireTool('blockdev'), ['--flushbufs', loop]);
+      await ok('losetup', ['-d', loop]);
+      const backing = `/sys/block/${path.basename(loop)}/loop/backing_file`;
+      await waitFor(`${loop} to detach`, () => !fs.existsSync(backing), 15_000);
+      this.loop = null;
+    }
+    if (this.fuse) {
+      const proc = this.fuse;
+      let done = false;
+      void this.fuseExited.then(() => (done = true));
+      for (let i = 0; i < 20 && !done; i++) {
+        const r = await runBounded(requireTool('fusermount3'), ['-u', this.fuseDir]);
+        if (r.code === 0) break;
+        await sleep(250);
+      }
+      await waitFor('nbdfuse to exit', () => done, 10_000).catch(() => undefined);
+      if (!done) {
+        await runBounded(requireTool('fusermount3'), ['-uz', this.fuseDir]);
+        proc.kill('SIGKILL');
+        await this.fuseExited;
+      }
+      this.fuse = null;
+    }
+  }
+}
