@@ -11,6 +11,7 @@
 // A failing primary is retried with bounded backoff; acknowledged data stays safe in
 // the staging area (and readable through the overlay) meanwhile.
 import type { Logger } from 'pino';
+import { FerryError } from '../errors.js';
 import type { DiskStore } from '../disk/store.js';
 import { RecordType, type ConsumerPosition } from '../journal/format.js';
 import type { Journal, StagedRecord } from '../journal/journal.js';
@@ -27,6 +28,7 @@ const bytesPerBatchMax = 16 * 1024 * 1024;
 const applyDelayMs = 20;
 const checkpointIntervalMs = 500;
 const retryMsMax = 30_000;
+const drainRetriesMax = 5;
 
 export interface CommitterOptions {
   /** The journal consumer this committer is (default: the primary). */
@@ -127,7 +129,7 @@ export class Committer {
         if (this.stopped) break;
         this.lastError = (err as Error).message;
         this.log.error({ err: this.lastError, retryMs }, 'committer could not apply staged records to the primary; retrying');
-        await new Promise((r) => setTimeout(r, retryMs));
+        await this.waitFor(new Promise<void>(() => undefined), retryMs); // a drain() may cut the backoff short
         retryMs = Math.min(retryMs * 2, retryMsMax);
         if (this.journal.failed) break;
       }
@@ -231,11 +233,18 @@ export class Committer {
 
   /** Applies everything written so far and checkpoints: the target then holds every staged write. */
   async drain(): Promise<void> {
-    if (this.paused) throw new Error(`the ${this.consumerName} consumer is paused`);
+    if (this.paused) throw new FerryError('BAD_REQUEST', `the ${this.consumerName} consumer is paused; resume it first`);
     const target = this.journal.writtenSeq;
+    let retries = 0;
     while (this.pos.nextSeq <= target) {
       if (this.journal.failed) throw this.journal.failed;
-      if (this.lastError) throw new Error(`cannot drain the staging area: ${this.lastError}`);
+      if (this.lastError) {
+        // Retry now rather than at the end of the backoff; give up if the target still fails.
+        if (++retries > drainRetriesMax) throw new FerryError('IO_ERROR', `cannot apply staged writes to ${this.target.path}: ${this.lastError}`);
+        this.kick();
+        await new Promise((r) => setTimeout(r, 100 * retries));
+        continue;
+      }
       await Promise.race([this.progress(), new Promise((r) => setTimeout(r, 50))]);
     }
     await this.checkpoint();
