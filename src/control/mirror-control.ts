@@ -141,7 +141,19 @@ export class MirrorControl {
       throw new FerryError('NO_STAGING', `disk '${req.disk}' has no staging area: give --staging PATH --staging-size SIZE (every write to a mirrored disk goes through one)`);
     }
     if (mode === 'checksum' && !target.exists) throw new FerryError('BAD_REQUEST', '--sync=checksum compares with data already on the target; a new file holds none (use full)');
-    if (!hasStaging) await this.staging.attach({ disk: req.disk, path: req.staging!, size: req.stagingSize, copy: req.stagingCopy });
+    if (!hasStaging) {
+      // The staging area is created first: given the target's (new) path too, it would take it.
+      for (const [p, what] of [[req.staging, 'staging area'], [req.stagingCopy, 'staging copy']] as const) {
+        let real: string | null = null;
+        try {
+          real = typeof p === 'string' && path.isAbsolute(p) ? resolveTargetPath(p, what).real : null;
+        } catch {
+          real = null; // a bad staging path: attach() refuses it
+        }
+        if (real === target.real) throw new FerryError('PATH_IN_USE', `${real} cannot be both the mirror target and the ${what}`);
+      }
+      await this.staging.attach({ disk: req.disk, path: req.staging!, size: req.stagingSize, copy: req.stagingCopy });
+    }
 
     let device: BlockDevice;
     let created = false;
@@ -157,6 +169,8 @@ export class MirrorControl {
       device = BlockDevice.open(target.real);
     } catch (err) {
       if (created) fs.rmSync(target.real, { force: true });
+      // Nothing half-done: the staging area this request attached goes again.
+      if (!hasStaging) await this.staging.detach(req.disk).catch((e) => this.log.error({ disk: req.disk, err: (e as Error).message }, 'could not detach the staging area of a failed mirror create'));
       throw fromSystemError(err, `mirror target ${target.real}`);
     }
     const m: MirrorRow = {

@@ -70,6 +70,7 @@ export class Mirror {
   private readonly journal: Journal;
   private sync: SyncEngine | null = null;
   private syncDone: boolean;
+  private closed = false;
   private readonly opts: MirrorOptions;
   lastSwapPauseMs: number | null = null;
 
@@ -106,25 +107,45 @@ export class Mirror {
 
   private startSync(): void {
     const volume = this.opts.volume;
-    this.sync = new SyncEngine(
-      { size: volume.size, read: (b, o, l, off) => volume.readInternal(b, o, l, off), extents: (off, len, max) => volume.extents(off, len, max) },
-      this.target,
-      {
-        mode: this.opts.syncMode,
-        targetIsZero: this.opts.targetIsZero,
-        startCursor: this.opts.syncCursor,
-        onCheckpoint: (cursor) => this.opts.onSyncCheckpoint(cursor, false),
-        log: this.opts.log,
-      },
-    );
-    const engine = this.sync;
-    void engine.start().then(async () => {
+    const previous = this.sync;
+    const run = async (): Promise<void> => {
+      if (previous) {
+        // A stopped engine (pause) finishes the chunks it began, and keeps holding back the
+        // records that touch them (admit) until then: a new one only starts after it.
+        await previous.stop();
+        this.opts.syncCursor = previous.position;
+      }
+      if (this.closed || this.committer.isPaused || this.syncDone) return;
+      const engine = new SyncEngine(
+        { size: volume.size, read: (b, o, l, off) => volume.readInternal(b, o, l, off), extents: (off, len, max) => volume.extents(off, len, max) },
+        this.target,
+        {
+          mode: this.opts.syncMode,
+          targetIsZero: this.opts.targetIsZero,
+          startCursor: this.opts.syncCursor,
+          onCheckpoint: (cursor) => this.opts.onSyncCheckpoint(cursor, false),
+          log: this.opts.log,
+        },
+      );
+      this.sync = engine;
+      await engine.start();
       if (!engine.done) return;
-      // The copy is complete: once the target is synced the mirror is consistent.
+      // The copy is complete, but each chunk holds the disk as it was when that chunk was read
+      // (up to the newest record written by now), while the committer may not have applied the
+      // records before that everywhere yet: until it has, the mirror mixes moments of the disk.
+      const upTo = this.journal.writtenSeq;
+      while (this.committer.position.nextSeq <= upTo) {
+        if (this.closed) return;
+        if (this.committer.isPaused) await new Promise((res) => setTimeout(res, 200));
+        else await Promise.race([this.committer.progress(), new Promise((res) => setTimeout(res, 50))]);
+      }
+      // Once the target is synced the mirror is consistent.
       await this.target.sync();
+      if (this.closed || this.syncDone) return;
       this.syncDone = true;
       this.opts.onSyncCheckpoint(volume.size, true);
-    });
+    };
+    void run().catch((err) => this.opts.log.error({ err: (err as Error).message }, 'mirror sync could not complete; it resumes from its checkpoint when restarted'));
   }
 
   get state(): MirrorState {
@@ -169,10 +190,7 @@ export class Mirror {
   resume(): void {
     if (!this.committer.isPaused) throw new FerryError('BAD_REQUEST', `the mirror of ${this.disk} is not paused`);
     this.committer.resume();
-    if (!this.syncDone) {
-      this.opts.syncCursor = this.sync?.position ?? this.opts.syncCursor;
-      this.startSync();
-    }
+    if (!this.syncDone) this.startSync();
   }
 
   /** Applies every record written so far to the mirror. */
@@ -234,6 +252,7 @@ export class Mirror {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await this.sync?.stop();
     await this.committer.stop();
   }

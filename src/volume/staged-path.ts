@@ -55,16 +55,22 @@ export class StagedPath {
   private index(records: StagedRecord[]): void {
     for (const r of records) {
       if (r.length === 0) continue;
+      // Also counted when the write becomes visible (with writtenSeq, in this same tick): a write
+      // counted only when it began could turn visible after a verify noted (counter, writtenSeq)
+      // and read it, without changing the counter, and pass for a difference.
+      this.bumpGen(r.diskOffset, r.length);
       const kind = r.type === RecordType.WRITE ? ExtentKind.DATA : ExtentKind.ZERO;
       this.overlay.insert({ start: r.diskOffset, end: r.diskOffset + r.length, seq: r.seq, kind, jpos: kind === ExtentKind.DATA ? r.pos + RECORD_HEADER_BYTES : -1 });
     }
   }
 
+  private bumpGen(offset: number, length: number): void {
+    const last = Math.floor((offset + length - 1) / this.genRegionBytes);
+    for (let r = Math.floor(offset / this.genRegionBytes); r <= last; r++) this.writeGen[r] = (this.writeGen[r]! + 1) >>> 0;
+  }
+
   private async append(type: RecordTypeValue, flags: number, offset: number, length: number, payload: Buffer | null, fua: boolean): Promise<void> {
-    if (length > 0) {
-      const last = Math.floor((offset + length - 1) / this.genRegionBytes);
-      for (let r = Math.floor(offset / this.genRegionBytes); r <= last; r++) this.writeGen[r] = (this.writeGen[r]! + 1) >>> 0;
-    }
+    if (length > 0) this.bumpGen(offset, length);
     while (this.overlay.size >= overlayExtentsMax) {
       this.committer.kick();
       await this.committer.progress();

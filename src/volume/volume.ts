@@ -31,7 +31,7 @@ export class Volume {
   private primary: DiskStore;
   private staged: StagedPath | null = null;
   /** Fixed for the life of the volume: a swap onto a larger device does not change what clients see. */
-  readonly size: number;
+  private sizeBytes: number;
   private readonly gate = new IoGate();
   private clients = 0;
 
@@ -39,7 +39,20 @@ export class Volume {
     this.name = name;
     this.primary = primary;
     this.readOnly = readOnly || primary.readOnly;
-    this.size = primary.size;
+    this.sizeBytes = primary.size;
+  }
+
+  get size(): number {
+    return this.sizeBytes;
+  }
+
+  /**
+   * Before the volume is served: keeps the disk at `size` when its device is larger. After a
+   * swap onto a larger mirror the disk keeps its size across restarts too, and the mirror (the
+   * old, smaller device) can still hold every write.
+   */
+  keepSize(size: number): void {
+    if (size > 0 && size < this.sizeBytes) this.sizeBytes = size;
   }
 
   get primaryStore(): DiskStore {

@@ -2,9 +2,10 @@
 // run the real NBD clients (qemu-io, nbdsh, ...) with bounded time, and small file
 // utilities. Clients are always real programs; nothing here fakes the server.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { requireTool, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
 
 /** Default bound on one client run; every spawned tool gets one. */
@@ -207,4 +208,85 @@ export async function waitFor(what: string, check: () => boolean | Promise<boole
 /** Python literal of a string (JSON strings are valid Python strings for our inputs). */
 export function py(s: string): string {
   return JSON.stringify(s);
+}
+
+/** One attachment of a Ferry disk as a block device: nbdfuse → file → loop device → (mount). */
+export class Attachment {
+  private fuse: ChildProcess | null = null;
+  private fuseExited: Promise<void> = Promise.resolve();
+  private fuseLog = '';
+  loop: string | null = null;
+  mounted = false;
+
+  constructor(
+    readonly fuseDir: string,
+    readonly mountDir: string,
+    /** Size of the disk: the attachment is ready once nbdfuse's file has it. */
+    readonly size: number,
+  ) {}
+
+  get file(): string {
+    return path.join(this.fuseDir, 'nbd');
+  }
+
+  async attach(uri: string): Promise<string> {
+    const pidFile = path.join(path.dirname(this.fuseDir), `${path.basename(this.fuseDir)}.pid`);
+    fs.rmSync(pidFile, { force: true });
+    const proc = spawn(requireTool('nbdfuse'), ['-P', pidFile, this.fuseDir, uri], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.fuse = proc;
+    this.fuseExited = new Promise((resolve) => proc.on('exit', () => resolve()));
+    proc.stdout!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
+    proc.stderr!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
+    let exited = false;
+    void this.fuseExited.then(() => (exited = true));
+    await waitFor('nbdfuse to serve its file', () => {
+      if (exited) throw new Error(`nbdfuse exited early: ${this.fuseLog}`);
+      return fs.existsSync(pidFile) && fs.existsSync(this.file) && fs.statSync(this.file).size === this.size;
+    });
+    this.loop = (await ok('losetup', ['-f', '--show', this.file])).stdout.trim();
+    assert.match(this.loop, /^\/dev\/loop\d+$/);
+    return this.loop;
+  }
+
+  async mount(): Promise<void> {
+    await ok('mount', ['-t', 'ext4', this.loop!, this.mountDir]);
+    this.mounted = true;
+  }
+
+  async unmount(): Promise<void> {
+    if (!this.mounted) return;
+    const r = await tool('umount', [this.mountDir]);
+    if (r.code !== 0) await ok('umount', ['-l', this.mountDir]);
+    this.mounted = false;
+  }
+
+  /** Undoes everything that was done, in reverse; safe to call at any point and twice. */
+  async detach(): Promise<void> {
+    await this.unmount();
+    if (this.loop) {
+      const loop = this.loop;
+      await tool('blockdev', ['--flushbufs', loop]);
+      await ok('losetup', ['-d', loop]);
+      const backing = `/sys/block/${path.basename(loop)}/loop/backing_file`;
+      await waitFor(`${loop} to detach`, () => !fs.existsSync(backing), 15_000);
+      this.loop = null;
+    }
+    if (this.fuse) {
+      const proc = this.fuse;
+      let done = false;
+      void this.fuseExited.then(() => (done = true));
+      for (let i = 0; i < 20 && !done; i++) {
+        const r = await tool('fusermount3', ['-u', this.fuseDir]);
+        if (r.code === 0) break;
+        await new Promise((res) => setTimeout(res, 250));
+      }
+      await waitFor('nbdfuse to exit', () => done, 10_000).catch(() => undefined);
+      if (!done) {
+        await tool('fusermount3', ['-uz', this.fuseDir]);
+        proc.kill('SIGKILL');
+        await this.fuseExited;
+      }
+      this.fuse = null;
+    }
+  }
 }

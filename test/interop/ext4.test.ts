@@ -4,94 +4,14 @@
 // Needs root, /dev/fuse and loop devices (there is no kernel nbd module to use).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { requireTool, type Ferryd } from '../harness.js';
-import { Cleanup, ok, sha256File, tool, waitFor, T } from './clients.js';
+import { Attachment, Cleanup, ok, sha256File, T } from './clients.js';
 
 const MiB = 1024 * 1024;
 const DISK_SIZE = 256 * MiB;
-
-/** One attachment of a Ferry disk as a block device: nbdfuse → file → loop device → (mount). */
-class Attachment {
-  private fuse: ChildProcess | null = null;
-  private fuseExited: Promise<void> = Promise.resolve();
-  private fuseLog = '';
-  loop: string | null = null;
-  mounted = false;
-
-  constructor(
-    readonly fuseDir: string,
-    readonly mountDir: string,
-  ) {}
-
-  get file(): string {
-    return path.join(this.fuseDir, 'nbd');
-  }
-
-  async attach(uri: string): Promise<string> {
-    const pidFile = path.join(path.dirname(this.fuseDir), `${path.basename(this.fuseDir)}.pid`);
-    fs.rmSync(pidFile, { force: true });
-    const proc = spawn(requireTool('nbdfuse'), ['-P', pidFile, this.fuseDir, uri], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.fuse = proc;
-    this.fuseExited = new Promise((resolve) => proc.on('exit', () => resolve()));
-    proc.stdout!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
-    proc.stderr!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
-    let exited = false;
-    void this.fuseExited.then(() => (exited = true));
-    await waitFor('nbdfuse to serve its file', () => {
-      if (exited) throw new Error(`nbdfuse exited early: ${this.fuseLog}`);
-      return fs.existsSync(pidFile) && fs.existsSync(this.file) && fs.statSync(this.file).size === DISK_SIZE;
-    });
-    this.loop = (await ok('losetup', ['-f', '--show', this.file])).stdout.trim();
-    assert.match(this.loop, /^\/dev\/loop\d+$/);
-    return this.loop;
-  }
-
-  async mount(): Promise<void> {
-    await ok('mount', ['-t', 'ext4', this.loop!, this.mountDir]);
-    this.mounted = true;
-  }
-
-  async unmount(): Promise<void> {
-    if (!this.mounted) return;
-    const r = await tool('umount', [this.mountDir]);
-    if (r.code !== 0) await ok('umount', ['-l', this.mountDir]);
-    this.mounted = false;
-  }
-
-  /** Undoes everything that was done, in reverse; safe to call at any point and twice. */
-  async detach(): Promise<void> {
-    await this.unmount();
-    if (this.loop) {
-      const loop = this.loop;
-      await tool('blockdev', ['--flushbufs', loop]);
-      await ok('losetup', ['-d', loop]);
-      const backing = `/sys/block/${path.basename(loop)}/loop/backing_file`;
-      await waitFor(`${loop} to detach`, () => !fs.existsSync(backing), 15_000);
-      this.loop = null;
-    }
-    if (this.fuse) {
-      const proc = this.fuse;
-      let done = false;
-      void this.fuseExited.then(() => (done = true));
-      for (let i = 0; i < 20 && !done; i++) {
-        const r = await tool('fusermount3', ['-u', this.fuseDir]);
-        if (r.code === 0) break;
-        await new Promise((res) => setTimeout(res, 250));
-      }
-      await waitFor('nbdfuse to exit', () => done, 10_000).catch(() => undefined);
-      if (!done) {
-        await tool('fusermount3', ['-uz', this.fuseDir]);
-        proc.kill('SIGKILL');
-        await this.fuseExited;
-      }
-      this.fuse = null;
-    }
-  }
-}
 
 describe('ext4 on a Ferry disk (nbdfuse + loop device)', () => {
   const cleanup = new Cleanup();
@@ -107,7 +27,7 @@ describe('ext4 on a Ferry disk (nbdfuse + loop device)', () => {
     const base = cleanup.dir('ferry-ext4-');
     fs.mkdirSync(path.join(base, 'fuse'));
     fs.mkdirSync(path.join(base, 'mnt'));
-    att = new Attachment(path.join(base, 'fuse'), path.join(base, 'mnt'));
+    att = new Attachment(path.join(base, 'fuse'), path.join(base, 'mnt'), DISK_SIZE);
     // Runs before the daemon stops and the directories go.
     cleanup.defer(() => att.detach());
   }, T);
