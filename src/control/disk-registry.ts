@@ -96,10 +96,14 @@ export class DiskRegistry {
   private open(row: DiskRow): OpenDisk {
     try {
       const device = BlockDevice.open(row.path, { readOnly: row.read_only === 1 });
-      if (device.size !== row.size) {
-        this.log.warn({ disk: row.name, recorded: row.size, actual: device.size }, 'disk size changed outside Ferry; serving the actual size');
+      const volume = new Volume(row.name, device, row.read_only === 1);
+      if (device.size > row.size) {
+        // A disk never grows behind its clients' backs (e.g. after a swap onto a larger target).
+        volume.keepSize(row.size);
+      } else if (device.size < row.size) {
+        this.log.warn({ disk: row.name, recorded: row.size, actual: device.size }, 'disk shrank outside Ferry; serving the actual size');
       }
-      return { row, volume: new Volume(row.name, device, row.read_only === 1) };
+      return { row, volume };
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error({ disk: row.name, path: row.path, err: message }, 'disk unavailable');
