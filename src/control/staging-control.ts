@@ -67,11 +67,10 @@ export class StagingControl {
   private checkPath(p: unknown, what: string, diskPath: string): { real: string; block: boolean } {
     if (typeof p !== 'string' || !path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `${what} ${JSON.stringify(p)} must be an absolute path`);
     const { real, stat } = resolveTargetPath(p, what);
-    if (stat && !stat.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
-    const block = stat !== null;
     if (real === diskPath) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
     assertPathFree(this.store, this.dataDir, real);
-    return { real, block };
+    if (stat && !stat.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
+    return { real, block: stat !== null };
   }
 
   async attach(req: { disk: string; path: string; size?: number; copy?: string }): Promise<StagingInfo> {
