@@ -57,7 +57,7 @@ export async function runFio(row: RowDef, uri: string, t: Timing, outDir: string
   const wall = Number(process.hrtime.bigint() - wall0) / 1e9;
   const cpu = cpuSeconds(serverPid) - cpu0;
   const busy = machineBusySeconds() - busy0;
-  if (r.code !== 0) throw new Error(`fio ${tag}: ${r.timedOut ? 'timed out' : `exit ${r.code ?? r.signal}`}\n${r.stderr.slice(-2000)}`);
+  if (r.code !== 0) throw new Error(`fio ${tag}: ${r.timedOut ? 'timed out' : `exit ${r.code ?? r.signal}`}\n${r.stderr.slice(-2000)}${r.stdout.slice(-2000)}`);
   const json = JSON.parse(fs.readFileSync(output, 'utf8'));
   const job = json.jobs?.[0];
   if (!job) throw new Error(`fio ${tag}: no job in output`);

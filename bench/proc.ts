@@ -147,3 +147,18 @@ export function machineBusySeconds(): number {
   const total = f.slice(0, 8).reduce((a, b) => a + b, 0); // user nice system idle iowait irq softirq steal
   return (total - f[3]! - f[4]!) / 100;
 }
+
+/**
+ * Waits (at most maxWaitMs) until the machine is quiet: under `cores` cores busy over a
+ * one-second sample. Other work on a shared machine is bursty; starting a measurement
+ * in a lull keeps it out of most runs. Returns the last sample, in cores.
+ */
+export async function waitForQuiet(cores: number, maxWaitMs: number): Promise<number> {
+  const deadline = Date.now() + maxWaitMs;
+  for (;;) {
+    const b0 = machineBusySeconds();
+    await sleep(1000);
+    const busy = machineBusySeconds() - b0;
+    if (busy < cores || Date.now() >= deadline) return busy;
+  }
+}

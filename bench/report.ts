@@ -54,6 +54,8 @@ export interface Results {
   seconds: number;
   rampSeconds: number;
   repeats: number;
+  quietWaitS: number;
+  noiseMax: number;
   sizeMiB: number;
   fill: string;
   commands: Record<string, string>;
@@ -142,7 +144,7 @@ export function renderGenerated(r: Results): string {
     `- fio, nbd engine (libnbd, one connection), one job, time-based: ${r.rampSeconds} s ramp then ${r.seconds} s measured; \`--norandommap --randrepeat=1\` (the same offsets for every server), \`--lat_percentiles=1\` (latency is submission to completion).`,
   );
   out.push(
-    `- Interleaved: for each workload, each repeat runs every server once (server order rotated between repeats), ${r.repeats} repeat(s); the table shows the per-metric median. \`sync -f\` on the backing file before each fio run so each starts with no dirty pages.`,
+    `- Interleaved: for each workload, each repeat runs every server once (server order rotated between repeats), ${r.repeats} repeat(s); the table shows the per-metric median. \`sync -f\` on the backing file before each fio run so each starts with no dirty pages; then up to ${r.quietWaitS} s waiting for the machine to be idle (< 0.25 cores busy over 1 s) so that bursts of unrelated work miss most runs. A run during which other work used more than ${r.noiseMax} cores is measured again (at most twice) and the least disturbed attempt counts.`,
   );
   out.push('- Ratios are IOPS (= bandwidth at a fixed block size) of the subject over the baseline. "server CPU" is the server process\'s user+system time (all threads) over the fio run\'s wall time, in cores; fio shares the same cores. "other CPU" is the rest of the machine\'s busy time over the run, less server and fio: work that is not part of the benchmark (noise; high values make a row unreliable).', '');
   out.push('### Results', '', resultsTable(r), '');
@@ -164,7 +166,7 @@ const docHead = `# Benchmarks
 plugin) and qemu-nbd on the same machine, in one run, with fio's nbd engine. Options:
 \`--quick\` (short runs, one repeat, prints only), \`BENCH_SECONDS\` (measured seconds per
 run), \`BENCH_RAMP\`, \`BENCH_REPEATS\`, \`BENCH_SIZE_MIB\`, \`BENCH_ROWS\` / \`BENCH_SERVERS\`
-(comma-separated subsets; a partial run prints only), \`BENCH_FERRY_NODE_ARGS\` (extra node
+(comma-separated subsets; a partial run prints only), \`BENCH_QUIET_WAIT\` (seconds to wait for an idle machine before each run, 0 = never), \`BENCH_NOISE_MAX\` (cores of unrelated work above which a run is measured again), \`BENCH_FERRY_NODE_ARGS\` (extra node
 options for ferryd, e.g. \`--cpu-prof --cpu-prof-dir=/tmp/prof\`), \`--out FILE\`
 (write the report elsewhere), \`--keep\` (keep the temporary directory: fio JSON).
 Workloads are in \`bench/rows.ts\`, servers in \`bench/servers.ts\`.

@@ -1,6 +1,7 @@
 // Transmission phase of NBD: parses requests as bytes arrive, dispatches them to the
-// volume concurrently, and writes each reply in one socket write as soon as its
-// request completes (replies may leave out of order; the cookie pairs them).
+// volume concurrently, and writes each reply as one buffer as soon as its request
+// completes (replies may leave out of order; the cookie pairs them; replies completed
+// in the same event-loop turn leave together in one writev, see send()).
 // Bounds: requests and payload bytes in flight per connection, and bytes queued for
 // the client to read; past either, the socket is paused, so a client can never make
 // the server buffer without limit. Every request is validated (magic, command, flags,
@@ -69,6 +70,7 @@ export class Transmission {
   private inflight = 0;
   private inflightBytes = 0;
   private paused = false;
+  private corked = false;
   private stopping = false;
   private closed = false;
   private readonly release: () => void;
@@ -355,7 +357,7 @@ export class Transmission {
       out.writeUInt32BE(8 + req.length, 16);
       out.writeBigUInt64BE(BigInt(req.offset), 20);
     }
-    this.stream.write(out);
+    this.send(out);
   }
 
   private doBlockStatus(req: Request): void {
@@ -380,8 +382,28 @@ export class Transmission {
     out.writeUInt32BE(req.cookieLo, 12);
     out.writeUInt32BE(body.length, 16);
     body.copy(out, 20);
+    this.send(out);
+  }
+
+  /**
+   * Writes one complete reply (always one buffer, so a reply is never split or interleaved
+   * with another). While other requests are in flight, replies completed in the same
+   * event-loop turn are corked and leave together in one writev at the end of the turn
+   * (fewer syscalls; bounded by the in-flight limits). A lone request's reply goes at once.
+   */
+  private send(out: Buffer): void {
+    if (!this.corked && this.inflight > 1) {
+      this.corked = true;
+      this.stream.cork();
+      setImmediate(this.uncork);
+    }
     this.stream.write(out);
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.stream.uncork();
+  };
 
   private replyFailure(req: Request, err: unknown): void {
     if (!(err instanceof FerryError)) this.log('unexpected I/O failure', { disk: this.volume.name, err: String(err) });
@@ -404,6 +426,6 @@ export class Transmission {
     out.writeUInt32BE(errno, 4);
     out.writeUInt32BE(req.cookieHi, 8);
     out.writeUInt32BE(req.cookieLo, 12);
-    this.stream.write(out);
+    this.send(out);
   }
 }
