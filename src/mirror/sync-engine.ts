@@ -37,7 +37,7 @@ export interface SyncOptions {
 export const SYNC_CHUNK_BYTES = 4 * 1024 * 1024;
 const chunksInFlightMax = 4;
 const compareBlockBytes = 64 * 1024;
-const checkpointEveryChunks = 64;
+const checkpointEveryChunks = 16;
 
 export class SyncEngine {
   private readonly locked = new Map<number, Promise<void>>();

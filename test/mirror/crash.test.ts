@@ -15,20 +15,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Ferryd } from '../harness.js';
+import { seededRng } from '../../src/testing/faulty-store.js';
 import { Cleanup, checkDisk, startWorkload, type CheckSummary, type WorkloadSummary } from '../staging/helpers.js';
 import { GiB, MiB, T, assertSameBytes, cliJson, diskShow, fillPattern, mirrorStatus, sleep, waitDrained, waitInSync, waitWrites } from './helpers.js';
 
-/** mulberry32: a small seeded PRNG, so a failing schedule can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function seedFor(t: { diagnostic(m: string): void }): number {
   const seed = process.env.FERRY_CRASH_SEED ? Number(process.env.FERRY_CRASH_SEED) : Math.floor(Math.random() * 2 ** 31);
@@ -93,7 +83,7 @@ describe('mirrors and kill -9 of ferryd', () => {
   });
 
   it('killed during steady mirroring under writes: every acknowledged write survives, primary and mirror end identical', T, async (t) => {
-    const rand = prng(seedFor(t));
+    const rand = seededRng(seedFor(t));
     const size = 64 * MiB;
     const blocks = size / 4096;
     const info = await d.createDisk('steady', size);
@@ -129,7 +119,7 @@ describe('mirrors and kill -9 of ferryd', () => {
   });
 
   it('killed at random moments of back-to-back swaps under writes: one primary, nothing acknowledged lost, both files identical', T, async (t) => {
-    const rand = prng(seedFor(t));
+    const rand = seededRng(seedFor(t));
     const size = 64 * MiB;
     const blocks = size / 4096;
     const a = (await d.createDisk('swp', size)).path as string;

@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import type { Ferryd } from '../harness.js';
+import { seededRng } from '../../src/testing/faulty-store.js';
 import { Cleanup, MiB, assertHealthy, checkDisk, cliJson, sleep, stagingShow, startWorkload } from './helpers.js';
 
 const DISK_BYTES = 64 * MiB;
@@ -21,17 +22,6 @@ const STAGING_BYTES = 64 * MiB;
 const BLOCKS = DISK_BYTES / 4096;
 const CRASHES = 24;
 
-/** mulberry32: a small seeded PRNG, so a failing schedule can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('staging area: crash safety by crashing (kill -9 under a write workload)', () => {
   const cleanup = new Cleanup();
@@ -51,7 +41,7 @@ describe('staging area: crash safety by crashing (kill -9 under a write workload
   it(`every acknowledged write survives ${CRASHES} kills at random moments; the image is a prefix of the issue order`, { timeout: 360_000 }, async (t) => {
     const seed = process.env.FERRY_CRASH_SEED ? Number(process.env.FERRY_CRASH_SEED) : Math.floor(Math.random() * 2 ** 31);
     t.diagnostic(`FERRY_CRASH_SEED=${seed}`);
-    const rand = prng(seed);
+    const rand = seededRng(seed);
     let next = 1;
     let state: string | null = null;
     const totals = { issued: 0, acked: 0, fuaAcked: 0, flushedAcked: 0, survivedUnacked: 0, lostUnacked: 0 };
