@@ -168,19 +168,26 @@ describe('mirror refusals change nothing', () => {
     assert.equal((await d.api('POST', '/v1/disks/adopt', { name: 'slow', path: image })).status, 201);
     const target = path.join(work, 'slow-mirror.img');
     const live = [target, path.join(work, 'slow-staging')];
-    const created = await cliJson(d, create('slow', `local:${target}`, ...withStaging('slow-staging')));
-    assert.equal(created.state, 'syncing');
-    const swapMsg = await refused(['mirror', 'swap', 'slow'], 'MIRROR_NOT_IN_SYNC', live);
-    assert.match(swapMsg, /syncing/);
-    const removeMsg = await refused(['mirror', 'remove', 'slow'], 'MIRROR_NOT_IN_SYNC', live);
-    assert.match(removeMsg, /--force/);
-    await refused(['staging', 'detach', 'slow'], 'DISK_BUSY', live);
-    const still = await mirrorStatus(d, 'slow');
+    // A 2 GiB sync can end within seconds, and a CLI start takes about one: create it and
+    // refuse through the API, milliseconds apart, then pause it and check the rest by CLI.
+    const created = await d.api('POST', '/v1/disks/slow/mirror', { to: `local:${target}`, staging: path.join(work, 'slow-staging'), stagingSize: '64M' });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    assert.equal(created.body.state, 'syncing');
+    const swapNow = await d.api('POST', '/v1/disks/slow/mirror/swap');
+    const removeNow = await d.api('DELETE', '/v1/disks/slow/mirror');
+    const still = (await d.api('GET', '/v1/disks/slow/mirror')).body;
+    assert.equal((await d.api('POST', '/v1/disks/slow/mirror/pause')).status, 200);
     assert.equal(still.state, 'syncing', `the refusals must have happened while it synced: ${JSON.stringify(still)}`);
     t.diagnostic(`still syncing after the refusals: ${(still.syncProgress * 100).toFixed(1)}%`);
-    await cliJson(d, ['mirror', 'pause', 'slow']);
-    await refused(['mirror', 'swap', 'slow'], 'MIRROR_NOT_IN_SYNC');
-    await refused(['mirror', 'remove', 'slow'], 'MIRROR_NOT_IN_SYNC');
+    assert.equal(swapNow.status, 409);
+    assert.equal(swapNow.body.error.code, 'MIRROR_NOT_IN_SYNC');
+    assert.match(swapNow.body.error.message, /syncing/);
+    assert.equal(removeNow.status, 409);
+    assert.equal(removeNow.body.error.code, 'MIRROR_NOT_IN_SYNC');
+    assert.match(removeNow.body.error.message, /--force/);
+    await refused(['staging', 'detach', 'slow'], 'DISK_BUSY', live);
+    await refused(['mirror', 'swap', 'slow'], 'MIRROR_NOT_IN_SYNC', live);
+    await refused(['mirror', 'remove', 'slow'], 'MIRROR_NOT_IN_SYNC', live);
     // --force abandons it: the incomplete copy stays, the disk goes on without a mirror.
     const removed = await cliJson(d, ['mirror', 'remove', 'slow', '--force']);
     assert.equal(removed.consistent, false);
