@@ -24,7 +24,7 @@ export interface Machine {
 
 async function firstLine(cmd: string, args: string[]): Promise<string> {
   const r = await run(cmd, args, 10_000).catch(() => null);
-  return r && r.code === 0 ? r.stdout.split('\n')[0]!.trim() : 'unknown';
+  return r && r.code === 0 ? r.stdout.split('\n')[0]!.trim().replace(/\s+/g, ' ') : 'unknown';
 }
 
 export async function describeMachine(dir: string): Promise<Machine> {
@@ -139,7 +139,7 @@ export function renderGenerated(r: Results): string {
   out.push('### Method', '');
   out.push(`- Every server serves its own ${r.sizeMiB} MiB backing file in one temporary directory (same file system). ${r.fill}`);
   out.push('- Servers, all on loopback TCP, started once and kept running for the whole run:');
-  for (const s of r.servers) out.push(`  - **${s.name}**: \`${r.commands[s.name] ?? '?'}\``);
+  for (const s of r.servers) out.push(`  - **${s.name}**: ${r.commands[s.name] ?? '?'}`);
   out.push(
     `- fio, nbd engine (libnbd, one connection), one job, time-based: ${r.rampSeconds} s ramp then ${r.seconds} s measured; \`--norandommap --randrepeat=1\` (the same offsets for every server), \`--lat_percentiles=1\` (latency is submission to completion).`,
   );
@@ -163,13 +163,20 @@ export function renderGenerated(r: Results): string {
 const docHead = `# Benchmarks
 
 \`npm run bench\` (\`bench/run.ts\`) measures Ferry's NBD data path against nbdkit (file
-plugin) and qemu-nbd on the same machine, in one run, with fio's nbd engine. Options:
-\`--quick\` (short runs, one repeat, prints only), \`BENCH_SECONDS\` (measured seconds per
-run), \`BENCH_RAMP\`, \`BENCH_REPEATS\`, \`BENCH_SIZE_MIB\`, \`BENCH_ROWS\` / \`BENCH_SERVERS\`
-(comma-separated subsets; a partial run prints only), \`BENCH_QUIET_WAIT\` (seconds to wait for an idle machine before each run, 0 = never), \`BENCH_NOISE_MAX\` (cores of unrelated work above which a run is measured again), \`BENCH_FERRY_NODE_ARGS\` (extra node
-options for ferryd, e.g. \`--cpu-prof --cpu-prof-dir=/tmp/prof\`), \`--out FILE\`
-(write the report elsewhere), \`--keep\` (keep the temporary directory: fio JSON).
-Workloads are in \`bench/rows.ts\`, servers in \`bench/servers.ts\`.
+plugin) and qemu-nbd on the same machine, in one run, with fio's nbd engine, and
+rewrites the generated block below. Workloads are in \`bench/rows.ts\`, servers in
+\`bench/servers.ts\` (both plain lists: add a row or a server there). Options:
+
+- \`--quick\`: 3 s runs after a 1 s ramp, one repeat, prints only (no file written).
+- \`BENCH_SECONDS\` (10), \`BENCH_RAMP\` (2), \`BENCH_REPEATS\` (3), \`BENCH_SIZE_MIB\` (1024).
+- \`BENCH_ROWS\`, \`BENCH_SERVERS\`: comma-separated subsets (a partial run prints only).
+- \`BENCH_QUIET_WAIT\` (20 s; 0 = never): wait for an idle machine before each run.
+  \`BENCH_NOISE_MAX\` (0.3 cores): a run disturbed by more unrelated work is measured again.
+- \`BENCH_FERRY_NODE_ARGS\`: extra node options for ferryd, e.g. \`--cpu-prof --cpu-prof-dir=/tmp/prof\`.
+- \`BENCH_FERRY_ALT=name=/path/to/checkout,…\`: A/B — also runs ferryd from other checkouts as
+  baselines \`ferry@name\` (every subject gets a "vs ferry@name" column);
+  \`BENCH_FERRY_ROOT\` runs the \`ferry\` subject itself from another checkout.
+- \`--out FILE\`: write the report elsewhere; \`--keep\`: keep the temporary directory (fio JSON).
 `;
 
 /** Replaces the generated block of `file`, keeping everything else; creates the file if needed. */

@@ -74,11 +74,11 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
-// Watchdog: the whole run is bounded, whatever hangs.
 // Before each run, wait up to BENCH_QUIET_WAIT seconds (default 20; 0 = never) for the
 // machine to be nearly idle (< 0.25 cores busy), so bursts of unrelated work miss most runs.
 const quietWaitS = process.env.BENCH_QUIET_WAIT === '0' ? 0 : envNum('BENCH_QUIET_WAIT', quick ? 5 : 20);
 const noiseMax = envNum('BENCH_NOISE_MAX', 0.3);
+// Watchdog: the whole run is bounded (every run measured three times at worst), whatever hangs.
 const budgetS = rows.length * servers.length * repeats * 3 * (timing.seconds + timing.rampSeconds + quietWaitS + 20) + 300;
 const watchdog = setTimeout(() => {
   log(`watchdog: run exceeded ${budgetS} s, aborting`);

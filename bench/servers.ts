@@ -124,7 +124,7 @@ export function ferryServer(
         if (setup) await setup(api);
         const uri = `nbd://${listening.nbd}/bench`;
         await waitForExport(uri, ctx.size, child, stderr);
-        return { uri, pid: child.pid!, command: `node ${quote(args.map((a) => (a === bin ? path.relative(process.cwd(), bin) : a)))}` + ' + POST /v1/disks/adopt {name, path}', stop };
+        return { uri, pid: child.pid!, command: `\`node ${quote(args.map((a) => (a === bin ? path.relative(process.cwd(), bin) : a)))}\`, then \`POST /v1/disks/adopt {name, path}\` (UV_THREADPOOL_SIZE ${process.env.UV_THREADPOOL_SIZE ?? '16, the bin/ferry.cjs default'})`, stop };
       } catch (err) {
         await stop();
         throw err;
@@ -149,7 +149,7 @@ function externalServer(name: string, argv: (port: number, file: string) => stri
       try {
         const uri = `nbd://127.0.0.1:${port}/${exportName}`;
         await waitForExport(uri, ctx.size, child, stderr);
-        return { uri, pid: child.pid!, command: quote(args), stop };
+        return { uri, pid: child.pid!, command: `\`${quote(args)}\``, stop };
       } catch (err) {
         await stop();
         throw err;
