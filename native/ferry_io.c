@@ -3,8 +3,10 @@
  * path needs. fallocate() modes (preallocate a staging area, punch holes for
  * TRIM, zero ranges for WRITE_ZEROES), the block-device ioctls that stand in for
  * them (BLKDISCARD, BLKZEROOUT), SEEK_DATA/SEEK_HOLE for allocation maps, the size
- * of a block device, and a read-ahead hint. Anything that can block on the device
- * runs on the libuv thread pool; the lseek calls are metadata lookups and run inline.
+ * of a block device, a read-ahead hint, and a read that never waits for the device
+ * (preadv2 RWF_NOWAIT: served from the page cache or refused). Anything that can block
+ * on the device runs on the libuv thread pool; the lseek calls are metadata lookups and
+ * the non-waiting read only copies cached pages, so those run inline.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define CHECK(call)                                                       \
@@ -138,6 +141,41 @@ static napi_value seek(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * readCached(fd, buffer, bufOffset, length, position) -> bytes read from the page cache
+ * (possibly fewer than asked, 0 at end of file), or -1 when it would wait (EAGAIN: the
+ * first page is not cached) or fails in any other way: the caller then reads on the pool.
+ */
+static napi_value read_cached(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], out;
+  int fd;
+  int64_t buf_offset, length, position;
+  void *data;
+  size_t data_len;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 5) {
+    napi_throw_type_error(env, NULL, "readCached(fd, buffer, bufOffset, length, position)");
+    return NULL;
+  }
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &data_len));
+  CHECK(napi_get_value_int64(env, argv[2], &buf_offset));
+  CHECK(napi_get_value_int64(env, argv[3], &length));
+  CHECK(napi_get_value_int64(env, argv[4], &position));
+  if (buf_offset < 0 || length < 0 || position < 0 || (uint64_t)buf_offset + (uint64_t)length > data_len) {
+    napi_throw_range_error(env, NULL, "readCached: range outside the buffer");
+    return NULL;
+  }
+  struct iovec v = {(char *)data + buf_offset, (size_t)length};
+  ssize_t n;
+  do n = preadv2(fd, &v, 1, (off_t)position, RWF_NOWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) n = -1; /* the read on the pool retries and reports any real error */
+  CHECK(napi_create_int64(env, (int64_t)n, &out));
+  return out;
+}
+
 /* willNeed(fd, offset, length): start read-ahead (NBD_CMD_CACHE). */
 static napi_value will_need(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -158,6 +196,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"space", NULL, space, NULL, NULL, NULL, napi_default, NULL},
     {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
     {"willNeed", NULL, will_need, NULL, NULL, NULL, napi_default, NULL},
+    {"readCached", NULL, read_cached, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

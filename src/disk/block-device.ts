@@ -3,10 +3,13 @@
 // sync, discard, zeroing, allocation map, read-ahead). It knows nothing of disks'
 // names, journals or mirrors: the volume layer above it adds those. Every call checks
 // its range against the device's fixed size, so nothing above can write past the end.
+// Small reads are served inline when the page cache holds them, and small client writes
+// (writeFrom) run inline while the kernel takes them without waiting; everything else
+// runs on the libuv thread pool.
 import fs from 'node:fs';
 import assert from 'node:assert/strict';
 import { FerryError, fromSystemError } from '../errors.js';
-import { SpaceOp, deviceSize, seekData, seekHole, space, willNeed } from './native-io.js';
+import { SpaceOp, deviceSize, readCached, seekData, seekHole, space, willNeed } from './native-io.js';
 import { SyncBatcher } from './sync-batcher.js';
 import type { Store } from './store.js';
 
@@ -25,6 +28,27 @@ export type DeviceKind = 'file' | 'block';
 /** Largest single zero-fill write when the file system cannot zero a range itself. */
 const zeroFillChunkBytesMax = 1024 * 1024;
 
+/**
+ * Largest read first tried inline from the page cache: copying this much blocks the event
+ * loop for some tens of microseconds at most; larger reads always go to the thread pool.
+ */
+const cachedReadBytesMax = 256 * 1024;
+
+/**
+ * Client writes up to this size (writeFrom) are written inline on the event loop: a pwrite
+ * into the page cache costs a few microseconds, less than a hop through the thread pool.
+ */
+const inlineWriteBytesMax = 64 * 1024;
+/**
+ * An inline write slower than this means the kernel made the writer wait (dirty-page
+ * throttling, a slow file system): the next writes go to the thread pool for a while,
+ * twice as long after each further slow attempt, so the event loop is rarely held. (Wall
+ * time: well above a preempted write's few milliseconds on a busy machine.)
+ */
+const inlineWriteSlowMs = 5;
+const inlineBackoffMsMin = 1000;
+const inlineBackoffMsMax = 60_000;
+
 export class BlockDevice implements Store {
   readonly path: string;
   readonly kind: DeviceKind;
@@ -33,6 +57,9 @@ export class BlockDevice implements Store {
   private fd: number;
   private readonly syncer: SyncBatcher;
   private closed = false;
+  /** performance.now() before which writeFrom() uses the thread pool (see inlineWriteSlowMs); 0: inline. */
+  private inlineWritesAfter = 0;
+  private inlineBackoffMs = inlineBackoffMsMin;
 
   private constructor(path: string, fd: number, kind: DeviceKind, size: number, readOnly: boolean) {
     this.path = path;
@@ -81,17 +108,140 @@ export class BlockDevice implements Store {
   /** Reads exactly `length` bytes at `offset` into `buf` at `bufOffset`. */
   read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
     this.check(offset, length);
-    return readFully(this.fd, buf, bufOffset, length, offset).catch((err) => {
-      throw fromSystemError(err, `read ${this.path}`);
-    });
+    return new Promise((resolve, reject) => this.readFully(buf, bufOffset, length, offset, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /**
+   * read() with a callback, for the NBD data path (no promise per request). Calls `done`
+   * exactly once, synchronously when the range is in the page cache, else from the pool;
+   * a range error is passed to `done` too.
+   */
+  readTo(buf: Buffer, bufOffset: number, length: number, offset: number, done: (err: Error | null) => void): void {
+    try {
+      this.check(offset, length);
+    } catch (err) {
+      return done(err as Error);
+    }
+    this.readFully(buf, bufOffset, length, offset, done);
   }
 
   /** Writes `length` bytes of `buf` from `bufOffset` at `offset`. Not durable until sync(). */
   write(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
     this.checkWritable(offset, length);
-    return writeFully(this.fd, buf, bufOffset, length, offset).catch((err) => {
-      throw fromSystemError(err, `write ${this.path}`);
-    });
+    return new Promise((resolve, reject) => this.writeFully(buf, bufOffset, length, offset, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /**
+   * write() with a callback, for the NBD data path (see readTo). Small writes are done
+   * inline, so `done` may be called synchronously; larger ones (or all of them while inline
+   * writes are backed off) go to the thread pool.
+   */
+  writeFrom(buf: Buffer, bufOffset: number, length: number, offset: number, done: (err: Error | null) => void): void {
+    try {
+      this.checkWritable(offset, length);
+    } catch (err) {
+      return done(err as Error);
+    }
+    if (length > 0 && length <= inlineWriteBytesMax && this.inlineAllowed()) this.writeInline(buf, bufOffset, length, offset, done);
+    else this.writeFully(buf, bufOffset, length, offset, done);
+  }
+
+  private inlineAllowed(): boolean {
+    return this.inlineWritesAfter === 0 || performance.now() >= this.inlineWritesAfter;
+  }
+
+  private writeInline(buf: Buffer, bufOffset: number, length: number, position: number, done: (err: Error | null) => void): void {
+    const started = performance.now();
+    let written = 0;
+    try {
+      while (written < length) written += fs.writeSync(this.fd, buf, bufOffset + written, length - written, position + written);
+    } catch (err) {
+      return done(fromSystemError(err, `write ${this.path}`));
+    }
+    const now = performance.now();
+    if (now - started > inlineWriteSlowMs) {
+      this.inlineWritesAfter = now + this.inlineBackoffMs;
+      this.inlineBackoffMs = Math.min(this.inlineBackoffMs * 2, inlineBackoffMsMax);
+    } else if (this.inlineWritesAfter !== 0) {
+      this.inlineWritesAfter = 0;
+      this.inlineBackoffMs = inlineBackoffMsMin;
+    }
+    done(null);
+  }
+
+  /**
+   * writeFrom() of a payload held in several buffers (as it arrived from a socket), written
+   * with pwritev: no copy into one buffer. `length` is the sum of their lengths.
+   */
+  writevFrom(parts: Buffer[], length: number, offset: number, done: (err: Error | null) => void): void {
+    try {
+      this.checkWritable(offset, length);
+    } catch (err) {
+      return done(err as Error);
+    }
+    const fd = this.fd;
+    const path = this.path;
+    let rest = parts;
+    let position = offset;
+    const step = (): void => {
+      fs.writev(fd, rest, position, (err, n) => {
+        if (err) return done(fromSystemError(err, `write ${path}`));
+        position += n;
+        if (position === offset + length) return done(null);
+        rest = skipBytes(rest, n);
+        step();
+      });
+    };
+    if (length === 0) process.nextTick(done, null);
+    else step();
+  }
+
+  /**
+   * Small reads are first tried inline from the page cache (preadv2 RWF_NOWAIT: a copy of
+   * cached pages, never a wait for the device); the rest, or all when not cached, is read
+   * on the thread pool. Bytes past the end of a file that shrank underneath us read as zeroes.
+   */
+  private readFully(buf: Buffer, bufOffset: number, length: number, position: number, done: (err: Error | null) => void): void {
+    const fd = this.fd;
+    const path = this.path;
+    let filled = 0;
+    if (length <= cachedReadBytesMax) {
+      const n = readCached(fd, buf, bufOffset, length, position);
+      if (n === 0 && length > 0) {
+        buf.fill(0, bufOffset, bufOffset + length);
+        return done(null);
+      }
+      if (n > 0) filled = n;
+    }
+    const step = (): void => {
+      if (filled === length) return done(null);
+      fs.read(fd, buf, bufOffset + filled, length - filled, position + filled, (err, n) => {
+        if (err) return done(fromSystemError(err, `read ${path}`));
+        if (n === 0) {
+          buf.fill(0, bufOffset + filled, bufOffset + length);
+          return done(null);
+        }
+        filled += n;
+        step();
+      });
+    };
+    step();
+  }
+
+  private writeFully(buf: Buffer, bufOffset: number, length: number, position: number, done: (err: Error | null) => void): void {
+    const fd = this.fd;
+    const path = this.path;
+    let written = 0;
+    const step = (): void => {
+      fs.write(fd, buf, bufOffset + written, length - written, position + written, (err, n) => {
+        if (err) return done(fromSystemError(err, `write ${path}`));
+        written += n;
+        if (written < length) step();
+        else done(null);
+      });
+    };
+    if (length === 0) process.nextTick(done, null);
+    else step();
   }
 
   /**
@@ -209,37 +359,15 @@ export class BlockDevice implements Store {
   }
 }
 
+/** The buffers that remain of `parts` once its first `n` bytes are dropped. */
+function skipBytes(parts: Buffer[], n: number): Buffer[] {
+  let i = 0;
+  while (n > 0 && n >= parts[i]!.length) n -= parts[i++]!.length;
+  const rest = parts.slice(i);
+  if (n > 0) rest[0] = rest[0]!.subarray(n);
+  return rest;
+}
+
 function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
-}
-
-function readFully(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const step = (done: number): void => {
-      if (done === length) return resolve();
-      fs.read(fd, buf, bufOffset + done, length - done, position + done, (err, n) => {
-        if (err) return reject(err);
-        if (n === 0) {
-          // Past the end of a file that shrank underneath us: those bytes read as zeroes.
-          buf.fill(0, bufOffset + done, bufOffset + length);
-          return resolve();
-        }
-        step(done + n);
-      });
-    };
-    step(0);
-  });
-}
-
-function writeFully(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const step = (done: number): void => {
-      if (done === length) return resolve();
-      fs.write(fd, buf, bufOffset + done, length - done, position + done, (err, n) => {
-        if (err) return reject(err);
-        step(done + n);
-      });
-    };
-    step(0);
-  });
 }

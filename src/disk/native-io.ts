@@ -1,5 +1,6 @@
 // Typed access to the ferry_io addon (native/ferry_io.c): fallocate modes,
-// block-device discard/zero-out ioctls, SEEK_DATA/SEEK_HOLE and read-ahead.
+// block-device discard/zero-out ioctls, SEEK_DATA/SEEK_HOLE, read-ahead, and reads
+// served only from the page cache (inline, no thread-pool hop).
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -8,6 +9,8 @@ interface Addon {
   space(fd: number, op: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
   seek(fd: number, offset: number, which: number): number;
   willNeed(fd: number, offset: number, length: number): void;
+  /** Absent from an addon built before it existed: then every read goes to the pool. */
+  readCached?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -39,3 +42,11 @@ export function deviceSize(fd: number): number {
 export function willNeed(fd: number, offset: number, length: number): void {
   addon.willNeed(fd, offset, length);
 }
+
+/**
+ * Reads what the page cache holds of [position, position+length) into `buf` at `bufOffset`
+ * without waiting for the device: the bytes read (possibly fewer; 0 at end of file), or -1
+ * when nothing could be read that way (not cached, or any error: the caller reads on the pool).
+ */
+export const readCached: (fd: number, buf: Buffer, bufOffset: number, length: number, position: number) => number =
+  typeof addon.readCached === 'function' ? addon.readCached.bind(addon) : () => -1;

@@ -22,6 +22,7 @@ import {
   STRUCTURED_REPLY_MAGIC,
 } from './protocol.js';
 import type { Volume } from '../volume/volume.js';
+import { ByteQueue } from './byte-queue.js';
 
 /**
  * Flags each command accepts; anything else is NBD_EINVAL (doc/proto.md, "Error values").
@@ -61,8 +62,7 @@ export class Transmission {
   private readonly structured: boolean;
   private readonly baseAllocation: boolean;
   private readonly log: TransmissionOptions['log'];
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly received = new ByteQueue();
   private header: Request | null = null;
   private drainBytes = 0;
   /** The oversized WRITE whose payload is being drained; refused once the payload is read. */
@@ -71,6 +71,10 @@ export class Transmission {
   private inflightBytes = 0;
   private paused = false;
   private corked = false;
+  /** Inside parse(): completions that happen synchronously must not re-enter it. */
+  private parsing = false;
+  /** The stream is corked for replies sent during this parse; uncorked when it ends. */
+  private parseCorked = false;
   private stopping = false;
   private closed = false;
   private readonly release: () => void;
@@ -130,8 +134,7 @@ export class Transmission {
   private onClose(): void {
     if (this.closed) return;
     this.closed = true;
-    this.chunks = [];
-    this.buffered = 0;
+    this.received.clear();
     void this.idle().then(() => {
       this.release();
       this.resolveDone();
@@ -148,41 +151,31 @@ export class Transmission {
 
   private onData(chunk: Buffer): void {
     if (this.closed || this.stopping) return;
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
+    this.received.push(chunk);
     this.parse();
     this.updateFlow();
   }
 
-  private take(n: number): Buffer {
-    const first = this.chunks[0]!;
-    let out: Buffer;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let filled = 0;
-      while (filled < n) {
-        const c = this.chunks[0]!;
-        const k = Math.min(c.length, n - filled);
-        c.copy(out, filled, 0, k);
-        filled += k;
-        if (k === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(k);
+  private parse(): void {
+    if (this.parsing) return;
+    this.parsing = true;
+    try {
+      this.parseRequests();
+    } finally {
+      this.parsing = false;
+      if (this.parseCorked) {
+        this.parseCorked = false;
+        this.stream.uncork();
       }
     }
-    this.buffered -= n;
-    return out;
   }
 
-  private parse(): void {
+  private parseRequests(): void {
     while (!this.stopping) {
       if (this.drainBytes > 0) {
-        const n = Math.min(this.drainBytes, this.buffered);
+        const n = Math.min(this.drainBytes, this.received.length);
         if (n === 0) return;
-        this.take(n);
+        this.received.skip(n);
         this.drainBytes -= n;
         if (this.drainBytes > 0) return;
         // Refuse only now: clients (libnbd) match a reply to a request they have finished
@@ -193,23 +186,23 @@ export class Transmission {
         continue;
       }
       if (this.header === null) {
-        if (this.buffered < HEADER_REQUEST_BYTES) return;
+        if (this.received.length < HEADER_REQUEST_BYTES) return;
         // One segment can hold thousands of headers (each READ up to 32 MiB): start no more
         // than the in-flight bounds allow; updateFlow() resumes parsing as requests complete.
         if (this.busy()) return;
-        const h = this.take(HEADER_REQUEST_BYTES);
+        const h = this.received.take(HEADER_REQUEST_BYTES);
         if (h.readUInt32BE(0) !== REQUEST_MAGIC) {
           this.protocolError(`bad request magic 0x${h.readUInt32BE(0).toString(16)}`);
           return;
         }
-        const offsetBig = h.readBigUInt64BE(16);
+        const offsetHi = h.readUInt32BE(16);
         const req: Request = {
           flags: h.readUInt16BE(4),
           type: h.readUInt16BE(6),
           cookieHi: h.readUInt32BE(8),
           cookieLo: h.readUInt32BE(12),
-          // Offsets beyond 2^53 cannot be in range of any disk; keep them unsafe so the range check refuses them.
-          offset: offsetBig > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER + 1 : Number(offsetBig),
+          // Offsets of 2^53 and beyond cannot be in range of any disk; keep them unsafe so the range check refuses them.
+          offset: offsetHi >= 0x200000 ? Number.MAX_SAFE_INTEGER + 1 : offsetHi * 0x100000000 + h.readUInt32BE(20),
           length: h.readUInt32BE(24),
         };
         if (req.type === Cmd.WRITE) {
@@ -230,9 +223,9 @@ export class Transmission {
         }
       }
       const req = this.header;
-      if (this.buffered < req.length) return;
+      if (this.received.length < req.length) return;
       this.header = null;
-      const payload = req.length ? this.take(req.length) : Buffer.alloc(0);
+      const payload = req.length ? this.received.takeParts(req.length) : Buffer.alloc(0);
       this.dispatch(req, payload);
     }
   }
@@ -248,11 +241,11 @@ export class Transmission {
 
   private updateFlow(): void {
     if (this.closed || this.stopping) return;
-    if (this.buffered > 0 && !this.busy()) this.parse();
+    if (this.received.length > 0 && !this.busy()) this.parse();
     if (this.closed || this.stopping) return;
     const overloaded =
       this.inflight >= Limits.inflightRequestsMax ||
-      this.inflightBytes + this.buffered >= Limits.inflightBytesMax ||
+      this.inflightBytes + this.received.length >= Limits.inflightBytesMax ||
       this.stream.writableLength >= Limits.inflightBytesMax;
     if (overloaded && !this.paused) {
       this.paused = true;
@@ -263,7 +256,7 @@ export class Transmission {
     }
   }
 
-  private dispatch(req: Request, payload: Buffer | null): void {
+  private dispatch(req: Request, payload: Buffer | Buffer[] | null): void {
     const allowed = allowedFlags[req.type];
     if (allowed === undefined) return this.reply(req, NbdErrno.EINVAL, `unknown command ${req.type}`);
     if (req.flags & ~allowed) return this.reply(req, NbdErrno.EINVAL, `flags 0x${req.flags.toString(16)} not valid for command ${req.type}`);
@@ -288,11 +281,10 @@ export class Transmission {
     switch (req.type) {
       case Cmd.READ: {
         if (req.length > Limits.payloadBytesMax) return this.reply(req, NbdErrno.EINVAL, `read of ${req.length} bytes exceeds the maximum payload`);
-        return this.track(cost, this.doRead(req));
+        return this.doRead(req);
       }
       case Cmd.WRITE:
-        op = this.volume.write(payload!, 0, req.length, req.offset, fua);
-        break;
+        return this.doWrite(req, payload!, fua);
       case Cmd.FLUSH:
         op = this.volume.flush();
         break;
@@ -322,24 +314,57 @@ export class Transmission {
   }
 
   private track(cost: number, op: Promise<void>): void {
+    this.started(cost);
+    op.catch((err) => this.log('request failed unexpectedly', { err: String(err) })).finally(() => this.finished(cost));
+  }
+
+  private started(cost: number): void {
     this.inflight++;
     this.inflightBytes += cost;
-    op.catch((err) => this.log('request failed unexpectedly', { err: String(err) })).finally(() => {
-      this.inflight--;
-      this.inflightBytes -= cost;
-      if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
-      this.updateFlow();
+  }
+
+  /** A request has replied (or failed). May run synchronously inside parse(), which then carries on by itself. */
+  private finished(cost: number): void {
+    this.inflight--;
+    this.inflightBytes -= cost;
+    if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    if (!this.parsing) this.updateFlow();
+  }
+
+  /** WRITE: callbacks rather than promises on the hot path (see Volume.writeFrom). */
+  private doWrite(req: Request, payload: Buffer | Buffer[], fua: boolean): void {
+    this.started(req.length);
+    this.volume.writeFrom(payload, req.length, req.offset, fua, (err) => {
+      try {
+        if (err) this.replyFailure(req, err);
+        else this.reply(req, 0);
+      } catch (e) {
+        this.log('request failed unexpectedly', { err: String(e) });
+      }
+      this.finished(req.length);
     });
   }
 
-  private async doRead(req: Request): Promise<void> {
+  /**
+   * READ: the reply header and the data share one buffer, read into at the header's end,
+   * so the reply leaves in one write with no copy. The read may complete synchronously.
+   */
+  private doRead(req: Request): void {
     const headerBytes = this.structured ? 28 : 16;
     const out = Buffer.allocUnsafe(headerBytes + req.length);
-    try {
-      await this.volume.read(out, headerBytes, req.length, req.offset);
-    } catch (err) {
-      return this.replyFailure(req, err);
-    }
+    this.started(req.length);
+    this.volume.readTo(out, headerBytes, req.length, req.offset, (err) => {
+      try {
+        if (err) this.replyFailure(req, err);
+        else this.readReply(req, out);
+      } catch (e) {
+        this.log('request failed unexpectedly', { err: String(e) });
+      }
+      this.finished(req.length);
+    });
+  }
+
+  private readReply(req: Request, out: Buffer): void {
     if (this.closed) return;
     if (!this.structured) {
       out.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
@@ -389,10 +414,17 @@ export class Transmission {
    * Writes one complete reply (always one buffer, so a reply is never split or interleaved
    * with another). While other requests are in flight, replies completed in the same
    * event-loop turn are corked and leave together in one writev at the end of the turn
-   * (fewer syscalls; bounded by the in-flight limits). A lone request's reply goes at once.
+   * (fewer syscalls; bounded by the in-flight limits). Replies completed synchronously
+   * while parsing (cached reads, inline writes) leave together when the parse ends. A lone
+   * request's reply goes at once.
    */
   private send(out: Buffer): void {
-    if (!this.corked && this.inflight > 1) {
+    if (this.parsing) {
+      if (!this.parseCorked) {
+        this.parseCorked = true;
+        this.stream.cork();
+      }
+    } else if (!this.corked && this.inflight > 1) {
       this.corked = true;
       this.stream.cork();
       setImmediate(this.uncork);

@@ -19,6 +19,11 @@ export class IoGate {
     return this.reopened;
   }
 
+  /** True when enter() would let the caller through now. */
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
   leave(): void {
     this.active--;
     if (this.active === 0) for (const w of this.idle.splice(0)) w();

@@ -4,10 +4,11 @@
 // the journal and read overlay (staged-path.ts). The path can change under open
 // connections: the I/O gate holds new requests while in-flight ones finish, so a
 // switch never fails a request. The volume also enforces read-only, counts attached
-// clients and keeps I/O statistics.
+// clients and keeps I/O statistics. READ and WRITE also have callback forms for the NBD
+// server (readTo, writeFrom): on an unstaged disk they go to the device with no promise.
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import type { Extent } from '../disk/block-device.js';
+import { BlockDevice, type Extent } from '../disk/block-device.js';
 import type { DiskStore } from '../disk/store.js';
 import { IoGate } from './io-gate.js';
 import { StagedPath } from './staged-path.js';
@@ -26,7 +27,9 @@ export interface VolumeStats {
 
 export class Volume {
   readonly name: string;
-  readonly readOnly: boolean;
+  private readonly readOnlyBase: boolean;
+  /** Held read-only while the disk is a mirror site's replica: only the replication stream writes it. */
+  private replicaHold = false;
   readonly stats: VolumeStats = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 };
   private primary: DiskStore;
   private staged: StagedPath | null = null;
@@ -38,8 +41,17 @@ export class Volume {
   constructor(name: string, primary: DiskStore, readOnly: boolean) {
     this.name = name;
     this.primary = primary;
-    this.readOnly = readOnly || primary.readOnly;
+    this.readOnlyBase = readOnly || primary.readOnly;
     this.sizeBytes = primary.size;
+  }
+
+  get readOnly(): boolean {
+    return this.readOnlyBase || this.replicaHold;
+  }
+
+  /** A replica refuses client writes (new connections see READ_ONLY) until it is released. */
+  setReplicaHold(on: boolean): void {
+    this.replicaHold = on;
   }
 
   get size(): number {
@@ -119,6 +131,64 @@ export class Volume {
       this.stats.readOps++;
       this.stats.readBytes += length;
     });
+  }
+
+  /**
+   * read() with a callback: `done` is called exactly once, possibly synchronously (a read
+   * served from the page cache). Unstaged disks on a BlockDevice with the gate open take
+   * the direct path; everything else goes through read().
+   */
+  readTo(buf: Buffer, bufOffset: number, length: number, offset: number, done: (err: unknown) => void): void {
+    const dev = this.direct();
+    if (dev === null) {
+      this.read(buf, bufOffset, length, offset).then(() => done(null), done);
+      return;
+    }
+    this.gate.enter();
+    dev.readTo(buf, bufOffset, length, offset, (err) => {
+      this.gate.leave();
+      if (err) this.stats.errors++;
+      else {
+        this.stats.readOps++;
+        this.stats.readBytes += length;
+      }
+      done(err);
+    });
+  }
+
+  /**
+   * write() with a callback (see readTo); `done` may be called synchronously. The data
+   * is `length` bytes of `data` from offset 0, or the concatenation of `data` when it is
+   * a list (a payload as it arrived from the socket; the direct path writes it with no copy).
+   */
+  writeFrom(data: Buffer | Buffer[], length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
+    const dev = this.readOnly ? null : this.direct();
+    if (dev === null) {
+      const buf = Array.isArray(data) ? Buffer.concat(data, length) : data;
+      this.write(buf, 0, length, offset, fua).then(() => done(null), done);
+      return;
+    }
+    this.gate.enter();
+    const finish = (err: unknown): void => {
+      this.gate.leave();
+      if (err) this.stats.errors++;
+      else {
+        this.stats.writeOps++;
+        this.stats.writeBytes += length;
+      }
+      done(err);
+    };
+    const written = (err: Error | null): void => {
+      if (err || !fua) return finish(err);
+      dev.sync().then(() => finish(null), finish);
+    };
+    if (Array.isArray(data)) dev.writevFrom(data, length, offset, written);
+    else dev.writeFrom(data, 0, length, offset, written);
+  }
+
+  /** The primary device when a request may go straight to it now: no staging area, gate open. */
+  private direct(): BlockDevice | null {
+    return this.staged === null && this.primary instanceof BlockDevice && this.gate.isOpen ? this.primary : null;
   }
 
   /** A read by Ferry itself (mirror sync, verify): same data path, not counted as client I/O. */
