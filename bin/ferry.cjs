@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Entry point of the `ferry` CLI and of the `ferryd` daemon (`ferry serve`).
 // CommonJS on purpose: it runs before any asynchronous file I/O, so the libuv
-// thread pool size set here is the one the disk data path gets (file reads and
-// writes run on that pool; the default of 4 threads caps queue depth).
+// thread pool size set here is the one the disk data path gets (reads not in the page
+// cache, large writes, syncs and the journal run on that pool; the default of 4 threads
+// caps queue depth).
 'use strict';
 if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16';
 const path = require('node:path');

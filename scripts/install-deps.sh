@@ -23,3 +23,4 @@ if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install 
 # Fail loudly if a native build was skipped (npm 11 skips unapproved install scripts).
 node -e "require('better-sqlite3')(':memory:').close()"
 node -e "require('./build/Release/ferry_io.node')"
+node -e "const z = require('zstd-napi'); if (z.decompress(z.compress(Buffer.from('ferry'))).toString() !== 'ferry') process.exit(1)"

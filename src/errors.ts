@@ -56,6 +56,14 @@ export const ERRORS = {
   MIRROR_NOT_IN_SYNC: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the mirror is not in sync' },
   TARGET_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is smaller than the disk' },
   INVALID_TARGET: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is not valid' },
+  // Peers and the replication link.
+  PEER_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no peer has that name' },
+  PEER_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a peer with that name or identity exists' },
+  PEER_AUTH_FAILED: { http: 403, nbd: NbdErrno.EPERM, summary: 'the peer could not be authenticated' },
+  PEER_UNREACHABLE: { http: 502, nbd: NbdErrno.EIO, summary: 'the peer cannot be reached' },
+  PEER_IN_USE: { http: 409, nbd: NbdErrno.EINVAL, summary: 'mirrors still use the peer' },
+  REPL_PROTOCOL: { http: 502, nbd: NbdErrno.EIO, summary: 'the peer broke the replication protocol' },
+  REMOTE_ERROR: { http: 502, nbd: NbdErrno.EIO, summary: 'the peer refused or failed the request' },
   // Capabilities.
   NOT_SUPPORTED: { http: 422, nbd: NbdErrno.ENOTSUP, summary: 'the operation is not supported here' },
   // Faults.

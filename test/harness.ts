@@ -82,6 +82,8 @@ export class Ferryd {
   nbdHost = '127.0.0.1';
   nbdPort = 0;
   apiUrl = '';
+  /** HOST:PORT of the replication listener. */
+  replAddress = '';
   stdout = '';
   stderr = '';
   private exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | null = null;
@@ -108,7 +110,7 @@ export class Ferryd {
   async start(): Promise<void> {
     this.stdout = '';
     this.stderr = '';
-    const proc = spawn(process.execPath, [FERRY_BIN, 'serve', '--data', this.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', ...this.args], {
+    const proc = spawn(process.execPath, [FERRY_BIN, 'serve', '--data', this.dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--repl', '127.0.0.1:0', ...this.args], {
       env: this.env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -121,11 +123,13 @@ export class Ferryd {
         this.stdout += b.toString();
         const nbd = /NBD listening on (\S+):(\d+)/.exec(this.stdout);
         const api = /API listening on (http:\/\/\S+)/.exec(this.stdout);
-        if (nbd && api) {
+        const repl = /replication listening on (\S+)/.exec(this.stdout);
+        if (nbd && api && repl) {
           clearTimeout(timer);
           this.nbdHost = nbd[1]!;
           this.nbdPort = Number(nbd[2]);
           this.apiUrl = api[1]!;
+          this.replAddress = repl[1]!;
           resolve();
         }
       });

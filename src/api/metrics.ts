@@ -45,6 +45,34 @@ export class Metrics {
         for (const d of daemon.disks.list()) this.set({ disk: d.name }, d.state === 'online' ? 1 : 0);
       },
     });
+    this.mirrorGauges(daemon);
+  }
+
+  private mirrorGauges(daemon: Daemon): void {
+    type St = ReturnType<Daemon['mirrors']['status']>[number];
+    const gauge = (name: string, help: string, pick: (s: St) => number | null): void => {
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ['disk', 'role', 'target'],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const s of daemon.mirrors.status()) {
+            const v = pick(s);
+            if (v !== null) this.set({ disk: s.disk, role: s.role, target: s.target }, v);
+          }
+        },
+      });
+    };
+    gauge('ferry_mirror_lag_records', 'Records written to the disk that the mirror does not hold yet', (s) => s.lagRecords);
+    gauge('ferry_mirror_lag_bytes', 'Staged bytes the mirror does not hold yet', (s) => s.lagBytes);
+    gauge('ferry_mirror_lag_seconds', 'Age of the oldest write the mirror does not hold yet', (s) => s.lagSeconds);
+    gauge('ferry_mirror_consistent', '1 when the mirror holds an image the disk really had', (s) => (s.consistent ? 1 : 0));
+    gauge('ferry_mirror_sync_progress', 'Fraction of the disk synchronized (0 to 1)', (s) => s.syncProgress);
+    gauge('ferry_mirror_link_up', '1 when the replication link of a remote mirror is connected', (s) => (s.link ? (s.link.state === 'connected' ? 1 : 0) : null));
+    gauge('ferry_mirror_link_bytes_per_second', 'Replication link throughput (records shipped)', (s) => s.link?.bytesPerSec ?? null);
+    gauge('ferry_mirror_link_bytes', 'Bytes shipped (primary) or received (replica) on the replication link', (s) => s.link?.shippedBytes ?? null);
   }
 
   get contentType(): string {

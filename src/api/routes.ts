@@ -4,6 +4,7 @@
 import { Type, type TSchema } from '@sinclair/typebox';
 import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
+import { peerRoutes } from './peer-routes.js';
 
 export interface RouteInput {
   params: Record<string, string>;
@@ -65,7 +66,9 @@ const NameParam = Type.Object({ name: Name });
 export const MirrorSchema = Type.Object({
   disk: Type.String(),
   target: Type.String(),
-  state: Type.Union([Type.Literal('syncing'), Type.Literal('in-sync'), Type.Literal('paused')]),
+  state: Type.Union([Type.Literal('syncing'), Type.Literal('in-sync'), Type.Literal('paused'), Type.Literal('bitmap'), Type.Literal('resyncing')], {
+    description: 'bitmap: the staging area overflowed and dirty regions are tracked until the link returns; resyncing: they are being copied',
+  }),
   consistent: Type.Boolean({ description: 'the mirror holds an image the disk really had' }),
   syncMode: Type.Union([Type.Literal('full'), Type.Literal('checksum')]),
   syncProgress: Type.Number({ minimum: 0, maximum: 1 }),
@@ -79,6 +82,29 @@ export const MirrorSchema = Type.Object({
   appliedSeq: Type.Integer(),
   committerError: Type.Union([Type.String(), Type.Null()]),
   lastSwapPauseMs: Type.Union([Type.Number(), Type.Null()]),
+  role: Type.Union([Type.Literal('primary'), Type.Literal('replica')], { description: "primary: this site holds the disk; replica: this site holds a peer's disk's mirror" }),
+  link: Type.Union([
+    Type.Object({
+      state: Type.Union([Type.Literal('connecting'), Type.Literal('connected'), Type.Literal('down')]),
+      peer: Type.String(),
+      lastError: Type.Union([Type.String(), Type.Null()]),
+      bytesPerSec: Type.Number(),
+      shippedBytes: Type.Integer(),
+      reconnects: Type.Integer(),
+    }),
+    Type.Null(),
+  ]),
+  policy: Type.Union([
+    Type.Object({
+      onFull: Type.Union([Type.Literal('bitmap'), Type.Literal('throttle'), Type.Literal('fail')]),
+      maxLagBytes: Type.Union([Type.Integer(), Type.Null()]),
+      maxLagMs: Type.Union([Type.Integer(), Type.Null()]),
+      bandwidth: Type.Integer({ description: 'bytes per second on the link; 0: unlimited' }),
+      compress: Type.Union([Type.Literal('zstd'), Type.Literal('none')]),
+    }),
+    Type.Null(),
+  ]),
+  dirtyBytes: Type.Integer({ description: 'bytes marked in the dirty-region bitmap, to resync (bitmap policy)' }),
 });
 
 export const StagingSchema = Type.Object({
@@ -246,6 +272,10 @@ export const routes: RouteDef[] = [
         stagingSize: Type.Optional(Size),
         stagingCopy: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
         sync: Type.Optional(Type.Union([Type.Literal('full'), Type.Literal('checksum')])),
+        onFull: Type.Optional(Type.Union([Type.Literal('bitmap'), Type.Literal('throttle'), Type.Literal('fail')], { description: 'a full staging area: fall back to a dirty bitmap (remote default), slow writes (local default), or fail them' })),
+        maxLag: Type.Optional(Type.String({ minLength: 1, maxLength: 32, description: 'slow writes so the mirror is never further behind: a duration (30s) or a size (64M)' })),
+        bandwidth: Type.Optional(Type.String({ minLength: 1, maxLength: 32, description: 'rate limit of the link, bytes per second (100M)' })),
+        compress: Type.Optional(Type.Union([Type.Literal('zstd'), Type.Literal('none')], { description: 'payload compression on the link (remote default zstd)' })),
       },
       { additionalProperties: false },
     ),
@@ -259,6 +289,10 @@ export const routes: RouteDef[] = [
         stagingSize: body.stagingSize === undefined ? undefined : parseSize(body.stagingSize as string | number),
         stagingCopy: body.stagingCopy as string | undefined,
         sync: body.sync as 'full' | 'checksum' | undefined,
+        onFull: body.onFull,
+        maxLag: body.maxLag,
+        bandwidth: body.bandwidth,
+        compress: body.compress,
       }),
   },
   {
@@ -360,4 +394,5 @@ export const routes: RouteDef[] = [
     response: PoolSchema,
     handler: (d, { params }) => d.disks.removePool(params.name!),
   },
+  ...peerRoutes,
 ];

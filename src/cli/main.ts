@@ -10,6 +10,7 @@ import { bytes, keyValues, table } from './output.js';
 import type { DiskInfo, PoolInfo } from '../control/disk-registry.js';
 import { registerStagingCommands } from './staging-commands.js';
 import { registerMirrorCommands } from './mirror-commands.js';
+import { registerPeerCommands } from './peer-commands.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -40,6 +41,8 @@ program
   .option('--data <dir>', 'data directory (default $FERRY_DATA or ./var/ferry)')
   .option('--nbd <host:port>', 'NBD listen address', '127.0.0.1:10809')
   .option('--api <host:port>', 'management API listen address', '127.0.0.1:7400')
+  .option('--repl <host:port>', 'replication listen address (peers dial it)', '127.0.0.1:7401')
+  .option('--site <name>', "this site's name for its peers (default site-<id>; remembered once given)")
   .addOption(new Option('--tls <mode>', 'NBD TLS: off, on (clients may STARTTLS) or require').choices(['off', 'on', 'require']).default('off'))
   .option('--tls-cert <file>', 'PEM certificate for NBD TLS')
   .option('--tls-key <file>', 'PEM private key for NBD TLS')
@@ -151,6 +154,7 @@ program
 
 registerStagingCommands(program);
 registerMirrorCommands(program);
+registerPeerCommands(program);
 
 async function main(): Promise<void> {
   try {

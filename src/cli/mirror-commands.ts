@@ -56,11 +56,15 @@ export function registerMirrorCommands(program: Command): void {
   mirror
     .command('create <disk>')
     .description('create a mirror and sync it in the background while clients keep writing')
-    .requiredOption('--to <target>', 'local:PATH (a new file, or an existing file or block device at least as large as the disk)')
+    .requiredOption('--to <target>', 'local:PATH (a new file, or an existing file or block device at least as large as the disk), or PEER:DISK (a disk at a paired site, created there if it does not exist)')
     .option('--staging <path>', 'staging area to attach if the disk has none (a new file or a block device)')
     .option('--staging-size <size>', 'size of that staging area, e.g. 4G')
     .option('--staging-copy <path>', 'a second copy of that staging area')
     .addOption(new Option('--sync <mode>', 'full, or checksum: copy only chunks that differ on a target holding similar data').choices(['full', 'checksum']).default('full'))
+    .addOption(new Option('--on-full <policy>', 'when the staging area fills (link down too long): bitmap (remember dirty regions, resync them later; remote default), throttle (slow writes; local default) or fail (writes fail)').choices(['bitmap', 'throttle', 'fail']))
+    .option('--max-lag <limit>', 'slow writes so the mirror never falls further behind: a duration (30s, 5m) or a size (64M)')
+    .option('--bandwidth <rate>', 'rate limit of the replication link in bytes per second (e.g. 100M)')
+    .addOption(new Option('--compress <codec>', 'compression on the replication link (default zstd)').choices(['zstd', 'none']))
     .option('--wait', 'wait (with a progress bar in a terminal) until the mirror is in sync')
     .addOption(jsonOpt())
     .action(async (disk: string, opts, cmd: Command) => {
@@ -70,6 +74,10 @@ export function registerMirrorCommands(program: Command): void {
         stagingSize: opts.stagingSize,
         stagingCopy: opts.stagingCopy,
         sync: opts.sync,
+        onFull: opts.onFull,
+        maxLag: opts.maxLag,
+        bandwidth: opts.bandwidth,
+        compress: opts.compress,
       });
       if (opts.wait) m = await waitInSync(cmd, disk);
       if (m.syncError) process.exitCode = 1;

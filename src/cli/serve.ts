@@ -6,11 +6,14 @@ import { pino } from 'pino';
 import { Daemon } from '../control/daemon.js';
 import type { TlsMode } from '../nbd/handshake.js';
 import { DEFAULT_DATA } from './api-client.js';
+import { validateName } from '../control/names.js';
 
 export interface ServeOptions {
   data?: string;
   nbd: string;
   api: string;
+  repl: string;
+  site?: string;
   tls: string;
   tlsCert?: string;
   tlsKey?: string;
@@ -28,11 +31,21 @@ export function parseHostPort(value: string, what: string): { host: string; port
 export async function serve(opts: ServeOptions): Promise<void> {
   const dataDir = path.resolve(opts.data ?? process.env.FERRY_DATA ?? DEFAULT_DATA);
   if (!['off', 'on', 'require'].includes(opts.tls)) throw new Error(`--tls must be off, on or require, got '${opts.tls}'`);
+  const repl = parseHostPort(opts.repl, '--repl');
+  if (opts.site !== undefined) {
+    try {
+      validateName('peer', opts.site);
+    } catch (err) {
+      throw new Error(`--site must be a valid name: ${(err as Error).message}`);
+    }
+  }
   const log = pino({ level: opts.logLevel, base: { svc: 'ferryd' } }, pino.destination({ fd: 2, sync: false }));
   const daemon = new Daemon({
     dataDir,
     nbd: parseHostPort(opts.nbd, '--nbd'),
     api: parseHostPort(opts.api, '--api'),
+    repl,
+    siteName: opts.site,
     tls: { mode: opts.tls as TlsMode, certFile: opts.tlsCert, keyFile: opts.tlsKey, caFile: opts.tlsCa },
     log,
   });
@@ -40,8 +53,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const fmt = (a: { host: string; port: number }): string => (a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`);
   process.stdout.write(`ferryd: data directory ${dataDir}\n`);
   process.stdout.write(`ferryd: NBD listening on ${fmt(daemon.nbdAddress)}${opts.tls !== 'off' ? ` (TLS ${opts.tls})` : ''}\n`);
+  process.stdout.write(`ferryd: replication listening on ${fmt(daemon.replAddress)} (site ${daemon.identity.siteName})\n`);
   process.stdout.write(`ferryd: API listening on http://${fmt(daemon.apiAddress)}\n`);
-  log.info({ dataDir, nbd: daemon.nbdAddress, api: daemon.apiAddress }, 'ferryd started');
+  log.info({ dataDir, nbd: daemon.nbdAddress, api: daemon.apiAddress, repl: daemon.replAddress, site: daemon.identity.siteName, siteId: daemon.identity.siteId }, 'ferryd started');
 
   let stopping = false;
   const stop = (signal: string): void => {

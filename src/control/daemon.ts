@@ -1,7 +1,9 @@
 // The control layer owns the daemon's state and lifecycle: the data directory, the
-// metadata store, the disk registry, the API token, and the listeners (NBD, API).
-// Start order: data dir → store → disks → NBD → API; stop order is the reverse, with
-// in-flight NBD requests finished and every file synced before the store closes.
+// metadata store, the disk registry, the API token, the site identity and peers, and
+// the listeners (NBD, replication, API).
+// Start order: data dir → identity → store → disks → NBD → replication → API; stop order
+// is the reverse, with in-flight NBD requests finished and every file synced before the
+// store closes.
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -12,11 +14,21 @@ import { StagingControl } from './staging-control.js';
 import { MirrorControl } from './mirror-control.js';
 import { NbdServer, type NbdTlsConfig } from '../nbd/server.js';
 import { ApiServer } from '../api/server.js';
+import { PeerControl } from './peer-control.js';
+import { loadOrCreateIdentity, type SiteIdentity } from '../replication/identity.js';
+import { ReplListener } from '../replication/repl-listener.js';
+import { connectPeer } from '../replication/peer-connector.js';
+import { Receiver } from '../replication/receiver.js';
+import { ReplicaControl } from './replica-control.js';
 
 export interface DaemonConfig {
   dataDir: string;
   nbd: { host: string; port: number };
   api: { host: string; port: number };
+  /** The replication listener (peers dial it). */
+  repl: { host: string; port: number };
+  /** This site's name for its peers (--site); saved in the data directory once given. */
+  siteName?: string;
   tls: NbdTlsConfig;
   log: Logger;
 }
@@ -31,11 +43,16 @@ export class Daemon {
   disks!: DiskRegistry;
   staging!: StagingControl;
   mirrors!: MirrorControl;
+  replicas!: ReplicaControl;
+  identity!: SiteIdentity;
+  peers!: PeerControl;
+  repl!: ReplListener;
   private nbd!: NbdServer;
   private api!: ApiServer;
   readonly startedAt = new Date();
   nbdAddress!: { host: string; port: number };
   apiAddress!: { host: string; port: number };
+  replAddress!: { host: string; port: number };
 
   constructor(config: DaemonConfig) {
     this.config = config;
@@ -46,13 +63,24 @@ export class Daemon {
     const dir = this.config.dataDir;
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const token = loadOrCreateToken(dir);
+    this.identity = loadOrCreateIdentity(dir, this.config.siteName);
     this.store = new MetadataStore(path.join(dir, DB_FILE));
+    this.peers = new PeerControl(this.store, this.identity, this.log);
     this.disks = new DiskRegistry(this.store, dir, this.log);
     this.staging = new StagingControl(this.store, this.disks, dir, this.log);
     this.mirrors = new MirrorControl(this.store, this.disks, this.staging, dir, this.log);
+    this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log);
+    const identity = this.identity;
+    this.mirrors.remote = {
+      peer: (name) => this.store.peer(name),
+      connect: (peer, hello) => connectPeer(identity, peer, hello),
+      replicas: this.replicas,
+    };
+    this.peers.inUse = (name) => this.mirrors.usesPeer(name);
     await this.disks.load(async (row, volume) => {
       await this.staging.openAtStart(row, volume);
       await this.mirrors.openAtStart(row, volume);
+      this.replicas.openAtStart(row, volume);
     });
     this.nbd = new NbdServer({
       host: this.config.nbd.host,
@@ -62,6 +90,22 @@ export class Daemon {
       catalog: { find: (name) => this.disks.volume(name), names: () => this.disks.names() },
     });
     this.nbdAddress = await this.nbd.listen();
+    this.repl = new ReplListener({
+      host: this.config.repl.host,
+      port: this.config.repl.port,
+      identity: this.identity,
+      peers: { byFingerprint: (fp) => this.peers.byFingerprint(fp) },
+      pairing: this.peers.pairing,
+      log: this.log,
+    });
+    this.repl.onSession = (session) => {
+      if (session.hello.purpose !== 'mirror') {
+        session.socket.destroy();
+        return;
+      }
+      void new Receiver(session, this.replicas, this.log.child({ peer: session.peer.name })).run();
+    };
+    this.replAddress = await this.repl.listen();
     this.api = new ApiServer({ daemon: this, token, log: this.log });
     this.apiAddress = await this.api.listen(this.config.api.host, this.config.api.port);
   }
@@ -73,6 +117,8 @@ export class Daemon {
   async stop(): Promise<void> {
     await this.api?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the API failed'));
     await this.nbd?.close();
+    this.replicas?.close();
+    await this.repl?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the replication listener failed'));
     await this.mirrors?.close();
     await this.disks?.close();
     this.store?.close();

@@ -149,7 +149,7 @@ export class DiskRegistry {
       pool: d.row.pool,
       path: d.row.path,
       size: d.volume?.size ?? d.row.size,
-      readOnly: d.row.read_only === 1,
+      readOnly: d.row.read_only === 1 || (d.volume?.readOnly ?? false),
       state: d.volume ? 'online' : 'unavailable',
       ...(d.error ? { error: d.error } : {}),
       clients: d.volume?.attachedClients ?? 0,

@@ -1,6 +1,6 @@
 // The control layer's management of mirrors: one creation process for every kind of
-// target (today `local:PATH`), status, pause and resume, verify, remove, and the swap
-// of roles. Every refusal happens before anything is created or changed. Crash
+// target (`local:PATH`, or `PEER:DISK` for a disk at a paired site, carried by the
+// replication link), status, pause and resume, verify, remove, and the swap of roles. Every refusal happens before anything is created or changed. Crash
 // safety of each step is in the order of operations; see docs/ARCHITECTURE.md, "Mirrors".
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,9 +13,44 @@ import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
 import { assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { StagingControl } from './staging-control.js';
-import type { DiskRow, MetadataStore, MirrorRow } from './store.js';
+import type { DiskRow, MetadataStore, MirrorRow, PeerRow } from './store.js';
+import type { ReplicaControl } from './replica-control.js';
+import type { PeerSession } from '../replication/peer-session.js';
+import { RemoteStream } from '../replication/remote-stream.js';
+import { RemoteStore } from '../replication/remote-store.js';
+import type { DiskStore } from '../disk/store.js';
+import type { StagedRecord } from '../journal/journal.js';
+import { validateName } from './names.js';
+import { DirtyMap } from '../mirror/dirty-map.js';
+import { SYNC_CHUNK_BYTES } from '../mirror/sync-engine.js';
+import { parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 
-export interface CreateMirrorRequest {
+/** How mirror control reaches peer sites (wired by the daemon). */
+export interface RemoteSites {
+  peer(name: string): PeerRow | undefined;
+  connect(peer: PeerRow, hello: Record<string, unknown>): Promise<PeerSession>;
+  replicas: ReplicaControl;
+}
+
+type Target = { kind: 'local'; real: string; exists: boolean } | { kind: 'remote'; peer: PeerRow; remoteDisk: string };
+
+const firstAttachMsMax = 30_000;
+
+/** The sync engine's hold on records touching a chunk being copied, bound once the mirror exists. */
+interface Admit {
+  fn: (r: StagedRecord) => Promise<void> | null;
+}
+
+function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'resync'> {
+  return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, resync: 0 };
+}
+
+function parseRemote(target: string): { peer: string; remoteDisk: string } {
+  const i = target.indexOf(':');
+  return { peer: target.slice(0, i), remoteDisk: target.slice(i + 1) };
+}
+
+export interface CreateMirrorRequest extends PolicyRequest {
   disk: string;
   to: string;
   staging?: string;
@@ -33,6 +68,10 @@ export interface SwapReport {
 
 export class MirrorControl {
   private readonly mirrors = new Map<string, Mirror>();
+  private readonly streams = new Map<string, RemoteStream>();
+  /** Bitmaps loaded at start, handed to the mirror when it starts. */
+  private readonly pendingDirty = new Map<string, DirtyMap | null>();
+  remote: RemoteSites | null = null;
 
   constructor(
     private readonly store: MetadataStore,
@@ -57,11 +96,26 @@ export class MirrorControl {
       if (journal.hasConsumer(MIRROR_CONSUMER)) await journal.removeConsumer(MIRROR_CONSUMER);
       return;
     }
-    if (!journal.hasConsumer(MIRROR_CONSUMER)) {
+    let dirty: DirtyMap | null = null;
+    if (m.resync === 1) {
+      // A fallback to the dirty bitmap before this restart: the resync waits for the link (or resumes).
+      dirty = DirtyMap.load(this.bitmapFile(m.disk), volume.size, SYNC_CHUNK_BYTES);
+      if (!dirty) {
+        this.log.error({ disk: m.disk }, 'dirty-region bitmap missing: the whole disk is resynced');
+        dirty = DirtyMap.create(this.bitmapFile(m.disk), volume.size, SYNC_CHUNK_BYTES);
+        dirty.mark(0, volume.size);
+        await dirty.persist();
+      }
+    } else if (!journal.hasConsumer(MIRROR_CONSUMER)) {
       await journal.addConsumer(MIRROR_CONSUMER);
       this.store.updateMirror(row.name, { sync_cursor: 0, sync_done: 0 });
       m.sync_cursor = 0;
       m.sync_done = 0;
+    }
+    this.pendingDirty.set(m.disk, dirty);
+    if (!m.target.startsWith('local:')) {
+      this.startRemote(m, volume);
+      return;
     }
     let target: BlockDevice;
     try {
@@ -74,8 +128,65 @@ export class MirrorControl {
     this.startMirror(m, volume, target);
   }
 
-  private startMirror(m: MirrorRow, volume: Volume, target: BlockDevice): Mirror {
+  /** A remote mirror's stream: dials the peer, attaches, ships; redials forever. Not started. */
+  private remoteStream(m: MirrorRow, volume: Volume, admit: Admit): RemoteStream {
+    const { peer, remoteDisk } = parseRemote(m.target);
+    const sites = this.remoteSites();
+    const journal = volume.staging!.journal;
+    return new RemoteStream({
+      disk: m.disk,
+      peer,
+      remoteDisk,
+      journal,
+      connect: () => {
+        const row = sites.peer(peer);
+        if (!row) return Promise.reject(new FerryError('PEER_NOT_FOUND', `peer '${peer}' is no longer paired`));
+        return sites.connect(row, { purpose: 'mirror' });
+      },
+      attachMeta: () => {
+        const row = this.store.mirror(m.disk);
+        const fresh = row !== undefined && row.sync_cursor === 0 && row.sync_done === 0 && row.resync === 0;
+        // While the mirror site's copy is being rewritten anyway (a sync, a resync), it may restart its numbering here (rebase).
+        const rebase = row !== undefined && (row.resync === 1 || row.sync_done === 0);
+        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase };
+      },
+      admit: (r) => admit.fn(r),
+      bandwidthBytesPerSec: m.bandwidth,
+      compress: m.compress === 'zstd',
+      log: this.log.child({ disk: m.disk, mirror: m.target }),
+    });
+  }
+
+  private remoteSites(): RemoteSites {
+    if (!this.remote) throw new FerryError('NOT_SUPPORTED', 'this ferryd has no replication listener');
+    return this.remote;
+  }
+
+  private startRemote(m: MirrorRow, volume: Volume, started?: RemoteStream, admit?: Admit): Mirror {
+    const a = admit ?? { fn: () => null };
+    const stream = started ?? this.remoteStream(m, volume, a);
+    this.streams.set(m.disk, stream);
+    const store = new RemoteStore(stream, m.path, volume.size);
+    return this.startMirror(m, volume, store, stream, a);
+  }
+
+  private bitmapFile(disk: string): string {
+    const dir = path.join(this.dataDir, 'bitmaps');
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    return path.join(dir, `${disk}.dirty`);
+  }
+
+  private startMirror(m: MirrorRow, volume: Volume, target: DiskStore, stream?: RemoteStream, admit?: Admit): Mirror {
+    const dirty = this.pendingDirty.get(m.disk) ?? null;
+    this.pendingDirty.delete(m.disk);
     const mirror = new Mirror({
+      dirty,
+      bitmapFile: this.bitmapFile(m.disk),
+      onResync: (pending) => {
+        this.store.updateMirror(m.disk, pending ? { resync: 1, sync_done: 0 } : { resync: 0 });
+        if (pending && stream) stream.request({ op: 'synced', synced: false }).catch(() => undefined);
+      },
+      remote: stream,
       disk: m.disk,
       targetLabel: m.target,
       volume,
@@ -85,7 +196,21 @@ export class MirrorControl {
       syncCursor: m.sync_cursor,
       targetIsZero: m.target_zero === 1,
       paused: m.paused === 1,
-      onSyncCheckpoint: (cursor, done) => this.store.updateMirror(m.disk, { sync_cursor: cursor, sync_done: done ? 1 : 0 }),
+      policy: { onFull: m.on_full, maxLagBytes: m.max_lag_bytes, maxLagMs: m.max_lag_ms, bandwidth: m.bandwidth, compress: m.compress },
+      onSyncCheckpoint: (cursor, done) => {
+        this.store.updateMirror(m.disk, { sync_cursor: cursor, sync_done: done ? 1 : 0 });
+        // The mirror site learns it is consistent (R7); every attach repeats it, should this be lost.
+        if (done && stream) stream.request({ op: 'synced', synced: true }).catch((err) => this.log.warn({ disk: m.disk, err: (err as Error).message }, 'could not tell the mirror site that the sync completed; the next attach will'));
+      },
+      ...(stream && admit
+        ? {
+            stream: (fn: (r: StagedRecord) => Promise<void> | null) => {
+              admit.fn = fn;
+              return stream;
+            },
+            linkStatus: () => ({ state: stream.state, peer: parseRemote(m.target).peer, lastError: stream.lastError, bytesPerSec: stream.bytesPerSec, shippedBytes: stream.shippedBytes, reconnects: stream.reconnects }),
+          }
+        : {}),
       log: this.log.child({ disk: m.disk, mirror: m.target }),
     });
     this.mirrors.set(m.disk, mirror);
@@ -95,19 +220,28 @@ export class MirrorControl {
 
   private mirror(disk: string): Mirror {
     this.disks.entry(disk);
+    if (this.remote?.replicas.isReplica(disk)) {
+      throw new FerryError('BAD_REQUEST', `disk '${disk}' is the replica of a disk at a peer site: manage the mirror there`);
+    }
     const m = this.mirrors.get(disk);
     if (!m) throw new FerryError('NO_MIRROR', `disk '${disk}' has no mirror`);
     return m;
   }
 
   /** Parses and checks a `local:PATH` target without changing anything. */
-  private checkTarget(to: unknown, row: DiskRow, size: number): { real: string; exists: boolean } {
+  private checkTarget(to: unknown, row: DiskRow, size: number): Target {
     if (typeof to !== 'string' || to.length === 0) throw new FerryError('INVALID_TARGET', 'give a target: local:PATH (or PEER:DISK for a remote mirror)');
     if (!to.startsWith('local:')) {
-      if (/^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(to)) {
-        throw new FerryError('NOT_SUPPORTED', `remote mirror targets (${to}) are not available in this version of ferryd; use local:PATH`);
-      }
-      throw new FerryError('INVALID_TARGET', `target '${to}' is neither local:PATH nor PEER:DISK`);
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(to)) throw new FerryError('INVALID_TARGET', `target '${to}' is neither local:PATH nor PEER:DISK`);
+      const { peer: name, remoteDisk } = parseRemote(to);
+      validateName('peer', name);
+      validateName('disk', remoteDisk);
+      const peer = this.remoteSites().peer(name);
+      if (!peer) throw new FerryError('PEER_NOT_FOUND', `no peer named '${name}' (pair one with ferry peer add)`);
+      if (!peer.address) throw new FerryError('INVALID_TARGET', `peer '${name}' paired with this site but has no address to dial; pair from this site (ferry peer add)`);
+      const other = this.store.mirrors().find((x) => x.target === to);
+      if (other) throw new FerryError('PATH_IN_USE', `${to} is already the mirror of disk '${other.disk}'`);
+      return { kind: 'remote', peer, remoteDisk };
     }
     const p = to.slice('local:'.length);
     if (!path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `mirror target path '${p}' must be absolute`);
@@ -122,7 +256,7 @@ export class MirrorControl {
       void d.close();
       if (targetSize < size) throw new FerryError('TARGET_TOO_SMALL', `${real} holds ${targetSize} bytes; disk '${row.name}' needs ${size}`);
     }
-    return { real, exists };
+    return { kind: 'local', real, exists };
   }
 
   async create(req: CreateMirrorRequest): Promise<MirrorStatus> {
@@ -132,6 +266,7 @@ export class MirrorControl {
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only`);
     const mode: SyncMode = req.sync ?? 'full';
     const target = this.checkTarget(req.to, row, volume.size);
+    const policy = parsePolicy(req, target.kind === 'remote');
     const hasStaging = this.store.staging(req.disk) !== undefined;
     if (req.staging === undefined && (req.stagingSize !== undefined || req.stagingCopy !== undefined)) {
       throw new FerryError('BAD_REQUEST', '--staging-size and --staging-copy describe a staging area to attach: give --staging too');
@@ -140,7 +275,7 @@ export class MirrorControl {
     if (!hasStaging && req.staging === undefined) {
       throw new FerryError('NO_STAGING', `disk '${req.disk}' has no staging area: give --staging PATH --staging-size SIZE (every write to a mirrored disk goes through one)`);
     }
-    if (mode === 'checksum' && !target.exists) throw new FerryError('BAD_REQUEST', '--sync=checksum compares with data already on the target; a new file holds none (use full)');
+    if (mode === 'checksum' && target.kind === 'local' && !target.exists) throw new FerryError('BAD_REQUEST', '--sync=checksum compares with data already on the target; a new file holds none (use full)');
     if (!hasStaging) {
       // The staging area is created first: given the target's (new) path too, it would take it.
       for (const [p, what] of [[req.staging, 'staging area'], [req.stagingCopy, 'staging copy']] as const) {
@@ -150,10 +285,15 @@ export class MirrorControl {
         } catch {
           real = null; // a bad staging path: attach() refuses it
         }
-        if (real === target.real) throw new FerryError('PATH_IN_USE', `${real} cannot be both the mirror target and the ${what}`);
+        if (target.kind === 'local' && real === target.real) throw new FerryError('PATH_IN_USE', `${real} cannot be both the mirror target and the ${what}`);
       }
       await this.staging.attach({ disk: req.disk, path: req.staging!, size: req.stagingSize, copy: req.stagingCopy });
     }
+    // Nothing half-done: the staging area this request attached goes again.
+    const undoStaging = async (): Promise<void> => {
+      if (!hasStaging) await this.staging.detach(req.disk).catch((e) => this.log.error({ disk: req.disk, err: (e as Error).message }, 'could not detach the staging area of a failed mirror create'));
+    };
+    if (target.kind === 'remote') return this.createRemote(req, volume, target, mode, policy, undoStaging);
 
     let device: BlockDevice;
     let created = false;
@@ -169,8 +309,7 @@ export class MirrorControl {
       device = BlockDevice.open(target.real);
     } catch (err) {
       if (created) fs.rmSync(target.real, { force: true });
-      // Nothing half-done: the staging area this request attached goes again.
-      if (!hasStaging) await this.staging.detach(req.disk).catch((e) => this.log.error({ disk: req.disk, err: (e as Error).message }, 'could not detach the staging area of a failed mirror create'));
+      await undoStaging();
       throw fromSystemError(err, `mirror target ${target.real}`);
     }
     const m: MirrorRow = {
@@ -184,6 +323,7 @@ export class MirrorControl {
       target_zero: created ? 1 : 0,
       paused: 0,
       created_at: Date.now(),
+      ...policyColumns(policy),
     };
     // Row first, then the consumer: a crash in between is repaired at start (openAtStart).
     this.store.insertMirror(m);
@@ -193,19 +333,78 @@ export class MirrorControl {
     return this.mirror(req.disk).status();
   }
 
-  status(disk?: string): MirrorStatus[] {
-    if (disk !== undefined) return [this.mirror(disk).status()];
-    return [...this.mirrors.values()].sort((a, b) => a.disk.localeCompare(b.disk)).map((m) => m.status());
+  /**
+   * A mirror on a peer site: the first attach happens before this returns, so every refusal
+   * at the peer (disk in use, too small, not paired) reaches the administrator, with nothing
+   * left behind on either site.
+   */
+  private async createRemote(req: CreateMirrorRequest, volume: Volume, target: Extract<Target, { kind: 'remote' }>, mode: SyncMode, policy: MirrorPolicy, undoStaging: () => Promise<void>): Promise<MirrorStatus> {
+    const label = `${target.peer.name}:${target.remoteDisk}`;
+    const m: MirrorRow = {
+      disk: req.disk,
+      target: label,
+      path: `remote:${label}`,
+      created_file: 0,
+      sync_mode: mode,
+      sync_cursor: 0,
+      sync_done: 0,
+      target_zero: 0,
+      paused: 0,
+      created_at: Date.now(),
+      ...policyColumns(policy),
+    };
+    const journal = volume.staging!.journal;
+    this.store.insertMirror(m);
+    await journal.addConsumer(MIRROR_CONSUMER);
+    const admit: Admit = { fn: () => null };
+    const stream = this.remoteStream(m, volume, admit);
+    stream.start();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const reply = await Promise.race([
+        stream.firstAttach,
+        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new FerryError('PEER_UNREACHABLE', `peer '${target.peer.name}' did not answer within ${firstAttachMsMax / 1000} s`)), firstAttachMsMax))),
+      ]);
+      if (reply.meta.created === true) {
+        this.store.updateMirror(req.disk, { target_zero: 1 });
+        m.target_zero = 1;
+      }
+    } catch (err) {
+      await stream.stop();
+      await journal.removeConsumer(MIRROR_CONSUMER);
+      this.store.deleteMirror(req.disk);
+      await undoStaging();
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+    this.startRemote(m, volume, stream, admit);
+    this.log.info({ disk: req.disk, target: label, sync: mode }, 'remote mirror created; syncing over the link');
+    return this.mirror(req.disk).status();
   }
 
-  pause(disk: string): MirrorStatus {
+  /** Mirrors of this site's disks, and replicas this site holds for peers (role 'replica'). */
+  status(disk?: string): MirrorStatus[] {
+    const replicas = this.remote?.replicas;
+    if (disk !== undefined) {
+      if (replicas?.isReplica(disk)) return replicas.status(disk);
+      return [this.mirror(disk).status()];
+    }
+    const all = [...this.mirrors.values()].map((m) => m.status());
+    if (replicas) all.push(...replicas.status());
+    return all.sort((a, b) => a.disk.localeCompare(b.disk));
+  }
+
+  pause(disk: string): MirrorStatus | Promise<MirrorStatus> {
+    if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, true);
     const m = this.mirror(disk);
     m.pause();
     this.store.updateMirror(disk, { paused: 1 });
     return m.status();
   }
 
-  resume(disk: string): MirrorStatus {
+  resume(disk: string): MirrorStatus | Promise<MirrorStatus> {
+    if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, false);
     const m = this.mirror(disk);
     m.resume();
     this.store.updateMirror(disk, { paused: 0 });
@@ -223,8 +422,20 @@ export class MirrorControl {
     if (!m.isSynced && !opts.force) {
       throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is still syncing: its copy is incomplete; remove it with --force to abandon it`);
     }
-    if (m.state !== 'paused') await m.drain();
+    const stream = this.streams.get(disk);
+    if (stream) {
+      // The mirror site gets every record, then releases its replica (a normal disk there from then on).
+      try {
+        if (m.state !== 'paused') await m.drain();
+        await stream.request({ op: 'release' });
+      } catch (err) {
+        if (!opts.force) throw err;
+        this.log.warn({ disk, err: (err as Error).message }, 'mirror removed without the mirror site: its replica stays held there until the peer is told');
+      }
+    } else if (m.state !== 'paused') await m.drain();
     const before = m.status();
+    this.streams.delete(disk);
+    fs.rmSync(this.bitmapFile(disk), { force: true });
     await m.close();
     // Consumer first, then the row: a crash in between is repaired at start (openAtStart).
     await volume!.staging!.journal.removeConsumer(MIRROR_CONSUMER);
@@ -244,6 +455,7 @@ export class MirrorControl {
     const m = this.mirror(disk);
     const { volume } = this.disks.entry(disk);
     if (!volume?.staging) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
+    if (m.isRemote) throw new FerryError('NOT_SUPPORTED', `the mirror of '${disk}' is at a peer site: roles move between sites by failover, not by swap`);
     if (m.state !== 'in-sync') throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is ${m.state}; swap needs it in sync`);
     if (m.committer.lastError) throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is failing: ${m.committer.lastError}`);
     // Bring both close to the head first, so the pause only covers the last few records.
@@ -259,6 +471,11 @@ export class MirrorControl {
     const after = this.store.mirror(disk)!;
     this.log.info({ disk, primary: volume.primaryStore.path, mirror: after.path, pauseMs }, 'swapped primary and mirror');
     return { disk, primary: volume.primaryStore.path, mirror: after.path, pauseMs };
+  }
+
+  /** Mirrors that use the peer (it is not removed while they do). */
+  usesPeer(peer: string): boolean {
+    return this.store.mirrors().some((m) => !m.target.startsWith('local:') && parseRemote(m.target).peer === peer) || (this.remote?.replicas.usesPeer(peer) ?? false);
   }
 
   hasMirror(disk: string): boolean {

@@ -73,7 +73,8 @@ export class StagingControl {
     return { real, block: stat !== null };
   }
 
-  async attach(req: { disk: string; path: string; size?: number; copy?: string }): Promise<StagingInfo> {
+  /** firstSeq: a replica's staging area numbers records as the primary site does (see replica-control.ts). */
+  async attach(req: { disk: string; path: string; size?: number; copy?: string; firstSeq?: number }): Promise<StagingInfo> {
     const { row, volume } = this.onlineVolume(req.disk);
     if (this.store.staging(req.disk)) throw new FerryError('STAGING_EXISTS', `disk '${req.disk}' already has a staging area`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only; a staging area stages writes`);
@@ -98,7 +99,7 @@ export class StagingControl {
         }
         stores.push(BlockDevice.open(target.real));
       }
-      await Journal.format(stores, req.disk, PRIMARY_CONSUMER);
+      await Journal.format(stores, req.disk, PRIMARY_CONSUMER, req.firstSeq ?? 1);
       const journal = await Journal.open(stores, this.log.child({ disk: req.disk }));
       const srow: StagingRow = {
         disk: req.disk,
@@ -145,8 +146,9 @@ export class StagingControl {
   }
 
   /** Applies every staged write to the disk, then detaches and deletes the files Ferry created. */
-  async detach(disk: string): Promise<StagingInfo> {
+  async detach(disk: string, opts: { replica?: boolean } = {}): Promise<StagingInfo> {
     const info = this.show(disk);
+    if (this.store.replica(disk) && !opts.replica) throw new FerryError('DISK_BUSY', `disk '${disk}' is a replica: its staging area receives the primary site's records; remove the mirror at the primary site`);
     if (this.store.mirror(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' has a mirror, which needs its staging area; remove the mirror first`);
     const { volume } = this.onlineVolume(disk);
     const s = this.store.staging(disk)!;

@@ -1,5 +1,5 @@
 // The control layer's metadata store: one SQLite database (WAL, synchronous=FULL) in
-// the data directory holding pools and disks (later mirrors and peers). It is the
+// the data directory holding pools, disks, staging areas, mirrors and peers. It is the
 // single source of truth for what the daemon serves after a restart. Every change is
 // one transaction; schema changes are numbered migrations applied at open.
 import Database from 'better-sqlite3';
@@ -58,7 +58,57 @@ const migrations: string[] = [
      paused INTEGER NOT NULL DEFAULT 0,
      created_at INTEGER NOT NULL
    );`,
+  // Peers: other ferryd sites this one trusts, identified by the SHA-256 fingerprint of
+  // their certificate (pinned at pairing). address is NULL for a peer that paired with us
+  // and that we never dial.
+  `CREATE TABLE peers (
+     name TEXT PRIMARY KEY,
+     address TEXT,
+     fingerprint TEXT NOT NULL UNIQUE,
+     site_id TEXT NOT NULL,
+     created_at INTEGER NOT NULL
+   );`,
+  // Replicas: disks this site holds as the mirror of a disk at a peer site.
+  `CREATE TABLE replicas (
+     disk TEXT PRIMARY KEY REFERENCES disks(name),
+     peer TEXT NOT NULL,
+     origin_disk TEXT NOT NULL,
+     synced INTEGER NOT NULL,
+     created_disk INTEGER NOT NULL,
+     created_at INTEGER NOT NULL
+   );`,
+  // Mirror policies: what a full staging area does (on_full), bounded lag (max_lag_*),
+  // the link's rate limit and compression; resync = 1 while a dirty-region bitmap waits to
+  // be (or is being) copied after a fallback.
+  `ALTER TABLE mirrors ADD COLUMN on_full TEXT NOT NULL DEFAULT 'throttle' CHECK (on_full IN ('bitmap', 'throttle', 'fail'));
+   ALTER TABLE mirrors ADD COLUMN max_lag_bytes INTEGER;
+   ALTER TABLE mirrors ADD COLUMN max_lag_ms INTEGER;
+   ALTER TABLE mirrors ADD COLUMN bandwidth INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE mirrors ADD COLUMN compress TEXT NOT NULL DEFAULT 'none' CHECK (compress IN ('zstd', 'none'));
+   ALTER TABLE mirrors ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;`,
 ];
+
+export type OnFullPolicy = 'bitmap' | 'throttle' | 'fail';
+
+export interface ReplicaRow {
+  disk: string;
+  peer: string;
+  origin_disk: string;
+  /** 1 once the primary site said the sync completed: the replica holds an image it had (R7). */
+  synced: number;
+  created_disk: number;
+  created_at: number;
+}
+
+export interface PeerRow {
+  name: string;
+  /** HOST:PORT of its replication listener, or null when it paired with us and we never dial it. */
+  address: string | null;
+  /** SHA-256 of its certificate (DER), lowercase hex without colons. */
+  fingerprint: string;
+  site_id: string;
+  created_at: number;
+}
 
 export interface MirrorRow {
   disk: string;
@@ -71,6 +121,13 @@ export interface MirrorRow {
   target_zero: number;
   paused: number;
   created_at: number;
+  on_full: OnFullPolicy;
+  max_lag_bytes: number | null;
+  max_lag_ms: number | null;
+  /** Bytes per second on the replication link; 0: unlimited. */
+  bandwidth: number;
+  compress: 'zstd' | 'none';
+  resync: number;
 }
 
 export interface StagingRow {
@@ -175,12 +232,12 @@ export class MetadataStore {
   insertMirror(row: MirrorRow): void {
     this.db
       .prepare(
-        'INSERT INTO mirrors (disk, target, path, created_file, sync_mode, sync_cursor, sync_done, target_zero, paused, created_at) VALUES (@disk, @target, @path, @created_file, @sync_mode, @sync_cursor, @sync_done, @target_zero, @paused, @created_at)',
+        'INSERT INTO mirrors (disk, target, path, created_file, sync_mode, sync_cursor, sync_done, target_zero, paused, created_at, on_full, max_lag_bytes, max_lag_ms, bandwidth, compress, resync) VALUES (@disk, @target, @path, @created_file, @sync_mode, @sync_cursor, @sync_done, @target_zero, @paused, @created_at, @on_full, @max_lag_bytes, @max_lag_ms, @bandwidth, @compress, @resync)',
       )
       .run(row);
   }
 
-  updateMirror(disk: string, fields: Partial<Pick<MirrorRow, 'sync_cursor' | 'sync_done' | 'paused'>>): void {
+  updateMirror(disk: string, fields: Partial<Pick<MirrorRow, 'sync_cursor' | 'sync_done' | 'paused' | 'target_zero' | 'resync'>>): void {
     const sets = Object.keys(fields).map((k) => `${k} = @${k}`).join(', ');
     if (sets) this.db.prepare(`UPDATE mirrors SET ${sets} WHERE disk = @disk`).run({ ...fields, disk });
   }
@@ -199,6 +256,46 @@ export class MetadataStore {
       this.db.prepare("UPDATE disks SET path = ?, kind = 'adopted', pool = NULL WHERE name = ?").run(m.path, disk);
       this.db.prepare('UPDATE mirrors SET path = ?, target = ? WHERE disk = ?').run(d.path, `local:${d.path}`, disk);
     })();
+  }
+
+  replicas(): ReplicaRow[] {
+    return this.db.prepare('SELECT * FROM replicas ORDER BY disk').all() as ReplicaRow[];
+  }
+
+  replica(disk: string): ReplicaRow | undefined {
+    return this.db.prepare('SELECT * FROM replicas WHERE disk = ?').get(disk) as ReplicaRow | undefined;
+  }
+
+  insertReplica(row: ReplicaRow): void {
+    this.db.prepare('INSERT INTO replicas (disk, peer, origin_disk, synced, created_disk, created_at) VALUES (@disk, @peer, @origin_disk, @synced, @created_disk, @created_at)').run(row);
+  }
+
+  updateReplica(disk: string, fields: Partial<Pick<ReplicaRow, 'synced'>>): void {
+    if (fields.synced !== undefined) this.db.prepare('UPDATE replicas SET synced = ? WHERE disk = ?').run(fields.synced, disk);
+  }
+
+  deleteReplica(disk: string): void {
+    this.db.prepare('DELETE FROM replicas WHERE disk = ?').run(disk);
+  }
+
+  peers(): PeerRow[] {
+    return this.db.prepare('SELECT * FROM peers ORDER BY name').all() as PeerRow[];
+  }
+
+  peer(name: string): PeerRow | undefined {
+    return this.db.prepare('SELECT * FROM peers WHERE name = ?').get(name) as PeerRow | undefined;
+  }
+
+  peerByFingerprint(fingerprint: string): PeerRow | undefined {
+    return this.db.prepare('SELECT * FROM peers WHERE fingerprint = ?').get(fingerprint) as PeerRow | undefined;
+  }
+
+  insertPeer(row: PeerRow): void {
+    this.db.prepare('INSERT INTO peers (name, address, fingerprint, site_id, created_at) VALUES (@name, @address, @fingerprint, @site_id, @created_at)').run(row);
+  }
+
+  deletePeer(name: string): void {
+    this.db.prepare('DELETE FROM peers WHERE name = ?').run(name);
   }
 
   /** Every path Ferry uses, with who uses it. */

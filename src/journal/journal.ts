@@ -58,6 +58,10 @@ export interface AppendRequest {
   payload: Buffer | null;
   /** FUA: resolve only once durable on every healthy copy. */
   durable: boolean;
+  /** The record's time (a mirror site keeps the primary site's); default: now. */
+  timeMs?: number;
+  /** The sequence number the record must get (a mirror site keeps the primary site's numbering). */
+  expectSeq?: number;
 }
 
 export interface StagedRecord {
@@ -115,6 +119,7 @@ export class Journal extends EventEmitter {
   private generation: number;
   private lastCheckpoint: Buffer | null = null;
   private queue: Pending[] = [];
+  private batchInWrite: Pending[] | null = null;
   private writing = false;
   private failure: FerryError | null = null;
   private spaceWaiters: Array<() => void> = [];
@@ -133,6 +138,11 @@ export class Journal extends EventEmitter {
   private durableWaiters: Array<() => void> = [];
   /** Called synchronously for each written batch, before any append resolves (the overlay index). */
   onWritten: ((records: StagedRecord[]) => void) | null = null;
+  /**
+   * Asked when a record finds no free space: null to wait for space (backpressure), or the
+   * error every waiting append fails with (a mirror's `--on-full fail`). Nothing is written.
+   */
+  fullPolicy: (() => FerryError | null) | null = null;
 
   private constructor(stores: Store[], r: RecoveryResult, log: Logger) {
     super();
@@ -156,12 +166,13 @@ export class Journal extends EventEmitter {
   }
 
   /** Formats new staging copies (all the same size): superblock and a first checkpoint with one consumer. */
-  static async format(stores: Store[], diskName: string, consumer: string): Promise<void> {
+  static async format(stores: Store[], diskName: string, consumer: string, firstSeq = 1): Promise<void> {
+    assert.ok(Number.isSafeInteger(firstSeq) && firstSeq >= 1, 'the first sequence number is a positive integer');
     const areaBytes = Math.min(...stores.map((s) => s.size));
     if (areaBytes < STAGING_BYTES_MIN) throw new FerryError('STAGING_TOO_SMALL', `a staging area needs at least ${STAGING_BYTES_MIN} bytes`);
     const journalId = crypto.randomBytes(8).readBigUInt64LE(0) || 1n;
     const sb = encodeSuperblock({ journalId, areaBytes, createdMs: Date.now(), diskName });
-    const cp = encodeCheckpoint({ generation: 1, journalId, consumers: [{ name: consumer, nextSeq: 1, nextPos: 0, prevCrc: 0 }] });
+    const cp = encodeCheckpoint({ generation: 1, journalId, consumers: [{ name: consumer, nextSeq: firstSeq, nextPos: 0, prevCrc: 0 }] });
     const empty = Buffer.alloc(RECORD_HEADER_BYTES);
     for (const s of stores) {
       await s.write(sb, 0, sb.length, 0);
@@ -233,6 +244,41 @@ export class Journal extends EventEmitter {
     await this.checkpoint();
   }
 
+  /** Disk ranges of appends not yet indexed (queued, or in the batch being written): a mirror's fallback marks them. */
+  unindexedRanges(): Array<{ offset: number; length: number }> {
+    return [...(this.batchInWrite ?? []), ...this.queue].map((p) => ({ offset: p.req.diskOffset, length: p.req.length }));
+  }
+
+  /**
+   * A mirror site's staging area after its primary site skipped records (a resync from a
+   * dirty bitmap): numbering restarts at `firstSeq` at the head. Only when every record is
+   * done for every consumer and nothing is being appended; durable when this resolves.
+   */
+  async rebase(firstSeq: number): Promise<void> {
+    assert.ok(Number.isSafeInteger(firstSeq) && firstSeq >= this.nextSeq, 'a rebase only moves the numbering forward');
+    let release!: () => void;
+    const previous = this.batchLock;
+    this.batchLock = new Promise((r) => (release = r));
+    await previous;
+    try {
+      assert.ok(!this.writing && this.queue.length === 0, 'no append runs during a rebase');
+      for (const c of this.consumers.values()) assert.equal(c.nextSeq, this.nextSeq, 'every consumer is done before a rebase');
+      await this.sync();
+      // Records before firstSeq never come: the chain starts over at the head (J1 holds from here).
+      this.nextSeq = firstSeq;
+      this.lastCrc = 0;
+      this.writtenSeqValue = firstSeq - 1;
+      this.durableSeqValue = firstSeq - 1;
+      for (const [name] of this.consumers) this.consumers.set(name, { name, nextSeq: firstSeq, nextPos: this.headPos, prevCrc: 0 });
+      this.tail = { seq: firstSeq, pos: this.headPos };
+      this.recent.clear();
+      this.recentBytes = 0;
+    } finally {
+      release();
+    }
+    await this.checkpoint();
+  }
+
   hasConsumer(name: string): boolean {
     return this.consumers.has(name);
   }
@@ -292,12 +338,22 @@ export class Journal extends EventEmitter {
           count++;
         }
         if (count === 0) {
+          const refusal = this.fullPolicy?.() ?? null;
+          if (refusal) {
+            for (const p of this.queue.splice(0)) p.reject(refusal);
+            break;
+          }
           this.emit('space-needed');
           await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
           continue;
         }
         const batch = this.queue.splice(0, count);
-        await this.writeBatch(batch, start, bytes);
+        this.batchInWrite = batch;
+        try {
+          await this.writeBatch(batch, start, bytes);
+        } finally {
+          this.batchInWrite = null;
+        }
       }
     } finally {
       this.writing = false;
@@ -317,11 +373,13 @@ export class Journal extends EventEmitter {
       for (const p of batch) {
         const { req } = p;
         const seq = this.nextSeq++;
-        const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs: now, prevCrc: this.lastCrc }, req.payload);
+        assert.ok(req.expectSeq === undefined || req.expectSeq === seq, 'a mirrored record keeps its sequence number');
+        const timeMs = req.timeMs ?? now;
+        const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs, prevCrc: this.lastCrc }, req.payload);
         const span = recordSpan(req.payload?.length ?? 0);
         this.lastCrc = crc;
         const payload = req.payload ? buf.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + req.payload.length) : null;
-        records.push({ seq, pos: start + at, span, type: req.type, flags: req.flags, diskOffset: req.diskOffset, length: req.length, crc, timeMs: now, payload });
+        records.push({ seq, pos: start + at, span, type: req.type, flags: req.flags, diskOffset: req.diskOffset, length: req.length, crc, timeMs, payload });
         at += span;
       }
       assert.equal(at, bytes);

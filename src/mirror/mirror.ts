@@ -1,20 +1,54 @@
 // A mirror of one disk: a target device, the sync engine that brings it level, and a
-// committer (the journal consumer "mirror") that applies every record to it in order.
+// stream (the journal consumer "mirror") that carries every record to it in order: a
+// committer for a local target, or the replication link for a disk at a peer site.
 // State: syncing → in-sync; paused while the administrator holds it. The mirror is
 // consistent (an image the disk really had) once the sync is complete: from then on it
 // only ever receives whole records in order, and a crash replays from its checkpoint.
+import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { DiskStore } from '../disk/store.js';
-import type { Journal } from '../journal/journal.js';
+import type { ConsumerPosition } from '../journal/format.js';
+import type { Journal, StagedRecord } from '../journal/journal.js';
 import { Committer } from '../volume/committer.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
-import { SyncEngine, type SyncMode } from './sync-engine.js';
+import { SYNC_CHUNK_BYTES, SyncEngine, type SyncMode } from './sync-engine.js';
+import { DirtyMap } from './dirty-map.js';
+import { PRIMARY_CONSUMER } from '../volume/committer.js';
+import type { RemoteStream } from '../replication/remote-stream.js';
+import type { MirrorPolicy } from './mirror-policy.js';
+import { verifyMirror, type VerifyReport } from './verify.js';
+
+export type { VerifyReport } from './verify.js';
 
 export const MIRROR_CONSUMER = 'mirror';
 
-export type MirrorState = 'syncing' | 'in-sync' | 'paused';
+export type MirrorState = 'syncing' | 'in-sync' | 'paused' | 'bitmap' | 'resyncing';
+
+/** What carries records to the mirror: a Committer (local target) or a RemoteStream (a peer site). */
+export interface MirrorStream {
+  readonly position: ConsumerPosition;
+  readonly isPaused: boolean;
+  readonly lastError: string | null;
+  appliedTimeMs: number;
+  start(): void;
+  pause(): void;
+  resume(): void;
+  progress(): Promise<void>;
+  drain(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** The replication link of a remote mirror, as status shows it. */
+export interface LinkStatus {
+  state: 'connecting' | 'connected' | 'down';
+  peer: string;
+  lastError: string | null;
+  bytesPerSec: number;
+  shippedBytes: number;
+  reconnects: number;
+}
 
 export interface MirrorStatus {
   disk: string;
@@ -33,15 +67,12 @@ export interface MirrorStatus {
   appliedSeq: number;
   committerError: string | null;
   lastSwapPauseMs: number | null;
-}
-
-export interface VerifyReport {
-  disk: string;
-  bytesCompared: number;
-  regionsVerified: number;
-  regionsSkipped: number;
-  differences: Array<{ offset: number; length: number }>;
-  seconds: number;
+  /** primary: this site holds the disk; replica: this site holds the mirror of a peer's disk. */
+  role: 'primary' | 'replica';
+  link: LinkStatus | null;
+  policy: MirrorPolicy | null;
+  /** Bytes marked dirty while the mirror fell back to its bitmap, still to resync. */
+  dirtyBytes: number;
 }
 
 export interface MirrorOptions {
@@ -55,16 +86,27 @@ export interface MirrorOptions {
   targetIsZero: boolean;
   paused: boolean;
   onSyncCheckpoint: (cursor: number, done: boolean) => void;
+  /** A remote mirror's stream (default: a committer applying records to `target`). */
+  stream?: (admit: (r: StagedRecord) => Promise<void> | null) => MirrorStream;
+  linkStatus?: () => LinkStatus;
+  /** The link of a remote mirror (its bitmap fallback detaches and reattaches it). */
+  remote?: RemoteStream;
+  policy: MirrorPolicy;
+  /** A resync pending from an earlier fallback (loaded at start), else null. */
+  dirty: DirtyMap | null;
+  bitmapFile: string;
+  /** Persists that a bitmap resync is pending (true: the mirror is not in sync) or done. */
+  onResync: (pending: boolean) => void;
   log: Logger;
 }
 
-const verifyAttemptsMax = 5;
-const compareBytes = 4096;
+/** How long writes wait for space before a `bitmap` mirror lets go of the staging area. */
+const fullGraceMs = 500;
 
 export class Mirror {
   readonly disk: string;
   targetLabel: string;
-  readonly committer: Committer;
+  readonly committer: MirrorStream;
   private target: DiskStore;
   private readonly staged: StagedPath;
   private readonly journal: Journal;
@@ -73,6 +115,17 @@ export class Mirror {
   private closed = false;
   private readonly opts: MirrorOptions;
   lastSwapPauseMs: number | null = null;
+  /**
+   * stream: every record goes to the mirror. bitmap: the staging area filled, so the mirror
+   * let go of it (no consumer) and dirty regions are tracked instead. resync: the dirty
+   * regions are being copied while records flow again.
+   */
+  private mode: 'stream' | 'bitmap' | 'resync';
+  private dirty: DirtyMap | null;
+  /** Newest record seq written per sync chunk: which regions a fallback must mark. */
+  private readonly chunkSeq: Float64Array;
+  private scanned: Promise<void> = Promise.resolve();
+  private switching = false;
 
   constructor(opts: MirrorOptions) {
     const staged = opts.volume.staging;
@@ -84,15 +137,180 @@ export class Mirror {
     this.staged = staged;
     this.journal = staged.journal;
     this.syncDone = opts.syncDone;
-    this.committer = new Committer(this.journal, opts.target, opts.log, {
-      consumer: MIRROR_CONSUMER,
-      admit: (r) => this.sync?.admit(r.diskOffset, r.length) ?? null,
-    });
+    const admit = (r: StagedRecord): Promise<void> | null => this.sync?.admit(r.diskOffset, r.length) ?? null;
+    this.committer = opts.stream ? opts.stream(admit) : new Committer(this.journal, opts.target, opts.log, { consumer: MIRROR_CONSUMER, admit });
     if (opts.paused) this.committer.pause();
+    this.dirty = opts.dirty;
+    this.mode = !this.dirty ? 'stream' : this.journal.hasConsumer(MIRROR_CONSUMER) ? 'resync' : 'bitmap';
+    if (this.mode !== 'stream') this.syncDone = false;
+    this.chunkSeq = new Float64Array(Math.ceil(opts.volume.size / SYNC_CHUNK_BYTES) + 1);
+    this.installPolicies();
+  }
+
+  // ---- policies on the write path: bounded lag, and what a full staging area does ----
+
+  private installPolicies(): void {
+    const p = this.opts.policy;
+    this.staged.onIndexed = (records) => {
+      for (const r of records) {
+        if (r.length === 0) continue;
+        const last = Math.floor((r.diskOffset + r.length - 1) / SYNC_CHUNK_BYTES);
+        for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) this.chunkSeq[c] = r.seq;
+        // A write racing the switch to bitmap mode is marked too (persisted before the consumer goes).
+        if (this.mode === 'bitmap') this.dirty?.mark(r.diskOffset, r.length);
+      }
+    };
+    this.staged.beforeAppend = (offset, length) => this.gate(offset, length);
+    if (p.onFull === 'fail') {
+      this.journal.fullPolicy = () =>
+        this.mode === 'stream' && this.isLaggard() ? new FerryError('NO_SPACE', `the staging area of ${this.disk} is full: its mirror (${this.targetLabel}) is behind and the mirror's policy is to fail writes`) : null;
+    }
+    if (p.onFull === 'bitmap' && this.opts.remote) {
+      this.journal.on('space-needed', this.onSpaceNeeded);
+      this.opts.remote.onLinkUp = () => void this.startResync();
+      // Records already staged before this start (a restart) are marked through a scan.
+      this.scanned = this.scanPending();
+    }
+  }
+
+  private uninstallPolicies(): void {
+    this.staged.onIndexed = null;
+    this.staged.beforeAppend = null;
+    this.journal.fullPolicy = null;
+    this.journal.off('space-needed', this.onSpaceNeeded);
+    if (this.opts.remote) this.opts.remote.onLinkUp = null;
+  }
+
+  /** (A method: the mode changes across awaits, which narrowing cannot see.) */
+  private inBitmap(): boolean {
+    return this.mode === 'bitmap';
+  }
+
+  private linkUp(): boolean {
+    return !this.opts.remote || this.opts.remote.state === 'connected';
+  }
+
+  /** What a write waits for before it is staged: its dirty bit on disk (bitmap mode), or the lag to shrink (--max-lag). */
+  private gate(offset: number, length: number): Promise<void> | null {
+    if (this.mode === 'bitmap' && this.dirty) return this.dirty.mark(offset, length) ? this.dirty.persist() : null;
+    const p = this.opts.policy;
+    if ((p.maxLagBytes === null && p.maxLagMs === null) || this.committer.isPaused || !this.linkUp() || !this.lagExceeded()) return null;
+    return this.waitLag();
+  }
+
+  private lagExceeded(): boolean {
+    if (!this.journal.hasConsumer(MIRROR_CONSUMER)) return false;
+    const { lagBytes, lagSeconds } = this.lag();
+    const p = this.opts.policy;
+    return (p.maxLagBytes !== null && lagBytes > p.maxLagBytes) || (p.maxLagMs !== null && lagSeconds * 1000 > p.maxLagMs);
+  }
+
+  /** Holds a write while the mirror is further behind than --max-lag (and its link is up: down, the on-full policy rules). */
+  private async waitLag(): Promise<void> {
+    while (!this.closed && this.mode !== 'bitmap' && !this.committer.isPaused && this.linkUp() && this.lagExceeded()) {
+      await Promise.race([this.committer.progress(), new Promise((r) => setTimeout(r, 50))]);
+    }
+  }
+
+  /** The mirror holds the staging area's oldest record while the primary is past it. */
+  private isLaggard(): boolean {
+    if (!this.journal.hasConsumer(MIRROR_CONSUMER)) return false;
+    return this.journal.consumer(MIRROR_CONSUMER).nextSeq < this.journal.consumer(PRIMARY_CONSUMER).nextSeq;
+  }
+
+  /** Writes wait for space: while they do, and the mirror is what holds the space, fall back after a grace period. */
+  private readonly onSpaceNeeded = (): void => {
+    if (this.mode !== 'stream' || this.switching) return;
+    this.switching = true;
+    const since = Date.now();
+    const check = (): void => {
+      if (this.closed || this.mode !== 'stream' || !this.journal.hasWaitersForSpace) {
+        this.switching = false;
+        return;
+      }
+      // The primary's committer frees its part first; only a mirror still holding the oldest record counts.
+      if (Date.now() - since < fullGraceMs || !this.isLaggard()) {
+        setTimeout(check, 100);
+        return;
+      }
+      this.fallBack()
+        .catch((err) => this.opts.log.error({ err: (err as Error).message }, 'mirror could not fall back to its dirty bitmap; writes wait for space'))
+        .finally(() => (this.switching = false));
+    };
+    setTimeout(check, 100);
+  };
+
+  /** Marks the chunks of every record the mirror has not acknowledged that were staged before this start. */
+  private async scanPending(): Promise<void> {
+    if (!this.journal.hasConsumer(MIRROR_CONSUMER)) return;
+    let pos = this.journal.consumer(MIRROR_CONSUMER);
+    const upTo = this.journal.durableSeq;
+    while (pos.nextSeq <= upTo && !this.closed) {
+      const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, 'mirror-scan');
+      const last = Math.floor((r.diskOffset + Math.max(1, r.length) - 1) / SYNC_CHUNK_BYTES);
+      for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) this.chunkSeq[c] = Math.max(this.chunkSeq[c]!, r.seq);
+      pos = { name: pos.name, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
+    }
+  }
+
+  /**
+   * The staging area is full and the mirror holds it: remember the regions of every record the
+   * mirror lacks (and what its sync has not copied) in the persistent bitmap, then let go of the
+   * staging area. From here each write marks its region before it is acknowledged.
+   */
+  private async fallBack(): Promise<void> {
+    await this.scanned;
+    const remote = this.opts.remote!;
+    const cursor = await this.stopSync();
+    // One synchronous step: from here every write passes the bitmap gate (its bit durable
+    // before it is staged); every earlier one is indexed (chunkSeq) or waiting in the journal.
+    const dirty = DirtyMap.create(this.opts.bitmapFile, this.opts.volume.size, SYNC_CHUNK_BYTES);
+    const from = this.committer.position.nextSeq;
+    for (let c = 0; c < this.chunkSeq.length; c++) if (this.chunkSeq[c]! >= from) dirty.markChunk(c);
+    for (const r of this.journal.unindexedRanges()) dirty.mark(r.offset, r.length);
+    if (!this.syncDone) for (let c = Math.floor(cursor / SYNC_CHUNK_BYTES); c * SYNC_CHUNK_BYTES < this.opts.volume.size; c++) dirty.markChunk(c);
+    this.dirty = dirty;
+    this.mode = 'bitmap';
+    await dirty.persist();
+    this.syncDone = false;
+    this.opts.onResync(true);
+    remote.detach();
+    // Only now may the space go: every region the mirror lacks is in the bitmap on disk.
+    await this.journal.removeConsumer(MIRROR_CONSUMER);
+    this.opts.log.warn({ dirtyBytes: dirty.dirtyBytes }, 'staging area full while the mirror is behind: fell back to the dirty-region bitmap; writes go on, the regions resync when the link returns');
+  }
+
+  /** The link is back: records flow again from the head, and the dirty regions are copied meanwhile. */
+  private async startResync(): Promise<void> {
+    if (this.mode !== 'bitmap' || this.switching || this.closed) return;
+    this.switching = true;
+    try {
+      // A write staged before the consumer is back has its bit set (the gate); one after is streamed.
+      await this.journal.addConsumer(MIRROR_CONSUMER);
+      this.mode = 'resync';
+      this.opts.remote!.reattach();
+      this.opts.log.info({ dirtyBytes: this.dirty!.dirtyBytes }, 'link back: resyncing the dirty regions while records stream again');
+      this.startSync();
+    } finally {
+      this.switching = false;
+    }
+  }
+
+  /** Stops a running sync; resolves with its durable cursor. */
+  private async stopSync(): Promise<number> {
+    const s = this.sync;
+    if (!s) return this.opts.syncCursor;
+    await s.stop();
+    this.opts.syncCursor = s.position;
+    return s.position;
   }
 
   get targetStore(): DiskStore {
     return this.target;
+  }
+
+  get isRemote(): boolean {
+    return this.opts.stream !== undefined;
   }
 
   get isSynced(): boolean {
@@ -115,17 +333,29 @@ export class Mirror {
         await previous.stop();
         this.opts.syncCursor = previous.position;
       }
-      if (this.closed || this.committer.isPaused || this.syncDone) return;
+      if (this.closed || this.committer.isPaused || this.syncDone || this.mode === 'bitmap') return;
+      const dirty = this.mode === 'resync' ? this.dirty : null;
       const engine = new SyncEngine(
         { size: volume.size, read: (b, o, l, off) => volume.readInternal(b, o, l, off), extents: (off, len, max) => volume.extents(off, len, max) },
         this.target,
-        {
-          mode: this.opts.syncMode,
-          targetIsZero: this.opts.targetIsZero,
-          startCursor: this.opts.syncCursor,
-          onCheckpoint: (cursor) => this.opts.onSyncCheckpoint(cursor, false),
-          log: this.opts.log,
-        },
+        dirty
+          ? {
+              // A resync: only the dirty chunks, over what the mirror holds; a chunk's bit goes once it is durable there.
+              mode: 'full',
+              targetIsZero: false,
+              startCursor: 0,
+              only: (chunk) => dirty.has(chunk),
+              onChunkCopied: (chunk) => dirty.clear(chunk),
+              onCheckpoint: () => void dirty.persist().catch((err) => this.opts.log.error({ err: (err as Error).message }, 'could not save the dirty-region bitmap')),
+              log: this.opts.log,
+            }
+          : {
+              mode: this.opts.syncMode,
+              targetIsZero: this.opts.targetIsZero,
+              startCursor: this.opts.syncCursor,
+              onCheckpoint: (cursor) => this.opts.onSyncCheckpoint(cursor, false),
+              log: this.opts.log,
+            },
       );
       this.sync = engine;
       await engine.start();
@@ -141,7 +371,14 @@ export class Mirror {
       }
       // Once the target is synced the mirror is consistent.
       await this.target.sync();
-      if (this.closed || this.syncDone) return;
+      if (this.closed || this.syncDone || this.inBitmap()) return;
+      if (dirty) {
+        assert.equal(dirty.dirtyChunks, 0, 'a resync ends with every dirty region copied');
+        this.mode = 'stream';
+        this.dirty = null;
+        dirty.remove();
+        this.opts.onResync(false);
+      }
       this.syncDone = true;
       this.opts.onSyncCheckpoint(volume.size, true);
     };
@@ -150,16 +387,24 @@ export class Mirror {
 
   get state(): MirrorState {
     if (this.committer.isPaused) return 'paused';
+    if (this.mode === 'bitmap') return 'bitmap';
+    if (this.mode === 'resync') return 'resyncing';
     return this.syncDone ? 'in-sync' : 'syncing';
   }
 
-  status(): MirrorStatus {
+  private lag(): { lagRecords: number; lagBytes: number; lagSeconds: number } {
     const head = this.journal.headPosition();
     const pos = this.committer.position;
-    const lagRecords = head.nextSeq - pos.nextSeq;
+    const lagRecords = Math.max(0, head.nextSeq - pos.nextSeq);
     const ring = this.journal.ringBytes;
     const lagBytes = lagRecords === 0 ? 0 : (head.nextPos - pos.nextPos + ring) % ring || ring;
     const oldest = lagRecords === 0 ? null : (this.journal.recordTime(pos.nextSeq) ?? (this.committer.appliedTimeMs || null));
+    return { lagRecords, lagBytes, lagSeconds: oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000) };
+  }
+
+  status(): MirrorStatus {
+    const pos = this.committer.position;
+    const { lagRecords, lagBytes, lagSeconds } = this.lag();
     const s = this.sync;
     return {
       disk: this.disk,
@@ -174,10 +419,14 @@ export class Mirror {
       syncError: s?.error ?? null,
       lagRecords,
       lagBytes,
-      lagSeconds: oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000),
+      lagSeconds,
       appliedSeq: pos.nextSeq - 1,
       committerError: this.committer.lastError,
       lastSwapPauseMs: this.lastSwapPauseMs,
+      role: 'primary',
+      link: this.opts.linkStatus?.() ?? null,
+      policy: this.opts.policy,
+      dirtyBytes: this.dirty?.dirtyBytes ?? 0,
     };
   }
 
@@ -195,6 +444,7 @@ export class Mirror {
 
   /** Applies every record written so far to the mirror. */
   drain(): Promise<void> {
+    if (this.mode === 'bitmap') return Promise.reject(new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of ${this.disk} fell back to its dirty bitmap; it takes writes again once its link returns`));
     return this.committer.drain();
   }
 
@@ -202,58 +452,23 @@ export class Mirror {
   retarget(target: DiskStore): void {
     this.target = target;
     this.targetLabel = `local:${target.path}`;
+    if (!(this.committer instanceof Committer)) throw new FerryError('NOT_SUPPORTED', 'only a local mirror changes its target');
     this.committer.retarget(target);
   }
 
-  /**
-   * Compares the disk as clients see it with the mirror, region by region, online. A region
-   * written to while it is being compared is compared again (up to 5 times), then reported
-   * as skipped; a region that differs once the mirror has every write made before the
-   * comparison began is a real difference.
-   */
-  async verify(): Promise<VerifyReport> {
+  /** Compares disk and mirror online (see verify.ts). */
+  verify(): Promise<VerifyReport> {
     if (this.committer.isPaused) throw new FerryError('BAD_REQUEST', `resume the mirror of ${this.disk} before verifying it`);
-    const started = Date.now();
-    const size = this.opts.volume.size;
-    const region = this.staged.genRegionBytes;
-    const report: VerifyReport = { disk: this.disk, bytesCompared: 0, regionsVerified: 0, regionsSkipped: 0, differences: [], seconds: 0 };
-    const ours = Buffer.allocUnsafe(region);
-    const theirs = Buffer.allocUnsafe(region);
-    for (let r = 0; r * region < size; r++) {
-      const offset = r * region;
-      const length = Math.min(region, size - offset);
-      let verified = false;
-      for (let attempt = 0; attempt < verifyAttemptsMax && !verified; attempt++) {
-        const gen = this.staged.writeGen[r];
-        const seq = this.journal.writtenSeq;
-        await this.opts.volume.readInternal(ours, 0, length, offset);
-        while (this.committer.position.nextSeq <= seq) {
-          if (this.committer.lastError) throw new FerryError('IO_ERROR', `the mirror cannot keep up: ${this.committer.lastError}`);
-          await Promise.race([this.committer.progress(), new Promise((res) => setTimeout(res, 20))]);
-        }
-        await this.target.read(theirs, 0, length, offset);
-        if (this.staged.writeGen[r] !== gen) continue;
-        verified = true;
-        for (let at = 0; at < length; at += compareBytes) {
-          const n = Math.min(compareBytes, length - at);
-          if (ours.compare(theirs, at, at + n, at, at + n) !== 0) {
-            const last = report.differences[report.differences.length - 1];
-            if (last && last.offset + last.length === offset + at) last.length += n;
-            else report.differences.push({ offset: offset + at, length: n });
-          }
-        }
-        report.bytesCompared += length;
-      }
-      if (verified) report.regionsVerified++;
-      else report.regionsSkipped++;
-    }
-    report.seconds = (Date.now() - started) / 1000;
-    return report;
+    if (this.mode !== 'stream') throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of ${this.disk} is ${this.state}: it is not comparable until its resync completes`);
+    return verifyMirror({ disk: this.disk, volume: this.opts.volume, staged: this.staged, journal: this.journal, stream: this.committer, target: this.target });
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    this.uninstallPolicies();
+    // The stream first: a remote one fails the sync's pending link requests, so the sync can stop.
+    const streamStopped = this.committer.stop();
     await this.sync?.stop();
-    await this.committer.stop();
+    await streamStopped;
   }
 }

@@ -10,6 +10,7 @@
 // one in the group starts the next group, so overlapping writes land in order.
 // A failing primary is retried with bounded backoff; acknowledged data stays safe in
 // the staging area (and readable through the overlay) meanwhile.
+import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { DiskStore } from '../disk/store.js';
@@ -45,6 +46,8 @@ export class Committer {
   private paused = false;
   private stopped = false;
   private loop: Promise<void> | null = null;
+  /** The step running now (its group may be half applied until it ends). */
+  private stepping: Promise<void> = Promise.resolve();
   private dirty = false;
   private lastCheckpointMs = Date.now();
   private bytesSinceCheckpoint = 0;
@@ -87,6 +90,20 @@ export class Committer {
     return this.paused;
   }
 
+  /** Pauses and resolves once no group is being applied: the target then stops changing. */
+  async pauseSettled(): Promise<void> {
+    this.pause();
+    this.kick();
+    await this.stepping.catch(() => undefined);
+  }
+
+  /** Takes the journal's position again (after Journal.rebase on a mirror site: nothing was pending). */
+  reposition(): void {
+    assert.ok(this.journal.writtenSeq < this.journal.consumer(this.consumerName).nextSeq, 'a committer is repositioned only with nothing pending');
+    this.pos = this.journal.consumer(this.consumerName);
+    this.dirty = false;
+  }
+
   /** Points the committer at another target (a swap of roles; the caller holds the I/O gate and has drained). */
   retarget(target: DiskStore): void {
     this.target = target;
@@ -122,7 +139,8 @@ export class Committer {
     let retryMs = 100;
     while (!this.stopped) {
       try {
-        await this.step();
+        this.stepping = this.step();
+        await this.stepping;
         retryMs = 100;
         this.lastError = null;
       } catch (err) {

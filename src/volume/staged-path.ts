@@ -24,6 +24,10 @@ export class StagedPath {
   /** Writes started per region of genRegionBytes (wrapping counters; at most 4 MiB of memory). */
   readonly writeGen: Uint32Array;
   readonly genRegionBytes: number;
+  /** A mirror's gate on the write path (bounded lag, dirty bitmap): what to wait for before a record is appended. */
+  beforeAppend: ((offset: number, length: number) => Promise<void> | null) | null = null;
+  /** Called with each written batch once it is indexed (before any of its appends resolves). */
+  onIndexed: ((records: StagedRecord[]) => void) | null = null;
 
   constructor(
     readonly journal: Journal,
@@ -62,6 +66,7 @@ export class StagedPath {
       const kind = r.type === RecordType.WRITE ? ExtentKind.DATA : ExtentKind.ZERO;
       this.overlay.insert({ start: r.diskOffset, end: r.diskOffset + r.length, seq: r.seq, kind, jpos: kind === ExtentKind.DATA ? r.pos + RECORD_HEADER_BYTES : -1 });
     }
+    this.onIndexed?.(records);
   }
 
   private bumpGen(offset: number, length: number): void {
@@ -75,7 +80,25 @@ export class StagedPath {
       this.committer.kick();
       await this.committer.progress();
     }
+    const gate = this.beforeAppend?.(offset, length);
+    if (gate) await gate;
     await this.journal.append({ type, flags, diskOffset: offset, length, payload, durable: fua });
+  }
+
+  /**
+   * A mirror site's copies of a primary site's records: the same sequence numbers and times,
+   * appended in one go (in order, sharing batches); resolves once all are written.
+   */
+  async appendMirrored(records: Array<{ seq: number; type: RecordTypeValue; flags: number; diskOffset: number; length: number; timeMs: number; payload: Buffer | null }>): Promise<void> {
+    while (this.overlay.size >= overlayExtentsMax) {
+      this.committer.kick();
+      await this.committer.progress();
+    }
+    const appends = records.map((r) => {
+      if (r.length > 0) this.bumpGen(r.diskOffset, r.length);
+      return this.journal.append({ type: r.type, flags: r.flags, diskOffset: r.diskOffset, length: r.length, payload: r.payload, durable: false, timeMs: r.timeMs, expectSeq: r.seq });
+    });
+    await Promise.all(appends);
   }
 
   write(buf: Buffer, bufOffset: number, length: number, offset: number, fua: boolean): Promise<void> {

@@ -146,7 +146,7 @@ describe('ferry serve', () => {
       ['--api', 'localhost'],
       ['--api', '127.0.0.1:70000'],
     ] as const) {
-      const other = flag === '--nbd' ? ['--api', '127.0.0.1:0'] : ['--nbd', '127.0.0.1:0'];
+      const other = [...(flag === '--nbd' ? ['--api', '127.0.0.1:0'] : ['--nbd', '127.0.0.1:0']), '--repl', '127.0.0.1:0'];
       const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', dataDir, flag, value, ...other], { timeoutMs: 30_000 });
       const what = `serve ${flag} ${JSON.stringify(value)} → ${r.code} ${r.stderr}`;
       assert.ok(r.code !== 0 && r.code !== null, what);
@@ -154,7 +154,7 @@ describe('ferry serve', () => {
       assert.ok(!r.stdout.includes('listening'), what);
       assert.deepEqual(fs.readdirSync(parent), [], `${what}: nothing created`);
     }
-    const tls = await run(process.execPath, [FERRY_BIN, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--tls', 'maybe'], { timeoutMs: 30_000 });
+    const tls = await run(process.execPath, [FERRY_BIN, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--repl', '127.0.0.1:0', '--tls', 'maybe'], { timeoutMs: 30_000 });
     assert.equal(tls.code, 2, tls.stderr);
     assert.match(tls.stderr, /--tls/);
     fs.rmSync(parent, { recursive: true, force: true });
@@ -164,7 +164,7 @@ describe('ferry serve', () => {
     const d = await startFerryd();
     try {
       const other = tmpDir();
-      const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', other, '--nbd', d.nbdAddress, '--api', '127.0.0.1:0'], { timeoutMs: 30_000 });
+      const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', other, '--nbd', d.nbdAddress, '--api', '127.0.0.1:0', '--repl', '127.0.0.1:0'], { timeoutMs: 30_000 });
       fs.rmSync(other, { recursive: true, force: true });
       assert.ok(r.code !== 0 && r.code !== null, r.stderr);
       assert.match(r.stderr, /EADDRINUSE/);

@@ -121,8 +121,8 @@ describe('mirror refusals change nothing', () => {
     await refused(create('r', `local:${path.join(work, 'no-such-dir', 'new.img')}`, ...withStaging('s11')), 'PATH_NOT_FOUND');
     await refused(create('r', `foo:${path.join(work, 'new.img')}`, ...withStaging('s12')), 'INVALID_TARGET');
     await refused(create('r', 'foo', ...withStaging('s13')), 'INVALID_TARGET');
-    const remote = await refused(create('r', 'site2:vol1', ...withStaging('s14')), 'NOT_SUPPORTED');
-    assert.match(remote, /site2:vol1/);
+    const remote = await refused(create('r', 'site2:vol1', ...withStaging('s14')), 'PEER_NOT_FOUND');
+    assert.match(remote, /site2/);
   });
 
   it('staging: none and no --staging (NO_STAGING), --staging on a disk that has one (STAGING_EXISTS), a second mirror (MIRROR_EXISTS), checksum onto a new file', T, async () => {

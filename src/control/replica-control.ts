@@ -1,0 +1,238 @@
+// The control layer's management of replicas: the disks this site holds as the mirror of
+// a disk at a peer site. A replica is a normal disk with a staging area whose records come
+// from the replication link (src/replication/receiver.ts) instead of NBD clients; NBD
+// clients may read it but not write it (the volume's replica hold) until the primary site
+// removes the mirror, which releases it. A replica's staging area is formatted to start at
+// the primary site's sequence number, so both sites number each record alike (R2).
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { FerryError } from '../errors.js';
+import { STAGING_BYTES_MIN } from '../journal/journal.js';
+import type { ReplicaHandle, ReplicaHost } from '../replication/receiver.js';
+import type { Volume } from '../volume/volume.js';
+import type { MirrorStatus } from '../mirror/mirror.js';
+import type { DiskRegistry } from './disk-registry.js';
+import { validateName } from './names.js';
+import type { StagingControl } from './staging-control.js';
+import type { DiskRow, MetadataStore, ReplicaRow } from './store.js';
+
+/** The staging area of a replica: as large as the primary site's, within these bounds. */
+const replicaStagingBytesMax = 64 * 1024 * 1024 * 1024;
+export const REPLICA_STAGING_DIR = 'replica-staging';
+/** Silence after which the link counts as down here (the primary site sends a heartbeat every second). */
+const linkSilenceMsMax = 5000;
+
+export class ReplicaControl implements ReplicaHost {
+  private readonly handles = new Map<string, ReplicaHandle>();
+  private readonly creating = new Set<string>();
+
+  constructor(
+    private readonly store: MetadataStore,
+    private readonly disks: DiskRegistry,
+    private readonly staging: StagingControl,
+    private readonly dataDir: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** At daemon start, after the staging area is open: a replica is held read-only again. */
+  openAtStart(row: DiskRow, volume: Volume): void {
+    const r = this.store.replica(row.name);
+    if (!r) return;
+    if (!volume.staging) {
+      this.log.error({ disk: row.name }, 'replica without its staging area: it cannot receive records');
+      return;
+    }
+    volume.setReplicaHold(true);
+    this.handles.set(row.name, this.newHandle(row.name, volume, r.peer));
+  }
+
+  isReplica(disk: string): boolean {
+    return this.store.replica(disk) !== undefined;
+  }
+
+  private newHandle(disk: string, volume: Volume, peer: string): ReplicaHandle {
+    return {
+      disk,
+      volume,
+      staged: volume.staging!,
+      primary: volume.primaryStore,
+      link: { connected: false, peer, lastHeardMs: 0, originHeadSeq: 0, durableSeq: volume.staging!.journal.durableSeq, receivedBytes: 0, originLag: null },
+      dropSession: null,
+    };
+  }
+
+  async attach(peer: string, meta: Record<string, unknown>): Promise<{ handle: ReplicaHandle; created: boolean }> {
+    const disk = meta.disk;
+    const originDisk = meta.originDisk;
+    const size = meta.size;
+    if (typeof disk !== 'string' || typeof originDisk !== 'string' || typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0) {
+      throw new FerryError('BAD_REQUEST', 'attach needs disk, originDisk and size');
+    }
+    validateName('disk', disk);
+    const row = this.store.replica(disk);
+    if (row) {
+      if (row.peer !== peer || row.origin_disk !== originDisk) {
+        throw new FerryError('DISK_BUSY', `disk '${disk}' is the replica of ${row.peer}:${row.origin_disk}, not of ${peer}:${originDisk}`);
+      }
+      const h = this.handles.get(disk);
+      if (!h) throw new FerryError('DISK_UNAVAILABLE', `replica '${disk}' is not online here`);
+      if (typeof meta.synced === 'boolean') this.setSynced(disk, meta.synced);
+      return { handle: h, created: false };
+    }
+    if (meta.create !== true) throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica of ${peer}:${originDisk} here (was the mirror removed at this site?)`);
+    if (this.creating.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being created`);
+    this.creating.add(disk);
+    try {
+      return await this.create(peer, disk, originDisk, size, meta);
+    } finally {
+      this.creating.delete(disk);
+    }
+  }
+
+  private async create(peer: string, disk: string, originDisk: string, size: number, meta: Record<string, unknown>): Promise<{ handle: ReplicaHandle; created: boolean }> {
+    const firstSeq = meta.firstSeq;
+    if (typeof firstSeq !== 'number' || !Number.isSafeInteger(firstSeq) || firstSeq < 1) throw new FerryError('BAD_REQUEST', 'attach needs firstSeq');
+    const wanted = typeof meta.stagingBytes === 'number' ? meta.stagingBytes : STAGING_BYTES_MIN;
+    const stagingBytes = Math.min(replicaStagingBytesMax, Math.max(STAGING_BYTES_MIN, Math.floor(wanted / 4096) * 4096));
+    let createdDisk = false;
+    const existing = this.store.disk(disk);
+    if (existing) {
+      // An existing disk is used only if nothing else uses it and it can hold the mirror.
+      const { volume } = this.disks.entry(disk);
+      if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${disk}' is unavailable here`);
+      if (this.store.staging(disk) || this.store.mirror(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' already has a staging area or a mirror here`);
+      if (volume.attachedClients > 0) throw new FerryError('DISK_BUSY', `disk '${disk}' has NBD clients here`);
+      if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${disk}' is read-only here`);
+      if (volume.size < size) throw new FerryError('TARGET_TOO_SMALL', `disk '${disk}' holds ${volume.size} bytes here; the mirror needs ${size}`);
+    } else {
+      await this.disks.create({ name: disk, size });
+      createdDisk = true;
+    }
+    const dir = path.join(this.dataDir, REPLICA_STAGING_DIR);
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const stagingPath = path.join(dir, `${disk}.stg`);
+    try {
+      fs.rmSync(stagingPath, { force: true }); // left over from a replica removed before a crash
+      await this.staging.attach({ disk, path: stagingPath, size: stagingBytes, firstSeq });
+    } catch (err) {
+      if (createdDisk) await this.disks.remove(disk, { purge: true }).catch(() => undefined);
+      throw err;
+    }
+    const row: ReplicaRow = { disk, peer, origin_disk: originDisk, synced: 0, created_disk: createdDisk ? 1 : 0, created_at: Date.now() };
+    this.store.insertReplica(row);
+    const { volume } = this.disks.entry(disk);
+    volume!.setReplicaHold(true);
+    const h = this.newHandle(disk, volume!, peer);
+    this.handles.set(disk, h);
+    this.log.info({ disk, peer, originDisk, firstSeq, createdDisk }, 'replica created');
+    // A disk Ferry just created reads as zeroes: the sync need not write holes.
+    return { handle: h, created: createdDisk };
+  }
+
+  setSynced(disk: string, synced: boolean): void {
+    const row = this.store.replica(disk);
+    if (row && row.synced !== (synced ? 1 : 0)) {
+      this.store.updateReplica(disk, { synced: synced ? 1 : 0 });
+      this.log.info({ disk, synced }, synced ? 'replica synced: it holds an image the primary site had' : 'replica resyncing: not consistent until the sync completes');
+    }
+  }
+
+  /** The primary site removed the mirror: every record goes to the disk, which then is a normal, writable disk. */
+  async release(disk: string): Promise<void> {
+    const h = this.handles.get(disk);
+    if (!h) return;
+    if (h.staged.committer.isPaused) h.staged.committer.resume();
+    await this.staging.detach(disk, { replica: true });
+    this.store.deleteReplica(disk);
+    this.handles.delete(disk);
+    h.volume.setReplicaHold(false);
+    this.log.info({ disk }, 'replica released by the primary site: it is a normal disk now');
+  }
+
+  /** Status in the same shape as a mirror's, seen from this (the mirror) site: role 'replica', target = the source. */
+  status(disk?: string): MirrorStatus[] {
+    const names = disk !== undefined ? [disk] : [...this.handles.keys()].sort();
+    const out: MirrorStatus[] = [];
+    for (const name of names) {
+      const h = this.handles.get(name);
+      const row = this.store.replica(name);
+      if (!h || !row) continue;
+      const j = h.staged.journal;
+      const stats = j.stats();
+      const silentMs = h.link.lastHeardMs ? Date.now() - h.link.lastHeardMs : 0;
+      // The primary site's figures as of its last frame; while it is silent, the lag can only have grown by the silence.
+      // Records: what the primary site had written at its last frame, less what is durable here.
+      // Bytes and seconds: the primary site's figures from that frame, growing by the silence
+      // while the link is down (it may be writing all along).
+      const lag = h.link.originLag ?? { records: 0, bytes: 0, seconds: 0 };
+      const lagRecords = Math.max(0, h.link.originHeadSeq - j.durableSeq);
+      // The primary site sends at least a heartbeat a second: a silent session is a dead link.
+      const live = h.link.connected && silentMs < linkSilenceMsMax;
+      const behind = lagRecords > 0 || !live;
+      const staleS = live ? 0 : silentMs / 1000;
+      out.push({
+        disk: name,
+        target: `${row.peer}:${row.origin_disk}`,
+        state: h.staged.committer.isPaused ? 'paused' : row.synced ? 'in-sync' : 'syncing',
+        consistent: row.synced === 1,
+        syncMode: 'full',
+        syncProgress: row.synced ? 1 : 0,
+        syncBytes: 0,
+        syncBytesPerSec: 0,
+        syncEtaSeconds: null,
+        syncError: null,
+        lagRecords,
+        lagBytes: behind ? lag.bytes : 0,
+        lagSeconds: behind ? lag.seconds + staleS : 0,
+        appliedSeq: h.staged.committer.position.nextSeq - 1,
+        committerError: h.staged.committer.lastError ?? (stats.copies.every((c) => !c.healthy) ? 'staging area failed' : null),
+        lastSwapPauseMs: null,
+        role: 'replica',
+        link: {
+          state: live ? 'connected' : 'down',
+          peer: row.peer,
+          lastError: live || !h.link.lastHeardMs ? null : `nothing heard from ${row.peer} for ${Math.round(silentMs / 1000)} s`,
+          bytesPerSec: 0,
+          shippedBytes: h.link.receivedBytes,
+          reconnects: 0,
+        },
+        policy: null,
+        dirtyBytes: 0,
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Holds (or resumes) applying received records to the replica disk: the disk file then
+   * stays a fixed image the primary site had (for a backup or a check) while records still
+   * arrive and are made durable in the staging area, which the hold fills.
+   */
+  async holdApply(disk: string, hold: boolean): Promise<MirrorStatus> {
+    const h = this.handles.get(disk);
+    const row = this.store.replica(disk);
+    if (!h || !row) throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica`);
+    const c = h.staged.committer;
+    if (hold) {
+      if (!row.synced) throw new FerryError('MIRROR_NOT_IN_SYNC', `replica '${disk}' is still syncing; its image is not one the primary site had`);
+      if (c.isPaused) throw new FerryError('BAD_REQUEST', `applying to replica '${disk}' is already paused`);
+      // Answered only once the group being applied is complete: the file is then a whole image.
+      await c.pauseSettled();
+    } else {
+      if (!c.isPaused) throw new FerryError('BAD_REQUEST', `applying to replica '${disk}' is not paused`);
+      c.resume();
+    }
+    this.log.info({ disk, hold }, hold ? 'replica apply paused: the disk image is frozen; records gather in the staging area' : 'replica apply resumed');
+    return this.status(disk)[0]!;
+  }
+
+  /** Peers that replicas here belong to (a peer in use is not removed). */
+  usesPeer(peer: string): boolean {
+    return this.store.replicas().some((r) => r.peer === peer);
+  }
+
+  close(): void {
+    for (const h of this.handles.values()) void h.dropSession?.();
+  }
+}

@@ -1,0 +1,189 @@
+// Framing of the site-to-site replication protocol (the replication layer owns the link
+// between two ferryd: pairing, authentication, and the ordered stream of records and
+// sync chunks from a primary site to its mirror site). Every message is one frame:
+//
+//   0 magic u32 "FRPL" | 4 type u8 | 5 flags u8 | 6 reserved u16
+//   8 metaBytes u32 | 12 payloadBytes u32 | 16 crc u32 (CRC32C of meta and payload)
+//   20 meta (UTF-8 JSON object) | payload (raw bytes)
+//
+// Both lengths are bounded before anything is buffered, so a peer (or garbage on the
+// port) can never make us hold more than one frame of the largest legal size; the CRC
+// catches corruption that TLS would not (a bug on either side, a bad NIC offload).
+import type { Duplex } from 'node:stream';
+import { crc32c } from '@node-rs/crc32';
+import { FerryError } from '../errors.js';
+
+export const FRAME_MAGIC = 0x4c505246; // "FRPL" read as little-endian u32
+export const FRAME_HEADER_BYTES = 20;
+export const FRAME_META_BYTES_MAX = 64 * 1024;
+/** The largest payload: a batch of records or one sync chunk, with room for headers. */
+export const FRAME_PAYLOAD_BYTES_MAX = 40 * 1024 * 1024;
+
+export const FrameType = {
+  /** Client → server, first frame of an authenticated session: { site, purpose }. */
+  HELLO: 1,
+  HELLO_OK: 2,
+  /** Either side: { code, message }; the sender closes the connection after it. */
+  ERROR: 3,
+  /** Client → server, first frame of a pairing: { site, proof }. */
+  PAIR: 4,
+  PAIR_OK: 5,
+  /** Request/response pairs on a session: meta carries { id, op, ... }. */
+  REQUEST: 8,
+  RESPONSE: 9,
+  /** Primary → mirror: a batch of records; meta { disk, firstSeq, records: [...] }. */
+  RECORDS: 16,
+  /** Mirror → primary: every record up to meta.durableSeq is durable on the mirror site. */
+  ACK: 17,
+  /** Primary → mirror: sync data for one region; meta { disk, id, offset, length, zero }. */
+  CHUNK: 18,
+} as const;
+export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
+
+export const FrameFlag = { ZSTD: 1 } as const;
+
+export interface Frame {
+  type: number;
+  flags: number;
+  meta: Record<string, unknown>;
+  payload: Buffer;
+}
+
+/** One buffer per frame: the socket gets it in one write. */
+export function encodeFrame(type: FrameTypeValue, meta: object, payload?: Buffer, flags = 0): Buffer {
+  const metaBuf = Buffer.from(JSON.stringify(meta), 'utf8');
+  const payloadBytes = payload?.length ?? 0;
+  if (metaBuf.length > FRAME_META_BYTES_MAX) throw new FerryError('BAD_REQUEST', `frame metadata too large (${metaBuf.length} bytes)`);
+  if (payloadBytes > FRAME_PAYLOAD_BYTES_MAX) throw new FerryError('BAD_REQUEST', `frame payload too large (${payloadBytes} bytes)`);
+  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + metaBuf.length + payloadBytes);
+  out.writeUInt32LE(FRAME_MAGIC, 0);
+  out.writeUInt8(type, 4);
+  out.writeUInt8(flags, 5);
+  out.writeUInt16LE(0, 6);
+  out.writeUInt32LE(metaBuf.length, 8);
+  out.writeUInt32LE(payloadBytes, 12);
+  metaBuf.copy(out, FRAME_HEADER_BYTES);
+  if (payload) payload.copy(out, FRAME_HEADER_BYTES + metaBuf.length);
+  out.writeUInt32LE(crc32c(out.subarray(FRAME_HEADER_BYTES)), 16);
+  return out;
+}
+
+export class ProtocolError extends FerryError {
+  constructor(message: string) {
+    super('REPL_PROTOCOL', message);
+  }
+}
+
+/**
+ * Reads whole frames from a stream. At most one frame is buffered beyond what the caller
+ * has taken: the stream is paused while a complete frame waits to be read.
+ */
+export class FrameReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private ended: Error | null = null;
+  private waiter: { resolve: (f: Frame | null) => void; reject: (e: Error) => void } | null = null;
+  private readonly onData = (chunk: Buffer): void => {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.pump();
+  };
+  private readonly onEnd = (): void => this.finish(null);
+  private readonly onError = (err: Error): void => this.finish(err);
+
+  constructor(private readonly stream: Duplex) {
+    stream.on('data', this.onData);
+    stream.on('end', this.onEnd);
+    stream.on('close', this.onEnd);
+    stream.on('error', this.onError);
+  }
+
+  /** The next frame, or null once the peer closed cleanly. Rejects on garbage or a reset. */
+  next(): Promise<Frame | null> {
+    if (this.waiter) return Promise.reject(new Error('FrameReader: concurrent next()'));
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+      this.pump();
+    });
+  }
+
+  detach(): void {
+    this.stream.off('data', this.onData);
+    this.stream.off('end', this.onEnd);
+    this.stream.off('close', this.onEnd);
+    this.stream.off('error', this.onError);
+  }
+
+  private pump(): void {
+    if (this.buffered < FRAME_HEADER_BYTES) return this.more();
+    const head = this.peek(FRAME_HEADER_BYTES);
+    try {
+      if (head.readUInt32LE(0) !== FRAME_MAGIC) throw new ProtocolError('not a Ferry replication frame (bad magic)');
+      const metaBytes = head.readUInt32LE(8);
+      const payloadBytes = head.readUInt32LE(12);
+      if (metaBytes > FRAME_META_BYTES_MAX) throw new ProtocolError(`frame metadata of ${metaBytes} bytes exceeds ${FRAME_META_BYTES_MAX}`);
+      if (payloadBytes > FRAME_PAYLOAD_BYTES_MAX) throw new ProtocolError(`frame payload of ${payloadBytes} bytes exceeds ${FRAME_PAYLOAD_BYTES_MAX}`);
+      const total = FRAME_HEADER_BYTES + metaBytes + payloadBytes;
+      if (this.buffered < total) return this.more();
+      if (!this.waiter) {
+        this.stream.pause();
+        return;
+      }
+      const all = this.take(total);
+      if (crc32c(all.subarray(FRAME_HEADER_BYTES)) !== all.readUInt32LE(16)) throw new ProtocolError('frame checksum mismatch');
+      let meta: unknown;
+      try {
+        meta = JSON.parse(all.toString('utf8', FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + metaBytes));
+      } catch {
+        throw new ProtocolError('frame metadata is not JSON');
+      }
+      if (typeof meta !== 'object' || meta === null || Array.isArray(meta)) throw new ProtocolError('frame metadata is not an object');
+      const frame: Frame = { type: all.readUInt8(4), flags: all.readUInt8(5), meta: meta as Record<string, unknown>, payload: all.subarray(FRAME_HEADER_BYTES + metaBytes) };
+      const w = this.waiter;
+      this.waiter = null;
+      w.resolve(frame);
+    } catch (err) {
+      this.ended ??= err as Error;
+      this.stream.destroy();
+      this.deliverEnd();
+    }
+  }
+
+  /** The frame is incomplete: read on, or report the end if no more will come. */
+  private more(): void {
+    if (this.ended !== null || this.streamEnded) return this.deliverEnd();
+    this.stream.resume();
+  }
+
+  private streamEnded = false;
+
+  private finish(err: Error | null): void {
+    if (err) this.ended ??= err;
+    this.streamEnded = true;
+    if (err) this.deliverEnd();
+    else this.pump();
+  }
+
+  private deliverEnd(): void {
+    if (!this.waiter || !(this.streamEnded || this.ended)) return;
+    const w = this.waiter;
+    this.waiter = null;
+    if (this.ended) w.reject(this.ended);
+    else if (this.buffered > 0) w.reject(new ProtocolError('connection closed in the middle of a frame'));
+    else w.resolve(null);
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length < n) this.chunks = [Buffer.concat(this.chunks, this.buffered)];
+    return this.chunks[0]!.subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
+    const out = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.chunks = rest.length ? [rest] : [];
+    this.buffered = rest.length;
+    return out;
+  }
+}

@@ -1,0 +1,264 @@
+// The mirror site's end of a remote mirror: one authenticated session from the primary
+// site, bound by its first request (attach) to one replica disk. Frames are handled
+// strictly in arrival order: records are appended to the replica's own staging area with
+// the primary site's sequence numbers and acknowledged once durable (R2, R3); sync chunks
+// are written to the disk only after every record received before them is applied (R6).
+// The replica's own committer applies records in order (R5). See remote-stream.ts for the
+// invariants of the whole link.
+import assert from 'node:assert';
+import type { Logger } from 'pino';
+import { FerryError } from '../errors.js';
+import type { DiskStore } from '../disk/store.js';
+import { RecordType, type RecordTypeValue } from '../journal/format.js';
+import type { StagedPath } from '../volume/staged-path.js';
+import type { Volume } from '../volume/volume.js';
+import { encodeFrame, FRAME_PAYLOAD_BYTES_MAX, FrameFlag, FrameType, ProtocolError, type Frame } from './frame.js';
+import { zstdPool } from './zstd-pool.js';
+import type { PeerSession } from './peer-session.js';
+
+/** What the receiver knows of the link, for status on the mirror site. */
+export interface ReplicaLinkInfo {
+  connected: boolean;
+  peer: string;
+  lastHeardMs: number;
+  /** The newest record the primary site had written when it last told us. */
+  originHeadSeq: number;
+  /** The newest record made durable here. */
+  durableSeq: number;
+  receivedBytes: number;
+  /** The primary site's view of our lag, from its last frame. */
+  originLag: { records: number; bytes: number; seconds: number } | null;
+}
+
+export interface ReplicaHandle {
+  disk: string;
+  volume: Volume;
+  staged: StagedPath;
+  primary: DiskStore;
+  link: ReplicaLinkInfo;
+  /** Ends the session currently attached (a newer one replaces it); resolves once it has stopped. */
+  dropSession: (() => Promise<void>) | null;
+}
+
+export interface ReplicaHost {
+  /** Finds (or, when allowed, creates) the replica the primary site names; validates it belongs to this peer. */
+  attach(peer: string, meta: Record<string, unknown>): Promise<{ handle: ReplicaHandle; created: boolean }>;
+  setSynced(disk: string, synced: boolean): void;
+  /** The primary site removed the mirror: drain, release the disk (it becomes a normal disk). */
+  release(disk: string): Promise<void>;
+}
+
+const recordTypes = new Set<number>([RecordType.WRITE, RecordType.ZERO, RecordType.TRIM]);
+
+export class Receiver {
+  private handle: ReplicaHandle | null = null;
+  private ackChain: Promise<void> = Promise.resolve();
+  private closed = false;
+  private finished: Promise<void> = Promise.resolve();
+  private lastSentMs = Date.now();
+
+  constructor(
+    private readonly session: PeerSession,
+    private readonly host: ReplicaHost,
+    private readonly log: Logger,
+  ) {}
+
+  /** Serves the session until it ends; never throws. */
+  run(): Promise<void> {
+    this.finished = this.serve();
+    return this.finished;
+  }
+
+  private async serve(): Promise<void> {
+    const { socket, reader, peer } = this.session;
+    // While a long request runs (a chunk waiting for the backlog to be applied), the primary
+    // site still hears from us: an acknowledgement of what is durable is always true.
+    const keepalive = setInterval(() => {
+      if (this.handle && Date.now() - this.lastSentMs >= 2000) this.send(encodeFrame(FrameType.ACK, { durableSeq: this.handle.link.durableSeq }));
+    }, 1000);
+    try {
+      for (;;) {
+        const f = await reader.next();
+        // A newer session replaced this one: frames still buffered here must not be applied.
+        if (f === null || this.closed) break;
+        if (this.handle) this.handle.link.lastHeardMs = Date.now();
+        if (f.flags & FrameFlag.ZSTD) f.payload = await zstdPool().decompress(f.payload, FRAME_PAYLOAD_BYTES_MAX);
+        if (f.type === FrameType.REQUEST) await this.onRequest(f);
+        else if (f.type === FrameType.RECORDS) await this.onRecords(f);
+        else throw new ProtocolError(`unexpected frame type ${f.type}`);
+      }
+    } catch (err) {
+      const e = err as Error;
+      if (!this.closed) {
+        this.log.warn({ peer: peer.name, disk: this.handle?.disk, err: e.message }, 'replication session ended with an error');
+        if (e instanceof FerryError) this.send(encodeFrame(FrameType.ERROR, { code: e.code, message: e.message }));
+      }
+    } finally {
+      clearInterval(keepalive);
+      this.closed = true;
+      await this.ackChain.catch(() => undefined);
+      socket.end();
+      setTimeout(() => socket.destroy(), 1000).unref();
+      if (this.handle && this.handle.dropSession === this.drop) {
+        this.handle.dropSession = null;
+        this.handle.link.connected = false;
+      }
+    }
+  }
+
+  private readonly drop = (): Promise<void> => {
+    this.closed = true;
+    this.session.socket.destroy();
+    return this.finished;
+  };
+
+  private send(frame: Buffer): void {
+    if (this.closed || this.session.socket.destroyed) return;
+    this.session.socket.write(frame);
+    this.lastSentMs = Date.now();
+  }
+
+  private respond(id: unknown, meta: Record<string, unknown> = {}, payload?: Buffer): void {
+    this.send(encodeFrame(FrameType.RESPONSE, { ...meta, id }, payload));
+  }
+
+  private bound(): ReplicaHandle {
+    if (!this.handle) throw new ProtocolError('the session must attach to a disk first');
+    return this.handle;
+  }
+
+  private async onRequest(f: Frame): Promise<void> {
+    const { id, op } = f.meta;
+    try {
+      if (op === 'attach') return await this.onAttach(f);
+      const h = this.bound();
+      if (f.meta.disk !== h.disk) throw new ProtocolError(`this session is attached to ${h.disk}`);
+      switch (op) {
+        case 'write':
+        case 'zero': {
+          const { offset, length } = checkRange(f.meta, h.volume.size);
+          if (op === 'write' && f.payload.length !== length) throw new ProtocolError('chunk payload length mismatch');
+          await this.settle(h);
+          if (op === 'write') await h.primary.write(f.payload, 0, length, offset);
+          else await h.primary.zero(offset, length, true, false);
+          return this.respond(id);
+        }
+        case 'sync':
+          await h.primary.sync();
+          return this.respond(id);
+        case 'read': {
+          const { offset, length } = checkRange(f.meta, h.volume.size);
+          if (length > 32 * 1024 * 1024) throw new ProtocolError('read too large');
+          const buf = Buffer.allocUnsafe(length);
+          await h.volume.readInternal(buf, 0, length, offset);
+          return this.respond(id, {}, buf);
+        }
+        case 'synced':
+          this.host.setSynced(h.disk, f.meta.synced === true);
+          return this.respond(id);
+        case 'release':
+          await this.ackChain;
+          await this.host.release(h.disk);
+          return this.respond(id);
+        default:
+          throw new ProtocolError(`unknown request ${String(op)}`);
+      }
+    } catch (err) {
+      if (err instanceof ProtocolError) throw err;
+      const e = err as Error;
+      const code = e instanceof FerryError ? e.code : 'IO_ERROR';
+      this.respond(id, { error: { code, message: e.message } });
+    }
+  }
+
+  private async onAttach(f: Frame): Promise<void> {
+    if (this.handle) throw new ProtocolError('the session is already attached');
+    const { handle, created } = await this.host.attach(this.session.peer.name, f.meta);
+    // One session per replica: a newer one (the primary site redialled) replaces the old,
+    // once the old one has finished the frame it was handling (never two writers at once).
+    const previous = handle.dropSession;
+    handle.dropSession = this.drop;
+    await previous?.();
+    this.handle = handle;
+    const j = handle.staged.journal;
+    await j.sync();
+    const firstSeq = f.meta.firstSeq;
+    if (f.meta.resync === true && typeof firstSeq === 'number' && Number.isSafeInteger(firstSeq) && j.writtenSeq + 1 < firstSeq) {
+      // The primary site skipped records (its staging area overflowed: it resyncs regions instead)
+      // or restarts a sync: every record here goes to the disk, then numbering restarts at firstSeq.
+      if (handle.staged.committer.isPaused) handle.staged.committer.resume();
+      await handle.staged.drain();
+      await j.rebase(firstSeq);
+      handle.staged.committer.reposition();
+      this.host.setSynced(handle.disk, false);
+      this.log.warn({ disk: handle.disk, from: firstSeq }, 'replica rebased for a resync: not consistent until it completes');
+    }
+    handle.link.connected = true;
+    handle.link.peer = this.session.peer.name;
+    handle.link.durableSeq = j.durableSeq;
+    this.log.info({ peer: this.session.peer.name, disk: handle.disk, durableSeq: j.durableSeq, created }, 'replication session attached');
+    this.respond(f.meta.id, { durableSeq: j.durableSeq, created, size: handle.volume.size });
+  }
+
+  /** Every record received so far is applied to the disk (a chunk may then overwrite it, R6). */
+  private async settle(h: ReplicaHandle): Promise<void> {
+    await this.ackChain;
+    const j = h.staged.journal;
+    if (h.staged.committer.position.nextSeq <= j.writtenSeq) await h.staged.drain();
+  }
+
+  private async onRecords(f: Frame): Promise<void> {
+    const h = this.bound();
+    const j = h.staged.journal;
+    const m = f.meta;
+    const list = m.records;
+    if (typeof m.firstSeq !== 'number' || !Array.isArray(list)) throw new ProtocolError('malformed records frame');
+    if (typeof m.headSeq === 'number') h.link.originHeadSeq = m.headSeq;
+    const lag = m.lag as Record<string, unknown> | undefined;
+    if (lag && typeof lag.records === 'number' && typeof lag.bytes === 'number' && typeof lag.seconds === 'number') h.link.originLag = { records: lag.records, bytes: lag.bytes, seconds: lag.seconds };
+    h.link.receivedBytes += f.payload.length;
+    let seq = m.firstSeq;
+    const expected = j.writtenSeq + 1;
+    if (seq > expected) throw new ProtocolError(`records from ${seq} leave a gap after ${expected - 1}`);
+    let at = 0;
+    const appends: Array<{ seq: number; type: RecordTypeValue; flags: number; diskOffset: number; length: number; timeMs: number; payload: Buffer | null }> = [];
+    for (const item of list) {
+      if (!Array.isArray(item) || item.length !== 5 || !item.every((x) => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0)) throw new ProtocolError('malformed record');
+      const [type, flags, diskOffset, length, timeMs] = item as number[];
+      if (!recordTypes.has(type!)) throw new ProtocolError(`unknown record type ${type}`);
+      if (diskOffset! + length! > h.volume.size) throw new ProtocolError('record beyond the end of the disk');
+      let payload: Buffer | null = null;
+      if (type === RecordType.WRITE) {
+        if (at + length! > f.payload.length) throw new ProtocolError('record payload missing');
+        payload = f.payload.subarray(at, at + length!);
+        at += length!;
+      }
+      // Records we already hold (sent again after a dropped link) are skipped (R2).
+      if (seq >= expected) appends.push({ seq, type: type as RecordTypeValue, flags: flags!, diskOffset: diskOffset!, length: length!, timeMs: timeMs!, payload });
+      seq++;
+    }
+    if (at !== f.payload.length) throw new ProtocolError('records frame has trailing payload bytes');
+    if (appends.length) await h.staged.appendMirrored(appends);
+    assert.ok(j.writtenSeq >= seq - 1, 'every record of the frame is written here (R2)');
+    const upTo = j.writtenSeq;
+    // Acknowledge once durable (R3); the next frame is appended while this sync runs.
+    this.ackChain = this.ackChain.then(async () => {
+      if (j.durableSeq < upTo) await j.sync();
+      h.link.durableSeq = Math.max(h.link.durableSeq, upTo);
+      this.send(encodeFrame(FrameType.ACK, { durableSeq: upTo }));
+    });
+    this.ackChain.catch((err) => {
+      this.log.error({ disk: h.disk, err: (err as Error).message }, 'replica staging area failed; ending the session');
+      this.closed = true;
+      this.session.socket.destroy();
+    });
+  }
+}
+
+function checkRange(meta: Record<string, unknown>, size: number): { offset: number; length: number } {
+  const { offset, length } = meta;
+  if (typeof offset !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+    throw new ProtocolError('request range outside the disk');
+  }
+  return { offset, length };
+}

@@ -1,0 +1,554 @@
+// The primary site's end of a remote mirror: a staging area consumer ("mirror") that ships
+// durable records, in order, over an authenticated link to the mirror site, and a small
+// request channel on the same link that the sync engine writes chunks through (see
+// remote-store.ts). The link is redialled with backoff whenever it drops; every session
+// begins with an attach that tells us the last record the mirror site made durable, and
+// shipping resumes right after it.
+//
+// Invariants (asserted where records are shipped and acknowledgements arrive):
+//   R1  Only records durable on this site are shipped (seq <= journal.durableSeq): the
+//       mirror site never holds a write this site could lose in a crash.
+//   R2  Records are shipped in sequence order without gaps; the mirror site appends each
+//       with the same sequence number and drops those it already has.
+//   R3  The mirror site acknowledges seq s only once every record <= s is durable in its
+//       own staging area.
+//   R4  This consumer's durable position never passes the last acknowledged seq + 1, so
+//       this staging area keeps every record the mirror site may still need.
+//   R5  The mirror site applies records strictly in sequence order (its own committer):
+//       its disk is always an image this disk really had, once synced.
+//   R6  A sync chunk is read after every record touching it that precedes it on the link,
+//       and no record touching it is shipped until the chunk is acknowledged (admit), so
+//       chunks and records converge exactly as for a local mirror.
+//   R7  The mirror site reports itself consistent only after this site told it that the
+//       sync completed; every attach repeats that state.
+import assert from 'node:assert';
+import type { Logger } from 'pino';
+import { FerryError } from '../errors.js';
+import type { ConsumerPosition } from '../journal/format.js';
+import type { Journal, StagedRecord } from '../journal/journal.js';
+import { encodeFrame, FrameFlag, FrameType, type Frame } from './frame.js';
+import { zstdPool } from './zstd-pool.js';
+import type { PeerSession } from './peer-session.js';
+
+export const REMOTE_CONSUMER = 'mirror';
+
+const recordsPerFrameMax = 512;
+const bytesPerFrameMax = 8 * 1024 * 1024;
+/** Shipped but unacknowledged: bounds what a slow or cut link holds in memory here. */
+const unackedBytesMax = 64 * 1024 * 1024;
+const unackedFramesMax = 64;
+const gatherDelayMs = 10;
+const heartbeatMs = 1000;
+/** No frame from the mirror site for this long while we wait on it: the link is dead. */
+const silenceMsMax = 10_000;
+const backoffMsMin = 100;
+const backoffMsMax = 10_000;
+const checkpointIntervalMs = 500;
+const requestsQueuedMax = 64;
+
+export type LinkState = 'connecting' | 'connected' | 'down';
+
+export interface RemoteStreamOptions {
+  disk: string;
+  peer: string;
+  remoteDisk: string;
+  journal: Journal;
+  /** Dials the peer and authenticates (PeerSession after HELLO_OK). */
+  connect: () => Promise<PeerSession>;
+  /** The attach request's fields (size, staging size, whether the sync completed, whether the replica may be created). */
+  attachMeta: () => Record<string, unknown>;
+  /** For the sync engine: null when a record may be shipped now, else when it may (R6). */
+  admit: (r: StagedRecord) => Promise<void> | null;
+  /** Link rate limit in bytes per second (0: none); applies to records and sync chunks alike. */
+  bandwidthBytesPerSec: number;
+  /** zstd-compress payloads (off the event loop); a payload that does not shrink goes as it is. */
+  compress: boolean;
+  log: Logger;
+}
+
+interface Shipped {
+  lastSeq: number;
+  end: ConsumerPosition;
+  bytes: number;
+  lastTimeMs: number;
+}
+
+interface PendingRequest {
+  id: number;
+  frame: Buffer;
+  resolve: (f: Frame) => void;
+  reject: (e: Error) => void;
+}
+
+export class RemoteStream {
+  private acked: ConsumerPosition;
+  private paused = false;
+  private stopped = false;
+  private session: PeerSession | null = null;
+  private attached = false;
+  private connGen = 0;
+  private loop: Promise<void> | null = null;
+  private inflight: Shipped[] = [];
+  private inflightBytes = 0;
+  private requests = new Map<number, PendingRequest>();
+  private nextRequestId = 1;
+  private waiters: Array<() => void> = [];
+  private progressWaiters: Array<() => void> = [];
+  private lastCheckpointMs = Date.now();
+  private checkpointing: Promise<void> | null = null;
+  private dirty = false;
+  private lastHeardMs = 0;
+  state: LinkState = 'connecting';
+  lastError: string | null = null;
+  /** Time of the newest record the mirror site acknowledged, for lag reporting. */
+  appliedTimeMs = 0;
+  shippedBytes = 0;
+  private rate = { bytes: 0, sinceMs: Date.now(), perSec: 0 };
+  private bucket = { tokens: 0, atMs: Date.now() };
+  /** Payload bytes before and after compression, for status. */
+  rawBytes = 0;
+  wireBytes = 0;
+  connectedSinceMs: number | null = null;
+  reconnects = 0;
+  /** Settles at the first attach: resolved with the mirror site's reply, or rejected with the first failure. */
+  readonly firstAttach: Promise<Frame>;
+  private settleFirst: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
+
+  /** Fallen back to a dirty bitmap: no consumer, nothing shipped; the link is only probed (onLinkUp). */
+  private detached: boolean;
+  /** Called, while detached, each time the peer answers (the link is back). */
+  onLinkUp: (() => void) | null = null;
+
+  constructor(private readonly opts: RemoteStreamOptions) {
+    this.detached = !opts.journal.hasConsumer(REMOTE_CONSUMER);
+    this.acked = this.detached ? { ...opts.journal.headPosition(), name: REMOTE_CONSUMER } : opts.journal.consumer(REMOTE_CONSUMER);
+    opts.journal.on('space-needed', () => this.wake());
+    this.firstAttach = new Promise<Frame>((resolve, reject) => (this.settleFirst = { resolve, reject }));
+    this.firstAttach.catch(() => undefined);
+  }
+
+  get position(): ConsumerPosition {
+    return { ...this.acked };
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  get bytesPerSec(): number {
+    this.rollRate();
+    return this.rate.perSec;
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.wake();
+  }
+
+  kick(): void {
+    this.wake();
+  }
+
+  get isDetached(): boolean {
+    return this.detached;
+  }
+
+  /** Stops shipping (the mirror fell back to its dirty bitmap and leaves the journal); keeps probing the link. */
+  detach(): void {
+    this.detached = true;
+    this.dropLink();
+  }
+
+  /** Ships again from the (re-added) consumer's position; the next attach carries the resync. */
+  reattach(): void {
+    this.acked = this.opts.journal.consumer(REMOTE_CONSUMER);
+    this.detached = false;
+    this.dropLink();
+  }
+
+  private dropLink(): void {
+    this.connGen++;
+    this.session?.socket.destroy();
+    this.inflight = [];
+    this.inflightBytes = 0;
+    this.wake();
+  }
+
+  /** Resolves at the next acknowledgement from the mirror site. */
+  progress(): Promise<void> {
+    return new Promise((resolve) => this.progressWaiters.push(resolve));
+  }
+
+  /** Waits until the mirror site has made durable every record written so far (bounded: the link may be down). */
+  async drain(timeoutMs = 60_000): Promise<void> {
+    if (this.paused) throw new FerryError('BAD_REQUEST', 'the mirror is paused; resume it first');
+    const target = this.opts.journal.writtenSeq;
+    const deadline = Date.now() + timeoutMs;
+    while (this.acked.nextSeq <= target) {
+      if (Date.now() > deadline) throw new FerryError('PEER_UNREACHABLE', `the mirror site has not caught up within ${timeoutMs / 1000} s (link ${this.state}${this.lastError ? `: ${this.lastError}` : ''})`);
+      await Promise.race([this.progress(), sleep(100)]);
+    }
+    await this.checkpoint();
+  }
+
+  /**
+   * A request on the link (sync chunk, disk sync, read...). Waits for a link; a request lost
+   * with a link is sent again on the next one, so every op must be idempotent.
+   */
+  async request(meta: Record<string, unknown>, payload?: Buffer): Promise<Frame> {
+    if (this.stopped) throw new FerryError('PEER_UNREACHABLE', 'the mirror is stopped');
+    assert.ok(this.requests.size < requestsQueuedMax, 'requests on the link are bounded by their callers');
+    const id = this.nextRequestId++;
+    const { data, flags } = await this.pack(payload);
+    const frame = encodeFrame(FrameType.REQUEST, { ...meta, id, disk: this.opts.remoteDisk }, data, flags);
+    await this.pace(frame.length);
+    return new Promise<Frame>((resolve, reject) => {
+      this.requests.set(id, { id, frame, resolve, reject });
+      if (this.attached) this.session?.socket.write(frame);
+    });
+  }
+
+  /** Compresses a payload when that is on and it pays. */
+  private async pack(payload: Buffer | undefined): Promise<{ data: Buffer | undefined; flags: number }> {
+    if (!payload || payload.length === 0) return { data: payload, flags: 0 };
+    this.rawBytes += payload.length;
+    if (this.opts.compress && payload.length >= 512) {
+      const z = await zstdPool().compress(payload);
+      if (z.length < payload.length) {
+        this.wireBytes += z.length;
+        return { data: z, flags: FrameFlag.ZSTD };
+      }
+    }
+    this.wireBytes += payload.length;
+    return { data: payload, flags: 0 };
+  }
+
+  /** The rate limit: a token bucket (burst of 100 ms of the rate) that may go into debt by one frame. */
+  private async pace(bytes: number): Promise<void> {
+    const rate = this.opts.bandwidthBytesPerSec;
+    if (rate <= 0) return;
+    const now = Date.now();
+    const burst = Math.max(64 * 1024, rate / 10);
+    this.bucket.tokens = Math.min(burst, this.bucket.tokens + ((now - this.bucket.atMs) * rate) / 1000);
+    this.bucket.atMs = now;
+    this.bucket.tokens -= bytes;
+    if (this.bucket.tokens < 0) await sleep((-this.bucket.tokens * 1000) / rate);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.settleFirst?.reject(new FerryError('PEER_UNREACHABLE', 'the mirror is stopped'));
+    this.settleFirst = null;
+    this.session?.socket.destroy();
+    this.wake();
+    for (const r of this.requests.values()) r.reject(new FerryError('PEER_UNREACHABLE', 'the mirror is stopped'));
+    this.requests.clear();
+    for (const w of this.progressWaiters.splice(0)) w();
+    await this.loop;
+    await this.checkpointing;
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  private waitWake(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.waiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  private rollRate(): void {
+    const now = Date.now();
+    const dt = now - this.rate.sinceMs;
+    if (dt >= 1000) {
+      this.rate.perSec = (this.rate.bytes * 1000) / dt;
+      this.rate.bytes = 0;
+      this.rate.sinceMs = now;
+    }
+  }
+
+  /** Dial, attach, ship until the link drops; again with backoff until stopped. */
+  private async run(): Promise<void> {
+    let backoffMs = backoffMsMin;
+    while (!this.stopped) {
+      this.state = 'connecting';
+      let session: PeerSession;
+      try {
+        session = await this.opts.connect();
+      } catch (err) {
+        this.linkFailed(err, backoffMs);
+        await this.waitWake(backoffMs * (0.5 + Math.random()));
+        backoffMs = Math.min(backoffMs * 2, backoffMsMax);
+        continue;
+      }
+      if (this.stopped) {
+        session.socket.destroy();
+        break;
+      }
+      if (this.detached) {
+        // Only a probe: the peer answered, so the link is back.
+        session.socket.destroy();
+        this.state = 'down';
+        this.lastError = 'staging area overflowed: tracking dirty regions until the resync';
+        backoffMs = backoffMsMin;
+        this.onLinkUp?.();
+        await this.waitWake(2000);
+        continue;
+      }
+      const gen = ++this.connGen;
+      this.session = session;
+      this.lastHeardMs = Date.now();
+      const closed = this.readFrames(session, gen);
+      // Also while the ship loop waits (on a sync chunk, on space): a silent link is a dead one.
+      const watchdog = setInterval(() => {
+        if (this.silentTooLong()) {
+          this.lastError = `no answer from ${this.opts.peer} for ${silenceMsMax / 1000} s`;
+          session.socket.destroy();
+        }
+      }, 1000);
+      try {
+        await Promise.race([this.attach(session), closed.then(() => Promise.reject(new FerryError('PEER_UNREACHABLE', 'the link closed during attach')))]);
+        backoffMs = backoffMsMin;
+        this.state = 'connected';
+        this.connectedSinceMs = Date.now();
+        this.lastError = null;
+        this.opts.log.info({ peer: this.opts.peer, remoteDisk: this.opts.remoteDisk, from: this.acked.nextSeq }, 'replication link up; shipping records');
+        await Promise.race([this.ship(session, gen), closed]);
+        // (A link we dropped ourselves, to detach or reattach, is not an error.)
+        if (!this.stopped && gen === this.connGen) throw new FerryError('PEER_UNREACHABLE', `${this.opts.peer} closed the link`);
+      } catch (err) {
+        this.linkFailed(err, backoffMs);
+      }
+      clearInterval(watchdog);
+      session.socket.destroy();
+      await closed.catch(() => undefined);
+      this.session = null;
+      this.attached = false;
+      this.connectedSinceMs = null;
+      this.inflight = [];
+      this.inflightBytes = 0;
+      if (this.stopped) break;
+      this.state = 'down';
+      this.reconnects++;
+      await this.waitWake(backoffMs * (0.5 + Math.random()));
+      backoffMs = Math.min(backoffMs * 2, backoffMsMax);
+    }
+    this.state = 'down';
+  }
+
+  private silentTooLong(): boolean {
+    return (this.inflight.length > 0 || this.requests.size > 0 || this.state === 'connecting') && Date.now() - this.lastHeardMs > silenceMsMax;
+  }
+
+  private linkFailed(err: unknown, backoffMs: number): void {
+    this.settleFirst?.reject(err as Error);
+    this.settleFirst = null;
+    const msg = (err as Error).message;
+    if (this.lastError !== msg) this.opts.log.warn({ peer: this.opts.peer, err: msg, retryMs: backoffMs }, 'replication link down; retrying');
+    this.lastError = msg;
+    this.state = 'down';
+  }
+
+  /** The attach: the mirror site's durable position decides where shipping resumes. */
+  private async attach(session: PeerSession): Promise<void> {
+    const id = this.nextRequestId++;
+    const reply = await new Promise<Frame>((resolve, reject) => {
+      this.requests.set(id, { id, frame: Buffer.alloc(0), resolve, reject });
+      session.socket.write(encodeFrame(FrameType.REQUEST, { ...this.opts.attachMeta(), op: 'attach', id, disk: this.opts.remoteDisk }));
+    }).finally(() => this.requests.delete(id));
+    const durableSeq = reply.meta.durableSeq;
+    if (typeof durableSeq !== 'number' || !Number.isSafeInteger(durableSeq)) throw new FerryError('REPL_PROTOCOL', 'attach reply without durableSeq');
+    const j = this.opts.journal;
+    if (durableSeq + 1 < this.acked.nextSeq) {
+      throw new FerryError('REMOTE_ERROR', `the mirror site holds records up to ${durableSeq} but acknowledged up to ${this.acked.nextSeq - 1}: its staging area lost acknowledged data; the mirror needs a full resync`);
+    }
+    if (durableSeq > j.durableSeq) throw new FerryError('REMOTE_ERROR', `the mirror site holds record ${durableSeq}, beyond this site's durable ${j.durableSeq}: it mirrors another history`);
+    // It made durable records whose acknowledgement we never got: move past them (R4).
+    let pos = this.acked;
+    while (pos.nextSeq <= durableSeq) {
+      const r = await j.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, REMOTE_CONSUMER);
+      pos = { name: REMOTE_CONSUMER, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
+      this.appliedTimeMs = r.timeMs;
+    }
+    if (pos !== this.acked) {
+      this.acked = pos;
+      this.dirty = true;
+    }
+    this.attached = true;
+    this.settleFirst?.resolve(reply);
+    this.settleFirst = null;
+    // Requests lost with the previous link go again, in their order.
+    for (const r of [...this.requests.values()].sort((a, b) => a.id - b.id)) if (r.frame.length) session.socket.write(r.frame);
+  }
+
+  private async readFrames(session: PeerSession, gen: number): Promise<void> {
+    for (;;) {
+      const f = await session.reader.next();
+      if (f === null || gen !== this.connGen) return;
+      this.lastHeardMs = Date.now();
+      switch (f.type) {
+        case FrameType.ACK:
+          this.onAck(f.meta.durableSeq);
+          break;
+        case FrameType.RESPONSE: {
+          const r = this.requests.get(f.meta.id as number);
+          if (!r) break;
+          this.requests.delete(r.id);
+          if (typeof f.meta.error === 'object' && f.meta.error !== null) {
+            const e = f.meta.error as { code?: string; message?: string };
+            r.reject(new FerryError('REMOTE_ERROR', `${this.opts.peer}: ${e.message ?? 'request failed'}${e.code ? ` (${e.code})` : ''}`, { remoteCode: e.code }));
+          } else r.resolve(f);
+          break;
+        }
+        case FrameType.ERROR:
+          throw new FerryError('REMOTE_ERROR', `${this.opts.peer} closed the link: ${String(f.meta.message ?? f.meta.code)}`);
+        default:
+          throw new FerryError('REPL_PROTOCOL', `unexpected frame type ${f.type} from ${this.opts.peer}`);
+      }
+    }
+  }
+
+  private onAck(durableSeq: unknown): void {
+    if (typeof durableSeq !== 'number' || this.detached) return;
+    let moved = false;
+    while (this.inflight.length > 0 && this.inflight[0]!.lastSeq <= durableSeq) {
+      const s = this.inflight.shift()!;
+      this.inflightBytes -= s.bytes;
+      assert.ok(s.end.nextSeq > this.acked.nextSeq, 'acknowledgements only move forward (R4)');
+      this.acked = s.end;
+      this.appliedTimeMs = s.lastTimeMs;
+      moved = true;
+    }
+    if (!moved) return;
+    this.dirty = true;
+    for (const w of this.progressWaiters.splice(0)) w();
+    this.wake();
+    const due = Date.now() - this.lastCheckpointMs >= checkpointIntervalMs || this.opts.journal.hasWaitersForSpace;
+    if (due && !this.checkpointing) void this.checkpoint().catch((err) => this.opts.log.error({ err: (err as Error).message }, 'mirror consumer checkpoint failed'));
+  }
+
+  /** Makes the acknowledged position this consumer's durable one, freeing staging space (R4). */
+  private checkpoint(): Promise<void> {
+    if (this.checkpointing) return this.checkpointing.then(() => this.checkpoint());
+    const run = async (): Promise<void> => {
+      if (!this.dirty || this.detached || !this.opts.journal.hasConsumer(REMOTE_CONSUMER)) return;
+      this.dirty = false;
+      this.opts.journal.advanceConsumer(REMOTE_CONSUMER, this.acked);
+      await this.opts.journal.checkpoint();
+      this.lastCheckpointMs = Date.now();
+    };
+    this.checkpointing = run().finally(() => (this.checkpointing = null));
+    return this.checkpointing;
+  }
+
+  /** Ships records while this link lives; heartbeats when idle; gives up on a silent link. */
+  private async ship(session: PeerSession, gen: number): Promise<void> {
+    const j = this.opts.journal;
+    let pos = this.acked;
+    let lastSentMs = 0;
+    let writtenWaitSeq = -1;
+    const alive = (): boolean => gen === this.connGen && !this.stopped && !session.socket.destroyed;
+    while (alive()) {
+      if (this.silentTooLong()) throw new FerryError('PEER_UNREACHABLE', `no answer from ${this.opts.peer} for ${silenceMsMax / 1000} s`);
+      if (this.dirty && Date.now() - this.lastCheckpointMs >= checkpointIntervalMs && !this.checkpointing) await this.checkpoint();
+      const canShip = !this.paused && this.inflightBytes < unackedBytesMax && this.inflight.length < unackedFramesMax && pos.nextSeq <= j.writtenSeq;
+      if (!canShip) {
+        if (Date.now() - lastSentMs >= heartbeatMs) {
+          session.socket.write(await this.recordsFrame(pos.nextSeq, [], []));
+          lastSentMs = Date.now();
+        }
+        if (writtenWaitSeq !== pos.nextSeq) {
+          // One waiter per position: an idle link must not pile up waiters in the journal.
+          writtenWaitSeq = pos.nextSeq;
+          void j.whenWrittenBeyond(pos.nextSeq - 1).then(() => this.wake());
+        }
+        await this.waitWake(heartbeatMs);
+        continue;
+      }
+      // Let records gather a moment, then make them durable here before they leave (R1).
+      if (j.writtenSeq - pos.nextSeq + 1 < recordsPerFrameMax) await sleep(gatherDelayMs);
+      if (pos.nextSeq > j.durableSeq) await j.sync();
+      if (!alive()) break;
+      const upTo = j.durableSeq;
+      const records: StagedRecord[] = [];
+      const payloads: Buffer[] = [];
+      let bytes = 0;
+      while (pos.nextSeq <= upTo && records.length < recordsPerFrameMax && bytes < bytesPerFrameMax) {
+        const r = await j.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, REMOTE_CONSUMER);
+        assert.ok(r.seq === pos.nextSeq && r.seq <= j.durableSeq, 'records leave in order, durable (R1, R2)');
+        const wait = this.opts.admit(r);
+        if (wait) await wait;
+        records.push(r);
+        if (r.payload) payloads.push(r.payload.subarray(0, r.length));
+        bytes += r.span;
+        pos = { name: REMOTE_CONSUMER, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
+      }
+      if (!alive() || records.length === 0) continue;
+      const frame = await this.recordsFrame(records[0]!.seq, records, payloads);
+      await this.pace(frame.length);
+      if (!alive()) break;
+      this.inflight.push({ lastSeq: records[records.length - 1]!.seq, end: pos, bytes: frame.length, lastTimeMs: records[records.length - 1]!.timeMs });
+      this.inflightBytes += frame.length;
+      this.shippedBytes += frame.length;
+      this.rate.bytes += frame.length;
+      this.rollRate();
+      lastSentMs = Date.now();
+      if (!session.socket.write(frame)) await drained(session.socket);
+    }
+  }
+
+  /** How far the mirror site is behind (records, bytes, seconds): sent with every frame, so both sites show it. */
+  lag(): { records: number; bytes: number; seconds: number } {
+    const j = this.opts.journal;
+    const head = j.headPosition();
+    const records = head.nextSeq - this.acked.nextSeq;
+    if (records <= 0) return { records: 0, bytes: 0, seconds: 0 };
+    const ring = j.ringBytes;
+    const bytes = (head.nextPos - this.acked.nextPos + ring) % ring || ring;
+    const oldest = j.recordTime(this.acked.nextSeq) ?? (this.appliedTimeMs || null);
+    return { records, bytes, seconds: oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000) };
+  }
+
+  private async recordsFrame(firstSeq: number, records: StagedRecord[], payloads: Buffer[]): Promise<Buffer> {
+    const j = this.opts.journal;
+    const meta = {
+      firstSeq,
+      lag: this.lag(),
+      headSeq: j.writtenSeq,
+      sentMs: Date.now(),
+      records: records.map((r) => [r.type, r.flags, r.diskOffset, r.length, r.timeMs]),
+    };
+    const { data, flags } = await this.pack(payloads.length === 1 ? payloads[0] : payloads.length ? Buffer.concat(payloads) : undefined);
+    return encodeFrame(FrameType.RECORDS, meta, data, flags);
+  }
+}
+
+/** Resolves when the socket drains or closes (listeners removed either way). */
+function drained(socket: PeerSession['socket']): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
