@@ -48,6 +48,8 @@ export class Committer {
   private loop: Promise<void> | null = null;
   /** The step running now (its group may be half applied until it ends). */
   private stepping: Promise<void> = Promise.resolve();
+  /** Drains waiting: records are applied at once, without the gathering delay. */
+  private draining = 0;
   private dirty = false;
   private lastCheckpointMs = Date.now();
   private bytesSinceCheckpoint = 0;
@@ -166,7 +168,7 @@ export class Committer {
     // Let records gather for a moment unless many are pending or space is short: one sync and
     // one concurrent apply then serve many records. Only durable records are applied (J5); a
     // client FLUSH or FUA has often made them so already.
-    if (this.journal.writtenSeq - this.pos.nextSeq + 1 < recordsPerBatchMax && !this.journal.hasWaitersForSpace) {
+    if (this.journal.writtenSeq - this.pos.nextSeq + 1 < recordsPerBatchMax && !this.journal.hasWaitersForSpace && this.draining === 0) {
       await this.waitFor(new Promise<void>(() => undefined), applyDelayMs);
     }
     if (this.pos.nextSeq > this.journal.durableSeq) await this.journal.sync();
@@ -253,6 +255,17 @@ export class Committer {
   async drain(): Promise<void> {
     if (this.paused) throw new FerryError('BAD_REQUEST', `the ${this.consumerName} consumer is paused; resume it first`);
     const target = this.journal.writtenSeq;
+    this.draining++;
+    this.kick();
+    try {
+      await this.drainTo(target);
+    } finally {
+      this.draining--;
+    }
+    await this.checkpoint();
+  }
+
+  private async drainTo(target: number): Promise<void> {
     let retries = 0;
     while (this.pos.nextSeq <= target) {
       if (this.journal.failed) throw this.journal.failed;
@@ -265,7 +278,6 @@ export class Committer {
       }
       await Promise.race([this.progress(), new Promise((r) => setTimeout(r, 50))]);
     }
-    await this.checkpoint();
   }
 
   async stop(): Promise<void> {
