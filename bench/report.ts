@@ -3,7 +3,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import type { Measurement } from './fio.js';
+import { mirrorTable, type MirrorSection } from './mirror-rows.js';
 import { run } from './proc.js';
+import type { ReplicationSection } from './replication-rows.js';
 import type { RowDef } from './rows.js';
 import type { ServerDef } from './servers.js';
 
@@ -62,6 +64,12 @@ export interface Results {
   rows: RowDef[];
   servers: ServerDef[];
   cells: Map<string, Map<string, Cell>>;
+  /** The mirror measurements, when any ran. */
+  mirror: MirrorSection | null;
+  /** The remote mirror measurements (issue 5), when any ran. */
+  replication: ReplicationSection | null;
+  noiseBudgetS: number;
+  noiseSpentS: number;
   ferryRss: { rssKiB: number | null; hwmKiB: number | null };
   loadBefore: number[];
   loadAfter: number[];
@@ -100,7 +108,9 @@ export function verdicts(r: Results): Verdict[] {
 
 /** The results table: one line per workload and server; ratio columns for subjects. */
 export function resultsTable(r: Results): string {
-  const baselines = r.servers.filter((s) => s.role === 'baseline').map((s) => s.name);
+  // A column for every baseline, and for every server some subject has a target against (ferry-staged vs ferry).
+  const named = new Set(r.servers.flatMap((s) => (s.role === 'subject' ? (s.targets ?? []).map((t) => t.baseline) : [])));
+  const baselines = r.servers.filter((s) => s.role === 'baseline' || named.has(s.name)).map((s) => s.name);
   const head = ['Workload', 'Server', 'IOPS', 'MiB/s', 'mean lat µs', 'p99 lat µs', 'IOPS range', 'server CPU', 'other CPU', ...baselines.map((b) => `vs ${b}`)];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i < 2 ? ' --- ' : ' ---: ')).join('|')}|`];
   for (const row of r.rows) {
@@ -112,7 +122,7 @@ export function resultsTable(r: Results): string {
       const range = c.runs.length > 1 ? `${f0(Math.min(...ios))}–${f0(Math.max(...ios))}` : '';
       const ratios = baselines.map((b) => {
         const base = cells?.get(b);
-        if (s.role !== 'subject' || !base) return '';
+        if (s.role !== 'subject' || !base || b === s.name) return '';
         const ratio = c.median.iops / base.median.iops;
         const t = s.targets?.find((x) => x.baseline === b);
         const ok = t ? (t.strict ? ratio > t.ratio : ratio >= t.ratio) : undefined;
@@ -139,22 +149,41 @@ export function renderGenerated(r: Results): string {
   out.push('### Method', '');
   out.push(`- Every server serves its own ${r.sizeMiB} MiB backing file in one temporary directory (same file system). ${r.fill}`);
   out.push('- Servers, all on loopback TCP, started once and kept running for the whole run:');
-  for (const s of r.servers) out.push(`  - **${s.name}**: ${r.commands[s.name] ?? '?'}`);
+  for (const s of r.servers) out.push(`  - **${s.name}**: ${r.commands[s.name] ?? '?'}${s.setupNote ? `; then ${s.setupNote}` : ''}${s.rows ? ` (only in: ${s.rows.join(', ')})` : ''}`);
   out.push(
     `- fio, nbd engine (libnbd, one connection), one job, time-based: ${r.rampSeconds} s ramp then ${r.seconds} s measured; \`--norandommap --randrepeat=1\` (the same offsets for every server), \`--lat_percentiles=1\` (latency is submission to completion).`,
   );
   out.push(
-    `- Interleaved: for each workload, each repeat runs every server once (server order rotated between repeats), ${r.repeats} repeat(s); the table shows the per-metric median. \`sync -f\` on the backing file before each fio run so each starts with no dirty pages; then up to ${r.quietWaitS} s waiting for the machine to be idle (< 0.25 cores busy over 1 s) so that bursts of unrelated work miss most runs. A run during which other work used more than ${r.noiseMax} cores is measured again (at most twice) and the least disturbed attempt counts.`,
+    `- Interleaved: for each workload, each repeat runs every server once (server order rotated between repeats), ${r.repeats} repeat(s); the table shows the per-metric median. \`sync -f\` on the backing file before each fio run so each starts with no dirty pages; then up to ${r.quietWaitS} s waiting for the machine to be idle (< 0.25 cores busy over 1 s) so that bursts of unrelated work miss most runs. A run during which other work used more than ${r.noiseMax} cores is measured again (at most twice) and the least disturbed attempt counts. Waiting and measuring again share one budget of ${r.noiseBudgetS} s for the whole run (${Math.round(r.noiseSpentS)} s used), after which runs are taken as they come.`,
   );
   out.push('- Ratios are IOPS (= bandwidth at a fixed block size) of the subject over the baseline. "server CPU" is the server process\'s user+system time (all threads) over the fio run\'s wall time, in cores; fio shares the same cores. "other CPU" is the rest of the machine\'s busy time over the run, less server and fio: work that is not part of the benchmark (noise; high values make a row unreliable).', '');
   out.push('### Results', '', resultsTable(r), '');
   out.push('### Targets', '');
-  out.push('At least 0.8× nbdkit on every row and ahead of qemu-nbd (> 1.0×) for an unmirrored disk.', '');
+  for (const s of subjects) if (s.targetNote && r.servers.some((x) => x.name === s.name)) out.push(`- **${s.name}**: ${s.targetNote}.`);
+  out.push('');
   out.push('| Workload | Subject | Baseline | Ratio | Target | Met |', '| --- | --- | --- | ---: | ---: | --- |');
   for (const v of vs) out.push(`| ${r.rows.find((x) => x.id === v.row)?.title ?? v.row} | ${v.subject} | ${v.baseline} | ${f2(v.ratio)}× | ${v.wanted} | ${v.met ? 'yes' : '**no**'} |`);
   out.push('');
-  const missed = vs.filter((v) => !v.met).length;
-  out.push(missed === 0 ? `All ${vs.length} targets met for ${subjects.map((s) => s.name).join(', ')}.` : `${missed} of ${vs.length} targets missed.`, '');
+  if (r.mirror) {
+    out.push('### Mirror (issue 4)', '');
+    out.push(
+      `On a ferryd of its own serving a fully written ${r.mirror.sizeMiB} MiB disk (same fill as above) with a staging area attached first (\`POST /v1/disks/bench/staging\`, 1 GiB): ${r.mirror.command}. Every mirror is \`local:\` onto a new file in the same directory; status polled every 10 ms. ${r.repeats} repeat(s) of each measurement; the result is the median.`,
+      '',
+    );
+    out.push(mirrorTable(r.mirror), '');
+    for (const m of r.mirror.results) out.push(`- ${m.title}: ${m.detail}.`);
+    out.push('');
+  }
+  if (r.replication) {
+    out.push('### Remote mirror (issue 5)', '');
+    out.push(`${r.replication.method}. ${r.repeats} repeat(s) of each measurement; the result is the median.`, '');
+    out.push(mirrorTable(r.replication), '');
+    for (const m of r.replication.results) out.push(`- ${m.title}: ${m.detail}.`);
+    out.push('');
+  }
+  const all = [...vs.map((v) => v.met), ...(r.mirror?.results.map((m) => m.met) ?? []), ...(r.replication?.results.map((m) => m.met) ?? [])];
+  const missed = all.filter((met) => !met).length;
+  out.push(missed === 0 ? `All ${all.length} targets met.` : `${missed} of ${all.length} targets missed.`, '');
   const kib = (n: number | null): string => (n === null ? 'n/a' : `${(n / 1024).toFixed(0)} MiB`);
   out.push(`ferryd memory at the end of the run: VmRSS ${kib(r.ferryRss.rssKiB)}, peak VmHWM ${kib(r.ferryRss.hwmKiB)}.`);
   return out.join('\n');
@@ -163,19 +192,31 @@ export function renderGenerated(r: Results): string {
 const docHead = `# Benchmarks
 
 \`npm run bench\` (\`bench/run.ts\`) measures Ferry's NBD data path against nbdkit (file
-plugin) and qemu-nbd on the same machine, in one run, with fio's nbd engine, and
-rewrites the generated block below. Workloads are in \`bench/rows.ts\`, servers in
-\`bench/servers.ts\` (both plain lists: add a row or a server there). Options:
+plugin) and qemu-nbd on the same machine, in one run, with fio's nbd engine, then Ferry's
+mirrors (sync, writes during a sync, swap) and remote mirrors between two sites (sync,
+writes, lag), and rewrites the generated block below.
+Workloads are in \`bench/rows.ts\`, servers in \`bench/servers.ts\` (both plain lists: add a
+row or a server there; a server's \`rows\` limits it to some workloads), the mirror
+measurements in \`bench/mirror-rows.ts\`, the remote mirror ones in \`bench/replication-rows.ts\`. Ferry is measured as three subjects: \`ferry\` (a
+disk written directly), \`ferry-staged\` (a staging area attached; issue 3) and
+\`ferry-mirrored\` (a local mirror in sync; issue 4). A full run takes about 20 minutes. Options:
 
 - \`--quick\`: 3 s runs after a 1 s ramp, one repeat, prints only (no file written).
-- \`BENCH_SECONDS\` (10), \`BENCH_RAMP\` (2), \`BENCH_REPEATS\` (3), \`BENCH_SIZE_MIB\` (1024).
-- \`BENCH_ROWS\`, \`BENCH_SERVERS\`: comma-separated subsets (a partial run prints only).
+- \`BENCH_SECONDS\` (8), \`BENCH_RAMP\` (2), \`BENCH_REPEATS\` (3), \`BENCH_SIZE_MIB\` (1024),
+  \`BENCH_MIRROR_SIZE_MIB\` (2048: the fully written disk of the mirror measurements and of the
+  remote loopback sync and QD32 rows), \`BENCH_REMOTE_SIZE_MIB\` (512: the disk of the rate-limited
+  sync and lag rows), \`BENCH_REMOTE_LINK_MIB\` (50: the proxy's rate limit in the rate-limited sync).
+- \`BENCH_ROWS\`, \`BENCH_SERVERS\`: comma-separated subsets (a partial run prints only). \`BENCH_ROWS\`
+  takes fio rows and mirror measurements alike (\`mirror-sync-thin-100g\`, \`mirror-sync-2g\`,
+  \`mirror-write-during-sync\`, \`mirror-swap-pause\`) and remote ones (\`remote-sync-loopback\`,
+  \`remote-mirrored-qd32\`, \`remote-sync-ratelimited\`, \`remote-lag\`); only servers a selected row uses are started.
 - \`BENCH_QUIET_WAIT\` (20 s; 0 = never): wait for an idle machine before each run.
   \`BENCH_NOISE_MAX\` (0.3 cores): a run disturbed by more unrelated work is measured again.
+  \`BENCH_NOISE_BUDGET\` (120 s; 0 = none): what waiting and measuring again may add to the whole run.
 - \`BENCH_FERRY_NODE_ARGS\`: extra node options for ferryd, e.g. \`--cpu-prof --cpu-prof-dir=/tmp/prof\`.
 - \`BENCH_FERRY_ALT=name=/path/to/checkout,…\`: A/B — also runs ferryd from other checkouts as
   baselines \`ferry@name\` (every subject gets a "vs ferry@name" column);
-  \`BENCH_FERRY_ROOT\` runs the \`ferry\` subject itself from another checkout.
+  \`BENCH_FERRY_ROOT\` runs the Ferry subjects (and the mirror measurements) from another checkout.
 - \`--out FILE\`: write the report elsewhere; \`--keep\`: keep the temporary directory (fio JSON).
 `;
 

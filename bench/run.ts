@@ -1,22 +1,26 @@
 // `npm run bench`: Ferry against nbdkit and qemu-nbd, side by side in one run.
 // Creates one backing file per server (same size and content, one temp directory),
 // starts every server, runs each workload of bench/rows.ts against every server of
-// bench/servers.ts (interleaved, repeated, median), prints a markdown table and writes
-// docs/BENCHMARKS.md. Every process and temp file is removed at the end, on failure,
-// on SIGINT/SIGTERM and when the watchdog fires.
+// bench/servers.ts (interleaved, repeated, median), then the mirror measurements of
+// bench/mirror-rows.ts (sync, writes during a sync, swap) on a ferryd of their own,
+// prints markdown tables and writes docs/BENCHMARKS.md. Every process and temp file is
+// removed at the end, on failure, on SIGINT/SIGTERM and when the watchdog fires.
 //
-//   npm run bench                    full run (BENCH_SECONDS=10, BENCH_RAMP=2, BENCH_REPEATS=3)
+//   npm run bench                    full run (BENCH_SECONDS=8, BENCH_RAMP=2, BENCH_REPEATS=3; about 15 min)
 //   npm run bench -- --quick         3 s runs, 1 repeat, prints only
 //   BENCH_ROWS=randwrite-4k-qd32 BENCH_SERVERS=ferry,nbdkit npm run bench -- --quick
+//   BENCH_ROWS=mirror-sync-2g,mirror-swap-pause npm run bench -- --quick
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ROOT } from '../test/harness.js';
 import { median, runFio, type Measurement, type Timing } from './fio.js';
+import { mirrorRows as allMirrorRows, mirrorTable, runMirrorRows, type MirrorSection } from './mirror-rows.js';
+import { replicationRows as allReplicationRows, runReplicationRows, type ReplicationSection } from './replication-rows.js';
 import { killAll, killAllSync, procStatusKiB, runOk, waitForQuiet } from './proc.js';
 import { describeMachine, renderGenerated, resultsTable, verdicts, writeDoc, type Cell, type Results } from './report.js';
 import { rows as allRows } from './rows.js';
-import { servers as allServers, type StartedServer } from './servers.js';
+import { ferryBin, servers as allServers, type ServerDef, type StartedServer } from './servers.js';
 
 const argv = process.argv.slice(2);
 const flag = (name: string): boolean => argv.includes(name);
@@ -31,22 +35,32 @@ const envNum = (name: string, dflt: number): number => {
   if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got '${v}'`);
   return n;
 };
-const pick = <T extends { id?: string; name?: string }>(all: T[], env: string): T[] => {
+/** The subset of `all` named in env var `env` (every one when unset); names in `others` are known too. */
+const pick = <T extends { id?: string; name?: string }>(all: T[], env: string, others: string[] = []): T[] => {
   const want = process.env[env]?.split(',').filter(Boolean);
   if (!want) return all;
   const got = all.filter((x) => want.includes((x.id ?? x.name)!));
-  if (got.length !== want.length) throw new Error(`${env}: unknown name in '${want.join(',')}'`);
+  const unknown = want.filter((w) => !all.some((x) => (x.id ?? x.name) === w) && !others.includes(w));
+  if (unknown.length) throw new Error(`${env}: unknown name(s) '${unknown.join(',')}'`);
   return got;
 };
 
 const quick = flag('--quick');
 const keep = flag('--keep');
-const timing: Timing = { seconds: envNum('BENCH_SECONDS', quick ? 3 : 10), rampSeconds: envNum('BENCH_RAMP', quick ? 1 : 2) };
+const timing: Timing = { seconds: envNum('BENCH_SECONDS', quick ? 3 : 8), rampSeconds: envNum('BENCH_RAMP', quick ? 1 : 2) };
 const repeats = Math.round(envNum('BENCH_REPEATS', quick ? 1 : 3));
 const sizeMiB = Math.round(envNum('BENCH_SIZE_MIB', 1024));
-const rows = pick(allRows, 'BENCH_ROWS');
-const servers = pick(allServers, 'BENCH_SERVERS');
-const partial = rows.length !== allRows.length || servers.length !== allServers.length;
+const rows = pick(allRows, 'BENCH_ROWS', [...allMirrorRows, ...allReplicationRows].map((r) => r.id));
+const mirrorIds = pick(allMirrorRows, 'BENCH_ROWS', [...allRows, ...allReplicationRows].map((r) => r.id)).map((r) => r.id);
+const replicationIds = pick(allReplicationRows, 'BENCH_ROWS', [...allRows, ...allMirrorRows].map((r) => r.id)).map((r) => r.id);
+/** The servers a workload runs against: narrowed by the row's `servers` and the server's `rows`. */
+const rowServers = (row: (typeof rows)[number], among: ServerDef[]): ServerDef[] =>
+  among.filter((s) => (!row.servers || row.servers.includes(s.name)) && (!s.rows || s.rows.includes(row.id)));
+const pickedServers = pick(allServers, 'BENCH_SERVERS');
+// Only servers some selected workload runs against are started.
+const servers = pickedServers.filter((s) => rows.some((row) => rowServers(row, [s]).length > 0));
+const partial = rows.length !== allRows.length || pickedServers.length !== allServers.length || mirrorIds.length !== allMirrorRows.length || replicationIds.length !== allReplicationRows.length;
+const mirrorSizeMiB = Math.round(envNum('BENCH_MIRROR_SIZE_MIB', 2048));
 const outFile = option('--out') ?? (quick || partial ? undefined : path.join(ROOT, 'docs', 'BENCHMARKS.md'));
 
 const log = (msg: string): void => void process.stderr.write(`[bench] ${msg}\n`);
@@ -78,8 +92,23 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 // machine to be nearly idle (< 0.25 cores busy), so bursts of unrelated work miss most runs.
 const quietWaitS = process.env.BENCH_QUIET_WAIT === '0' ? 0 : envNum('BENCH_QUIET_WAIT', quick ? 5 : 20);
 const noiseMax = envNum('BENCH_NOISE_MAX', 0.3);
-// Watchdog: the whole run is bounded (every run measured three times at worst), whatever hangs.
-const budgetS = rows.length * servers.length * repeats * 3 * (timing.seconds + timing.rampSeconds + quietWaitS + 20) + 300;
+// Waiting for quiet and measuring disturbed runs again both come out of one budget for the
+// whole run (BENCH_NOISE_BUDGET seconds), so a busy machine cannot stretch the run much.
+const noiseBudgetS = process.env.BENCH_NOISE_BUDGET === '0' ? 0 : envNum('BENCH_NOISE_BUDGET', quick ? 30 : 120);
+let noiseSpentS = 0;
+const noiseLeftS = (): number => Math.max(0, noiseBudgetS - noiseSpentS);
+/** Flushes dirty pages of the file's file system, then waits for a quiet machine within the budget. */
+async function settle(file: string): Promise<void> {
+  await runOk('sync', ['-f', file], 120_000);
+  const waitS = Math.min(quietWaitS, noiseLeftS());
+  if (waitS <= 0) return;
+  const t = Date.now();
+  await waitForQuiet(0.25, waitS * 1000);
+  noiseSpentS += (Date.now() - t) / 1000;
+}
+const fioRuns = rows.reduce((n, row) => n + rowServers(row, servers).length, 0) * repeats;
+// Watchdog: the whole run is bounded, whatever hangs.
+const budgetS = fioRuns * 2 * (timing.seconds + timing.rampSeconds + 20) + noiseBudgetS + (mirrorIds.length ? 600 + repeats * 4 * (timing.seconds + timing.rampSeconds + 60) : 0) + (replicationIds.length ? 600 + repeats * 6 * (timing.seconds + timing.rampSeconds + 60) : 0) + 300;
 const watchdog = setTimeout(() => {
   log(`watchdog: run exceeded ${budgetS} s, aborting`);
   void cleanup().finally(() => process.exit(3));
@@ -97,7 +126,7 @@ function fill(file: string, bytes: number, pattern: Buffer): void {
 }
 
 async function main(): Promise<void> {
-  log(`temp dir ${tmp}; ${rows.length} workloads × ${servers.length} servers × ${repeats} repeats × (${timing.rampSeconds}+${timing.seconds}) s; watchdog ${budgetS} s`);
+  log(`temp dir ${tmp}; ${rows.length} workloads, ${servers.length} servers, ${fioRuns} fio runs of (${timing.rampSeconds}+${timing.seconds}) s; mirror: ${mirrorIds.join(', ') || 'none'}; remote: ${replicationIds.join(', ') || 'none'}; noise budget ${noiseBudgetS} s; watchdog ${budgetS} s`);
   const machine = await describeMachine(tmp);
   const loadBefore = os.loadavg();
   const size = sizeMiB * 1024 * 1024;
@@ -128,14 +157,13 @@ async function main(): Promise<void> {
   const cells = new Map<string, Map<string, Cell>>();
   for (const row of rows) {
     const runs = new Map<string, Measurement[]>();
-    const rowServers = servers.filter((s) => !row.servers || row.servers.includes(s.name));
+    const these = rowServers(row, servers);
     for (let rep = 0; rep < repeats; rep++) {
       // Rotate the order each repeat so no server always runs first (or right after a writer).
-      const order = rowServers.map((_, i) => rowServers[(i + rep) % rowServers.length]!);
+      const order = these.map((_, i) => these[(i + rep) % these.length]!);
       for (const s of order) {
         const h = started.get(s.name)!;
-        await runOk('sync', ['-f', files.get(s.name)!], 120_000);
-        if (quietWaitS > 0) await waitForQuiet(0.25, quietWaitS * 1000);
+        await settle(files.get(s.name)!);
         const tag = `${row.id}.${s.name}.${rep}`;
         // One retry: a fio failure on a shared machine is more often a hiccup than a server fault.
         const once = (attempt: number): Promise<Measurement> =>
@@ -144,11 +172,17 @@ async function main(): Promise<void> {
             return runFio(row, h.uri, timing, fioDir, `${tag}.${attempt}.retry`, h.pid);
           });
         // A run that other work on the machine disturbed (other CPU above BENCH_NOISE_MAX cores)
-        // is measured again, at most twice; the least disturbed attempt counts.
+        // is measured again, at most twice, while the noise budget lasts; the least disturbed attempt counts.
         let m = await once(0);
+        const runS = timing.seconds + timing.rampSeconds;
         for (let attempt = 1, last = m; attempt <= 2 && last.otherCores > noiseMax; attempt++) {
+          if (noiseLeftS() < runS) {
+            log(`${tag}: other work used ${last.otherCores.toFixed(2)} cores; noise budget spent, keeping it`);
+            break;
+          }
           log(`${tag}: other work used ${last.otherCores.toFixed(2)} cores during attempt ${attempt}; measuring again`);
-          if (quietWaitS > 0) await waitForQuiet(0.25, quietWaitS * 1000);
+          noiseSpentS += runS;
+          await settle(files.get(s.name)!);
           last = await once(attempt);
           if (last.otherCores < m.otherCores) m = last;
         }
@@ -158,6 +192,28 @@ async function main(): Promise<void> {
     }
     cells.set(row.id, new Map([...runs].map(([name, ms]) => [name, { median: median(ms), runs: ms }])));
   }
+
+  // The mirror and remote-mirror sections share their context and report their verdicts alike.
+  const sectionContext = (dir: string) => ({
+    dir: path.join(tmp, dir),
+    sizeMiB: mirrorSizeMiB,
+    pattern,
+    timing,
+    repeats,
+    fioDir,
+    bin: ferryBin,
+    log,
+    settle,
+    register: (name: string, h: Parameters<typeof started.set>[1]) => started.set(name, h),
+    fill,
+  });
+  const logVerdicts = (results: Array<{ met: boolean; title: string; result: string; target: string }>): void => {
+    for (const r of results) log(`${r.met ? 'met   ' : 'MISSED'} ${r.title}: ${r.result} (target ${r.target})`);
+  };
+  const mirror: MirrorSection | null = mirrorIds.length ? await runMirrorRows(mirrorIds, sectionContext('mirror')) : null;
+  if (mirror) logVerdicts(mirror.results);
+  const replication: ReplicationSection | null = replicationIds.length ? await runReplicationRows(replicationIds, sectionContext('remote')) : null;
+  if (replication) logVerdicts(replication.results);
 
   const ferry = started.get('ferry');
   const ferryRss = ferry ? { rssKiB: procStatusKiB(ferry.pid, 'VmRSS'), hwmKiB: procStatusKiB(ferry.pid, 'VmHWM') } : { rssKiB: null, hwmKiB: null };
@@ -176,11 +232,17 @@ async function main(): Promise<void> {
     rows,
     servers,
     cells,
+    mirror,
+    replication,
+    noiseBudgetS,
+    noiseSpentS,
     ferryRss,
     loadBefore,
     loadAfter: os.loadavg(),
   };
   process.stdout.write(`\n${resultsTable(results)}\n\n`);
+  if (mirror) process.stdout.write(`${mirrorTable(mirror)}\n\n`);
+  if (replication) process.stdout.write(`${mirrorTable(replication)}\n\n`);
   for (const v of verdicts(results)) process.stdout.write(`${v.met ? 'met   ' : 'MISSED'} ${v.row}: ${v.subject}/${v.baseline} = ${v.ratio.toFixed(2)} (target ${v.wanted})\n`);
   if (ferryRss.rssKiB !== null) process.stdout.write(`ferryd VmRSS ${(ferryRss.rssKiB / 1024).toFixed(0)} MiB (peak ${((ferryRss.hwmKiB ?? 0) / 1024).toFixed(0)} MiB)\n`);
   if (outFile) {

@@ -1,12 +1,14 @@
 // The NBD servers the benchmark compares. Each gets its own backing file (same size,
 // same content, same file system) and serves it over loopback TCP. Add a server by
-// appending to `servers`: a later issue adds Ferry variants (staged disk, mirrored
-// disk) as further subjects with their own targets, via ferryServer(name, setup).
+// appending to `servers`. Ferry variants are further subjects with their own targets,
+// via ferryServer(name, {setup}): `ferry-staged` (a staging area attached, issue 3) and
+// `ferry-mirrored` (a local mirror, in sync before the first run: steady state, issue 4);
+// a variant can be limited to the workloads it is about (`rows`).
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FERRY_BIN } from '../test/harness.js';
-import { freePort, isRunning, run, spawnTracked, stopChild, waitFor } from './proc.js';
+import { freePort, isRunning, run, sleep, spawnTracked, stopChild, waitFor } from './proc.js';
 
 export interface ServerContext {
   /** Scratch directory for this server (its data directory lives here if it needs one). */
@@ -36,6 +38,12 @@ export interface ServerDef {
   /** Subjects are measured against baselines; ratio columns exist for subjects only. */
   role: 'subject' | 'baseline';
   targets?: Target[];
+  /** Where the targets come from, for the report (e.g. "issue 3: faster than the disk written directly"). */
+  targetNote?: string;
+  /** Only these workloads (row ids); every workload when absent. */
+  rows?: string[];
+  /** How the server was set up after it started, for the report's method section. */
+  setupNote?: string;
   start(ctx: ServerContext): Promise<StartedServer>;
 }
 
@@ -69,7 +77,15 @@ function captureStderr(child: ChildProcess): () => string {
  */
 export function ferryServer(
   name: string,
-  opts: { setup?: (api: FerryApi) => Promise<void>; targets?: Target[]; role?: ServerDef['role']; bin?: string } = {},
+  opts: {
+    setup?: (api: FerryApi, ctx: ServerContext) => Promise<void>;
+    targets?: Target[];
+    targetNote?: string;
+    rows?: string[];
+    setupNote?: string;
+    role?: ServerDef['role'];
+    bin?: string;
+  } = {},
 ): ServerDef {
   const { setup, targets } = opts;
   const bin = opts.bin ?? FERRY_BIN;
@@ -80,11 +96,14 @@ export function ferryServer(
       { baseline: 'nbdkit', ratio: 0.8 },
       { baseline: 'qemu-nbd', ratio: 1.0, strict: true },
     ],
+    targetNote: opts.targetNote ?? 'at least 0.8× nbdkit on every row and ahead of qemu-nbd (> 1.0×) for an unmirrored disk',
+    rows: opts.rows,
+    setupNote: opts.setupNote,
     async start(ctx) {
       const dataDir = path.join(ctx.dir, 'data');
       fs.mkdirSync(dataDir);
       const nodeArgs = (process.env.BENCH_FERRY_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
-      const args = [...nodeArgs, bin, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0'];
+      const args = [...nodeArgs, bin, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', ...(hasReplListener(bin) ? ['--repl', '127.0.0.1:0'] : [])];
       const child = spawnTracked(process.execPath, args);
       const stderr = captureStderr(child);
       let stdout = '';
@@ -121,7 +140,7 @@ export function ferryServer(
           return text ? JSON.parse(text) : undefined;
         };
         await api('POST', '/v1/disks/adopt', { name: 'bench', path: ctx.file });
-        if (setup) await setup(api);
+        if (setup) await setup(api, ctx);
         const uri = `nbd://${listening.nbd}/bench`;
         await waitForExport(uri, ctx.size, child, stderr);
         return { uri, pid: child.pid!, command: `\`node ${quote(args.map((a) => (a === bin ? path.relative(process.cwd(), bin) : a)))}\`, then \`POST /v1/disks/adopt {name, path}\` (UV_THREADPOOL_SIZE ${process.env.UV_THREADPOOL_SIZE ?? '16, the bin/ferry.cjs default'})`, stop };
@@ -131,6 +150,15 @@ export function ferryServer(
       }
     },
   };
+}
+
+/** Checkouts with site-to-site replication listen on a third port (default 7401): every ferryd of a run needs its own. */
+function hasReplListener(bin: string): boolean {
+  try {
+    return fs.readFileSync(path.resolve(path.dirname(bin), '..', 'src', 'cli', 'main.ts'), 'utf8').includes("'--repl <");
+  } catch {
+    return false;
+  }
 }
 
 export type FerryApi = (method: string, url: string, body?: unknown) => Promise<any>;
@@ -186,11 +214,48 @@ function alternates(): ServerDef[] {
 }
 
 const ferryRoot = process.env.BENCH_FERRY_ROOT;
+/** The ferry.cjs every Ferry subject runs (BENCH_FERRY_ROOT: another checkout's). */
+export const ferryBin = ferryRoot ? path.resolve(ferryRoot, 'bin', 'ferry.cjs') : FERRY_BIN;
+
+/** Staging area of the staged and mirrored subjects: large enough that 10 s of 4 KiB QD32 writes never wait for space. */
+export const BENCH_STAGING_SIZE = '1G';
+
+/** Polls the mirror of `disk` until it is in sync; returns the last status. */
+export async function waitInSync(api: FerryApi, disk: string, timeoutMs: number, pollMs = 20): Promise<any> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await api('GET', `/v1/disks/${disk}/mirror`);
+    if (st.state === 'in-sync') return st;
+    if (st.syncError || st.committerError) throw new Error(`mirror of ${disk}: ${st.syncError ?? st.committerError}`);
+    if (Date.now() > deadline) throw new Error(`mirror of ${disk} not in sync after ${timeoutMs} ms: ${JSON.stringify(st)}`);
+    await sleep(pollMs);
+  }
+}
+
+/** Issue 3: a disk with a staging area attached. */
+const ferryStaged = ferryServer('ferry-staged', {
+  bin: ferryBin,
+  rows: ['randwrite-4k-qd32', 'randwrite-4k-qd1-fsync'],
+  targets: [{ baseline: 'ferry', ratio: 1.0, strict: true }],
+  targetNote: 'issue 3: writes through the staging area faster than to the disk directly (> 1.0× ferry)',
+  setupNote: `\`POST /v1/disks/bench/staging {path, size: ${BENCH_STAGING_SIZE}}\` (a preallocated staging file in the same directory)`,
+  setup: async (api, ctx) => {
+    await api('POST', '/v1/disks/bench/staging', { path: path.join(ctx.dir, 'staging.img'), size: BENCH_STAGING_SIZE });
+  },
+});
+
+/** Issue 4: a disk with a local mirror, synced before the first run (steady state). */
+const ferryMirrored = ferryServer('ferry-mirrored', {
+  bin: ferryBin,
+  rows: ['randwrite-4k-qd32'],
+  targets: [{ baseline: 'nbdkit', ratio: 0.8 }],
+  targetNote: 'issue 4: a mirrored disk in steady state; the target is the 0.8× nbdkit of every row',
+  setupNote: `\`POST /v1/disks/bench/mirror {to: local:…/mirror.img, staging, stagingSize: ${BENCH_STAGING_SIZE}}\`, then polled until \`in-sync\``,
+  setup: async (api, ctx) => {
+    await api('POST', '/v1/disks/bench/mirror', { to: `local:${path.join(ctx.dir, 'mirror.img')}`, staging: path.join(ctx.dir, 'staging.img'), stagingSize: BENCH_STAGING_SIZE });
+    await waitInSync(api, 'bench', 300_000, 100);
+  },
+});
 
 /** Every server in a run, in the order they are interleaved. The first subject is "ferry". */
-export const servers: ServerDef[] = [
-  ferryServer('ferry', ferryRoot ? { bin: path.resolve(ferryRoot, 'bin', 'ferry.cjs') } : {}),
-  nbdkit,
-  qemuNbd,
-  ...alternates(),
-];
+export const servers: ServerDef[] = [ferryServer('ferry', { bin: ferryBin }), ferryStaged, ferryMirrored, nbdkit, qemuNbd, ...alternates()];
