@@ -38,6 +38,8 @@ const bytesPerFrameMax = 8 * 1024 * 1024;
 const unackedBytesMax = 64 * 1024 * 1024;
 const unackedFramesMax = 64;
 const gatherDelayMs = 10;
+/** How long the stream waits for records to become durable by someone else's sync (a client flush, the committer) before it syncs itself. */
+const durableWaitMs = 40;
 const heartbeatMs = 1000;
 /** No frame from the mirror site for this long while we wait on it: the link is dead. */
 const silenceMsMax = 10_000;
@@ -480,6 +482,9 @@ export class RemoteStream {
       }
       // Let records gather a moment, then make them durable here before they leave (R1).
       if (j.writtenSeq - pos.nextSeq + 1 < recordsPerFrameMax) await sleep(gatherDelayMs);
+      // Every sync of the staging area stalls the appends that share its last page: piggyback
+      // on the syncs the committer and clients make anyway, and sync only if none comes.
+      if (pos.nextSeq > j.durableSeq) await Promise.race([j.whenDurableBeyond(pos.nextSeq - 1), sleep(durableWaitMs)]);
       if (pos.nextSeq > j.durableSeq) await j.sync();
       if (!alive()) break;
       const upTo = j.durableSeq;
