@@ -35,6 +35,11 @@ export interface RemoteSites {
 type Target = { kind: 'local'; real: string; exists: boolean } | { kind: 'remote'; peer: PeerRow; remoteDisk: string };
 
 const firstAttachMsMax = 30_000;
+/** Drains before a swap holds requests: until one takes less than quickDrainMs, at most this many. */
+const preDrainRoundsMax = 4;
+const quickDrainMs = 30;
+/** Committer backlog (records) above which writers are paced while a swap prepares. */
+const paceRecordsMax = 256;
 
 /** The sync engine's hold on records touching a chunk being copied, bound once the mirror exists. */
 interface Admit {
@@ -458,15 +463,30 @@ export class MirrorControl {
     if (m.isRemote) throw new FerryError('NOT_SUPPORTED', `the mirror of '${disk}' is at a peer site: roles move between sites by failover, not by swap`);
     if (m.state !== 'in-sync') throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is ${m.state}; swap needs it in sync`);
     if (m.committer.lastError) throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is failing: ${m.committer.lastError}`);
-    // Bring both close to the head first, so the pause only covers the last few records.
-    await Promise.all([volume.staging.drain(), m.drain()]);
-    const pauseMs = await volume.exclusive(async () => {
-      await Promise.all([volume.staging!.drain(), m.drain()]);
-      this.store.swapMirrorPaths(disk);
-      const old = volume.replacePrimary(m.targetStore);
-      m.retarget(old);
-      this.disks.reloadRow(disk);
-    });
+    // Bring both close to the head first, so the pause only covers the last few records. Under
+    // a sustained load the committers may be slower than the writers, and the backlog would be
+    // applied inside the pause: writers are paced (not stopped) until both are within
+    // paceRecordsMax records of the head, then drained again until a drain is quick.
+    const staged = volume.staging;
+    const backlog = (pos: number): number => staged.journal.writtenSeq - pos + 1;
+    staged.pace = () => backlog(staged.committer.position.nextSeq) > paceRecordsMax || backlog(m.committer.position.nextSeq) > paceRecordsMax;
+    let pauseMs: number;
+    try {
+      for (let round = 0; round < preDrainRoundsMax; round++) {
+        const started = Date.now();
+        await Promise.all([staged.drain(), m.drain()]);
+        if (Date.now() - started < quickDrainMs) break;
+      }
+      pauseMs = await volume.exclusive(async () => {
+        await Promise.all([staged.drain(), m.drain()]);
+        this.store.swapMirrorPaths(disk);
+        const old = volume.replacePrimary(m.targetStore);
+        m.retarget(old);
+        this.disks.reloadRow(disk);
+      });
+    } finally {
+      staged.pace = null;
+    }
     m.lastSwapPauseMs = pauseMs;
     const after = this.store.mirror(disk)!;
     this.log.info({ disk, primary: volume.primaryStore.path, mirror: after.path, pauseMs }, 'swapped primary and mirror');

@@ -26,6 +26,8 @@ export class StagedPath {
   readonly genRegionBytes: number;
   /** A mirror's gate on the write path (bounded lag, dirty bitmap): what to wait for before a record is appended. */
   beforeAppend: ((offset: number, length: number) => Promise<void> | null) | null = null;
+  /** While this says so, new writes wait for the committers (a swap about to hold requests paces writers first). */
+  pace: (() => boolean) | null = null;
   /** Called with each written batch once it is indexed (before any of its appends resolves). */
   onIndexed: ((records: StagedRecord[]) => void) | null = null;
 
@@ -79,6 +81,10 @@ export class StagedPath {
     while (this.overlay.size >= overlayExtentsMax) {
       this.committer.kick();
       await this.committer.progress();
+    }
+    while (this.pace?.()) {
+      this.committer.kick();
+      await Promise.race([this.committer.progress(), new Promise((r) => setTimeout(r, 10))]);
     }
     const gate = this.beforeAppend?.(offset, length);
     if (gate) await gate;
