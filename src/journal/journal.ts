@@ -689,6 +689,18 @@ export class Journal extends EventEmitter {
     return this.spaceWaiters.length > 0;
   }
 
+  /**
+   * How far a consumer at `pos` is behind the head: records, their bytes in the ring, and the
+   * age of the oldest (its time from the recent cache, else `fallbackTimeMs` when known).
+   */
+  lagBehind(pos: ConsumerPosition, fallbackTimeMs: number): { records: number; bytes: number; seconds: number } {
+    const records = this.nextSeq - pos.nextSeq;
+    if (records <= 0) return { records: 0, bytes: 0, seconds: 0 };
+    const bytes = (this.headPos - pos.nextPos + this.ringBytes) % this.ringBytes || this.ringBytes;
+    const oldest = this.recordTime(pos.nextSeq) ?? (fallbackTimeMs || null);
+    return { records, bytes, seconds: oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000) };
+  }
+
   /** The head: where the next record goes and the chain link it will carry. */
   headPosition(): ConsumerPosition {
     return { name: '', nextSeq: this.nextSeq, nextPos: this.headPos, prevCrc: this.lastCrc };

@@ -122,8 +122,8 @@ export class Mirror {
    */
   private mode: 'stream' | 'bitmap' | 'resync';
   private dirty: DirtyMap | null;
-  /** Newest record seq written per sync chunk: which regions a fallback must mark. */
-  private readonly chunkSeq: Float64Array;
+  /** Newest record seq written per sync chunk: which regions a fallback must mark (bitmap policy only). */
+  private chunkSeq: Float64Array | null = null;
   private scanned: Promise<void> = Promise.resolve();
   private switching = false;
 
@@ -143,7 +143,6 @@ export class Mirror {
     this.dirty = opts.dirty;
     this.mode = !this.dirty ? 'stream' : this.journal.hasConsumer(MIRROR_CONSUMER) ? 'resync' : 'bitmap';
     if (this.mode !== 'stream') this.syncDone = false;
-    this.chunkSeq = new Float64Array(Math.ceil(opts.volume.size / SYNC_CHUNK_BYTES) + 1);
     this.installPolicies();
   }
 
@@ -151,21 +150,24 @@ export class Mirror {
 
   private installPolicies(): void {
     const p = this.opts.policy;
-    this.staged.onIndexed = (records) => {
-      for (const r of records) {
-        if (r.length === 0) continue;
-        const last = Math.floor((r.diskOffset + r.length - 1) / SYNC_CHUNK_BYTES);
-        for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) this.chunkSeq[c] = r.seq;
-        // A write racing the switch to bitmap mode is marked too (persisted before the consumer goes).
-        if (this.mode === 'bitmap') this.dirty?.mark(r.diskOffset, r.length);
-      }
-    };
     this.staged.beforeAppend = (offset, length) => this.gate(offset, length);
     if (p.onFull === 'fail') {
       this.journal.fullPolicy = () =>
         this.mode === 'stream' && this.isLaggard() ? new FerryError('NO_SPACE', `the staging area of ${this.disk} is full: its mirror (${this.targetLabel}) is behind and the mirror's policy is to fail writes`) : null;
     }
     if (p.onFull === 'bitmap' && this.opts.remote) {
+      // Only a bitmap fallback needs to know which regions recent records touched: no other mirror pays for it.
+      const chunkSeq = new Float64Array(Math.ceil(this.opts.volume.size / SYNC_CHUNK_BYTES) + 1);
+      this.chunkSeq = chunkSeq;
+      this.staged.onIndexed = (records) => {
+        for (const r of records) {
+          if (r.length === 0) continue;
+          const last = Math.floor((r.diskOffset + r.length - 1) / SYNC_CHUNK_BYTES);
+          for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) chunkSeq[c] = r.seq;
+          // A write racing the switch to bitmap mode is marked too (persisted before the consumer goes).
+          if (this.mode === 'bitmap') this.dirty?.mark(r.diskOffset, r.length);
+        }
+      };
       this.journal.on('space-needed', this.onSpaceNeeded);
       this.opts.remote.onLinkUp = () => void this.startResync();
       // Records already staged before this start (a restart) are marked through a scan.
@@ -242,13 +244,14 @@ export class Mirror {
 
   /** Marks the chunks of every record the mirror has not acknowledged that were staged before this start. */
   private async scanPending(): Promise<void> {
+    const chunkSeq = this.chunkSeq!;
     if (!this.journal.hasConsumer(MIRROR_CONSUMER)) return;
     let pos = this.journal.consumer(MIRROR_CONSUMER);
     const upTo = this.journal.durableSeq;
     while (pos.nextSeq <= upTo && !this.closed) {
       const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, 'mirror-scan');
       const last = Math.floor((r.diskOffset + Math.max(1, r.length) - 1) / SYNC_CHUNK_BYTES);
-      for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) this.chunkSeq[c] = Math.max(this.chunkSeq[c]!, r.seq);
+      for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) chunkSeq[c] = Math.max(chunkSeq[c]!, r.seq);
       pos = { name: pos.name, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
     }
   }
@@ -266,7 +269,8 @@ export class Mirror {
     // before it is staged); every earlier one is indexed (chunkSeq) or waiting in the journal.
     const dirty = DirtyMap.create(this.opts.bitmapFile, this.opts.volume.size, SYNC_CHUNK_BYTES);
     const from = this.committer.position.nextSeq;
-    for (let c = 0; c < this.chunkSeq.length; c++) if (this.chunkSeq[c]! >= from) dirty.markChunk(c);
+    const chunkSeq = this.chunkSeq!;
+    for (let c = 0; c < chunkSeq.length; c++) if (chunkSeq[c]! >= from) dirty.markChunk(c);
     for (const r of this.journal.unindexedRanges()) dirty.mark(r.offset, r.length);
     if (!this.syncDone) for (let c = Math.floor(cursor / SYNC_CHUNK_BYTES); c * SYNC_CHUNK_BYTES < this.opts.volume.size; c++) dirty.markChunk(c);
     this.dirty = dirty;
@@ -393,13 +397,8 @@ export class Mirror {
   }
 
   private lag(): { lagRecords: number; lagBytes: number; lagSeconds: number } {
-    const head = this.journal.headPosition();
-    const pos = this.committer.position;
-    const lagRecords = Math.max(0, head.nextSeq - pos.nextSeq);
-    const ring = this.journal.ringBytes;
-    const lagBytes = lagRecords === 0 ? 0 : (head.nextPos - pos.nextPos + ring) % ring || ring;
-    const oldest = lagRecords === 0 ? null : (this.journal.recordTime(pos.nextSeq) ?? (this.committer.appliedTimeMs || null));
-    return { lagRecords, lagBytes, lagSeconds: oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000) };
+    const { records, bytes, seconds } = this.journal.lagBehind(this.committer.position, this.committer.appliedTimeMs);
+    return { lagRecords: records, lagBytes: bytes, lagSeconds: seconds };
   }
 
   status(): MirrorStatus {

@@ -517,14 +517,7 @@ export class RemoteStream {
 
   /** How far the mirror site is behind (records, bytes, seconds): sent with every frame, so both sites show it. */
   lag(): { records: number; bytes: number; seconds: number } {
-    const j = this.opts.journal;
-    const head = j.headPosition();
-    const records = head.nextSeq - this.acked.nextSeq;
-    if (records <= 0) return { records: 0, bytes: 0, seconds: 0 };
-    const ring = j.ringBytes;
-    const bytes = (head.nextPos - this.acked.nextPos + ring) % ring || ring;
-    const oldest = j.recordTime(this.acked.nextSeq) ?? (this.appliedTimeMs || null);
-    return { records, bytes, seconds: oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000) };
+    return this.opts.journal.lagBehind(this.acked, this.appliedTimeMs);
   }
 
   private async recordsFrame(firstSeq: number, records: StagedRecord[], payloads: Buffer[]): Promise<Buffer> {
