@@ -20,10 +20,10 @@
 //    acknowledged write.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { requireTool, run } from '../harness.js';
+import { sha256File as sha256 } from '../interop/clients.js';
 import { seededRng } from '../../src/testing/faulty-store.js';
 import { Cleanup, HERE as STAGING_DIR, PYTHON, SYSTEM_ENV, checkDisk, describeRun, lastJson, runBounded, startWorkload, type CheckSummary } from '../staging/helpers.js';
 import { MiB, cliJson, diskPath, mirrorStatus, startSites, stopSitesBounded, waitCaughtUp, type Sites } from './helpers.js';
@@ -46,22 +46,6 @@ async function checkImage(file: string, log: string, blocks: number, out: string
   const r = await runBounded(requireTool('nbdkit'), args, { env: { ...SYSTEM_ENV, FERRY_CHECK_PREFIX_ONLY: '1' }, timeoutMs: 120_000 });
   assert.equal(r.code, 0, `checker failed:\n${describeRun('nbdkit', args, r)}`);
   return lastJson<CheckSummary>(r.stdout);
-}
-
-function sha256(file: string): string {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(4 * MiB);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
 }
 
 interface Snapshot {
