@@ -50,6 +50,7 @@ export const ERRORS = {
   NO_STAGING: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk has no staging area' },
   STAGING_CORRUPT: { http: 500, nbd: NbdErrno.EIO, summary: 'the staging area cannot be trusted' },
   STAGING_FAILED: { http: 500, nbd: NbdErrno.EIO, summary: 'every copy of the staging area failed' },
+  UNDO_LOG_CORRUPT: { http: 500, nbd: NbdErrno.EIO, summary: "the replica's undo log cannot be trusted" },
   // Mirrors.
   MIRROR_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk already has a mirror' },
   NO_MIRROR: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk has no mirror' },

@@ -105,6 +105,13 @@ export const MirrorSchema = Type.Object({
     Type.Null(),
   ]),
   dirtyBytes: Type.Integer({ description: 'bytes marked in the dirty-region bitmap, to resync (bitmap policy)' }),
+  fallback: Type.Union([
+    Type.Object({
+      seq: Type.Integer({ description: "the newest record (in the primary site's numbering) of the consistent image kept by the undo log" }),
+      undoBytes: Type.Integer({ description: 'size of the undo log' }),
+    }),
+    Type.Null(),
+  ], { description: 'a replica being resynced: the last consistent image `mirror promote` falls back to; null otherwise' }),
 });
 
 export const StagingSchema = Type.Object({
@@ -352,6 +359,24 @@ export const routes: RouteDef[] = [
     params: NameParam,
     response: Type.Object({ disk: Type.String(), primary: Type.String(), mirror: Type.String(), pauseMs: Type.Number() }),
     handler: (d, { params }) => d.mirrors.swap(params.name!),
+  },
+  {
+    method: 'POST',
+    url: '/v1/disks/:name/mirror/promote',
+    operationId: 'promoteReplica',
+    summary: "Fail over at the mirror site: the replica becomes a normal, writable disk holding a consistent image (the newest; or, mid-resync, the last consistent one from its undo log). force=true takes a replica that never completed its first sync as it is",
+    tag: 'mirrors',
+    params: NameParam,
+    querystring: Type.Object({ force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }),
+    response: Type.Object({
+      disk: Type.String(),
+      image: Type.Union([Type.Literal('newest'), Type.Literal('rolled-back'), Type.Literal('as-is')], {
+        description: 'newest: every record received was applied; rolled-back: the image from before the interrupted resync; as-is: forced, no consistent image existed',
+      }),
+      seq: Type.Integer({ description: "the newest record of the primary site's order the disk holds" }),
+      restoredBytes: Type.Integer({ description: 'bytes written back from the undo log' }),
+    }),
+    handler: (d, { params, query }) => d.mirrors.promote(params.name!, { force: query.force === 'true' }),
   },
   {
     method: 'DELETE',

@@ -4,6 +4,7 @@ import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import type { MirrorStatus, VerifyReport } from '../mirror/mirror.js';
 import type { SwapReport } from '../control/mirror-control.js';
+import type { PromoteReport } from '../control/replica-control.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, table } from './output.js';
 
@@ -23,7 +24,7 @@ function statusTable(list: MirrorStatus[]): string {
       consistent: m.consistent ? 'yes' : 'NO',
       sync: m.consistent ? 'done' : `${(m.syncProgress * 100).toFixed(1)}% ${bytes(m.syncBytesPerSec)}/s eta ${duration(m.syncEtaSeconds)}`,
       lag: `${m.lagRecords} rec ${bytes(m.lagBytes)} ${duration(m.lagSeconds)}`,
-      error: m.syncError ?? m.committerError ?? '',
+      error: m.syncError ?? m.committerError ?? (m.fallback ? `fallback image: record ${m.fallback.seq}` : ''),
     })),
     ['disk', 'target', 'state', 'consistent', 'sync', 'lag', 'error'],
   );
@@ -140,6 +141,21 @@ export function registerMirrorCommands(program: Command): void {
     .action(async (disk: string, _opts, cmd: Command) => {
       const r = await client(cmd).request<SwapReport>('POST', path(disk, '/swap'));
       print(cmd, r, () => `swapped: ${disk} now on ${r.primary}, mirror on ${r.mirror} (writes paused ${r.pauseMs.toFixed(1)} ms)\n`);
+    });
+
+  mirror
+    .command('promote <disk>')
+    .description('at the mirror site, if the primary site is lost: make the replica a normal, writable disk holding a consistent image (mid-resync: rolled back to the last consistent one)')
+    .option('--force', 'take a replica that never completed its first sync as it is (it holds no consistent image)')
+    .addOption(jsonOpt())
+    .action(async (disk: string, opts, cmd: Command) => {
+      const r = await client(cmd).request<PromoteReport>('POST', path(disk, `/promote${opts.force ? '?force=true' : ''}`));
+      const what = {
+        newest: `the newest image received (up to record ${r.seq})`,
+        'rolled-back': `its last consistent image (up to record ${r.seq}; ${bytes(r.restoredBytes)} rolled back from the interrupted resync)`,
+        'as-is': 'an INCOMPLETE image (forced: it never completed its first sync)',
+      }[r.image];
+      print(cmd, r, () => `promoted ${disk}: a normal, writable disk holding ${what}; it no longer follows the primary site\n`);
     });
 
   mirror

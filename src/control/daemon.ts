@@ -78,6 +78,7 @@ export class Daemon {
     };
     this.peers.inUse = (name) => this.mirrors.usesPeer(name);
     await this.disks.load(async (row, volume) => {
+      await this.replicas.guardAtStart(row, volume); // before the staging area replays (U1)
       await this.staging.openAtStart(row, volume);
       await this.mirrors.openAtStart(row, volume);
       this.replicas.openAtStart(row, volume);

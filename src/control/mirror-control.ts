@@ -14,7 +14,7 @@ import { syncDirectory, type DiskRegistry } from './disk-registry.js';
 import { assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, MirrorRow, PeerRow } from './store.js';
-import type { ReplicaControl } from './replica-control.js';
+import type { PromoteReport, ReplicaControl } from './replica-control.js';
 import type { PeerSession } from '../replication/peer-session.js';
 import { RemoteStream } from '../replication/remote-stream.js';
 import { RemoteStore } from '../replication/remote-store.js';
@@ -414,6 +414,14 @@ export class MirrorControl {
     m.resume();
     this.store.updateMirror(disk, { paused: 0 });
     return m.status();
+  }
+
+  /** Fail-over at the mirror site (see ReplicaControl.promote); a disk with a mirror here is already the primary. */
+  promote(disk: string, opts: { force: boolean }): Promise<PromoteReport> {
+    const replicas = this.remote?.replicas;
+    if (replicas?.isReplica(disk)) return replicas.promote(disk, opts);
+    if (this.mirrors.has(disk)) throw new FerryError('BAD_REQUEST', `disk '${disk}' is the primary of its mirror; promote runs at the mirror site, on the replica`);
+    throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica at this site`);
   }
 
   verify(disk: string): Promise<VerifyReport> {

@@ -4,12 +4,18 @@
 // clients may read it but not write it (the volume's replica hold) until the primary site
 // removes the mirror, which releases it. A replica's staging area is formatted to start at
 // the primary site's sequence number, so both sites number each record alike (R2).
+// While a resync rewrites a replica that was consistent, an undo log keeps the image it had
+// (src/replication/undo-log.ts), so `mirror promote` can always hand over a consistent disk
+// if the primary site is lost: the newest image when in sync, the last consistent one when not.
+import assert from 'node:assert';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { STAGING_BYTES_MIN } from '../journal/journal.js';
 import type { ReplicaHandle, ReplicaHost } from '../replication/receiver.js';
+import { UndoGuardStore } from '../replication/undo-guard-store.js';
+import { UndoLog, UndoState } from '../replication/undo-log.js';
 import type { Volume } from '../volume/volume.js';
 import type { MirrorStatus } from '../mirror/mirror.js';
 import type { DiskRegistry } from './disk-registry.js';
@@ -23,9 +29,23 @@ export const REPLICA_STAGING_DIR = 'replica-staging';
 /** Silence after which the link counts as down here (the primary site sends a heartbeat every second). */
 const linkSilenceMsMax = 5000;
 
+/** What `mirror promote` (or a release by the primary site) made of a replica. */
+export interface PromoteReport {
+  disk: string;
+  /** newest: every record received was applied; rolled-back: the image from before the interrupted resync; as-is: no consistent image existed (forced). */
+  image: 'newest' | 'rolled-back' | 'as-is';
+  /** The newest record of the primary site's order the disk now holds. */
+  seq: number;
+  /** Bytes written back from the undo log (rolled-back only). */
+  restoredBytes: number;
+}
+
 export class ReplicaControl implements ReplicaHost {
   private readonly handles = new Map<string, ReplicaHandle>();
   private readonly creating = new Set<string>();
+  /** Replicas whose undo log is active: their disk is wrapped in the guard (U1). */
+  private readonly guards = new Map<string, UndoGuardStore>();
+  private readonly promoting = new Set<string>();
 
   constructor(
     private readonly store: MetadataStore,
@@ -34,6 +54,41 @@ export class ReplicaControl implements ReplicaHost {
     private readonly dataDir: string,
     private readonly log: Logger,
   ) {}
+
+  private undoFile(disk: string): string {
+    return path.join(this.dataDir, REPLICA_STAGING_DIR, `${disk}.undo`);
+  }
+
+  /**
+   * At daemon start, before the staging area opens and replays: a replica with an undo log
+   * gets its guard back first (U1), a rollback that a crash interrupted is finished (U6),
+   * and a log whose resync had completed is deleted (U5).
+   */
+  async guardAtStart(row: DiskRow, volume: Volume): Promise<void> {
+    const r = this.store.replica(row.name);
+    const file = this.undoFile(row.name);
+    if (!r || !fs.existsSync(file)) return;
+    const raw = volume.primaryStore;
+    const undo = UndoLog.open(file, raw, volume.size);
+    if (undo.state === UndoState.ROLLING_BACK) {
+      const { bytes } = await undo.rollback();
+      await this.staging.discard(row.name);
+      await undo.remove();
+      this.store.deleteReplica(row.name);
+      this.log.warn({ disk: row.name, seq: undo.baseSeq, restoredBytes: bytes }, 'finished a rollback interrupted by a crash: the disk holds its last consistent image and is a normal disk now');
+      return;
+    }
+    if (r.synced === 1) {
+      await raw.sync();
+      await undo.remove();
+      this.log.info({ disk: row.name }, 'deleted the undo log of a resync that had completed');
+      return;
+    }
+    const guard = new UndoGuardStore(raw, undo);
+    volume.replacePrimary(guard);
+    this.guards.set(row.name, guard);
+    this.log.info({ disk: row.name, ...undo.stats() }, 'replica resyncing: its undo log keeps the last consistent image');
+  }
 
   /** At daemon start, after the staging area is open: a replica is held read-only again. */
   openAtStart(row: DiskRow, volume: Volume): void {
@@ -56,9 +111,9 @@ export class ReplicaControl implements ReplicaHost {
       disk,
       volume,
       staged: volume.staging!,
-      primary: volume.primaryStore,
       link: { connected: false, peer, lastHeardMs: 0, originHeadSeq: 0, durableSeq: volume.staging!.journal.durableSeq, receivedBytes: 0, originLag: null },
       dropSession: null,
+      released: false,
     };
   }
 
@@ -77,7 +132,7 @@ export class ReplicaControl implements ReplicaHost {
       }
       const h = this.handles.get(disk);
       if (!h) throw new FerryError('DISK_UNAVAILABLE', `replica '${disk}' is not online here`);
-      if (typeof meta.synced === 'boolean') this.setSynced(disk, meta.synced);
+      if (this.promoting.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being promoted at this site`);
       return { handle: h, created: false };
     }
     if (meta.create !== true) throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica of ${peer}:${originDisk} here (was the mirror removed at this site?)`);
@@ -130,24 +185,121 @@ export class ReplicaControl implements ReplicaHost {
     return { handle: h, created: createdDisk };
   }
 
-  setSynced(disk: string, synced: boolean): void {
+  /**
+   * The primary site says whether the replica is consistent (R7). Becoming inconsistent
+   * starts the undo log first (beginResync); becoming consistent deletes it (U5).
+   */
+  async markSynced(disk: string, synced: boolean): Promise<void> {
+    if (!synced) return this.beginResync(disk);
     const row = this.store.replica(disk);
-    if (row && row.synced !== (synced ? 1 : 0)) {
-      this.store.updateReplica(disk, { synced: synced ? 1 : 0 });
-      this.log.info({ disk, synced }, synced ? 'replica synced: it holds an image the primary site had' : 'replica resyncing: not consistent until the sync completes');
+    const h = this.handles.get(disk);
+    if (!row || !h || row.synced === 1) return;
+    const guard = this.guards.get(disk);
+    if (guard) {
+      const c = h.staged.committer;
+      const wasPaused = c.isPaused;
+      await c.pauseSettled();
+      try {
+        // Records not yet applied are durable in the staging area: the disk need only hold the chunks.
+        await guard.raw.sync();
+        this.store.updateReplica(disk, { synced: 1 });
+        await h.volume.exclusive(async () => void h.volume.replacePrimary(guard.raw));
+        this.guards.delete(disk);
+        await guard.undo.remove();
+      } finally {
+        if (!wasPaused) c.resume();
+      }
+    } else {
+      this.store.updateReplica(disk, { synced: 1 });
+    }
+    this.log.info({ disk }, 'replica synced: it holds an image the primary site had');
+  }
+
+  /**
+   * The replica is about to be rewritten out of order (a resync, a rebase, a sync chunk).
+   * If it holds a consistent image now, everything received is applied first (the newest
+   * consistent image) and an undo log starts keeping it; only then is it marked inconsistent.
+   */
+  async beginResync(disk: string): Promise<void> {
+    const row = this.store.replica(disk);
+    const h = this.handles.get(disk);
+    if (!row || !h || row.synced === 0) return;
+    assert.ok(!this.guards.has(disk), 'a consistent replica has no undo log (U5)');
+    const c = h.staged.committer;
+    if (c.isPaused) c.resume(); // a resync ends an operator's hold: the primary site rewrites the disk anyway
+    await h.staged.drain();
+    await c.pauseSettled();
+    try {
+      const raw = h.volume.primaryStore;
+      const undo = UndoLog.create(this.undoFile(disk), raw, h.volume.size, c.position.nextSeq - 1);
+      const guard = new UndoGuardStore(raw, undo);
+      await h.volume.exclusive(async () => void h.volume.replacePrimary(guard));
+      this.guards.set(disk, guard);
+      this.store.updateReplica(disk, { synced: 0 });
+      this.log.warn({ disk, fallbackSeq: undo.baseSeq }, 'replica resyncing: not consistent until the sync completes; its undo log keeps the last consistent image');
+    } finally {
+      c.resume();
     }
   }
 
-  /** The primary site removed the mirror: every record goes to the disk, which then is a normal, writable disk. */
+  /** The primary site removed the mirror: the disk becomes a normal, writable disk (its newest consistent image). */
   async release(disk: string): Promise<void> {
+    if (!this.handles.has(disk)) return;
+    const report = await this.toNormalDisk(disk, true, false); // asked by the session itself: it is not dropped
+    this.log.info({ ...report }, 'replica released by the primary site: it is a normal disk now');
+  }
+
+  /**
+   * Fail-over at the mirror site (the primary site is lost or given up): the replica becomes
+   * a normal, writable disk holding a consistent image: every record received, when in
+   * sync; the image from before the resync, when one was interrupted (rolled back from the
+   * undo log). A replica that never completed its first sync holds no consistent image: it
+   * is promoted as it is only with `force`.
+   */
+  async promote(disk: string, opts: { force: boolean }): Promise<PromoteReport> {
+    const row = this.store.replica(disk);
     const h = this.handles.get(disk);
-    if (!h) return;
-    if (h.staged.committer.isPaused) h.staged.committer.resume();
-    await this.staging.detach(disk, { replica: true });
-    this.store.deleteReplica(disk);
-    this.handles.delete(disk);
-    h.volume.setReplicaHold(false);
-    this.log.info({ disk }, 'replica released by the primary site: it is a normal disk now');
+    if (!row || !h) throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica at this site`);
+    if (this.promoting.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being promoted`);
+    if (row.synced === 0 && !this.guards.has(disk) && !opts.force) {
+      throw new FerryError('MIRROR_NOT_IN_SYNC', `replica '${disk}' has not completed its first sync: it holds no image the primary site had; promote it with --force to take it as it is`);
+    }
+    const report = await this.toNormalDisk(disk, opts.force, true);
+    this.log.warn({ ...report, peer: row.peer }, 'replica promoted: it is a normal, writable disk now and no longer follows the primary site');
+    return report;
+  }
+
+  private async toNormalDisk(disk: string, asIsAllowed: boolean, dropSession: boolean): Promise<PromoteReport> {
+    const h = this.handles.get(disk)!;
+    this.promoting.add(disk);
+    h.released = true; // before the session is dropped: a session attaching now stops (receiver.ts)
+    try {
+      if (dropSession) await h.dropSession?.(); // no more frames from the primary site (a new attach is refused)
+      const row = this.store.replica(disk)!;
+      const guard = this.guards.get(disk);
+      const j = h.staged.journal;
+      let report: PromoteReport;
+      if (row.synced === 1 || (!guard && asIsAllowed)) {
+        if (h.staged.committer.isPaused) h.staged.committer.resume();
+        await this.staging.detach(disk, { replica: true });
+        report = { disk, image: row.synced === 1 ? 'newest' : 'as-is', seq: j.writtenSeq, restoredBytes: 0 };
+      } else {
+        assert.ok(guard, 'an inconsistent replica is rolled back only from its undo log');
+        await h.staged.committer.pauseSettled();
+        const { bytes } = await guard.undo.rollback();
+        await this.staging.discard(disk);
+        await h.volume.exclusive(async () => void h.volume.replacePrimary(guard.raw));
+        this.guards.delete(disk);
+        await guard.undo.remove();
+        report = { disk, image: 'rolled-back', seq: guard.undo.baseSeq, restoredBytes: bytes };
+      }
+      this.store.deleteReplica(disk);
+      this.handles.delete(disk);
+      h.volume.setReplicaHold(false);
+      return report;
+    } finally {
+      this.promoting.delete(disk);
+    }
   }
 
   /** Status in the same shape as a mirror's, seen from this (the mirror) site: role 'replica', target = the source. */
@@ -160,6 +312,7 @@ export class ReplicaControl implements ReplicaHost {
       if (!h || !row) continue;
       const j = h.staged.journal;
       const stats = j.stats();
+      const guard = this.guards.get(name);
       const silentMs = h.link.lastHeardMs ? Date.now() - h.link.lastHeardMs : 0;
       // The primary site's figures as of its last frame; while it is silent, the lag can only have grown by the silence.
       // Records: what the primary site had written at its last frame, less what is durable here.
@@ -199,6 +352,7 @@ export class ReplicaControl implements ReplicaHost {
         },
         policy: null,
         dirtyBytes: 0,
+        fallback: guard ? { seq: guard.undo.baseSeq, undoBytes: guard.undo.stats().bytes } : null,
       });
     }
     return out;

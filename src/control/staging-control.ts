@@ -153,6 +153,27 @@ export class StagingControl {
     const { volume } = this.onlineVolume(disk);
     const s = this.store.staging(disk)!;
     await volume.detachStaging();
+    this.forget(disk);
+    this.log.info({ disk }, 'staging area detached: every staged write is on the disk');
+    return { ...info, usedBytes: 0 };
+  }
+
+  /**
+   * Detaches a replica's staging area WITHOUT applying what it holds (a replica falling back
+   * to its last consistent image: the records belong to the resync it abandons). Also when
+   * the staging area was never opened (that fallback finishing at daemon start).
+   */
+  async discard(disk: string): Promise<void> {
+    if (!this.store.replica(disk)) throw new FerryError('BAD_REQUEST', `only a replica's staging area is ever discarded; '${disk}' is not a replica`);
+    const volume = this.disks.entry(disk).volume;
+    if (volume?.staging) await volume.discardStaging();
+    if (this.store.staging(disk)) this.forget(disk);
+    this.log.warn({ disk }, 'replica staging area discarded: its records were not applied');
+  }
+
+  /** Deletes the staging row, then the files Ferry created. */
+  private forget(disk: string): void {
+    const s = this.store.staging(disk)!;
     this.store.deleteStaging(disk);
     for (const [p, mine] of [[s.path, s.created_file], [s.copy_path, s.created_copy]] as const) {
       if (p && mine) {
@@ -160,8 +181,6 @@ export class StagingControl {
         syncDirectory(path.dirname(p));
       }
     }
-    this.log.info({ disk }, 'staging area detached: every staged write is on the disk');
-    return { ...info, usedBytes: 0 };
   }
 
   /** Rebuilds every failed copy (a new preallocated file at the same path, or the block device reopened). */

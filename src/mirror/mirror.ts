@@ -73,6 +73,8 @@ export interface MirrorStatus {
   policy: MirrorPolicy | null;
   /** Bytes marked dirty while the mirror fell back to its bitmap, still to resync. */
   dirtyBytes: number;
+  /** A replica being resynced: the consistent image `mirror promote` falls back to (its undo log). */
+  fallback: { seq: number; undoBytes: number } | null;
 }
 
 export interface MirrorOptions {
@@ -426,6 +428,7 @@ export class Mirror {
       link: this.opts.linkStatus?.() ?? null,
       policy: this.opts.policy,
       dirtyBytes: this.dirty?.dirtyBytes ?? 0,
+      fallback: null,
     };
   }
 

@@ -8,7 +8,6 @@
 import assert from 'node:assert';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import type { DiskStore } from '../disk/store.js';
 import { RecordType, type RecordTypeValue } from '../journal/format.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
@@ -34,16 +33,20 @@ export interface ReplicaHandle {
   disk: string;
   volume: Volume;
   staged: StagedPath;
-  primary: DiskStore;
   link: ReplicaLinkInfo;
   /** Ends the session currently attached (a newer one replaces it); resolves once it has stopped. */
   dropSession: (() => Promise<void>) | null;
+  /** Set (before the session is dropped) once the replica is promoted or released: no session may touch it again. */
+  released: boolean;
 }
 
 export interface ReplicaHost {
   /** Finds (or, when allowed, creates) the replica the primary site names; validates it belongs to this peer. */
   attach(peer: string, meta: Record<string, unknown>): Promise<{ handle: ReplicaHandle; created: boolean }>;
-  setSynced(disk: string, synced: boolean): void;
+  /** The primary site says whether the replica is consistent (R7); becoming inconsistent starts its undo log. */
+  markSynced(disk: string, synced: boolean): Promise<void>;
+  /** Called before the replica is rewritten out of order (rebase, sync chunk): keeps its last consistent image. */
+  beginResync(disk: string): Promise<void>;
   /** The primary site removed the mirror: drain, release the disk (it becomes a normal disk). */
   release(disk: string): Promise<void>;
 }
@@ -124,6 +127,7 @@ export class Receiver {
 
   private bound(): ReplicaHandle {
     if (!this.handle) throw new ProtocolError('the session must attach to a disk first');
+    if (this.handle.released) throw new ProtocolError(`replica '${this.handle.disk}' is no longer a replica here`);
     return this.handle;
   }
 
@@ -139,12 +143,15 @@ export class Receiver {
           const { offset, length } = checkRange(f.meta, h.volume.size);
           if (op === 'write' && f.payload.length !== length) throw new ProtocolError('chunk payload length mismatch');
           await this.settle(h);
-          if (op === 'write') await h.primary.write(f.payload, 0, length, offset);
-          else await h.primary.zero(offset, length, true, false);
+          await this.host.beginResync(h.disk);
+          // The disk as the volume holds it: during a resync, the undo log's guard (U1).
+          const disk = h.volume.primaryStore;
+          if (op === 'write') await disk.write(f.payload, 0, length, offset);
+          else await disk.zero(offset, length, true, false);
           return this.respond(id);
         }
         case 'sync':
-          await h.primary.sync();
+          await h.volume.primaryStore.sync();
           return this.respond(id);
         case 'read': {
           const { offset, length } = checkRange(f.meta, h.volume.size);
@@ -154,7 +161,7 @@ export class Receiver {
           return this.respond(id, {}, buf);
         }
         case 'synced':
-          this.host.setSynced(h.disk, f.meta.synced === true);
+          await this.host.markSynced(h.disk, f.meta.synced === true);
           return this.respond(id);
         case 'release':
           await this.ackChain;
@@ -179,6 +186,7 @@ export class Receiver {
     const previous = handle.dropSession;
     handle.dropSession = this.drop;
     await previous?.();
+    if (handle.released) throw new FerryError('NO_MIRROR', `disk '${handle.disk}' is no longer a replica here (promoted or released)`);
     this.handle = handle;
     const j = handle.staged.journal;
     await j.sync();
@@ -187,12 +195,14 @@ export class Receiver {
       // The primary site skipped records (its staging area overflowed: it resyncs regions instead)
       // or restarts a sync: every record here goes to the disk, then numbering restarts at firstSeq.
       if (handle.staged.committer.isPaused) handle.staged.committer.resume();
+      await this.host.beginResync(handle.disk);
       await handle.staged.drain();
       await j.rebase(firstSeq);
       handle.staged.committer.reposition();
-      this.host.setSynced(handle.disk, false);
+      await this.host.markSynced(handle.disk, false);
       this.log.warn({ disk: handle.disk, from: firstSeq }, 'replica rebased for a resync: not consistent until it completes');
     }
+    if (typeof f.meta.synced === 'boolean') await this.host.markSynced(handle.disk, f.meta.synced);
     handle.link.connected = true;
     handle.link.peer = this.session.peer.name;
     handle.link.durableSeq = j.durableSeq;

@@ -186,6 +186,14 @@ export class StagedPath {
     return this.committer.drain();
   }
 
+  /** Stops without applying what is staged (a replica falling back to its last consistent image discards it). */
+  async abandon(): Promise<void> {
+    this.committer.pause();
+    await this.committer.stop();
+    this.journal.onWritten = null;
+    await this.journal.close();
+  }
+
   async close(): Promise<void> {
     await this.committer.drain().catch(() => undefined);
     await this.committer.stop();

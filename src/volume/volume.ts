@@ -279,6 +279,19 @@ export class Volume {
     }
   }
 
+  /** Drops the staging area without applying it: what it held is lost on purpose (see ReplicaControl.promote). */
+  async discardStaging(): Promise<void> {
+    const staged = this.staged;
+    if (!staged) throw new FerryError('NO_STAGING', `disk ${this.name} has no staging area`);
+    await this.gate.close();
+    try {
+      await staged.abandon();
+      this.staged = null;
+    } finally {
+      this.gate.open();
+    }
+  }
+
   /**
    * Runs `fn` with every request held at the gate and none in flight; returns how long
    * requests were held. Used to switch roles (swap) under open connections.

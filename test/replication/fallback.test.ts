@@ -1,0 +1,149 @@
+// Site B can always fall back to its last consistent image, and `mirror promote` hands it
+// over when site A is lost:
+//  - a bitmap resync rewrites B out of order; B keeps the image it had in an undo log
+//    (src/replication/undo-log.ts). Site A is killed mid-resync (lost), site B is killed
+//    and restarted too (its guard must be back before its staging area replays), and
+//    `mirror promote` at B rolls the disk back: byte for byte the image B held before the
+//    resync began, although resync chunks and streamed records had overwritten parts of it;
+//  - a resync that completes deletes the undo log, and B equals A;
+//  - promoting an in-sync replica gives the newest image; a replica that never completed
+//    its first sync is refused unless forced; promote is refused on a primary and on a disk
+//    that is no replica, changing nothing.
+// The mirrors use --compress none so the WAN proxy's rate limit holds the resync open.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { requireTool, run, type RunResult } from '../harness.js';
+import { Cleanup } from '../staging/helpers.js';
+import { MiB, cliFails, cliJson, diskPath, mirrorStatus, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+
+const DISK = 128 * MiB;
+const LONG = { timeout: 300_000 } as const;
+
+function qemuIo(uri: string, commands: string[]): Promise<RunResult> {
+  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 120_000 });
+}
+
+async function qemuIoOk(uri: string, commands: string[]): Promise<void> {
+  const r = await qemuIo(uri, commands);
+  assert.equal(r.code, 0, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
+}
+
+function sha256(file: string): string {
+  return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+const patternHash = (byte: number): string => createHash('sha256').update(Buffer.alloc(DISK, byte)).digest('hex');
+
+describe('site B falls back to its last consistent image; mirror promote', () => {
+  const cleanup = new Cleanup();
+  let s: Sites;
+  let work: string;
+
+  before(async () => {
+    requireTool('qemu-io');
+    requireTool('qemu-img');
+    s = await startSites(cleanup);
+    stopSitesBounded(cleanup, s);
+    work = cleanup.dir('ferry-fallback-');
+  }, LONG);
+  after(() => cleanup.run(), LONG);
+
+  async function mirrored(disk: string): Promise<void> {
+    await s.a.createDisk(disk, DISK);
+    await cliJson(s.a, ['mirror', 'create', disk, '--to', `${s.peer}:${disk}-dr`, '--staging', path.join(work, `${disk}.stg`), '--staging-size', '64M', '--on-full', 'bitmap', '--compress', 'none']);
+    await qemuIoOk(s.a.uri(disk), ['write -P 0x11 0 128M']);
+    await waitCaughtUp(s, disk, `${disk}-dr`);
+  }
+
+  /** Cuts the link, overflows A's staging area (bitmap fallback), restores the link at `bytesPerSec`. */
+  async function overflowAndResync(disk: string, bytesPerSec: number): Promise<void> {
+    s.proxy.cut();
+    await qemuIoOk(s.a.uri(disk), Array.from({ length: 12 }, (_, i) => `write -P 0x22 ${i * 8}M 8M`));
+    await waitStatus(s.a, disk, "state 'bitmap'", (st) => st.state === 'bitmap');
+    assert.equal((await mirrorStatus(s.b, `${disk}-dr`)).fallback, null, 'no undo log before the resync begins');
+    s.proxy.bytesPerSec = bytesPerSec;
+    s.proxy.restore();
+  }
+
+  it('site A lost mid-resync (and site B restarted): promote rolls B back to its last consistent image', LONG, async (t) => {
+    await mirrored('lost');
+    const bFile = await diskPath(s.b, 'lost-dr');
+    assert.equal(sha256(bFile), patternHash(0x11), 'B holds the image before the outage');
+    await overflowAndResync('lost', 2 * MiB);
+    const st = await waitStatus(s.b, 'lost-dr', 'an undo log with saved regions', (x) => x.fallback !== null && x.fallback.undoBytes > 4096 && x.consistent === false, 60_000);
+    t.diagnostic(`resync under way: fallback image up to record ${st.fallback.seq}, undo log ${st.fallback.undoBytes} bytes`);
+    // A record streamed during the resync (outside the dirty regions) is applied through the guard too.
+    await qemuIoOk(s.a.uri('lost'), ['write -P 0x33 120M 1M']);
+    await waitStatus(s.b, 'lost-dr', 'the record applied', (x) => x.appliedSeq > st.appliedSeq, 60_000);
+    assert.equal((await mirrorStatus(s.a, 'lost')).state, 'resyncing', 'the kill lands mid-resync');
+    assert.notEqual(sha256(bFile), patternHash(0x11), 'the resync has overwritten parts of B');
+
+    assert.equal((await s.a.kill9()).signal, 'SIGKILL'); // site A is lost
+    assert.equal((await s.b.kill9()).signal, 'SIGKILL'); // and site B crashes too
+    await s.b.start();
+    const after = await mirrorStatus(s.b, 'lost-dr');
+    assert.equal(after.consistent, false);
+    assert.ok(after.fallback && after.fallback.seq === st.fallback.seq, `the undo log is back after the restart: ${JSON.stringify(after.fallback)}`);
+
+    const r = await cliJson(s.b, ['mirror', 'promote', 'lost-dr']);
+    t.diagnostic(`promote: ${JSON.stringify(r)}`);
+    assert.equal(r.image, 'rolled-back');
+    assert.equal(r.seq, st.fallback.seq);
+    assert.ok(r.restoredBytes > 0);
+    assert.equal(sha256(bFile), patternHash(0x11), 'B is byte for byte its last consistent image');
+    assert.ok(!fs.existsSync(path.join(s.b.dataDir, 'replica-staging', 'lost-dr.undo')), 'the undo log is gone');
+    assert.ok(!fs.existsSync(path.join(s.b.dataDir, 'replica-staging', 'lost-dr.stg')), 'the replica staging area is gone');
+    // A normal, writable disk now, and it stays so across a restart.
+    assert.equal((await s.b.api('GET', '/v1/disks/lost-dr/mirror')).status, 409);
+    await qemuIoOk(s.b.uri('lost-dr'), ['write -P 0x44 0 64k', 'read -P 0x44 0 64k', 'read -P 0x11 64k 64k']);
+    await s.b.restart();
+    await qemuIoOk(s.b.uri('lost-dr'), ['read -P 0x44 0 64k', 'read -P 0x11 1M 127M']);
+    s.proxy.bytesPerSec = 0;
+    await s.a.start(); // for the next tests (its mirror of 'lost' now finds no replica)
+  });
+
+  it('a resync that completes deletes the undo log; promote in sync gives the newest image', LONG, async () => {
+    await mirrored('done');
+    await overflowAndResync('done', 0);
+    const { a } = await waitCaughtUp(s, 'done', 'done-dr', 120_000);
+    assert.equal(a.dirtyBytes, 0);
+    const b = await mirrorStatus(s.b, 'done-dr');
+    assert.equal(b.fallback, null, 'no fallback once consistent again');
+    assert.ok(!fs.existsSync(path.join(s.b.dataDir, 'replica-staging', 'done-dr.undo')), 'the undo log was deleted');
+    const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.a.uri('done'), s.b.uri('done-dr')], { timeoutMs: 120_000 });
+    assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr);
+
+    // Refusals change nothing: promote on the primary, on a disk that is no replica.
+    await cliFails(s.a, ['mirror', 'promote', 'done'], 'BAD_REQUEST');
+    await s.b.createDisk('plain', 16 * MiB);
+    await cliFails(s.b, ['mirror', 'promote', 'plain'], 'NO_MIRROR');
+    assert.equal((await mirrorStatus(s.b, 'done-dr')).role, 'replica');
+
+    await qemuIoOk(s.a.uri('done'), ['write -P 0x55 4M 1M']);
+    await waitCaughtUp(s, 'done', 'done-dr');
+    const r = await cliJson(s.b, ['mirror', 'promote', 'done-dr']);
+    assert.equal(r.image, 'newest');
+    const cmp2 = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.a.uri('done'), s.b.uri('done-dr')], { timeoutMs: 120_000 });
+    assert.equal(cmp2.code, 0, `the promoted disk holds every record: ${cmp2.stdout}${cmp2.stderr}`);
+    // Site A's mirror now finds no replica at B: it says so and keeps the disk serving.
+    await waitStatus(s.a, 'done', 'the link reports the missing replica', (st) => /no longer a replica|not a replica|NO_MIRROR/i.test(`${st.link?.lastError ?? ''} ${st.syncError ?? ''}`), 30_000);
+    await qemuIoOk(s.a.uri('done'), ['write -P 0x66 0 64k']);
+  });
+
+  it('a replica that never completed its first sync is promoted only with --force', LONG, async () => {
+    await s.a.createDisk('fresh', DISK);
+    await qemuIoOk(s.a.uri('fresh'), ['write -P 0x77 0 128M']);
+    s.proxy.bytesPerSec = 1 * MiB;
+    await cliJson(s.a, ['mirror', 'create', 'fresh', '--to', `${s.peer}:fresh-dr`, '--staging', path.join(work, 'fresh.stg'), '--staging-size', '64M', '--compress', 'none']);
+    await waitStatus(s.b, 'fresh-dr', 'the replica syncing', (x) => x.role === 'replica' && x.consistent === false, 60_000);
+    const msg = await cliFails(s.b, ['mirror', 'promote', 'fresh-dr'], 'MIRROR_NOT_IN_SYNC');
+    assert.match(msg, /--force/);
+    assert.equal((await mirrorStatus(s.b, 'fresh-dr')).role, 'replica', 'the refusal changed nothing');
+    const r = await cliJson(s.b, ['mirror', 'promote', 'fresh-dr', '--force']);
+    assert.equal(r.image, 'as-is');
+    s.proxy.bytesPerSec = 0;
+  });
+});
