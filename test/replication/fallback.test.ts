@@ -6,6 +6,7 @@
 //    `mirror promote` at B rolls the disk back: byte for byte the image B held before the
 //    resync began, although resync chunks and streamed records had overwritten parts of it;
 //  - a resync that completes deletes the undo log, and B equals A;
+//  - `mirror remove --force` at A mid-resync releases B at its last consistent image;
 //  - promoting an in-sync replica gives the newest image; a replica that never completed
 //    its first sync is refused unless forced; promote is refused on a primary and on a disk
 //    that is no replica, changing nothing.
@@ -131,6 +132,19 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     // Site A's mirror now finds no replica at B: it says so and keeps the disk serving.
     await waitStatus(s.a, 'done', 'the link reports the missing replica', (st) => /no longer a replica|not a replica|NO_MIRROR/i.test(`${st.link?.lastError ?? ''} ${st.syncError ?? ''}`), 30_000);
     await qemuIoOk(s.a.uri('done'), ['write -P 0x66 0 64k']);
+  });
+
+  it('mirror remove --force at site A mid-resync releases the replica at its last consistent image', LONG, async () => {
+    await mirrored('rm');
+    const bFile = await diskPath(s.b, 'rm-dr');
+    await overflowAndResync('rm', 2 * MiB);
+    await waitStatus(s.b, 'rm-dr', 'an undo log with saved regions', (x) => x.fallback !== null && x.fallback.undoBytes > 4096, 60_000);
+    s.proxy.bytesPerSec = 0;
+    const m = await cliJson(s.a, ['mirror', 'remove', 'rm', '--force']);
+    assert.equal(m.consistent, false, 'removed mid-resync');
+    assert.equal((await s.b.api('GET', '/v1/disks/rm-dr/mirror')).status, 409, 'B holds a normal disk now');
+    assert.equal(sha256(bFile), patternHash(0x11), 'the released disk is its last consistent image, not a half-resynced one');
+    assert.ok(!fs.existsSync(path.join(s.b.dataDir, 'replica-staging', 'rm-dr.undo')));
   });
 
   it('a replica that never completed its first sync is promoted only with --force', LONG, async () => {
