@@ -110,6 +110,17 @@ export const peerRoutes: RouteDef[] = [
     handler: (d, { params }) => d.peers.show(params.name!),
   },
   {
+    method: 'PATCH',
+    url: '/v1/peers/:name',
+    operationId: 'setPeerAddress',
+    summary: "Set the address this site dials the peer at (a peer that paired with us has none: give it one to mirror back to it); the pinned identity is unchanged",
+    tag: 'peers',
+    params: PeerNameParam,
+    body: Type.Object({ address: Type.String({ minLength: 1, maxLength: 300, description: "HOST:PORT of the peer's replication listener" }) }, { additionalProperties: false }),
+    response: PeerSchema,
+    handler: (d, { params, body }) => d.peers.setAddress(params.name!, body.address),
+  },
+  {
     method: 'DELETE',
     url: '/v1/peers/:name',
     operationId: 'removePeer',

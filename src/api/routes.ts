@@ -13,7 +13,7 @@ export interface RouteInput {
 }
 
 export interface RouteDef {
-  method: 'GET' | 'POST' | 'DELETE';
+  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
   url: string;
   operationId: string;
   summary: string;

@@ -89,6 +89,16 @@ export function registerPeerCommands(program: Command): void {
     });
 
   peer
+    .command('set <name>')
+    .description("set the address this site dials the peer at (a peer that paired with this site has none; give it one to mirror back to it)")
+    .requiredOption('--address <host:port>', "the peer's replication listener")
+    .addOption(jsonOpt())
+    .action(async (name: string, opts, cmd: Command) => {
+      const p = await client(cmd).request<PeerInfo>('PATCH', path(name), { address: opts.address });
+      print(cmd, p, () => `peer ${p.name} is dialled at ${p.address}\n`);
+    });
+
+  peer
     .command('remove <name>')
     .description('forget a peer (refused while mirrors use it); its connections are refused from then on')
     .addOption(jsonOpt())

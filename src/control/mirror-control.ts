@@ -35,6 +35,8 @@ export interface RemoteSites {
 type Target = { kind: 'local'; real: string; exists: boolean } | { kind: 'remote'; peer: PeerRow; remoteDisk: string };
 
 const firstAttachMsMax = 30_000;
+/** How long removing a remote mirror waits for the mirror site to take the last records and release its replica. */
+const removeWaitMs = 15_000;
 /** Drains before a swap holds requests: until one takes less than quickDrainMs, at most this many. */
 const preDrainRoundsMax = 4;
 const quickDrainMs = 30;
@@ -438,12 +440,29 @@ export class MirrorControl {
     const stream = this.streams.get(disk);
     if (stream) {
       // The mirror site gets every record, then releases its replica (a normal disk there from then on).
+      // Bounded: a mirror site that is gone (or no longer holds the replica) must not hang the removal.
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          const why = m.status().link?.lastError;
+          reject(new FerryError('PEER_UNREACHABLE', `the mirror site did not take the last records and release its replica within ${removeWaitMs / 1000} s${why ? ` (${why})` : ''}; remove with --force to abandon it`));
+        }, removeWaitMs);
+      });
       try {
-        if (m.state !== 'paused') await m.drain();
-        await stream.request({ op: 'release' });
+        await Promise.race([
+          (async () => {
+            // An abandoned (still syncing) mirror is released as it is: the mirror site falls
+            // back to its last consistent image, if it has one (its undo log).
+            if (m.state !== 'paused' && m.isSynced) await m.drain();
+            await stream.request({ op: 'release' });
+          })(),
+          deadline,
+        ]);
       } catch (err) {
         if (!opts.force) throw err;
         this.log.warn({ disk, err: (err as Error).message }, 'mirror removed without the mirror site: its replica stays held there until the peer is told');
+      } finally {
+        clearTimeout(timer);
       }
     } else if (m.state !== 'paused') await m.drain();
     const before = m.status();

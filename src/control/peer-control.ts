@@ -116,6 +116,21 @@ export class PeerControl {
     }
   }
 
+  /**
+   * Sets the address this site dials the peer at: a peer that paired with this site (it
+   * dialled us, so we stored no address) gets one, for a mirror in the other direction
+   * (fail-back after `mirror promote`), or a peer that moved gets its new one. Identity
+   * stays pinned to the fingerprint: the address only says where to dial.
+   */
+  setAddress(name: string, address: unknown): PeerInfo {
+    const row = this.row(name);
+    const { host, port } = parseAddress(address);
+    const normalized = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    this.store.updatePeerAddress(name, normalized);
+    this.log.info({ peer: name, from: row.address, to: normalized }, 'peer address set');
+    return info({ ...row, address: normalized });
+  }
+
   remove(name: string): PeerInfo {
     const row = this.row(name);
     if (this.inUse?.(name)) throw new FerryError('PEER_IN_USE', `mirrors still use peer '${name}'; remove them first`);

@@ -294,6 +294,10 @@ export class MetadataStore {
     this.db.prepare('INSERT INTO peers (name, address, fingerprint, site_id, created_at) VALUES (@name, @address, @fingerprint, @site_id, @created_at)').run(row);
   }
 
+  updatePeerAddress(name: string, address: string): void {
+    this.db.prepare('UPDATE peers SET address = ? WHERE name = ?').run(address, name);
+  }
+
   deletePeer(name: string): void {
     this.db.prepare('DELETE FROM peers WHERE name = ?').run(name);
   }

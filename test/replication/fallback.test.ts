@@ -5,6 +5,7 @@
 //    and restarted too (its guard must be back before its staging area replays), and
 //    `mirror promote` at B rolls the disk back: byte for byte the image B held before the
 //    resync began, although resync chunks and streamed records had overwritten parts of it;
+//  - fail-back: B is given A's address (`peer set`) and mirrors the promoted disk back to A;
 //  - a resync that completes deletes the undo log, and B equals A;
 //  - `mirror remove --force` at A mid-resync releases B at its last consistent image;
 //  - promoting an in-sync replica gives the newest image; a replica that never completed
@@ -106,6 +107,29 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     await s.a.start(); // for the next tests (its mirror of 'lost' now finds no replica)
   });
 
+  it('fail-back: site A returns, and the promoted disk at B is mirrored back to it', LONG, async (t) => {
+    // At A: its mirror of 'lost' finds no replica any more; abandon it, free the disk.
+    await waitStatus(s.a, 'lost', 'the link reports the missing replica', (st) => /no longer a replica|not a replica|NO_MIRROR/i.test(`${st.link?.lastError ?? ''} ${st.syncError ?? ''}`), 60_000);
+    await cliJson(s.a, ['mirror', 'remove', 'lost', '--force']);
+    await cliJson(s.a, ['staging', 'detach', 'lost']);
+    // At B: A paired with B (it dialled), so B has no address for A until it is given one.
+    const aPeer = await cliJson(s.b, ['peer', 'show', s.aName]);
+    assert.equal(aPeer.address, null);
+    const aSite = (await s.a.api('GET', '/v1/site')).body;
+    await cliFails(s.b, ['peer', 'set', s.aName, '--address', 'not-an-address'], 'BAD_REQUEST');
+    await cliFails(s.b, ['peer', 'set', 'nobody', '--address', aSite.replication], 'PEER_NOT_FOUND');
+    const set = await cliJson(s.b, ['peer', 'set', s.aName, '--address', aSite.replication]);
+    assert.equal(set.address, aSite.replication);
+    assert.equal((await cliJson(s.b, ['peer', 'show', s.aName])).check.authenticated, true, 'B reaches A, both identities pinned');
+    // B's disk (its rolled-back image plus what was written since) goes back to A's disk, checksum sync.
+    await cliJson(s.b, ['mirror', 'create', 'lost-dr', '--to', `${s.aName}:lost`, '--staging', path.join(work, 'back.stg'), '--staging-size', '64M', '--sync', 'checksum', '--compress', 'none']);
+    const st = await waitStatus(s.b, 'lost-dr', 'in sync with A', (x) => x.state === 'in-sync' && x.consistent && x.lagRecords === 0, 120_000);
+    t.diagnostic(`fail-back in sync: ${JSON.stringify(st.link)}`);
+    await waitStatus(s.a, 'lost', 'A holds the replica', (x) => x.role === 'replica' && x.consistent && x.lagRecords === 0, 60_000);
+    const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.b.uri('lost-dr'), s.a.uri('lost')], { timeoutMs: 120_000 });
+    assert.equal(cmp.code, 0, `A's disk is B's again: ${cmp.stdout}${cmp.stderr}`);
+  });
+
   it('a resync that completes deletes the undo log; promote in sync gives the newest image', LONG, async () => {
     await mirrored('done');
     await overflowAndResync('done', 0);
@@ -139,8 +163,10 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     const bFile = await diskPath(s.b, 'rm-dr');
     await overflowAndResync('rm', 2 * MiB);
     await waitStatus(s.b, 'rm-dr', 'an undo log with saved regions', (x) => x.fallback !== null && x.fallback.undoBytes > 4096, 60_000);
-    s.proxy.bytesPerSec = 0;
+    // The release travels behind the chunks already sent; the resync is far from done when it arrives.
+    s.proxy.bytesPerSec = 8 * MiB;
     const m = await cliJson(s.a, ['mirror', 'remove', 'rm', '--force']);
+    s.proxy.bytesPerSec = 0;
     assert.equal(m.consistent, false, 'removed mid-resync');
     assert.equal((await s.b.api('GET', '/v1/disks/rm-dr/mirror')).status, 409, 'B holds a normal disk now');
     assert.equal(sha256(bFile), patternHash(0x11), 'the released disk is its last consistent image, not a half-resynced one');
