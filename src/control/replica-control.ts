@@ -237,6 +237,12 @@ export class ReplicaControl implements ReplicaHost {
       this.guards.set(disk, guard);
       this.store.updateReplica(disk, { synced: 0 });
       this.log.warn({ disk, fallbackSeq: undo.baseSeq }, 'replica resyncing: not consistent until the sync completes; its undo log keeps the last consistent image');
+      // The log holds each granule once: at worst the disk's size. Say so early if that may not fit.
+      const fsStat = fs.statfsSync(path.dirname(undo.file));
+      const freeBytes = fsStat.bavail * fsStat.bsize;
+      if (freeBytes < h.volume.size) {
+        this.log.warn({ disk, freeBytes, diskBytes: h.volume.size }, 'the undo log may outgrow the free space of its file system; if it does, writes to the replica fail (nothing is written unprotected) and are retried until space is freed');
+      }
     } finally {
       c.resume();
     }

@@ -105,6 +105,10 @@ export interface MirrorOptions {
 /** How long writes wait for space before a `bitmap` mirror lets go of the staging area. */
 const fullGraceMs = 500;
 
+/** Backoff between attempts of a failed sync. */
+const syncRetryMsMin = 1000;
+const syncRetryMsMax = 30_000;
+
 export class Mirror {
   readonly disk: string;
   targetLabel: string;
@@ -113,6 +117,7 @@ export class Mirror {
   private readonly staged: StagedPath;
   private readonly journal: Journal;
   private sync: SyncEngine | null = null;
+  private syncRetryMs = syncRetryMsMin;
   private syncDone: boolean;
   private closed = false;
   private readonly opts: MirrorOptions;
@@ -365,7 +370,11 @@ export class Mirror {
       );
       this.sync = engine;
       await engine.start();
-      if (!engine.done) return;
+      if (!engine.done) {
+        if (engine.error !== null) this.retrySyncLater(engine);
+        return;
+      }
+      this.syncRetryMs = syncRetryMsMin;
       // The copy is complete, but each chunk holds the disk as it was when that chunk was read
       // (up to the newest record written by now), while the committer may not have applied the
       // records before that everywhere yet: until it has, the mirror mixes moments of the disk.
@@ -389,6 +398,20 @@ export class Mirror {
       this.opts.onSyncCheckpoint(volume.size, true);
     };
     void run().catch((err) => this.opts.log.error({ err: (err as Error).message }, 'mirror sync could not complete; it resumes from its checkpoint when restarted'));
+  }
+
+  /**
+   * A sync that failed (the target or the link refused a chunk: a full disk, an I/O error,
+   * a mirror site whose undo log has no space) is tried again from its checkpoint, with
+   * backoff, for as long as the mirror exists; its error shows in the status meanwhile.
+   */
+  private retrySyncLater(failed: SyncEngine): void {
+    const waitMs = this.syncRetryMs;
+    this.syncRetryMs = Math.min(this.syncRetryMs * 2, syncRetryMsMax);
+    this.opts.log.warn({ err: failed.error, retryMs: waitMs }, 'mirror sync failed; retrying from its checkpoint');
+    setTimeout(() => {
+      if (this.sync === failed && !this.closed && !this.committer.isPaused && !this.syncDone && this.mode !== 'bitmap') this.startSync();
+    }, waitMs).unref();
   }
 
   get state(): MirrorState {

@@ -198,10 +198,17 @@ export class UndoLog {
           batch.resolve();
         },
         (err) => {
-          // Nothing may write a granule whose old contents are not saved: the log stops here.
-          this.failure ??= new FerryError('IO_ERROR', `undo log ${this.file}: ${(err as Error).message}`);
+          // Nothing may write a granule whose old contents are not saved: its writers fail.
+          // The batch's bytes are cut off (U4: no stale entry may follow the valid ones), so a
+          // later attempt (space freed) appends cleanly; if even that fails, the log stops here.
+          const e = new FerryError(isNoSpace(err) ? 'NO_SPACE' : 'IO_ERROR', `undo log ${this.file}: ${(err as Error).message}`);
+          try {
+            fs.ftruncateSync(this.fd, headerBytes + this.entries * entrySize());
+          } catch (cut) {
+            this.failure ??= new FerryError('IO_ERROR', `undo log ${this.file}: ${(err as Error).message}; cutting the failed append: ${(cut as Error).message}`);
+          }
           for (const g of batch.granules) this.pending.delete(g);
-          batch.reject(this.failure);
+          batch.reject(this.failure ?? e);
         },
       )
       .finally(() => {
@@ -331,6 +338,10 @@ export class UndoLog {
     fs.writeSync(this.fd, h, 0, headerBytes, 0);
     fs.fsyncSync(this.fd);
   }
+}
+
+function isNoSpace(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException)?.code === 'ENOSPC' || (err as NodeJS.ErrnoException)?.code === 'EDQUOT';
 }
 
 function entrySize(): number {
