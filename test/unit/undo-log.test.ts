@@ -106,21 +106,26 @@ describe('replica undo log', () => {
     await disk.close();
   });
 
-  it('a log that cannot be written stops every guarded write, leaving the disk unchanged', async () => {
+  it('a failed save stops the guarded write, leaves the disk unchanged, and a later attempt succeeds', async () => {
     const { diskFile, logFile, original, disk } = setup();
-    const undo = UndoLog.create(logFile, disk, DISK, 1);
+    let failures = 2;
+    const flaky = Object.create(disk, {
+      read: { value: (b: Buffer, o: number, l: number, p: number) => (failures-- > 0 ? Promise.reject(new Error('EIO')) : disk.read(b, o, l, p)) },
+    }) as DiskStore;
+    const undo = UndoLog.create(logFile, flaky, DISK, 1);
     const guard = new UndoGuardStore(disk, undo);
-    // The read of the old contents fails: nothing may be written.
-    const broken = new UndoGuardStore(
-      disk,
-      UndoLog.open(logFile, Object.create(disk, { read: { value: () => Promise.reject(new Error('EIO')) } }) as DiskStore, DISK),
-    );
-    await assert.rejects(broken.write(Buffer.alloc(G, 1), 0, G, 0), /undo log/);
-    await assert.rejects(broken.write(Buffer.alloc(G, 1), 0, G, 5 * G), /undo log/, 'the log stays failed');
-    assert.deepEqual(fs.readFileSync(diskFile), original);
-    await broken.undo.close();
+    await assert.rejects(guard.write(Buffer.alloc(G, 1), 0, G, 0), /undo log/);
+    await assert.rejects(guard.write(Buffer.alloc(G, 1), 0, G, 5 * G), /undo log/);
+    assert.deepEqual(fs.readFileSync(diskFile), original, 'nothing reached the disk unprotected');
+    assert.equal(undo.stats().granules, 0);
+    await guard.write(Buffer.alloc(G, 2), 0, G, 5 * G); // the store reads again: saved, then written
+    assert.equal(undo.stats().granules, 1);
     await undo.close();
-    void guard;
+    const again = UndoLog.open(logFile, disk, DISK);
+    assert.equal(again.stats().granules, 1, 'the log holds exactly the saved entry');
+    await again.rollback();
+    assert.deepEqual(fs.readFileSync(diskFile), original);
+    await again.remove();
     await disk.close();
   });
 
