@@ -21,6 +21,9 @@ import { RemoteStore } from '../replication/remote-store.js';
 import type { DiskStore } from '../disk/store.js';
 import type { StagedRecord } from '../journal/journal.js';
 import { validateName } from './names.js';
+import { swapRoles, type SwapReport } from './mirror-swap.js';
+
+export type { SwapReport } from './mirror-swap.js';
 import { DirtyMap } from '../mirror/dirty-map.js';
 import { SYNC_CHUNK_BYTES } from '../mirror/sync-engine.js';
 import { parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
@@ -37,11 +40,6 @@ type Target = { kind: 'local'; real: string; exists: boolean } | { kind: 'remote
 const firstAttachMsMax = 30_000;
 /** How long removing a remote mirror waits for the mirror site to take the last records and release its replica. */
 const removeWaitMs = 15_000;
-/** Drains before a swap holds requests: until one takes less than quickDrainMs, at most this many. */
-const preDrainRoundsMax = 4;
-const quickDrainMs = 30;
-/** Committer backlog (records) above which writers are paced while a swap prepares. */
-const paceRecordsMax = 256;
 
 /** The sync engine's hold on records touching a chunk being copied, bound once the mirror exists. */
 interface Admit {
@@ -64,13 +62,6 @@ export interface CreateMirrorRequest extends PolicyRequest {
   stagingSize?: number;
   stagingCopy?: string;
   sync?: SyncMode;
-}
-
-export interface SwapReport {
-  disk: string;
-  primary: string;
-  mirror: string;
-  pauseMs: number;
 }
 
 export class MirrorControl {
@@ -478,46 +469,12 @@ export class MirrorControl {
     return before;
   }
 
-  /**
-   * Exchanges the roles of disk and mirror: requests are held, the staging area is drained
-   * to both, the metadata swaps the paths in one transaction, the data path switches, and
-   * requests resume. Open NBD connections see no error.
-   */
+  /** Exchanges the roles of disk and mirror (see swapRoles); open NBD connections see no error. */
   async swap(disk: string): Promise<SwapReport> {
     const m = this.mirror(disk);
     const { volume } = this.disks.entry(disk);
     if (!volume?.staging) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
-    if (m.isRemote) throw new FerryError('NOT_SUPPORTED', `the mirror of '${disk}' is at a peer site: roles move between sites by failover, not by swap`);
-    if (m.state !== 'in-sync') throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is ${m.state}; swap needs it in sync`);
-    if (m.committer.lastError) throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is failing: ${m.committer.lastError}`);
-    // Bring both close to the head first, so the pause only covers the last few records. Under
-    // a sustained load the committers may be slower than the writers, and the backlog would be
-    // applied inside the pause: writers are paced (not stopped) until both are within
-    // paceRecordsMax records of the head, then drained again until a drain is quick.
-    const staged = volume.staging;
-    const backlog = (pos: number): number => staged.journal.writtenSeq - pos + 1;
-    staged.pace = () => backlog(staged.committer.position.nextSeq) > paceRecordsMax || backlog(m.committer.position.nextSeq) > paceRecordsMax;
-    let pauseMs: number;
-    try {
-      for (let round = 0; round < preDrainRoundsMax; round++) {
-        const started = Date.now();
-        await Promise.all([staged.drain(), m.drain()]);
-        if (Date.now() - started < quickDrainMs) break;
-      }
-      pauseMs = await volume.exclusive(async () => {
-        await Promise.all([staged.drain(), m.drain()]);
-        this.store.swapMirrorPaths(disk);
-        const old = volume.replacePrimary(m.targetStore);
-        m.retarget(old);
-        this.disks.reloadRow(disk);
-      });
-    } finally {
-      staged.pace = null;
-    }
-    m.lastSwapPauseMs = pauseMs;
-    const after = this.store.mirror(disk)!;
-    this.log.info({ disk, primary: volume.primaryStore.path, mirror: after.path, pauseMs }, 'swapped primary and mirror');
-    return { disk, primary: volume.primaryStore.path, mirror: after.path, pauseMs };
+    return swapRoles({ store: this.store, disks: this.disks, log: this.log }, disk, m, volume);
   }
 
   /** Mirrors that use the peer (it is not removed while they do). */
