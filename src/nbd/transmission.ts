@@ -2,9 +2,12 @@
 // volume concurrently, and writes each reply as one buffer as soon as its request
 // completes (replies may leave out of order; the cookie pairs them; replies completed
 // in the same event-loop turn leave together in one writev, see send()).
-// Bounds: requests and payload bytes in flight per connection, and bytes queued for
-// the client to read; past either, the socket is paused, so a client can never make
-// the server buffer without limit. Every request is validated (magic, command, flags,
+// Bytes arrive through an Inbound (inbound.ts: one fixed receive buffer, WRITE payloads
+// read into reusable buffers of payload-pool.ts, released when their write completes).
+// Bounds: requests and payload bytes in flight per connection (the payload being received
+// included), and bytes queued for the client to read; past either, reading stops, and the
+// unparsed bytes held are at most the receive buffer, so a client can never make the
+// server buffer without limit. Every request is validated (magic, command, flags,
 // range, length) before it touches the volume; a request that fails validation gets
 // an NBD error and changes nothing. A bad magic means the stream is lost: disconnect.
 import type { Duplex } from 'node:stream';
@@ -22,7 +25,8 @@ import {
   STRUCTURED_REPLY_MAGIC,
 } from './protocol.js';
 import type { Volume } from '../volume/volume.js';
-import { ByteQueue } from './byte-queue.js';
+import { Inbound } from './inbound.js';
+import { acquirePayload, releasePayload } from './payload-pool.js';
 
 /**
  * Flags each command accepts; anything else is NBD_EINVAL (doc/proto.md, "Error values").
@@ -62,13 +66,18 @@ export class Transmission {
   private readonly structured: boolean;
   private readonly baseAllocation: boolean;
   private readonly log: TransmissionOptions['log'];
-  private readonly received = new ByteQueue();
+  private readonly received: Inbound;
+  /** The WRITE whose payload is being received (into a buffer of payload-pool.ts). */
   private header: Request | null = null;
   private drainBytes = 0;
   /** The oversized WRITE whose payload is being drained; refused once the payload is read. */
   private drainedWrite: Request | null = null;
   private inflight = 0;
   private inflightBytes = 0;
+  /** Payload bytes of the WRITE being received: counted against the in-flight bound too. */
+  private receivingBytes = 0;
+  /** Set by doWrite(): the volume has the payload and doWrite() releases it (see dispatch()). */
+  private payloadTaken = false;
   private paused = false;
   private corked = false;
   /** Inside parse(): completions that happen synchronously must not re-enter it. */
@@ -90,19 +99,18 @@ export class Transmission {
     this.log = opts.log;
     this.release = this.volume.attach();
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
-    stream.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.received = new Inbound(stream, () => this.onData());
     stream.on('drain', () => this.updateFlow());
     stream.on('error', () => this.onClose());
     stream.on('close', () => this.onClose());
     stream.on('end', () => this.onClose());
-    if (pending.length) this.onData(pending);
-    stream.resume();
+    this.received.start(pending);
   }
 
   /** Stops taking requests, lets in-flight ones finish and reply, then closes the connection. */
   async shutdown(): Promise<void> {
     this.stopping = true;
-    this.stream.pause();
+    this.received.pause();
     await this.idle();
     await this.endAfterFlush();
   }
@@ -134,7 +142,7 @@ export class Transmission {
   private onClose(): void {
     if (this.closed) return;
     this.closed = true;
-    this.received.clear();
+    this.received.stop();
     void this.idle().then(() => {
       this.release();
       this.resolveDone();
@@ -145,13 +153,13 @@ export class Transmission {
   private protocolError(reason: string): void {
     this.log('client protocol violation, disconnecting', { reason, disk: this.volume.name });
     this.stopping = true;
-    this.stream.pause();
+    this.received.pause();
     void this.idle().then(() => this.onClose());
   }
 
-  private onData(chunk: Buffer): void {
+  /** Bytes arrived (called by the Inbound, possibly while it copies a chunk in pieces). */
+  private onData(): void {
     if (this.closed || this.stopping) return;
-    this.received.push(chunk);
     this.parse();
     this.updateFlow();
   }
@@ -185,7 +193,16 @@ export class Transmission {
         this.reply(refused, NbdErrno.EINVAL, `write of ${refused.length} bytes exceeds the maximum payload ${Limits.payloadBytesMax}`);
         continue;
       }
-      if (this.header === null) {
+      if (this.header !== null) {
+        const payload = this.received.fillPayload();
+        if (payload === null) return;
+        const req = this.header;
+        this.header = null;
+        this.receivingBytes = 0;
+        this.dispatch(req, payload);
+        continue;
+      }
+      {
         if (this.received.length < HEADER_REQUEST_BYTES) return;
         // One segment can hold thousands of headers (each READ up to 32 MiB): start no more
         // than the in-flight bounds allow; updateFlow() resumes parsing as requests complete.
@@ -216,17 +233,17 @@ export class Transmission {
             this.drainedWrite = req;
             continue;
           }
+          if (req.length === 0) {
+            this.dispatch(req, Buffer.alloc(0));
+            continue;
+          }
           this.header = req;
+          this.receivingBytes = req.length;
+          this.received.startPayload(acquirePayload(req.length));
         } else {
           this.dispatch(req, null);
-          continue;
         }
       }
-      const req = this.header;
-      if (this.received.length < req.length) return;
-      this.header = null;
-      const payload = req.length ? this.received.takeParts(req.length) : Buffer.alloc(0);
-      this.dispatch(req, payload);
     }
   }
 
@@ -234,7 +251,7 @@ export class Transmission {
   private busy(): boolean {
     return (
       this.inflight >= Limits.inflightRequestsMax ||
-      this.inflightBytes >= Limits.inflightBytesMax ||
+      this.inflightBytes + this.receivingBytes >= Limits.inflightBytesMax ||
       this.stream.writableLength >= Limits.inflightBytesMax
     );
   }
@@ -243,26 +260,34 @@ export class Transmission {
     if (this.closed || this.stopping) return;
     if (this.received.length > 0 && !this.busy()) this.parse();
     if (this.closed || this.stopping) return;
-    const overloaded =
-      this.inflight >= Limits.inflightRequestsMax ||
-      this.inflightBytes + this.received.length >= Limits.inflightBytesMax ||
-      this.stream.writableLength >= Limits.inflightBytesMax;
+    // Reading goes on while a payload is being received (it is already counted); otherwise
+    // it stops at the bounds, and the unparsed bytes it may still hold are bounded by the
+    // Inbound's fixed receive buffer.
+    const overloaded = this.header === null && this.busy();
     if (overloaded && !this.paused) {
       this.paused = true;
-      this.stream.pause();
-    } else if (!overloaded && this.paused) {
+      this.received.pause();
+    } else if (!overloaded) {
       this.paused = false;
-      this.stream.resume();
+      this.received.resume();
     }
   }
 
-  private dispatch(req: Request, payload: Buffer | Buffer[] | null): void {
+  /** Starts one request; a WRITE payload (from acquirePayload) goes back to the pool however the request ends. */
+  private dispatch(req: Request, payload: Buffer | null): void {
+    this.payloadTaken = false;
+    this.start(req, payload);
+    // Refused before it reached the volume: nothing holds the payload.
+    if (payload !== null && payload.length > 0 && !this.payloadTaken) releasePayload(payload);
+  }
+
+  private start(req: Request, payload: Buffer | null): void {
     const allowed = allowedFlags[req.type];
     if (allowed === undefined) return this.reply(req, NbdErrno.EINVAL, `unknown command ${req.type}`);
     if (req.flags & ~allowed) return this.reply(req, NbdErrno.EINVAL, `flags 0x${req.flags.toString(16)} not valid for command ${req.type}`);
     if (req.type === Cmd.DISC) {
       this.stopping = true;
-      this.stream.pause();
+      this.received.pause();
       void this.idle().then(() => this.endAfterFlush());
       return;
     }
@@ -332,9 +357,11 @@ export class Transmission {
   }
 
   /** WRITE: callbacks rather than promises on the hot path (see Volume.writeFrom). */
-  private doWrite(req: Request, payload: Buffer | Buffer[], fua: boolean): void {
+  private doWrite(req: Request, payload: Buffer, fua: boolean): void {
+    this.payloadTaken = true;
     this.started(req.length);
     this.volume.writeFrom(payload, req.length, req.offset, fua, (err) => {
+      if (payload.length > 0) releasePayload(payload);
       try {
         if (err) this.replyFailure(req, err);
         else this.reply(req, 0);
