@@ -40,14 +40,61 @@ const cachedReadBytesMax = 256 * 1024;
  */
 const inlineWriteBytesMax = 64 * 1024;
 /**
- * An inline write slower than this means the kernel made the writer wait (dirty-page
- * throttling, a slow file system): the next writes go to the thread pool for a while,
- * twice as long after each further slow attempt, so the event loop is rarely held. (Wall
- * time: well above a preempted write's few milliseconds on a busy machine.)
+ * When inline writes must go back to the thread pool (see InlineWriteGuard). A write slower
+ * than stallMs means the kernel made the writer wait (dirty-page throttling, a journal
+ * commit, a slow file system) or the thread lost its CPU; its whole time is charged to a
+ * budget of stall time that refills at refillMsPerS up to budgetMs. When the budget is
+ * spent, writes go to the pool until it has refilled to half (so the longer the stalls,
+ * the longer the backoff; at most backoffMsMax). The event loop thus loses at most about
+ * budgetMs plus one stall at once and refillMsPerS per second (1 %) over time to writes the
+ * kernel holds, while the occasional 2–6 ms stall of a busy machine (which with a single
+ * 5 ms threshold sent QD1 writes to the pool for a second or more) costs nothing.
  */
-const inlineWriteSlowMs = 5;
-const inlineBackoffMsMin = 1000;
-const inlineBackoffMsMax = 60_000;
+export const inlineWritePolicy = {
+  stallMs: 2,
+  budgetMs: 30,
+  refillMsPerS: 10,
+  backoffMsMax: 60_000,
+} as const;
+
+/** The stall budget of inline writes (see inlineWritePolicy); times in ms on one monotonic clock. */
+export class InlineWriteGuard {
+  private budgetMs: number = inlineWritePolicy.budgetMs;
+  private budgetAtMs = 0;
+  /** Writes go to the pool until this time; 0: inline. */
+  private poolUntilMs = 0;
+
+  /** `clockMs`: the clock of record()'s `nowMs`, read only while backed off. */
+  constructor(private readonly clockMs: () => number = () => performance.now()) {}
+
+  /** Whether a write may run inline now. */
+  allowed(): boolean {
+    if (this.poolUntilMs === 0) return true;
+    if (this.clockMs() < this.poolUntilMs) return false;
+    this.poolUntilMs = 0;
+    return true;
+  }
+
+  /** Accounts one inline write of `elapsedMs` that ended at `nowMs`. */
+  record(elapsedMs: number, nowMs: number): void {
+    if (elapsedMs <= inlineWritePolicy.stallMs) return;
+    const p = inlineWritePolicy;
+    const floorMs = -((p.backoffMsMax * p.refillMsPerS) / 1000) + p.budgetMs / 2;
+    this.budgetMs = Math.max(floorMs, this.refilled(nowMs) - elapsedMs);
+    this.budgetAtMs = nowMs;
+    if (this.budgetMs < 0) this.poolUntilMs = nowMs + ((p.budgetMs / 2 - this.budgetMs) * 1000) / p.refillMsPerS;
+  }
+
+  private refilled(nowMs: number): number {
+    const p = inlineWritePolicy;
+    return Math.min(p.budgetMs, this.budgetMs + ((nowMs - this.budgetAtMs) * p.refillMsPerS) / 1000);
+  }
+
+  /** Whether writes are on the pool at `nowMs` (for tests and stats). */
+  backedOff(nowMs: number): boolean {
+    return this.poolUntilMs !== 0 && nowMs < this.poolUntilMs;
+  }
+}
 
 export class BlockDevice implements Store {
   readonly path: string;
@@ -57,9 +104,8 @@ export class BlockDevice implements Store {
   private fd: number;
   private readonly syncer: SyncBatcher;
   private closed = false;
-  /** performance.now() before which writeFrom() uses the thread pool (see inlineWriteSlowMs); 0: inline. */
-  private inlineWritesAfter = 0;
-  private inlineBackoffMs = inlineBackoffMsMin;
+  /** When small client writes stop running inline (see inlineWritePolicy). */
+  private readonly inlineGuard = new InlineWriteGuard();
 
   private constructor(path: string, fd: number, kind: DeviceKind, size: number, readOnly: boolean) {
     this.path = path;
@@ -142,12 +188,17 @@ export class BlockDevice implements Store {
     } catch (err) {
       return done(err as Error);
     }
-    if (length > 0 && length <= inlineWriteBytesMax && this.inlineAllowed()) this.writeInline(buf, bufOffset, length, offset, done);
+    if (length > 0 && length <= inlineWriteBytesMax && this.inlineGuard.allowed()) this.writeInline(buf, bufOffset, length, offset, done);
     else this.writeFully(buf, bufOffset, length, offset, done);
   }
 
-  private inlineAllowed(): boolean {
-    return this.inlineWritesAfter === 0 || performance.now() >= this.inlineWritesAfter;
+  /**
+   * write() that takes small writes inline like writeFrom() (no thread-pool hop and wake-up
+   * each, while the device answers quickly): for the journal's batches and the committer's
+   * records, which are written into the page cache and made durable by a later sync().
+   */
+  writeSoon(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    return new Promise((resolve, reject) => this.writeFrom(buf, bufOffset, length, offset, (err) => (err ? reject(err) : resolve())));
   }
 
   private writeInline(buf: Buffer, bufOffset: number, length: number, position: number, done: (err: Error | null) => void): void {
@@ -159,13 +210,7 @@ export class BlockDevice implements Store {
       return done(fromSystemError(err, `write ${this.path}`));
     }
     const now = performance.now();
-    if (now - started > inlineWriteSlowMs) {
-      this.inlineWritesAfter = now + this.inlineBackoffMs;
-      this.inlineBackoffMs = Math.min(this.inlineBackoffMs * 2, inlineBackoffMsMax);
-    } else if (this.inlineWritesAfter !== 0) {
-      this.inlineWritesAfter = 0;
-      this.inlineBackoffMs = inlineBackoffMsMin;
-    }
+    this.inlineGuard.record(now - started, now);
     done(null);
   }
 
