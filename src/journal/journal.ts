@@ -42,7 +42,9 @@ import {
   type ConsumerPosition,
   type RecordTypeValue,
 } from './format.js';
-import { RingWindow, readRecordAt, type VerifiedRecord } from './record-reader.js';
+import { CopySet } from './copy-set.js';
+import { ReadTracker } from './read-tracker.js';
+import { RecentCache } from './recent-cache.js';
 import { recoverJournal, type RecoveryResult } from './recovery.js';
 
 /** Smallest staging area: the largest NBD write (32 MiB) must always fit with room to spare. */
@@ -78,13 +80,6 @@ export interface StagedRecord {
   payload: Buffer | null;
 }
 
-interface Copy {
-  store: Store;
-  healthy: boolean;
-  rebuilding: boolean;
-  problem?: string;
-}
-
 interface Pending {
   req: AppendRequest;
   resolve: (r: StagedRecord) => void;
@@ -107,7 +102,7 @@ export class Journal extends EventEmitter {
   readonly areaBytes: number;
   readonly ringBytes: number;
   readonly recovery: RecoveryResult;
-  private readonly copies: Copy[];
+  private readonly copySet: CopySet;
   private readonly log: Logger;
   private headPos: number;
   private nextSeq: number;
@@ -126,13 +121,9 @@ export class Journal extends EventEmitter {
   private readonly syncer: SyncBatcher;
   private checkpointChain: Promise<void> = Promise.resolve();
   private batchLock: Promise<void> = Promise.resolve();
-  private readonly recent = new Map<number, StagedRecord>();
-  private recentBytes = 0;
-  private readGeneration = 0;
-  private readonly readsByGeneration = new Map<number, number>();
-  private readDrainWaiters: Array<{ upTo: number; resolve: () => void }> = [];
+  private readonly recent = new RecentCache(recentBytesMax);
+  private readonly reads = new ReadTracker();
   private writtenWaiters: Array<() => void> = [];
-  private readonly readerWindows = new Map<string, { store: Store; window: RingWindow; loadedAt: number }>();
   /** Rebuilds copying the ring: while any runs, checkpoints do not move the tail (J2). */
   private rebuildsRunning = 0;
   private durableWaiters: Array<() => void> = [];
@@ -151,7 +142,15 @@ export class Journal extends EventEmitter {
     this.journalId = r.superblock.journalId;
     this.areaBytes = r.superblock.areaBytes;
     this.ringBytes = this.areaBytes - HEADER_AREA_BYTES;
-    this.copies = stores.map((store, i) => ({ store, healthy: r.copies[i]!.usable, rebuilding: false, problem: r.copies[i]!.problem }));
+    this.copySet = new CopySet(stores, r.copies, this.ringBytes, log, {
+      degraded: (path, problem) => this.emit('degraded', { path, problem }),
+      lost: (err) => {
+        this.failure ??= err;
+        this.log.fatal({ err: err.message }, 'staging area lost: writes to this disk now fail');
+        this.emit('failed', err);
+        for (const w of this.spaceWaiters.splice(0)) w();
+      },
+    });
     this.headPos = r.headPos;
     this.nextSeq = r.nextSeq;
     this.lastCrc = r.lastCrc;
@@ -162,7 +161,6 @@ export class Journal extends EventEmitter {
     const min = this.minConsumer();
     this.tail = { seq: min.nextSeq, pos: min.nextPos };
     this.syncer = new SyncBatcher(() => this.syncCopies());
-    for (const c of this.copies) if (!c.healthy) this.log.error({ copy: c.store.path, problem: c.problem }, 'staging copy unusable at open: run `ferry staging repair`');
   }
 
   /** Formats new staging copies (all the same size): superblock and a first checkpoint with one consumer. */
@@ -221,17 +219,11 @@ export class Journal extends EventEmitter {
   async addConsumer(name: string): Promise<ConsumerPosition> {
     if (this.consumers.has(name)) throw new Error(`consumer ${name} exists`);
     if (this.consumers.size >= CONSUMERS_MAX) throw new FerryError('BAD_REQUEST', `a staging area serves at most ${CONSUMERS_MAX} consumers`);
-    let release!: () => void;
-    const previous = this.batchLock;
-    this.batchLock = new Promise((r) => (release = r));
-    await previous;
-    let pos: ConsumerPosition;
-    try {
-      pos = { name, nextSeq: this.nextSeq, nextPos: this.headPos, prevCrc: this.lastCrc };
-      this.consumers.set(name, pos);
-    } finally {
-      release();
-    }
+    const pos = await this.underBatchLock(() => {
+      const p: ConsumerPosition = { name, nextSeq: this.nextSeq, nextPos: this.headPos, prevCrc: this.lastCrc };
+      this.consumers.set(name, p);
+      return p;
+    });
     await this.checkpoint();
     return { ...pos };
   }
@@ -256,11 +248,7 @@ export class Journal extends EventEmitter {
    */
   async rebase(firstSeq: number): Promise<void> {
     assert.ok(Number.isSafeInteger(firstSeq) && firstSeq >= this.nextSeq, 'a rebase only moves the numbering forward');
-    let release!: () => void;
-    const previous = this.batchLock;
-    this.batchLock = new Promise((r) => (release = r));
-    await previous;
-    try {
+    await this.underBatchLock(async () => {
       assert.ok(!this.writing && this.queue.length === 0, 'no append runs during a rebase');
       for (const c of this.consumers.values()) assert.equal(c.nextSeq, this.nextSeq, 'every consumer is done before a rebase');
       await this.sync();
@@ -272,11 +260,21 @@ export class Journal extends EventEmitter {
       for (const [name] of this.consumers) this.consumers.set(name, { name, nextSeq: firstSeq, nextPos: this.headPos, prevCrc: 0 });
       this.tail = { seq: firstSeq, pos: this.headPos };
       this.recent.clear();
-      this.recentBytes = 0;
+    });
+    await this.checkpoint();
+  }
+
+  /** Runs `fn` while no batch is being written and none can start (positions and the head hold still). */
+  private async underBatchLock<T>(fn: () => T | Promise<T>): Promise<T> {
+    let release!: () => void;
+    const previous = this.batchLock;
+    this.batchLock = new Promise((r) => (release = r));
+    await previous;
+    try {
+      return await fn();
     } finally {
       release();
     }
-    await this.checkpoint();
   }
 
   hasConsumer(name: string): boolean {
@@ -289,7 +287,7 @@ export class Journal extends EventEmitter {
     assert.ok(c, `unknown consumer ${name}`);
     assert.ok(pos.nextSeq >= c.nextSeq && pos.nextSeq <= this.nextSeq, 'consumers only move forward, never past the head');
     this.consumers.set(name, { ...pos, name });
-    this.trimRecent();
+    this.recent.trim(this.minConsumer().nextSeq);
   }
 
   /** Appends one record; resolves when it is written (and durable, for FUA) on every healthy copy. */
@@ -360,89 +358,60 @@ export class Journal extends EventEmitter {
     }
   }
 
-  private async writeBatch(batch: Pending[], start: number, bytes: number): Promise<void> {
-    let release!: () => void;
-    const previous = this.batchLock;
-    this.batchLock = new Promise((r) => (release = r));
-    await previous;
-    try {
-      const buf = Buffer.allocUnsafe(bytes);
-      const records: StagedRecord[] = [];
-      const now = Date.now();
-      let at = 0;
-      for (const p of batch) {
-        const { req } = p;
-        const seq = this.nextSeq++;
-        assert.ok(req.expectSeq === undefined || req.expectSeq === seq, 'a mirrored record keeps its sequence number');
-        const timeMs = req.timeMs ?? now;
-        const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs, prevCrc: this.lastCrc }, req.payload);
-        const span = recordSpan(req.payload?.length ?? 0);
-        this.lastCrc = crc;
-        const payload = req.payload ? buf.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + req.payload.length) : null;
-        records.push({ seq, pos: start + at, span, type: req.type, flags: req.flags, diskOffset: req.diskOffset, length: req.length, crc, timeMs, payload });
-        at += span;
+  private writeBatch(batch: Pending[], start: number, bytes: number): Promise<void> {
+    return this.underBatchLock(async () => {
+      try {
+        const buf = Buffer.allocUnsafe(bytes);
+        const records: StagedRecord[] = [];
+        const now = Date.now();
+        let at = 0;
+        for (const p of batch) {
+          const { req } = p;
+          const seq = this.nextSeq++;
+          assert.ok(req.expectSeq === undefined || req.expectSeq === seq, 'a mirrored record keeps its sequence number');
+          const timeMs = req.timeMs ?? now;
+          const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs, prevCrc: this.lastCrc }, req.payload);
+          const span = recordSpan(req.payload?.length ?? 0);
+          this.lastCrc = crc;
+          const payload = req.payload ? buf.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + req.payload.length) : null;
+          records.push({ seq, pos: start + at, span, type: req.type, flags: req.flags, diskOffset: req.diskOffset, length: req.length, crc, timeMs, payload });
+          at += span;
+        }
+        assert.equal(at, bytes);
+        assert.ok(start >= 0 && start + bytes <= this.ringBytes, 'a batch never straddles the end of the ring (J6)');
+        this.headPos = start + bytes;
+        await this.copySet.writeAll(buf, HEADER_AREA_BYTES + start);
+        if (this.failure) throw this.failure;
+        this.writtenSeqValue = records[records.length - 1]!.seq;
+        const minSeq = this.minConsumer().nextSeq;
+        for (const r of records) this.recent.remember(r, minSeq);
+        this.onWritten?.(records);
+        for (const w of this.writtenWaiters.splice(0)) w();
+        // Plain writes are acknowledged now (J3); FUA writes once a sync started after this write ends.
+        // The sync is not awaited here, so the next batch is written while it runs.
+        const durable: number[] = [];
+        batch.forEach((p, i) => (p.req.durable ? durable.push(i) : p.resolve(records[i]!)));
+        if (durable.length) {
+          this.sync().then(
+            () => durable.forEach((i) => batch[i]!.resolve(records[i]!)),
+            (err) => durable.forEach((i) => batch[i]!.reject(err)),
+          );
+        }
+      } catch (err) {
+        const e = err instanceof FerryError ? err : new FerryError('STAGING_FAILED', `staging write failed: ${(err as Error).message}`);
+        for (const p of batch) p.reject(e);
       }
-      assert.equal(at, bytes);
-      assert.ok(start >= 0 && start + bytes <= this.ringBytes, 'a batch never straddles the end of the ring (J6)');
-      this.headPos = start + bytes;
-      await this.writeCopies(buf, HEADER_AREA_BYTES + start);
-      if (this.failure) throw this.failure;
-      this.writtenSeqValue = records[records.length - 1]!.seq;
-      for (const r of records) this.remember(r);
-      this.onWritten?.(records);
-      for (const w of this.writtenWaiters.splice(0)) w();
-      // Plain writes are acknowledged now (J3); FUA writes once a sync started after this write ends.
-      // The sync is not awaited here, so the next batch is written while it runs.
-      const durable: number[] = [];
-      batch.forEach((p, i) => (p.req.durable ? durable.push(i) : p.resolve(records[i]!)));
-      if (durable.length) {
-        this.sync().then(
-          () => durable.forEach((i) => batch[i]!.resolve(records[i]!)),
-          (err) => durable.forEach((i) => batch[i]!.reject(err)),
-        );
-      }
-    } catch (err) {
-      const e = err instanceof FerryError ? err : new FerryError('STAGING_FAILED', `staging write failed: ${(err as Error).message}`);
-      for (const p of batch) p.reject(e);
-    } finally {
-      release();
-    }
+    });
   }
 
-  /** Writes to every healthy (or rebuilding) copy; a copy that fails is dropped loudly; none left is fatal. */
-  private async writeCopies(buf: Buffer, offset: number): Promise<void> {
-    const targets = this.copies.filter((c) => c.healthy || c.rebuilding);
-    await Promise.all(targets.map((c) => c.store.write(buf, 0, buf.length, offset).catch((err) => this.markFailed(c, `write failed: ${(err as Error).message}`))));
-    this.checkAlive();
-  }
 
   private async syncCopies(): Promise<void> {
     const upTo = this.writtenSeqValue;
-    const targets = this.copies.filter((c) => c.healthy || c.rebuilding);
-    await Promise.all(targets.map((c) => c.store.sync().catch((err) => this.markFailed(c, `sync failed: ${(err as Error).message}`))));
-    this.checkAlive();
+    await this.copySet.syncAll();
     if (upTo > this.durableSeqValue) {
       this.durableSeqValue = upTo;
       for (const w of this.durableWaiters.splice(0)) w();
     }
-  }
-
-  private checkAlive(): void {
-    if (!this.failure && !this.copies.some((c) => c.healthy)) {
-      this.failure = new FerryError('STAGING_FAILED', `every copy of the staging area failed (${this.copies.map((c) => `${c.store.path}: ${c.problem}`).join('; ')})`);
-      this.log.fatal({ err: this.failure.message }, 'staging area lost: writes to this disk now fail');
-      this.emit('failed', this.failure);
-      for (const w of this.spaceWaiters.splice(0)) w();
-    }
-  }
-
-  markFailed(c: Copy, problem: string): void {
-    if (!c.healthy && !c.rebuilding) return;
-    c.healthy = false;
-    c.rebuilding = false;
-    c.problem = problem;
-    this.log.error({ copy: c.store.path, problem }, 'STAGING COPY FAILED: the staging area is degraded to its other copy; run `ferry staging repair`');
-    this.emit('degraded', { path: c.store.path, problem });
   }
 
   /** Makes every written record durable on every healthy copy (NBD FLUSH). */
@@ -469,20 +438,6 @@ export class Journal extends EventEmitter {
     return this.recent.get(seq)?.timeMs ?? null;
   }
 
-  private remember(r: StagedRecord): void {
-    this.recent.set(r.seq, r);
-    this.recentBytes += r.span;
-    this.trimRecent();
-  }
-
-  private trimRecent(): void {
-    const min = this.minConsumer().nextSeq;
-    for (const [seq, r] of this.recent) {
-      if (seq >= min && this.recentBytes <= recentBytesMax) break;
-      this.recent.delete(seq);
-      this.recentBytes -= r.span;
-    }
-  }
 
   /**
    * The record `seq` expected at `pos` (or at ring start, if it wrapped), verified. From the
@@ -493,102 +448,39 @@ export class Journal extends EventEmitter {
     assert.ok(seq <= this.durableSeqValue, 'consumers only read durable records (J5)');
     const cached = this.recent.get(seq);
     if (cached) return cached;
-    const exp = { journalId: this.journalId, seq, prevCrc, ringBytes: this.ringBytes };
-    const bad: Copy[] = [];
-    let found: VerifiedRecord | null = null;
-    for (const c of this.copies.filter((x) => x.healthy)) {
-      const w = this.readerWindow(c, seq, reader);
-      let r = await readRecordAt(w, pos, exp);
-      if (!r.ok && pos !== 0) r = await readRecordAt(w, 0, exp);
-      if (r.ok) {
-        found = r.record;
-        break;
-      }
-      bad.push(c);
-    }
-    for (const c of bad) if (found) this.markFailed(c, `record ${seq} does not verify on this copy`);
+    const found = await this.copySet.readRecord(pos, { journalId: this.journalId, seq, prevCrc, ringBytes: this.ringBytes }, reader, this.writtenSeqValue);
     if (!found) throw new FerryError('STAGING_CORRUPT', `record ${seq} at ring offset ${pos} does not verify on any copy of the staging area`);
     const h = found.header;
     return { seq, pos: found.pos, span: found.span, type: h.type, flags: h.flags, diskOffset: h.diskOffset, length: h.length, crc: h.crc, timeMs: h.timeMs, payload: found.payload };
   }
 
-  /**
-   * A consumer reading in order gets a read-ahead window per copy. Window bytes are trusted
-   * only for records written before the window was loaded (a later lap may have rewritten
-   * the rest), so it is reloaded when a newer record is asked for.
-   */
-  private readerWindow(c: Copy, seq: number, reader: string | undefined): RingWindow {
-    if (!reader) return new RingWindow(c.store, this.ringBytes, 256 * 1024);
-    const key = `${reader}@${this.copies.indexOf(c)}`;
-    let e = this.readerWindows.get(key);
-    if (!e || e.store !== c.store) {
-      e = { store: c.store, window: new RingWindow(c.store, this.ringBytes), loadedAt: -1 };
-      this.readerWindows.set(key, e);
-    }
-    if (seq > e.loadedAt) {
-      e.window.invalidate();
-      e.loadedAt = this.writtenSeqValue;
-    }
-    return e.window;
-  }
-
   /** Reads staged payload bytes at ring position `pos` (for the read overlay). */
   async readPayload(pos: number, buf: Buffer, bufOffset: number, length: number): Promise<void> {
     assert.ok(pos >= 0 && pos + length <= this.ringBytes, 'staged payload lies inside the ring');
-    const gen = this.readGeneration;
-    this.readsByGeneration.set(gen, (this.readsByGeneration.get(gen) ?? 0) + 1);
+    const gen = this.reads.begin();
     try {
-      for (;;) {
-        const c = this.copies.find((x) => x.healthy);
-        if (!c) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy staging copy');
-        try {
-          await c.store.read(buf, bufOffset, length, HEADER_AREA_BYTES + pos);
-          return;
-        } catch (err) {
-          this.markFailed(c, `read failed: ${(err as Error).message}`);
-          this.checkAlive();
-        }
-      }
+      await this.copySet.readPayload(pos, buf, bufOffset, length);
     } finally {
-      const left = this.readsByGeneration.get(gen)! - 1;
-      if (left === 0) this.readsByGeneration.delete(gen);
-      else this.readsByGeneration.set(gen, left);
-      this.wakeReadDrains();
+      this.reads.end(gen);
     }
-  }
-
-  /** Resolves when every payload read that started before this call has finished (J2). */
-  private drainReads(): Promise<void> {
-    const upTo = this.readGeneration++;
-    if (![...this.readsByGeneration.keys()].some((g) => g <= upTo)) return Promise.resolve();
-    return new Promise((resolve) => this.readDrainWaiters.push({ upTo, resolve }));
-  }
-
-  private wakeReadDrains(): void {
-    this.readDrainWaiters = this.readDrainWaiters.filter((w) => {
-      if ([...this.readsByGeneration.keys()].some((g) => g <= w.upTo)) return true;
-      w.resolve();
-      return false;
-    });
   }
 
   /** Makes the consumer positions durable on every copy, then frees the space behind them (J4). */
   checkpoint(): Promise<void> {
     const run = async (): Promise<void> => {
       if (this.failure) throw this.failure;
-      for (const c of this.copies) if ((c.healthy || c.rebuilding) && !c.store.stillAtPath()) this.markFailed(c, 'the file was removed or replaced');
-      this.checkAlive();
+      this.copySet.checkPaths();
       const consumers = [...this.consumers.values()].map((c) => ({ ...c }));
       const generation = this.generation + 1;
       const buf = encodeCheckpoint({ generation, journalId: this.journalId, consumers });
-      await this.writeCopies(buf, CHECKPOINT_OFFSETS[generation % 2]!);
+      await this.copySet.writeAll(buf, CHECKPOINT_OFFSETS[generation % 2]!);
       await this.syncCopies();
       if (this.failure) throw this.failure;
       this.generation = generation;
       this.lastCheckpoint = buf;
       const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
       if (min.nextSeq !== this.tail.seq && this.rebuildsRunning === 0) {
-        await this.drainReads();
+        await this.reads.drain();
         this.tail = { seq: min.nextSeq, pos: min.nextPos };
         for (const w of this.spaceWaiters.splice(0)) w();
       }
@@ -607,11 +499,11 @@ export class Journal extends EventEmitter {
    * done, so no record is written into the part being copied (J2).
    */
   async rebuildCopy(index: number, store: Store): Promise<void> {
-    const c = this.copies[index];
+    const c = this.copySet.copies[index];
     assert.ok(c, `no staging copy ${index}`);
     if (c.healthy) throw new FerryError('BAD_REQUEST', `staging copy ${c.store.path} is healthy; nothing to repair`);
     if (store.size < this.areaBytes) throw new FerryError('STAGING_TOO_SMALL', `${store.path} is smaller than the staging area (${this.areaBytes} bytes)`);
-    let source = this.copies.find((x) => x.healthy);
+    let source = this.copySet.firstHealthy();
     if (!source) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy copy to rebuild from');
     this.rebuildsRunning++;
     try {
@@ -619,15 +511,11 @@ export class Journal extends EventEmitter {
       let to = 0;
       let empty = true;
       const join = async (): Promise<void> => {
-        source = this.copies.find((x) => x.healthy);
+        source = this.copySet.firstHealthy();
         if (!source) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy copy to rebuild from');
         const header = Buffer.alloc(HEADER_AREA_BYTES);
         await source.store.read(header, 0, HEADER_AREA_BYTES, 0);
-        let release!: () => void;
-        const previous = this.batchLock;
-        this.batchLock = new Promise((r) => (release = r));
-        await previous;
-        try {
+        await this.underBatchLock(async () => {
           await store.write(header, 0, HEADER_AREA_BYTES, 0);
           void c.store.close().catch(() => undefined);
           c.store = store;
@@ -636,9 +524,7 @@ export class Journal extends EventEmitter {
           from = this.tail.pos;
           to = this.headPos;
           empty = this.tail.seq === this.nextSeq;
-        } finally {
-          release();
-        }
+        });
       };
       const joined = this.checkpointChain.then(join, join);
       this.checkpointChain = joined.catch(() => undefined);
@@ -677,12 +563,12 @@ export class Journal extends EventEmitter {
       writtenSeq: this.writtenSeqValue,
       durableSeq: this.durableSeqValue,
       consumers: [...this.consumers.values()].map((c) => ({ name: c.name, nextSeq: c.nextSeq, pendingRecords: this.nextSeq - c.nextSeq })),
-      copies: this.copies.map((c) => ({ path: c.store.path, healthy: c.healthy, rebuilding: c.rebuilding, ...(c.problem ? { problem: c.problem } : {}) })),
+      copies: this.copySet.stats(),
     };
   }
 
   copyIndexOf(path: string): number {
-    return this.copies.findIndex((c) => c.store.path === path);
+    return this.copySet.indexOf(path);
   }
 
   get hasWaitersForSpace(): boolean {
@@ -710,6 +596,7 @@ export class Journal extends EventEmitter {
     while (this.writing) await new Promise((r) => setTimeout(r, 5));
     await this.checkpointChain;
     if (!this.failure) await this.sync().catch(() => undefined);
-    await Promise.all(this.copies.map((c) => c.store.close().catch(() => undefined)));
+    await this.copySet.closeAll();
   }
 }
+
