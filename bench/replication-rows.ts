@@ -17,6 +17,9 @@
 //
 // The direct rows run first; then the sites are paired again through the proxy (peer removed
 // on both sides, new token). Every process is registered with the run, which stops it.
+// BENCH_REMOTE_DATA=compressible fills site A's disks with log-like text (zstd level 1 makes
+// about a quarter of it) instead of the run's random pattern, to see the link with data that
+// compresses; the default, random, is what the published rows use.
 import fs from 'node:fs';
 import path from 'node:path';
 import * as zstd from 'zstd-napi';
@@ -78,6 +81,9 @@ function latPercentiles(file: string): { p50: number; p99: number; kind: string 
 export async function runReplicationRows(ids: string[], ctx: MirrorContext): Promise<ReplicationSection> {
   const want = (id: string): boolean => ids.includes(id);
   const smallMiB = Math.round(envNum('BENCH_REMOTE_SIZE_MIB', 512));
+  const dataKind = process.env.BENCH_REMOTE_DATA || 'random';
+  if (dataKind !== 'random' && dataKind !== 'compressible') throw new Error(`BENCH_REMOTE_DATA must be random or compressible, got '${dataKind}'`);
+  const pattern = dataKind === 'compressible' ? compressiblePattern(ctx.pattern.length) : ctx.pattern;
   const linkMiB = envNum('BENCH_REMOTE_LINK_MIB', 50);
   const delayMs = 50;
   const lagIops = 2000;
@@ -89,12 +95,12 @@ export async function runReplicationRows(ids: string[], ctx: MirrorContext): Pro
   const smallFile = path.join(ctx.dir, 'small.img');
   const t0 = Date.now();
   // Site A serves the big disk when a direct row runs, and the small one when a proxy row runs.
-  ctx.fill(needBig ? bigFile : smallFile, needBig ? size : smallMiB * MiB, ctx.pattern);
-  if (needBig && needSmall) ctx.fill(smallFile, smallMiB * MiB, ctx.pattern);
+  ctx.fill(needBig ? bigFile : smallFile, needBig ? size : smallMiB * MiB, pattern);
+  if (needBig && needSmall) ctx.fill(smallFile, smallMiB * MiB, pattern);
   // Site B's own `bench` disk is a 1 MiB placeholder (the bench server helper adopts one); replicas are new disks in B's pool.
   const placeholder = path.join(ctx.dir, 'site-b-placeholder.img');
   ctx.fill(placeholder, MiB, ctx.pattern);
-  ctx.log(`remote: filled in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  ctx.log(`remote: filled with ${dataKind} data in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
   let apiA!: FerryApi;
   let apiB!: FerryApi;
@@ -193,8 +199,12 @@ export async function runReplicationRows(ids: string[], ctx: MirrorContext): Pro
     }
     const m = med(rates);
     // What zstd makes of this data: one 4 MiB sync chunk of it, at the link's level 1.
-    const chunk = Buffer.concat([ctx.pattern, ctx.pattern, ctx.pattern, ctx.pattern]);
+    const chunk = Buffer.concat([pattern, pattern, pattern, pattern]);
     const zRatio = zstd.compress(chunk, { compressionLevel: 1 }).length / chunk.length;
+    const dataNote =
+      dataKind === 'random'
+        ? `the disk holds the run's 1 MiB random pattern, repeated (the same fill as above), which zstd does not shrink (a 4 MiB chunk of it compresses to ${(zRatio * 100).toFixed(1)}% at level 1; a sample of each chunk shows it, so chunks go as they are without being compressed)`
+        : `the disk holds log-like text (BENCH_REMOTE_DATA=compressible; a 4 MiB chunk of it compresses to ${(zRatio * 100).toFixed(1)}% at level 1, so chunks go compressed)`;
     results.push({
       id: 'remote-sync-loopback',
       title: `Sync of a fully written ${sizeText(ctx.sizeMiB)} disk to site B, loopback, TLS, zstd`,
@@ -202,7 +212,7 @@ export async function runReplicationRows(ids: string[], ctx: MirrorContext): Pro
       runs: rates.map(f0).join(', '),
       target: '≥ 300 MiB/s',
       met: m >= 300,
-      detail: `disk size over the time from the first attach (\`mirror create\` returned: B has created the replica and its ${BENCH_STAGING_SIZE} staging area) until A's status reads \`in-sync\`; the disk holds the run's 1 MiB random pattern, repeated (the same fill as above), which zstd does not shrink (a 4 MiB chunk of it compresses to ${(zRatio * 100).toFixed(1)}% at level 1, so payloads go as they are); from \`mirror create\` itself ${e2e.map(f0).join(', ')} MiB/s (attach ${attach.map((x) => x.toFixed(2)).join(', ')} s); CPU during the sync (user+system, all threads, in cores) site A ${cores.map((c) => f2(c[0])).join(', ')}, site B ${cores.map((c) => f2(c[1])).join(', ')}`,
+      detail: `disk size over the time from the first attach (\`mirror create\` returned: B has created the replica and its ${BENCH_STAGING_SIZE} staging area) until A's status reads \`in-sync\`; ${dataNote}; from \`mirror create\` itself ${e2e.map(f0).join(', ')} MiB/s (attach ${attach.map((x) => x.toFixed(2)).join(', ')} s); CPU during the sync (user+system, all threads, in cores) site A ${cores.map((c) => f2(c[0])).join(', ')}, site B ${cores.map((c) => f2(c[1])).join(', ')}`,
     });
   }
 
@@ -212,8 +222,8 @@ export async function runReplicationRows(ids: string[], ctx: MirrorContext): Pro
     // The baselines serve files of the same size and content, started only for this row.
     const plainFile = path.join(ctx.dir, 'plain.img');
     const kitFile = path.join(ctx.dir, 'nbdkit.img');
-    ctx.fill(plainFile, size, ctx.pattern);
-    ctx.fill(kitFile, size, ctx.pattern);
+    ctx.fill(plainFile, size, pattern);
+    ctx.fill(kitFile, size, pattern);
     fs.mkdirSync(path.join(ctx.dir, 'plain'));
     fs.mkdirSync(path.join(ctx.dir, 'nbdkit'));
     const plain = await ferryServer('ferry', { bin: ctx.bin }).start({ dir: path.join(ctx.dir, 'plain'), file: plainFile, size });
@@ -373,4 +383,14 @@ export async function runReplicationRows(ids: string[], ctx: MirrorContext): Pro
     results,
     method: `Site A: ${siteA.command}; site B: the same command in its own data directory (its replication listener on an ephemeral loopback port, read from \`GET /v1/site\`). Paired through the API as \`ferry peer token\` on B and \`ferry peer add site-b --address HOST:PORT --token T\` on A do: directly to B's listener for the loopback rows, then (peer removed on both sides, paired again) through a WanProxy (\`src/testing/wan-proxy.ts\`, in the bench process) for the rate-limited and lag rows. Site A's disks have a staging area attached first (${BENCH_STAGING_SIZE} for the ${sizeText(ctx.sizeMiB)} disk, 256M for the ${sizeText(smallMiB)} one when both run); B creates each replica in its pool with a staging area of the same size; each measurement creates a new replica, removed (and purged at B) afterwards`,
   };
+}
+
+/** Log-like lines with random ids and numbers, `bytes` long: zstd level 1 leaves about a quarter of it. */
+function compressiblePattern(bytes: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  const hex = (n: number): string => Math.floor(Math.random() * 16 ** n).toString(16).padStart(n, '0');
+  for (let at = 0, i = 0; at < bytes; i++) {
+    at += b.write(`2026-11-25T06:${String(i % 60).padStart(2, '0')}:00.${hex(3)}Z INFO req=${hex(12)} disk=vol${i % 37} op=write off=${(i * 7919) % 1e9} lat=${Math.floor(Math.random() * 900)}us\n`, at);
+  }
+  return b;
 }

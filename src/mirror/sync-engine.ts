@@ -13,7 +13,10 @@
 // Throughput: each worker reuses its chunk buffer (a new 4 MiB buffer per chunk made the
 // garbage collector the largest cost of a sync), and checkpoints (sync the target, then
 // record the cursor taken before that sync) run in the background, one at a time, while
-// the workers go on copying.
+// the workers go on copying. A target far away (a remote mirror: every chunk makes a round
+// trip over the replication link and waits its turn at the mirror site) asks for more
+// chunks in flight (SyncTargetHints), so the link never idles while chunks are read and sent.
+import assert from 'node:assert';
 import type { Logger } from 'pino';
 import type { Extent } from '../disk/block-device.js';
 import type { DiskStore } from '../disk/store.js';
@@ -42,8 +45,17 @@ export interface SyncOptions {
   log: Logger;
 }
 
+/** What a target may tell the engine about itself (optional members; a plain store has none). */
+export interface SyncTargetHints {
+  /** Chunks copied at once (each holds a SYNC_CHUNK_BYTES buffer until its write is answered). */
+  readonly syncChunksInFlightMax?: number;
+}
+
 export const SYNC_CHUNK_BYTES = 4 * 1024 * 1024;
+/** For a local target. */
 const chunksInFlightMax = 4;
+/** The most any target may ask for: bounds the engine's memory (64 MiB of chunk buffers). */
+export const SYNC_CHUNKS_IN_FLIGHT_LIMIT = 16;
 const compareBlockBytes = 64 * 1024;
 const checkpointEveryChunks = 16;
 
@@ -156,7 +168,9 @@ export class SyncEngine {
         failure ??= err as Error;
       }
     };
-    await Promise.all(Array.from({ length: chunksInFlightMax }, worker));
+    const workers = (this.target as DiskStore & SyncTargetHints).syncChunksInFlightMax ?? chunksInFlightMax;
+    assert.ok(Number.isSafeInteger(workers) && workers >= 1 && workers <= SYNC_CHUNKS_IN_FLIGHT_LIMIT, 'chunks in flight are bounded');
+    await Promise.all(Array.from({ length: workers }, worker));
     await this.checkpointing;
     if (failure !== null) throw failure;
     if (this.checkpointError !== null) throw this.checkpointError;

@@ -9,6 +9,9 @@
 // Both lengths are bounded before anything is buffered, so a peer (or garbage on the
 // port) can never make us hold more than one frame of the largest legal size; the CRC
 // catches corruption that TLS would not (a bug on either side, a bad NIC offload).
+// Large payloads (sync chunks, record batches) are sent without being copied into the
+// frame: encodeFrameParts gives the head (header and meta) and the payload as they are,
+// the CRC chained over both; the reader copies a frame into one buffer exactly once.
 import type { Duplex } from 'node:stream';
 import { crc32c } from '@node-rs/crc32';
 import { FerryError } from '../errors.js';
@@ -51,21 +54,52 @@ export interface Frame {
 
 /** One buffer per frame: the socket gets it in one write. */
 export function encodeFrame(type: FrameTypeValue, meta: object, payload?: Buffer, flags = 0): Buffer {
-  const metaBuf = Buffer.from(JSON.stringify(meta), 'utf8');
+  const parts = encodeFrameParts(type, meta, payload, flags);
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+/**
+ * The frame as its head (header and meta) and its payload, not copied: the caller must not
+ * change the payload until the frame is written (for a request: until it is answered).
+ */
+export function encodeFrameParts(type: FrameTypeValue, meta: object, payload?: Buffer, flags = 0): Buffer[] {
+  const metaText = JSON.stringify(meta);
+  const metaBytes = Buffer.byteLength(metaText, 'utf8');
   const payloadBytes = payload?.length ?? 0;
-  if (metaBuf.length > FRAME_META_BYTES_MAX) throw new FerryError('BAD_REQUEST', `frame metadata too large (${metaBuf.length} bytes)`);
+  if (metaBytes > FRAME_META_BYTES_MAX) throw new FerryError('BAD_REQUEST', `frame metadata too large (${metaBytes} bytes)`);
   if (payloadBytes > FRAME_PAYLOAD_BYTES_MAX) throw new FerryError('BAD_REQUEST', `frame payload too large (${payloadBytes} bytes)`);
-  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + metaBuf.length + payloadBytes);
-  out.writeUInt32LE(FRAME_MAGIC, 0);
-  out.writeUInt8(type, 4);
-  out.writeUInt8(flags, 5);
-  out.writeUInt16LE(0, 6);
-  out.writeUInt32LE(metaBuf.length, 8);
-  out.writeUInt32LE(payloadBytes, 12);
-  metaBuf.copy(out, FRAME_HEADER_BYTES);
-  if (payload) payload.copy(out, FRAME_HEADER_BYTES + metaBuf.length);
-  out.writeUInt32LE(crc32c(out.subarray(FRAME_HEADER_BYTES)), 16);
-  return out;
+  // A small payload is copied in: one buffer, one write.
+  const inline = payload !== undefined && payloadBytes <= inlinePayloadBytesMax;
+  const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES + metaBytes + (inline ? payloadBytes : 0));
+  head.writeUInt32LE(FRAME_MAGIC, 0);
+  head.writeUInt8(type, 4);
+  head.writeUInt8(flags, 5);
+  head.writeUInt16LE(0, 6);
+  head.writeUInt32LE(metaBytes, 8);
+  head.writeUInt32LE(payloadBytes, 12);
+  head.write(metaText, FRAME_HEADER_BYTES, 'utf8');
+  if (inline) payload.copy(head, FRAME_HEADER_BYTES + metaBytes);
+  const headCrc = crc32c(head.subarray(FRAME_HEADER_BYTES));
+  const separate = payload !== undefined && !inline;
+  head.writeUInt32LE(separate ? crc32c(payload, headCrc) : headCrc, 16);
+  return separate ? [head, payload] : [head];
+}
+
+/** Payloads up to this size are copied into the frame's head (cheaper than a second write). */
+const inlinePayloadBytesMax = 64 * 1024;
+
+/** Writes a frame's parts in order; false when the socket asks the writer to wait for 'drain'. */
+export function writeFrameParts(stream: Duplex, parts: readonly Buffer[]): boolean {
+  let ok = true;
+  for (const p of parts) ok = stream.write(p);
+  return ok;
+}
+
+/** Bytes of a frame given as parts. */
+export function frameBytes(parts: readonly Buffer[]): number {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  return n;
 }
 
 export class ProtocolError extends FerryError {
@@ -76,7 +110,8 @@ export class ProtocolError extends FerryError {
 
 /**
  * Reads whole frames from a stream. At most one frame is buffered beyond what the caller
- * has taken: the stream is paused while a complete frame waits to be read.
+ * has taken: the stream is paused while a complete frame waits to be read, and resumed as
+ * soon as none does (so the next frame arrives while the caller handles the last one).
  */
 export class FrameReader {
   private chunks: Buffer[] = [];
@@ -142,11 +177,23 @@ export class FrameReader {
       const w = this.waiter;
       this.waiter = null;
       w.resolve(frame);
+      // Receive the next frame while the caller handles this one (still one frame ahead at most).
+      if (!this.frameBuffered()) this.stream.resume();
     } catch (err) {
       this.ended ??= err as Error;
       this.stream.destroy();
       this.deliverEnd();
     }
+  }
+
+  /** Whether a whole frame (or a header that pump will refuse) is buffered. */
+  private frameBuffered(): boolean {
+    if (this.buffered < FRAME_HEADER_BYTES) return false;
+    const head = this.peek(FRAME_HEADER_BYTES);
+    const metaBytes = head.readUInt32LE(8);
+    const payloadBytes = head.readUInt32LE(12);
+    if (metaBytes > FRAME_META_BYTES_MAX || payloadBytes > FRAME_PAYLOAD_BYTES_MAX) return true;
+    return this.buffered >= FRAME_HEADER_BYTES + metaBytes + payloadBytes;
   }
 
   /** The frame is incomplete: read on, or report the end if no more will come. */
@@ -173,17 +220,38 @@ export class FrameReader {
     else w.resolve(null);
   }
 
+  /** The first n bytes (n <= buffered), joining only the chunks that hold them. */
   private peek(n: number): Buffer {
-    if (this.chunks[0]!.length < n) this.chunks = [Buffer.concat(this.chunks, this.buffered)];
+    if (this.chunks[0]!.length < n) {
+      let k = 0;
+      let bytes = 0;
+      while (bytes < n) bytes += this.chunks[k++]!.length;
+      this.chunks.splice(0, k, Buffer.concat(this.chunks.slice(0, k), bytes));
+    }
     return this.chunks[0]!.subarray(0, n);
   }
 
+  /** The first n bytes buffered, as one buffer: copied once (unless one chunk holds them all); the rest stays as it came. */
   private take(n: number): Buffer {
-    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.chunks = rest.length ? [rest] : [];
-    this.buffered = rest.length;
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length > n) this.chunks[0] = first.subarray(n);
+      else this.chunks.shift();
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length, n - at);
+        c.copy(out, at, 0, k);
+        at += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
     return out;
   }
 }

@@ -3,14 +3,22 @@
 // records shipped on it. The mirror site writes a chunk only after applying every record
 // it received before the chunk (R6). Requests survive a dropped link: they are sent again
 // on the next one (every op is idempotent), so a link outage pauses the sync, no more.
+// A chunk's write is a round trip that waits its turn at the mirror site, so the sync engine
+// keeps more chunks in flight than for a local target (syncChunksInFlightMax); the written
+// buffer is sent as it is, not copied (the engine does not touch it until the write returns).
 import type { Extent } from '../disk/block-device.js';
 import type { DiskStore } from '../disk/store.js';
 import { FerryError } from '../errors.js';
+import type { SyncTargetHints } from '../mirror/sync-engine.js';
 import type { RemoteStream } from './remote-stream.js';
 
-export class RemoteStore implements DiskStore {
+/** Sync chunks in flight on one link: each is a 4 MiB buffer at this site until the mirror site answers. */
+export const REMOTE_SYNC_CHUNKS_IN_FLIGHT_MAX = 8;
+
+export class RemoteStore implements DiskStore, SyncTargetHints {
   readonly kind = 'file' as const;
   readonly readOnly = false;
+  readonly syncChunksInFlightMax = REMOTE_SYNC_CHUNKS_IN_FLIGHT_MAX;
 
   constructor(
     private readonly stream: RemoteStream,

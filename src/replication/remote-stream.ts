@@ -26,8 +26,8 @@ import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { ConsumerPosition } from '../journal/format.js';
 import type { Journal, StagedRecord } from '../journal/journal.js';
-import { encodeFrame, FrameFlag, FrameType, type Frame } from './frame.js';
-import { zstdPool } from './zstd-pool.js';
+import { encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeFrameParts, type Frame } from './frame.js';
+import { LinkShaper } from './link-shaper.js';
 import type { PeerSession } from './peer-session.js';
 
 export const REMOTE_CONSUMER = 'mirror';
@@ -77,7 +77,8 @@ interface Shipped {
 
 interface PendingRequest {
   id: number;
-  frame: Buffer;
+  /** The frame's parts, kept to send again on the next link (none for the attach). */
+  frame: Buffer[];
   resolve: (f: Frame) => void;
   reject: (e: Error) => void;
 }
@@ -106,10 +107,8 @@ export class RemoteStream {
   appliedTimeMs = 0;
   shippedBytes = 0;
   private rate = { bytes: 0, sinceMs: Date.now(), perSec: 0 };
-  private bucket = { tokens: 0, atMs: Date.now() };
-  /** Payload bytes before and after compression, for status. */
-  rawBytes = 0;
-  wireBytes = 0;
+  /** Compression and the rate limit. */
+  private readonly shaper: LinkShaper;
   connectedSinceMs: number | null = null;
   reconnects = 0;
   /** Settles at the first attach: resolved with the mirror site's reply, or rejected with the first failure. */
@@ -122,11 +121,21 @@ export class RemoteStream {
   onLinkUp: (() => void) | null = null;
 
   constructor(private readonly opts: RemoteStreamOptions) {
+    this.shaper = new LinkShaper(opts.compress, opts.bandwidthBytesPerSec);
     this.detached = !opts.journal.hasConsumer(REMOTE_CONSUMER);
     this.acked = this.detached ? { ...opts.journal.headPosition(), name: REMOTE_CONSUMER } : opts.journal.consumer(REMOTE_CONSUMER);
     opts.journal.on('space-needed', () => this.wake());
     this.firstAttach = new Promise<Frame>((resolve, reject) => (this.settleFirst = { resolve, reject }));
     this.firstAttach.catch(() => undefined);
+  }
+
+  /** Payload bytes before and after compression, for status. */
+  get rawBytes(): number {
+    return this.shaper.rawBytes;
+  }
+
+  get wireBytes(): number {
+    return this.shaper.wireBytes;
   }
 
   get position(): ConsumerPosition {
@@ -203,46 +212,20 @@ export class RemoteStream {
 
   /**
    * A request on the link (sync chunk, disk sync, read...). Waits for a link; a request lost
-   * with a link is sent again on the next one, so every op must be idempotent.
+   * with a link is sent again on the next one, so every op must be idempotent. The payload
+   * is sent from the caller's buffer, not a copy: it must not change until the request is answered.
    */
   async request(meta: Record<string, unknown>, payload?: Buffer): Promise<Frame> {
     if (this.stopped) throw new FerryError('PEER_UNREACHABLE', 'the mirror is stopped');
     assert.ok(this.requests.size < requestsQueuedMax, 'requests on the link are bounded by their callers');
     const id = this.nextRequestId++;
-    const { data, flags } = await this.pack(payload);
-    const frame = encodeFrame(FrameType.REQUEST, { ...meta, id, disk: this.opts.remoteDisk }, data, flags);
-    await this.pace(frame.length);
+    const { data, flags } = await this.shaper.pack(payload);
+    const frame = encodeFrameParts(FrameType.REQUEST, { ...meta, id, disk: this.opts.remoteDisk }, data, flags);
+    await this.shaper.pace(frameBytes(frame));
     return new Promise<Frame>((resolve, reject) => {
       this.requests.set(id, { id, frame, resolve, reject });
-      if (this.attached) this.session?.socket.write(frame);
+      if (this.attached && this.session) writeFrameParts(this.session.socket, frame);
     });
-  }
-
-  /** Compresses a payload when that is on and it pays. */
-  private async pack(payload: Buffer | undefined): Promise<{ data: Buffer | undefined; flags: number }> {
-    if (!payload || payload.length === 0) return { data: payload, flags: 0 };
-    this.rawBytes += payload.length;
-    if (this.opts.compress && payload.length >= 512) {
-      const z = await zstdPool().compress(payload);
-      if (z.length < payload.length) {
-        this.wireBytes += z.length;
-        return { data: z, flags: FrameFlag.ZSTD };
-      }
-    }
-    this.wireBytes += payload.length;
-    return { data: payload, flags: 0 };
-  }
-
-  /** The rate limit: a token bucket (burst of 100 ms of the rate) that may go into debt by one frame. */
-  private async pace(bytes: number): Promise<void> {
-    const rate = this.opts.bandwidthBytesPerSec;
-    if (rate <= 0) return;
-    const now = Date.now();
-    const burst = Math.max(64 * 1024, rate / 10);
-    this.bucket.tokens = Math.min(burst, this.bucket.tokens + ((now - this.bucket.atMs) * rate) / 1000);
-    this.bucket.atMs = now;
-    this.bucket.tokens -= bytes;
-    if (this.bucket.tokens < 0) await sleep((-this.bucket.tokens * 1000) / rate);
   }
 
   async stop(): Promise<void> {
@@ -368,7 +351,7 @@ export class RemoteStream {
   private async attach(session: PeerSession): Promise<void> {
     const id = this.nextRequestId++;
     const reply = await new Promise<Frame>((resolve, reject) => {
-      this.requests.set(id, { id, frame: Buffer.alloc(0), resolve, reject });
+      this.requests.set(id, { id, frame: [], resolve, reject });
       session.socket.write(encodeFrame(FrameType.REQUEST, { ...this.opts.attachMeta(), op: 'attach', id, disk: this.opts.remoteDisk }));
     }).finally(() => this.requests.delete(id));
     const durableSeq = reply.meta.durableSeq;
@@ -393,7 +376,7 @@ export class RemoteStream {
     this.settleFirst?.resolve(reply);
     this.settleFirst = null;
     // Requests lost with the previous link go again, in their order.
-    for (const r of [...this.requests.values()].sort((a, b) => a.id - b.id)) if (r.frame.length) session.socket.write(r.frame);
+    for (const r of [...this.requests.values()].sort((a, b) => a.id - b.id)) if (r.frame.length) writeFrameParts(session.socket, r.frame);
   }
 
   private async readFrames(session: PeerSession, gen: number): Promise<void> {
@@ -469,7 +452,7 @@ export class RemoteStream {
       const canShip = !this.paused && this.inflightBytes < unackedBytesMax && this.inflight.length < unackedFramesMax && pos.nextSeq <= j.writtenSeq;
       if (!canShip) {
         if (Date.now() - lastSentMs >= heartbeatMs) {
-          session.socket.write(await this.recordsFrame(pos.nextSeq, [], []));
+          writeFrameParts(session.socket, await this.recordsFrame(pos.nextSeq, [], []));
           lastSentMs = Date.now();
         }
         if (writtenWaitSeq !== pos.nextSeq) {
@@ -503,15 +486,16 @@ export class RemoteStream {
       }
       if (!alive() || records.length === 0) continue;
       const frame = await this.recordsFrame(records[0]!.seq, records, payloads);
-      await this.pace(frame.length);
+      const frameLength = frameBytes(frame);
+      await this.shaper.pace(frameLength);
       if (!alive()) break;
-      this.inflight.push({ lastSeq: records[records.length - 1]!.seq, end: pos, bytes: frame.length, lastTimeMs: records[records.length - 1]!.timeMs });
-      this.inflightBytes += frame.length;
-      this.shippedBytes += frame.length;
-      this.rate.bytes += frame.length;
+      this.inflight.push({ lastSeq: records[records.length - 1]!.seq, end: pos, bytes: frameLength, lastTimeMs: records[records.length - 1]!.timeMs });
+      this.inflightBytes += frameLength;
+      this.shippedBytes += frameLength;
+      this.rate.bytes += frameLength;
       this.rollRate();
       lastSentMs = Date.now();
-      if (!session.socket.write(frame)) await drained(session.socket);
+      if (!writeFrameParts(session.socket, frame)) await drained(session.socket);
     }
   }
 
@@ -520,7 +504,8 @@ export class RemoteStream {
     return this.opts.journal.lagBehind(this.acked, this.appliedTimeMs);
   }
 
-  private async recordsFrame(firstSeq: number, records: StagedRecord[], payloads: Buffer[]): Promise<Buffer> {
+  /** A frame of records (none: a heartbeat), as parts: a payload that is not a new buffer (one record's, a view of the journal's reads) is copied in. */
+  private async recordsFrame(firstSeq: number, records: StagedRecord[], payloads: Buffer[]): Promise<Buffer[]> {
     const j = this.opts.journal;
     const meta = {
       firstSeq,
@@ -529,8 +514,9 @@ export class RemoteStream {
       sentMs: Date.now(),
       records: records.map((r) => [r.type, r.flags, r.diskOffset, r.length, r.timeMs]),
     };
-    const { data, flags } = await this.pack(payloads.length === 1 ? payloads[0] : payloads.length ? Buffer.concat(payloads) : undefined);
-    return encodeFrame(FrameType.RECORDS, meta, data, flags);
+    const { data, flags } = await this.shaper.pack(payloads.length === 1 ? payloads[0] : payloads.length ? Buffer.concat(payloads) : undefined);
+    if (payloads.length === 1 && !(flags & FrameFlag.ZSTD)) return [encodeFrame(FrameType.RECORDS, meta, data, flags)];
+    return encodeFrameParts(FrameType.RECORDS, meta, data, flags);
   }
 }
 

@@ -2,8 +2,11 @@
 // threads (zstd-napi, level 1) shared by every link of the daemon. Jobs are queued (a
 // bounded queue: callers already bound what they have in flight) and answered in order per
 // worker. A payload that does not shrink is sent as it is (the caller checks the size).
+// worthCompressing samples a large payload on the calling thread first (tens of
+// microseconds), so that data zstd cannot shrink never makes the round trip to a worker.
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
+import * as zstd from 'zstd-napi';
 import { FerryError } from '../errors.js';
 
 const workerSource = `
@@ -90,4 +93,27 @@ let shared: ZstdPool | null = null;
 export function zstdPool(): ZstdPool {
   shared ??= new ZstdPool();
   return shared;
+}
+
+/** Payloads at least this large are sampled before they are compressed; smaller ones always are. */
+export const PROBE_PAYLOAD_BYTES_MIN = 128 * 1024;
+const probeSlices = 8;
+const probeSliceBytes = 4096;
+/** The sample must shrink to this fraction or less for the payload to be worth compressing. */
+const probeRatioMax = 0.97;
+const probe = { buf: Buffer.allocUnsafeSlow(probeSlices * probeSliceBytes), compressor: null as zstd.Compressor | null };
+
+/**
+ * Whether zstd (level 1) is likely to shrink the payload: for a large one, compresses
+ * probeSlices slices spread over it (32 KiB in all) on this thread and looks at the ratio.
+ */
+export function worthCompressing(payload: Buffer): boolean {
+  if (payload.length < PROBE_PAYLOAD_BYTES_MIN) return true;
+  const step = Math.floor((payload.length - probeSliceBytes) / (probeSlices - 1));
+  for (let i = 0; i < probeSlices; i++) payload.copy(probe.buf, i * probeSliceBytes, i * step, i * step + probeSliceBytes);
+  if (!probe.compressor) {
+    probe.compressor = new zstd.Compressor();
+    probe.compressor.setParameters({ compressionLevel: 1 });
+  }
+  return probe.compressor.compress(probe.buf).length <= probe.buf.length * probeRatioMax;
 }
