@@ -1,9 +1,9 @@
 // The primary site's end of a remote mirror: a staging area consumer ("mirror") that ships
 // durable records, in order, over an authenticated link to the mirror site, and a small
 // request channel on the same link that the sync engine writes chunks through (see
-// remote-store.ts). The link is redialled with backoff whenever it drops; every session
-// begins with an attach that tells us the last record the mirror site made durable, and
-// shipping resumes right after it.
+// request-channel.ts, remote-store.ts). The link is redialled with backoff whenever it
+// drops; every session begins with an attach that tells us the last record the mirror
+// site made durable, and shipping resumes right after it.
 //
 // Invariants (asserted where records are shipped and acknowledgements arrive):
 //   R1  Only records durable on this site are shipped (seq <= journal.durableSeq): the
@@ -29,6 +29,7 @@ import type { Journal, StagedRecord } from '../journal/journal.js';
 import { encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeFrameParts, type Frame } from './frame.js';
 import { LinkShaper } from './link-shaper.js';
 import type { PeerSession } from './peer-session.js';
+import { RequestChannel } from './request-channel.js';
 
 export const REMOTE_CONSUMER = 'mirror';
 
@@ -46,7 +47,6 @@ const silenceMsMax = 10_000;
 const backoffMsMin = 100;
 const backoffMsMax = 10_000;
 const checkpointIntervalMs = 500;
-const requestsQueuedMax = 64;
 
 export type LinkState = 'connecting' | 'connected' | 'down';
 
@@ -75,26 +75,17 @@ interface Shipped {
   lastTimeMs: number;
 }
 
-interface PendingRequest {
-  id: number;
-  /** The frame's parts, kept to send again on the next link (none for the attach). */
-  frame: Buffer[];
-  resolve: (f: Frame) => void;
-  reject: (e: Error) => void;
-}
-
 export class RemoteStream {
   private acked: ConsumerPosition;
   private paused = false;
   private stopped = false;
   private session: PeerSession | null = null;
-  private attached = false;
   private connGen = 0;
   private loop: Promise<void> | null = null;
   private inflight: Shipped[] = [];
   private inflightBytes = 0;
-  private requests = new Map<number, PendingRequest>();
-  private nextRequestId = 1;
+  /** Requests on the link (sync chunks...): sent again on the next link when one drops. */
+  private readonly requests: RequestChannel;
   private waiters: Array<() => void> = [];
   private progressWaiters: Array<() => void> = [];
   private lastCheckpointMs = Date.now();
@@ -122,6 +113,7 @@ export class RemoteStream {
 
   constructor(private readonly opts: RemoteStreamOptions) {
     this.shaper = new LinkShaper(opts.compress, opts.bandwidthBytesPerSec);
+    this.requests = new RequestChannel(opts.peer, opts.remoteDisk, this.shaper);
     this.detached = !opts.journal.hasConsumer(REMOTE_CONSUMER);
     this.acked = this.detached ? { ...opts.journal.headPosition(), name: REMOTE_CONSUMER } : opts.journal.consumer(REMOTE_CONSUMER);
     opts.journal.on('space-needed', () => this.wake());
@@ -210,22 +202,9 @@ export class RemoteStream {
     await this.checkpoint();
   }
 
-  /**
-   * A request on the link (sync chunk, disk sync, read...). Waits for a link; a request lost
-   * with a link is sent again on the next one, so every op must be idempotent. The payload
-   * is sent from the caller's buffer, not a copy: it must not change until the request is answered.
-   */
-  async request(meta: Record<string, unknown>, payload?: Buffer): Promise<Frame> {
-    if (this.stopped) throw new FerryError('PEER_UNREACHABLE', 'the mirror is stopped');
-    assert.ok(this.requests.size < requestsQueuedMax, 'requests on the link are bounded by their callers');
-    const id = this.nextRequestId++;
-    const { data, flags } = await this.shaper.pack(payload);
-    const frame = encodeFrameParts(FrameType.REQUEST, { ...meta, id, disk: this.opts.remoteDisk }, data, flags);
-    await this.shaper.pace(frameBytes(frame));
-    return new Promise<Frame>((resolve, reject) => {
-      this.requests.set(id, { id, frame, resolve, reject });
-      if (this.attached && this.session) writeFrameParts(this.session.socket, frame);
-    });
+  /** A request on the link (sync chunk, disk sync, read...), sent again on the next link if this one drops: see RequestChannel.request. */
+  request(meta: Record<string, unknown>, payload?: Buffer): Promise<Frame> {
+    return this.requests.request(meta, payload);
   }
 
   async stop(): Promise<void> {
@@ -234,8 +213,7 @@ export class RemoteStream {
     this.settleFirst = null;
     this.session?.socket.destroy();
     this.wake();
-    for (const r of this.requests.values()) r.reject(new FerryError('PEER_UNREACHABLE', 'the mirror is stopped'));
-    this.requests.clear();
+    this.requests.close(() => new FerryError('PEER_UNREACHABLE', 'the mirror is stopped'));
     for (const w of this.progressWaiters.splice(0)) w();
     await this.loop;
     await this.checkpointing;
@@ -321,7 +299,7 @@ export class RemoteStream {
       session.socket.destroy();
       await closed.catch(() => undefined);
       this.session = null;
-      this.attached = false;
+      this.requests.linkDown();
       this.connectedSinceMs = null;
       this.inflight = [];
       this.inflightBytes = 0;
@@ -349,11 +327,7 @@ export class RemoteStream {
 
   /** The attach: the mirror site's durable position decides where shipping resumes. */
   private async attach(session: PeerSession): Promise<void> {
-    const id = this.nextRequestId++;
-    const reply = await new Promise<Frame>((resolve, reject) => {
-      this.requests.set(id, { id, frame: [], resolve, reject });
-      session.socket.write(encodeFrame(FrameType.REQUEST, { ...this.opts.attachMeta(), op: 'attach', id, disk: this.opts.remoteDisk }));
-    }).finally(() => this.requests.delete(id));
+    const reply = await this.requests.attach(session.socket, this.opts.attachMeta);
     const durableSeq = reply.meta.durableSeq;
     if (typeof durableSeq !== 'number' || !Number.isSafeInteger(durableSeq)) throw new FerryError('REPL_PROTOCOL', 'attach reply without durableSeq');
     const j = this.opts.journal;
@@ -372,11 +346,10 @@ export class RemoteStream {
       this.acked = pos;
       this.dirty = true;
     }
-    this.attached = true;
     this.settleFirst?.resolve(reply);
     this.settleFirst = null;
     // Requests lost with the previous link go again, in their order.
-    for (const r of [...this.requests.values()].sort((a, b) => a.id - b.id)) if (r.frame.length) writeFrameParts(session.socket, r.frame);
+    this.requests.linkUp(session.socket);
   }
 
   private async readFrames(session: PeerSession, gen: number): Promise<void> {
@@ -388,16 +361,9 @@ export class RemoteStream {
         case FrameType.ACK:
           this.onAck(f.meta.durableSeq);
           break;
-        case FrameType.RESPONSE: {
-          const r = this.requests.get(f.meta.id as number);
-          if (!r) break;
-          this.requests.delete(r.id);
-          if (typeof f.meta.error === 'object' && f.meta.error !== null) {
-            const e = f.meta.error as { code?: string; message?: string };
-            r.reject(new FerryError('REMOTE_ERROR', `${this.opts.peer}: ${e.message ?? 'request failed'}${e.code ? ` (${e.code})` : ''}`, { remoteCode: e.code }));
-          } else r.resolve(f);
+        case FrameType.RESPONSE:
+          this.requests.answer(f);
           break;
-        }
         case FrameType.ERROR:
           throw new FerryError('REMOTE_ERROR', `${this.opts.peer} closed the link: ${String(f.meta.message ?? f.meta.code)}`);
         default:
