@@ -29,6 +29,8 @@ const bytesPerBatchMax = 16 * 1024 * 1024;
 /** How long written records may gather before the committer applies them (unless many are pending or space is short). */
 const applyDelayMs = 20;
 const checkpointIntervalMs = 500;
+/** Longest stretch the committer applies records without yielding to client requests (inline writes are synchronous). */
+const applySliceMs = 2;
 const retryMsMax = 30_000;
 const drainRetriesMax = 5;
 
@@ -201,8 +203,15 @@ export class Committer {
     const inflight = new Map<StagedRecord, Promise<void>>();
     const overlaps = (a: StagedRecord, b: StagedRecord): boolean => a.diskOffset < b.diskOffset + b.length && b.diskOffset < a.diskOffset + a.length;
     let failure: unknown = null;
+    let sliceStartMs = performance.now();
     for (const r of records) {
       if (failure) break;
+      // Inline writes complete synchronously: give the event loop back now and then, so a
+      // group of records never holds client requests for long.
+      if (performance.now() - sliceStartMs >= applySliceMs) {
+        await new Promise((resolve) => setImmediate(resolve));
+        sliceStartMs = performance.now();
+      }
       for (;;) {
         let blocked = inflight.size >= appliesInFlightMax;
         if (!blocked) for (const x of inflight.keys()) if (overlaps(x, r)) blocked = true;
