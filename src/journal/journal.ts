@@ -119,6 +119,8 @@ export class Journal extends EventEmitter {
   private failure: FerryError | null = null;
   private spaceWaiters: Array<() => void> = [];
   private readonly syncer: SyncBatcher;
+  /** Syncs of every copy in progress, each with the newest record it covers (written before it began). */
+  private readonly syncsRunning = new Set<{ upTo: number; done: Promise<void> }>();
   private checkpointChain: Promise<void> = Promise.resolve();
   private batchLock: Promise<void> = Promise.resolve();
   private readonly recent = new RecentCache(recentBytesMax);
@@ -405,20 +407,37 @@ export class Journal extends EventEmitter {
   }
 
 
-  private async syncCopies(): Promise<void> {
+  private syncCopies(): Promise<void> {
     const upTo = this.writtenSeqValue;
-    await this.copySet.syncAll();
-    if (upTo > this.durableSeqValue) {
-      this.durableSeqValue = upTo;
-      for (const w of this.durableWaiters.splice(0)) w();
-    }
+    const done = this.copySet.syncAll().then(() => {
+      if (upTo > this.durableSeqValue) {
+        this.durableSeqValue = upTo;
+        for (const w of this.durableWaiters.splice(0)) w();
+      }
+    });
+    const running = { upTo, done };
+    this.syncsRunning.add(running);
+    void done.then(
+      () => this.syncsRunning.delete(running),
+      () => this.syncsRunning.delete(running),
+    );
+    return done;
   }
 
-  /** Makes every written record durable on every healthy copy (NBD FLUSH). */
+  /**
+   * Makes every written record durable on every healthy copy (NBD FLUSH). Nothing to do when
+   * they already are; a sync already running that covers them all (it began after the newest
+   * was written: a checkpoint's, the committer's) serves as well as a new one.
+   */
   async sync(): Promise<void> {
     if (this.failure) throw this.failure;
-    await this.syncer.sync();
+    const needed = this.writtenSeqValue;
+    if (needed <= this.durableSeqValue) return;
+    let covering: Promise<void> | null = null;
+    for (const r of this.syncsRunning) if (r.upTo >= needed) covering = r.done;
+    await (covering ?? this.syncer.sync());
     if (this.failure) throw this.failure;
+    assert.ok(this.durableSeqValue >= needed, 'a sync makes every record written before it durable');
   }
 
   /** Resolves once a record beyond `seq` has been written. */
