@@ -4,6 +4,8 @@
 // the mirror: copy it at the resync". A bit is durable before the write that sets it is
 // acknowledged (persist() is awaited on the write path for new bits), so a crash never
 // forgets a region; bits are cleared only once the resync has copied the region.
+// forEachChunk (the chunks a byte range touches) is the one chunk-range loop, shared with
+// the mirror's index of which chunks recent records wrote (mirror.ts).
 //
 // File: magic "FRDM" u32 | version u32 | chunkBytes u32 | chunks u32 | crc32c u32 of the
 // bits | reserved u32 | bits. Written to a temporary file, synced, renamed, and the
@@ -16,6 +18,13 @@ import { FerryError } from '../errors.js';
 const MAGIC = 0x4d445246; // "FRDM" read as little-endian u32
 const VERSION = 1;
 const HEADER_BYTES = 24;
+
+/** Calls fn with each chunk (of chunkBytes) that a byte range touches, in order; none for an empty range. */
+export function forEachChunk(offset: number, length: number, chunkBytes: number, fn: (chunk: number) => void): void {
+  if (length <= 0) return;
+  const last = Math.floor((offset + length - 1) / chunkBytes);
+  for (let c = Math.floor(offset / chunkBytes); c <= last; c++) fn(c);
+}
 
 export class DirtyMap {
   private readonly bits: Uint8Array;
@@ -76,15 +85,13 @@ export class DirtyMap {
 
   /** Marks the chunks of a byte range; true when a bit was newly set (persist before acknowledging). */
   mark(offset: number, length: number): boolean {
-    if (length <= 0) return false;
     let changed = false;
-    const last = Math.min(this.chunks - 1, Math.floor((offset + length - 1) / this.chunkBytes));
-    for (let c = Math.floor(offset / this.chunkBytes); c <= last; c++) {
-      if (this.has(c)) continue;
+    forEachChunk(offset, length, this.chunkBytes, (c) => {
+      if (c >= this.chunks || this.has(c)) return;
       this.bits[c >> 3]! |= 1 << (c & 7);
       this.count++;
       changed = true;
-    }
+    });
     if (changed) this.version++;
     return changed;
   }

@@ -14,7 +14,7 @@ import { Committer } from '../volume/committer.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
 import { SYNC_CHUNK_BYTES, SyncEngine, type SyncMode } from './sync-engine.js';
-import { DirtyMap } from './dirty-map.js';
+import { DirtyMap, forEachChunk } from './dirty-map.js';
 import { PRIMARY_CONSUMER } from '../volume/committer.js';
 import type { RemoteStream } from '../replication/remote-stream.js';
 import type { MirrorPolicy } from './mirror-policy.js';
@@ -169,8 +169,7 @@ export class Mirror {
       this.staged.onIndexed = (records) => {
         for (const r of records) {
           if (r.length === 0) continue;
-          const last = Math.floor((r.diskOffset + r.length - 1) / SYNC_CHUNK_BYTES);
-          for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) chunkSeq[c] = r.seq;
+          forEachChunk(r.diskOffset, r.length, SYNC_CHUNK_BYTES, (c) => (chunkSeq[c] = r.seq));
           // A write racing the switch to bitmap mode is marked too (persisted before the consumer goes).
           if (this.mode === 'bitmap') this.dirty?.mark(r.diskOffset, r.length);
         }
@@ -257,8 +256,7 @@ export class Mirror {
     const upTo = this.journal.durableSeq;
     while (pos.nextSeq <= upTo && !this.closed) {
       const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, 'mirror-scan');
-      const last = Math.floor((r.diskOffset + Math.max(1, r.length) - 1) / SYNC_CHUNK_BYTES);
-      for (let c = Math.floor(r.diskOffset / SYNC_CHUNK_BYTES); c <= last; c++) chunkSeq[c] = Math.max(chunkSeq[c]!, r.seq);
+      forEachChunk(r.diskOffset, Math.max(1, r.length), SYNC_CHUNK_BYTES, (c) => (chunkSeq[c] = Math.max(chunkSeq[c]!, r.seq)));
       pos = { name: pos.name, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
     }
   }
