@@ -210,7 +210,7 @@ export function py(s: string): string {
   return JSON.stringify(s);
 }
 
-/** One attachment of a Ferry disk as a block device: nbdfuse → file → loop device → (mount). */
+/** One attachment of a Ferry disk as a block device: nbdfuse → file → loop device → (ext4 mount). Needs root and /dev/fuse. */
 export class Attachment {
   private fuse: ChildProcess | null = null;
   private fuseExited: Promise<void> = Promise.resolve();

@@ -205,6 +205,22 @@ async function waitSyncPast(s: Sites, disk: string, bytes: number): Promise<any>
   }
 }
 
+/** One round of a mid-stream crash test, as the site that was killed recovers. */
+interface CrashRound {
+  i: number;
+  /** The round's workload at A, running since startedAt, and its log. */
+  w: Workload;
+  log: string;
+  /** check.py's state after the rounds before (null: this is the first). */
+  stateIn: string | null;
+  startedAt: number;
+  /** How long the workload ran before the kill. */
+  delay: number;
+  /** A's mirror status just before the kill. */
+  before: any;
+  killedAt: number;
+}
+
 describe('remote mirrors and kill -9 of either site', () => {
   const cleanup = new Cleanup();
   let s: Sites;
@@ -219,23 +235,52 @@ describe('remote mirrors and kill -9 of either site', () => {
   }, TEST);
   after(() => cleanup.run(), TEST);
 
-  it('site A killed mid-stream: nothing acknowledged lost, no resync, A and B converge', TEST, async (t) => {
+  /**
+   * A mid-stream crash test: a new disk at A mirrored to B, then `rounds` rounds. In each, the
+   * workload writes to A, and after a random delay `victim` is killed; `recover` restarts it,
+   * checks what its case is about and returns the round's workload summary; then every write A
+   * acknowledged must be on A (check.py, its state carried from round to round) and A and B
+   * must read the same. Returns each round's summary.
+   */
+  async function crashRounds(
+    t: { diagnostic(m: string): void },
+    disk: string,
+    plan: { victim: 'a' | 'b'; stagingSize: string; rounds: number; workloadSeconds: number; delayMsMax: number },
+    recover: (round: CrashRound, rand: () => number) => Promise<{ wr: WorkloadSummary; where: string }>,
+  ): Promise<WorkloadSummary[]> {
     const rand = seededRng(seedFor(t));
-    await s.a.createDisk('cra', STREAM_DISK);
-    await cliJson(s.a, ['mirror', 'create', 'cra', '--to', `${s.peer}:cra-dr`, '--staging', path.join(work, 'cra.stg'), '--staging-size', '64M']);
-    await waitCaughtUp(s, 'cra', 'cra-dr');
+    const replica = `${disk}-dr`;
+    await s.a.createDisk(disk, STREAM_DISK);
+    await cliJson(s.a, ['mirror', 'create', disk, '--to', `${s.peer}:${replica}`, '--staging', path.join(work, `${disk}.stg`), '--staging-size', plan.stagingSize]);
+    await waitCaughtUp(s, disk, replica);
     let next = 1;
     let state: string | null = null;
-    let acked = 0;
-    const rounds = 3;
-    for (let i = 0; i < rounds; i++) {
-      const log = path.join(work, `cra-${i}.log`);
-      const w = startWorkload(cleanup, { uri: s.a.uri('cra'), log, firstCounter: next, blocks: STREAM_BLOCKS, seed: Math.floor(rand() * 2 ** 31), maxSeconds: 60 });
+    const summaries: WorkloadSummary[] = [];
+    for (let i = 0; i < plan.rounds; i++) {
+      const log = path.join(work, `${disk}-${i}.log`);
+      const w = startWorkload(cleanup, { uri: s.a.uri(disk), log, firstCounter: next, blocks: STREAM_BLOCKS, seed: Math.floor(rand() * 2 ** 31), maxSeconds: plan.workloadSeconds });
       assert.ok(await w.connected, `workload ${i} did not connect`);
-      const delay = 500 + Math.floor(rand() * 2000);
+      const startedAt = Date.now();
+      const delay = 500 + Math.floor(rand() * plan.delayMsMax);
       await sleep(delay);
-      const before = await mirrorStatus(s.a, 'cra');
-      assert.equal((await s.a.kill9()).signal, 'SIGKILL');
+      const before = await mirrorStatus(s.a, disk);
+      assert.equal((await s[plan.victim].kill9()).signal, 'SIGKILL');
+      const killedAt = Date.now();
+      const { wr, where } = await recover({ i, log, w, stateIn: state, startedAt, delay, before, killedAt }, rand);
+
+      // Nothing acknowledged is lost at A, and A and B converge.
+      const stateOut = path.join(work, `${disk}-state-${i}`);
+      assertCheck(await checkDisk(s.a.uri(disk), log, { blocks: STREAM_BLOCKS }, state, stateOut), wr, `${where}, site A`);
+      await assertIdentical(s, disk, replica, where);
+      state = stateOut;
+      next = wr.next;
+      summaries.push(wr);
+    }
+    return summaries;
+  }
+
+  it('site A killed mid-stream: nothing acknowledged lost, no resync, A and B converge', TEST, async (t) => {
+    const rounds = await crashRounds(t, 'cra', { victim: 'a', stagingSize: '64M', rounds: 3, workloadSeconds: 60, delayMsMax: 2000 }, async ({ i, w, delay, before }) => {
       const wr = await w.done;
       assert.ok(wr.error, `workload ${i} finished before the kill (${JSON.stringify(wr)})`);
       const bBefore = await mirrorStatus(s.b, 'cra-dr');
@@ -243,10 +288,6 @@ describe('remote mirrors and kill -9 of either site', () => {
       const watchA = watchStatus(s.a, 'cra');
       const watchB = watchStatus(s.b, 'cra-dr');
       const where = `A crash ${i} (kill after ${delay} ms, B ${before.lagRecords} records behind, ${wr.acked}/${wr.issued} acknowledged)`;
-
-      // Nothing acknowledged is lost at A.
-      const stateOut = path.join(work, `cra-state-${i}`);
-      assertCheck(await checkDisk(s.a.uri('cra'), log, { blocks: STREAM_BLOCKS }, state, stateOut), wr, where);
 
       // The mirror carries on: consistent and in sync all along, no sync run (no full resync).
       const caughtUp = await explained(s, 'cra', 'cra-dr', waitCaughtUp(s, 'cra', 'cra-dr')).finally(() => Promise.all([watchA.stop(), watchB.stop()]));
@@ -262,36 +303,20 @@ describe('remote mirrors and kill -9 of either site', () => {
           `A's mirror right after the restart: ${seenA[0]?.state}, link ${seenA[0]?.link?.state}, ${seenA[0]?.lagRecords} records behind; ` +
           `caught up (A applied ${caughtUp.a.appliedSeq}, B ${caughtUp.b.appliedSeq}); ${seenA.length} statuses seen, states ${[...new Set(seenA.map((x) => `${x.state}/${x.link?.state}`))].join(', ')}`,
       );
-      await assertIdentical(s, 'cra', 'cra-dr', where);
-      state = stateOut;
-      next = wr.next;
-      acked += wr.acked;
-    }
+      return { wr, where };
+    });
+    const acked = rounds.reduce((n, wr) => n + wr.acked, 0);
     const resyncs = logLines(s.b).filter((l) => l.disk === 'cra-dr' && /resyncing/.test(l.msg ?? ''));
     assert.deepEqual(resyncs, [], 'B was never told to resync');
-    t.diagnostic(`${acked} writes acknowledged over ${rounds} crashes of site A`);
+    t.diagnostic(`${acked} writes acknowledged over ${rounds.length} crashes of site A`);
     assert.ok(acked > 300, `only ${acked} writes acknowledged`);
   });
 
   it('site B killed mid-stream: A keeps acknowledging, reconnects by itself; B stays consistent; they converge', TEST, async (t) => {
-    const rand = seededRng(seedFor(t));
-    await s.a.createDisk('crb', STREAM_DISK);
     // A staging area that holds what A writes while B restarts: this test is about the crash, not a full staging area.
-    await cliJson(s.a, ['mirror', 'create', 'crb', '--to', `${s.peer}:crb-dr`, '--staging', path.join(work, 'crb.stg'), '--staging-size', '256M']);
-    await waitCaughtUp(s, 'crb', 'crb-dr');
-    let next = 1;
-    let state: string | null = null;
-    const rounds = 2;
-    for (let i = 0; i < rounds; i++) {
-      const log = path.join(work, `crb-${i}.log`);
-      const w = startWorkload(cleanup, { uri: s.a.uri('crb'), log, firstCounter: next, blocks: STREAM_BLOCKS, seed: Math.floor(rand() * 2 ** 31), maxSeconds: 15 });
-      assert.ok(await w.connected, `workload ${i} did not connect`);
-      const startedAt = Date.now();
-      const delay = 500 + Math.floor(rand() * 1500);
-      await sleep(delay);
-      const reconnectsBefore = (await mirrorStatus(s.a, 'crb')).link.reconnects as number;
-      assert.equal((await s.b.kill9()).signal, 'SIGKILL');
-      const killedAt = Date.now();
+    const plan = { victim: 'b', stagingSize: '256M', rounds: 2, workloadSeconds: 15, delayMsMax: 1500 } as const;
+    await crashRounds(t, 'crb', plan, async ({ i, log, w, stateIn, startedAt, delay, before, killedAt }, rand) => {
+      const reconnectsBefore = before.link.reconnects as number;
       const writesBefore = (await s.a.api('GET', '/v1/disks/crb')).body.stats.writeOps as number;
       // A notices the link is gone and keeps acknowledging meanwhile.
       const down = await waitStatus(s.a, 'crb', 'the link to be down', (st) => st.link?.state !== 'connected', 30_000);
@@ -315,7 +340,7 @@ describe('remote mirrors and kill -9 of either site', () => {
       if (movedAfterPause) t.diagnostic(`${where}: B's apply moved after the pause answered (${paused.appliedSeq} → ${settledSeq}) before it stood still`);
 
       // Checked now (the log already holds the issue line of every write the image can hold).
-      const c = await checkImagePrefix(snap, log, { blocks: STREAM_BLOCKS }, state, path.join(work, `crb-snap-state-${i}`));
+      const c = await checkImagePrefix(snap, log, { blocks: STREAM_BLOCKS }, stateIn, path.join(work, `crb-snap-state-${i}`));
       fs.rmSync(snap, { force: true });
       t.diagnostic(`${where}: B's image after its restart (applied ${settledSeq}) holds writes up to ${c.highestSurvivor} of this round; ${c.torn} torn, ${c.prefixViolations} prefix violations`);
       assert.equal(c.torn, 0, `${where}: B's image after restart has torn blocks: ${JSON.stringify(c.errors.slice(0, 5))}`);
@@ -331,13 +356,8 @@ describe('remote mirrors and kill -9 of either site', () => {
         `${where}: link ${down.link.state} (${down.link.lastError ?? ''}); A acknowledged ${writesDuring} writes and was ${lagDuring} records ahead while B was down; ` +
           `${wr.acked}/${wr.issued} acknowledged in the round; A redialled ${caught.a.link.reconnects - reconnectsBefore} times; caught up with A at state ${caught.a.state}`,
       );
-
-      const stateOut = path.join(work, `crb-state-${i}`);
-      assertCheck(await checkDisk(s.a.uri('crb'), log, { blocks: STREAM_BLOCKS }, state, stateOut), wr, `${where}, site A`);
-      await assertIdentical(s, 'crb', 'crb-dr', where);
-      state = stateOut;
-      next = wr.next;
-    }
+      return { wr, where };
+    });
   });
 
   it('site A killed mid-sync: the sync resumes from its checkpoint, nothing acknowledged lost, identical', TEST, async (t) => {

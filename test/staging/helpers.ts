@@ -9,6 +9,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { requireTool, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
 
+/** The nbdfuse + loop device attachment is the interop suite's; the staging tests use the same one. */
+export { Attachment } from '../interop/clients.js';
+
 export const MiB = 1024 * 1024;
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const PYTHON = '/usr/bin/python3';
@@ -245,83 +248,3 @@ export async function waitFor(what: string, check: () => boolean | Promise<boole
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** One attachment of a Ferry disk as a block device: nbdfuse → file → loop device → (ext4 mount). Needs root and /dev/fuse. */
-export class Attachment {
-  private fuse: ChildProcess | null = null;
-  private fuseExited: Promise<void> = Promise.resolve();
-  private fuseLog = '';
-  loop: string | null = null;
-  mounted = false;
-
-  constructor(
-    readonly fuseDir: string,
-    readonly mountDir: string,
-    readonly diskBytes: number,
-  ) {}
-
-  get file(): string {
-    return path.join(this.fuseDir, 'nbd');
-  }
-
-  async attach(uri: string): Promise<string> {
-    const pidFile = path.join(path.dirname(this.fuseDir), `${path.basename(this.fuseDir)}.pid`);
-    fs.rmSync(pidFile, { force: true });
-    const proc = spawn(requireTool('nbdfuse'), ['-P', pidFile, this.fuseDir, uri], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.fuse = proc;
-    this.fuseExited = new Promise((resolve) => proc.on('exit', () => resolve()));
-    proc.stdout!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
-    proc.stderr!.on('data', (b: Buffer) => (this.fuseLog += b.toString()));
-    let exited = false;
-    void this.fuseExited.then(() => (exited = true));
-    await waitFor('nbdfuse to serve its file', () => {
-      if (exited) throw new Error(`nbdfuse exited early: ${this.fuseLog}`);
-      return fs.existsSync(pidFile) && fs.existsSync(this.file) && fs.statSync(this.file).size === this.diskBytes;
-    });
-    this.loop = (await ok('losetup', ['-f', '--show', this.file])).stdout.trim();
-    assert.match(this.loop, /^\/dev\/loop\d+$/);
-    return this.loop;
-  }
-
-  async mount(): Promise<void> {
-    await ok('mount', ['-t', 'ext4', this.loop!, this.mountDir]);
-    this.mounted = true;
-  }
-
-  async unmount(): Promise<void> {
-    if (!this.mounted) return;
-    const r = await runBounded(requireTool('umount'), [this.mountDir]);
-    if (r.code !== 0) await ok('umount', ['-l', this.mountDir]);
-    this.mounted = false;
-  }
-
-  /** Undoes everything that was done, in reverse; safe to call at any point and twice. */
-  async detach(): Promise<void> {
-    await this.unmount();
-    if (this.loop) {
-      const loop = this.loop;
-      await runBounded(requireTool('blockdev'), ['--flushbufs', loop]);
-      await ok('losetup', ['-d', loop]);
-      const backing = `/sys/block/${path.basename(loop)}/loop/backing_file`;
-      await waitFor(`${loop} to detach`, () => !fs.existsSync(backing), 15_000);
-      this.loop = null;
-    }
-    if (this.fuse) {
-      const proc = this.fuse;
-      let done = false;
-      void this.fuseExited.then(() => (done = true));
-      for (let i = 0; i < 20 && !done; i++) {
-        const r = await runBounded(requireTool('fusermount3'), ['-u', this.fuseDir]);
-        if (r.code === 0) break;
-        await sleep(250);
-      }
-      await waitFor('nbdfuse to exit', () => done, 10_000).catch(() => undefined);
-      if (!done) {
-        await runBounded(requireTool('fusermount3'), ['-uz', this.fuseDir]);
-        proc.kill('SIGKILL');
-        await this.fuseExited;
-      }
-      this.fuse = null;
-    }
-  }
-}
