@@ -50,6 +50,16 @@ const inlineWriteBytesMax = 64 * 1024;
  * kernel holds, while the occasional 2–6 ms stall of a busy machine (which with a single
  * 5 ms threshold sent QD1 writes to the pool for a second or more) costs nothing.
  */
+/**
+ * A sync runs inline (fdatasync on the event loop, no thread-pool round trip, which costs
+ * more than the sync itself at queue depth 1 here) when at most this much was written
+ * since the last sync began, so that it is short, and while its own stall budget allows
+ * (an InlineWriteGuard of its own: slow syncs do not send writes to the pool, nor the other
+ * way round). Zeroing and trimming change allocation
+ * (file system metadata): the next sync goes to the pool.
+ */
+const inlineSyncBytesMax = 256 * 1024;
+
 export const inlineWritePolicy = {
   stallMs: 2,
   budgetMs: 30,
@@ -104,8 +114,12 @@ export class BlockDevice implements Store {
   private fd: number;
   private readonly syncer: SyncBatcher;
   private closed = false;
-  /** When small client writes stop running inline (see inlineWritePolicy). */
+  /** When small client writes and syncs stop running inline (see inlineWritePolicy). */
   private readonly inlineGuard = new InlineWriteGuard();
+  /** When syncs stop running inline (see inlineSyncBytesMax). */
+  private readonly syncGuard = new InlineWriteGuard();
+  /** Bytes written since the last sync began (Infinity after a zero or trim): see inlineSyncBytesMax. */
+  private unsyncedBytes = 0;
 
   private constructor(path: string, fd: number, kind: DeviceKind, size: number, readOnly: boolean) {
     this.path = path;
@@ -113,7 +127,7 @@ export class BlockDevice implements Store {
     this.kind = kind;
     this.size = size;
     this.readOnly = readOnly;
-    this.syncer = new SyncBatcher(() => fdatasync(this.fd));
+    this.syncer = new SyncBatcher(() => this.fdatasync());
   }
 
   /** Opens an existing regular file or block device. The device is never created, truncated or extended here. */
@@ -202,6 +216,7 @@ export class BlockDevice implements Store {
   }
 
   private writeInline(buf: Buffer, bufOffset: number, length: number, position: number, done: (err: Error | null) => void): void {
+    this.unsyncedBytes += length;
     const started = performance.now();
     let written = 0;
     try {
@@ -224,6 +239,7 @@ export class BlockDevice implements Store {
     } catch (err) {
       return done(err as Error);
     }
+    this.unsyncedBytes += length;
     const fd = this.fd;
     const path = this.path;
     let rest = parts;
@@ -274,6 +290,7 @@ export class BlockDevice implements Store {
   }
 
   private writeFully(buf: Buffer, bufOffset: number, length: number, position: number, done: (err: Error | null) => void): void {
+    this.unsyncedBytes += length;
     const fd = this.fd;
     const path = this.path;
     let written = 0;
@@ -301,10 +318,27 @@ export class BlockDevice implements Store {
     });
   }
 
+  /** One fdatasync for the SyncBatcher: inline when little was written and the stall budget allows, else on the pool. */
+  private fdatasync(): Promise<void> {
+    const small = this.unsyncedBytes <= inlineSyncBytesMax;
+    this.unsyncedBytes = 0;
+    if (!small || !this.syncGuard.allowed()) return fdatasync(this.fd);
+    const started = performance.now();
+    try {
+      fs.fdatasyncSync(this.fd);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const now = performance.now();
+    this.syncGuard.record(now - started, now);
+    return Promise.resolve();
+  }
+
   /** Discards a range (advisory: the range then reads as zeroes on files, unspecified on devices). */
   async trim(offset: number, length: number): Promise<void> {
     this.checkWritable(offset, length);
     if (length === 0) return;
+    this.unsyncedBytes = Infinity;
     try {
       await space(this.fd, this.kind === 'file' ? SpaceOp.punchHole : SpaceOp.blkDiscard, offset, length);
     } catch (err) {
@@ -322,6 +356,7 @@ export class BlockDevice implements Store {
     this.checkWritable(offset, length);
     if (length === 0) return;
     const ops = this.kind === 'file' ? (mayDeallocate ? [SpaceOp.punchHole, SpaceOp.zeroRange] : [SpaceOp.zeroRange]) : [SpaceOp.blkZeroOut];
+    this.unsyncedBytes = Infinity;
     for (const op of ops) {
       try {
         await space(this.fd, op, offset, length);
