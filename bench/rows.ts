@@ -22,5 +22,5 @@ export const rows: RowDef[] = [
   { id: 'randread-4k-qd32', title: '4 KiB random read, QD32', rw: 'randread', bs: '4k', iodepth: 32 },
   { id: 'write-1m-qd8', title: '1 MiB sequential write, QD8', rw: 'write', bs: '1m', iodepth: 8 },
   // Issue 3: every write made durable before the next (fio sends NBD_CMD_FLUSH after each write).
-  { id: 'randwrite-4k-qd1-fsync', title: '4 KiB random write, QD1, fsync=1', rw: 'randwrite', bs: '4k', iodepth: 1, extra: ['--fsync=1'], servers: ['ferry', 'ferry-staged', 'nbdkit'] },
+  { id: 'randwrite-4k-qd1-fsync', title: '4 KiB random write, QD1, fsync=1', rw: 'randwrite', bs: '4k', iodepth: 1, extra: ['--fsync=1'], servers: ['ferry', 'ferry-staged', 'nbdkit', 'node-floor'] },
 ];

@@ -196,6 +196,13 @@ export const qemuNbd = externalServer(
   'bench',
 );
 
+// node-floor (bench/node-floor.ts): the least a Node.js NBD server does per request, for the
+// QD1 rows only: how much of ferryd's gap to nbdkit there is the runtime's own.
+export const nodeFloor: ServerDef = {
+  ...externalServer('node-floor', (port, file) => [process.execPath, '--import', 'tsx', path.join(import.meta.dirname, 'node-floor.ts'), file, String(port)]),
+  rows: ['randwrite-4k-qd1', 'randwrite-4k-qd1-fsync'],
+};
+
 /**
  * Ferry builds from other checkouts, for A/B measurements of a change in the same run:
  * BENCH_FERRY_ALT="base=/path/to/checkout[,name=/path…]" adds each as a baseline server
@@ -258,4 +265,4 @@ const ferryMirrored = ferryServer('ferry-mirrored', {
 });
 
 /** Every server in a run, in the order they are interleaved. The first subject is "ferry". */
-export const servers: ServerDef[] = [ferryServer('ferry', { bin: ferryBin }), ferryStaged, ferryMirrored, nbdkit, qemuNbd, ...alternates()];
+export const servers: ServerDef[] = [ferryServer('ferry', { bin: ferryBin }), ferryStaged, ferryMirrored, nbdkit, qemuNbd, nodeFloor, ...alternates()];
