@@ -3,11 +3,13 @@
 // strictly in arrival order: records are appended to the replica's own staging area with
 // the primary site's sequence numbers and acknowledged once durable (R2, R3); sync chunks
 // are written to the disk only after every record received before them is applied (R6).
-// The one overlap: consecutive sync chunks are written concurrently (at most
-// chunkWritesMax, each its own region of the disk, answered as each completes), so a
-// sync is not one disk write and one frame receive at a time; any other frame (records,
-// a sync of the disk, attach, release) first waits until every chunk write before it has
-// completed, so a record is never applied under a chunk that arrived before it.
+// The one overlap: the sync engine's requests run concurrently (at most syncOpsMax):
+// chunk writes (each its own region of the disk) and the disk syncs of its checkpoints,
+// each answered as it completes, so a sync is not one disk write, one fdatasync and one
+// frame receive at a time. A disk sync covers every chunk write answered before it was
+// asked for (they completed before it began), which is all a checkpoint counts on. Any
+// other frame (records, attach, release) first waits until every such request before it
+// has completed, so a record is never applied under a chunk that arrived before it.
 // The replica's own committer applies records in order (R5). See remote-stream.ts for the
 // invariants of the whole link.
 import assert from 'node:assert';
@@ -58,14 +60,14 @@ export interface ReplicaHost {
 
 const recordTypes = new Set<number>([RecordType.WRITE, RecordType.ZERO, RecordType.TRIM]);
 
-/** Sync chunk writes in flight per session (each holds its frame's payload, at most 32 MiB). */
-const chunkWritesMax = 4;
+/** Sync engine requests in flight per session (a chunk write holds its frame's payload, at most 32 MiB). */
+const syncOpsMax = 4;
 
 export class Receiver {
   private handle: ReplicaHandle | null = null;
   private ackChain: Promise<void> = Promise.resolve();
-  /** Sync chunk writes started and not yet answered (see the head of this file). */
-  private readonly chunkWrites = new Set<Promise<void>>();
+  /** Sync engine requests (chunk writes, disk syncs) started and not yet answered (see the head of this file). */
+  private readonly syncOps = new Set<Promise<void>>();
   private closed = false;
   private finished: Promise<void> = Promise.resolve();
   private lastSentMs = Date.now();
@@ -96,7 +98,7 @@ export class Receiver {
         if (f === null || this.closed) break;
         if (this.handle) this.handle.link.lastHeardMs = Date.now();
         if (f.flags & FrameFlag.ZSTD) f.payload = await zstdPool().decompress(f.payload, FRAME_PAYLOAD_BYTES_MAX);
-        if (!isChunkWrite(f)) await this.chunkWritesDone();
+        if (!isSyncOp(f)) await this.syncOpsDone();
         if (f.type === FrameType.REQUEST) await this.onRequest(f);
         else if (f.type === FrameType.RECORDS) await this.onRecords(f);
         else throw new ProtocolError(`unexpected frame type ${f.type}`);
@@ -111,7 +113,7 @@ export class Receiver {
       clearInterval(keepalive);
       this.closed = true;
       // A newer session waits for this one to finish: never two writers at once.
-      await this.chunkWritesDone();
+      await this.syncOpsDone();
       await this.ackChain.catch(() => undefined);
       socket.end();
       setTimeout(() => socket.destroy(), 1000).unref();
@@ -159,20 +161,12 @@ export class Receiver {
           await this.host.beginResync(h.disk);
           // The disk as the volume holds it: during a resync, the undo log's guard (U1).
           const disk = h.volume.primaryStore;
-          const written = op === 'write' ? disk.write(f.payload, 0, length, offset) : disk.zero(offset, length, true, false);
-          const answered: Promise<void> = written.then(
-            () => this.respond(id),
-            (err: Error) => this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message } }),
-          );
-          this.chunkWrites.add(answered);
-          void answered.finally(() => this.chunkWrites.delete(answered));
-          assert.ok(this.chunkWrites.size <= chunkWritesMax, 'sync chunk writes in flight are bounded');
-          if (this.chunkWrites.size >= chunkWritesMax) await Promise.race(this.chunkWrites);
+          await this.inBackground(id, op === 'write' ? disk.write(f.payload, 0, length, offset) : disk.zero(offset, length, true, false));
           return;
         }
         case 'sync':
-          await h.volume.primaryStore.sync();
-          return this.respond(id);
+          await this.inBackground(id, h.volume.primaryStore.sync());
+          return;
         case 'read': {
           const { offset, length } = checkRange(f.meta, h.volume.size);
           if (length > 32 * 1024 * 1024) throw new ProtocolError('read too large');
@@ -231,8 +225,20 @@ export class Receiver {
   }
 
   /** Every sync chunk write started so far has completed and been answered. */
-  private async chunkWritesDone(): Promise<void> {
-    while (this.chunkWrites.size > 0) await Promise.all(this.chunkWrites);
+  private async syncOpsDone(): Promise<void> {
+    while (this.syncOps.size > 0) await Promise.all(this.syncOps);
+  }
+
+  /** Answers request `id` when `work` ends, while later frames go on; waits while syncOpsMax run. */
+  private async inBackground(id: unknown, work: Promise<void>): Promise<void> {
+    const answered: Promise<void> = work.then(
+      () => this.respond(id),
+      (err: Error) => this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message } }),
+    );
+    this.syncOps.add(answered);
+    void answered.finally(() => this.syncOps.delete(answered));
+    assert.ok(this.syncOps.size <= syncOpsMax, 'sync engine requests in flight are bounded');
+    if (this.syncOps.size >= syncOpsMax) await Promise.race(this.syncOps);
   }
 
   /** Every record received so far is applied to the disk (a chunk may then overwrite it, R6). */
@@ -298,7 +304,7 @@ function checkRange(meta: Record<string, unknown>, size: number): { offset: numb
   return { offset, length };
 }
 
-/** A sync chunk (write or zero of a region): the one request that may overlap others of its kind. */
-function isChunkWrite(f: Frame): boolean {
-  return f.type === FrameType.REQUEST && (f.meta.op === 'write' || f.meta.op === 'zero');
+/** A sync engine request (chunk write or zero, disk sync): the one kind that may overlap others of its kind. */
+function isSyncOp(f: Frame): boolean {
+  return f.type === FrameType.REQUEST && (f.meta.op === 'write' || f.meta.op === 'zero' || f.meta.op === 'sync');
 }
