@@ -32,7 +32,6 @@ import { SyncBatcher } from '../disk/sync-batcher.js';
 import type { Store } from '../disk/store.js';
 import {
   CHECKPOINT_OFFSETS,
-  CONSUMERS_MAX,
   HEADER_AREA_BYTES,
   RECORD_HEADER_BYTES,
   encodeCheckpoint,
@@ -43,6 +42,8 @@ import {
   type RecordTypeValue,
 } from './format.js';
 import { CopySet } from './copy-set.js';
+import { CopyRebuilder } from './copy-rebuilder.js';
+import { ConsumerPositions } from './consumer-positions.js';
 import { ReadTracker } from './read-tracker.js';
 import { RecentCache } from './recent-cache.js';
 import { recoverJournal, type RecoveryResult } from './recovery.js';
@@ -109,7 +110,7 @@ export class Journal extends EventEmitter {
   private lastCrc: number;
   private writtenSeqValue: number;
   private durableSeqValue: number;
-  private readonly consumers = new Map<string, ConsumerPosition>();
+  private readonly consumers: ConsumerPositions;
   private tail: { seq: number; pos: number };
   private generation: number;
   private lastCheckpoint: Buffer | null = null;
@@ -126,8 +127,8 @@ export class Journal extends EventEmitter {
   private readonly recent = new RecentCache(recentBytesMax);
   private readonly reads = new ReadTracker();
   private writtenWaiters: Array<() => void> = [];
-  /** Rebuilds copying the ring: while any runs, checkpoints do not move the tail (J2). */
-  private rebuildsRunning = 0;
+  /** Rebuilds of failed copies: while any copies the ring, checkpoints do not move the tail (J2). */
+  private readonly rebuilder: CopyRebuilder;
   private durableWaiters: Array<() => void> = [];
   /** Called synchronously for each written batch, before any append resolves (the overlay index). */
   onWritten: ((records: StagedRecord[]) => void) | null = null;
@@ -159,10 +160,18 @@ export class Journal extends EventEmitter {
     this.writtenSeqValue = r.nextSeq - 1;
     this.durableSeqValue = r.nextSeq - 1;
     this.generation = r.checkpoint.generation;
-    for (const c of r.checkpoint.consumers) this.consumers.set(c.name, { ...c });
-    const min = this.minConsumer();
+    this.consumers = new ConsumerPositions(r.checkpoint.consumers);
+    const min = this.consumers.min();
     this.tail = { seq: min.nextSeq, pos: min.nextPos };
     this.syncer = new SyncBatcher(() => this.syncCopies());
+    this.rebuilder = new CopyRebuilder(this.copySet, this.areaBytes, this.ringBytes, log, {
+      failure: () => this.failure,
+      inCheckpointChain: (fn) => this.inCheckpointChain(fn),
+      underBatchLock: (fn) => this.underBatchLock(fn),
+      liveRing: () => ({ from: this.tail.pos, to: this.headPos, empty: this.tail.seq === this.nextSeq }),
+      checkpoint: () => this.checkpoint(),
+      repaired: (path) => this.emit('repaired', { path }),
+    });
   }
 
   /** Formats new staging copies (all the same size): superblock and a first checkpoint with one consumer. */
@@ -201,17 +210,8 @@ export class Journal extends EventEmitter {
     return this.failure;
   }
 
-  private minConsumer(): ConsumerPosition {
-    let min: ConsumerPosition | null = null;
-    for (const c of this.consumers.values()) if (!min || c.nextSeq < min.nextSeq) min = c;
-    assert.ok(min, 'a staging area always has a consumer');
-    return min;
-  }
-
   consumer(name: string): ConsumerPosition {
-    const c = this.consumers.get(name);
-    if (!c) throw new Error(`no consumer ${name}`);
-    return { ...c };
+    return this.consumers.get(name);
   }
 
   /**
@@ -219,11 +219,10 @@ export class Journal extends EventEmitter {
    * Durable at the next checkpoint (which this awaits).
    */
   async addConsumer(name: string): Promise<ConsumerPosition> {
-    if (this.consumers.has(name)) throw new Error(`consumer ${name} exists`);
-    if (this.consumers.size >= CONSUMERS_MAX) throw new FerryError('BAD_REQUEST', `a staging area serves at most ${CONSUMERS_MAX} consumers`);
+    this.consumers.checkAdd(name);
     const pos = await this.underBatchLock(() => {
       const p: ConsumerPosition = { name, nextSeq: this.nextSeq, nextPos: this.headPos, prevCrc: this.lastCrc };
-      this.consumers.set(name, p);
+      this.consumers.set(p);
       return p;
     });
     await this.checkpoint();
@@ -232,9 +231,7 @@ export class Journal extends EventEmitter {
 
   /** Removes a consumer; the space only it needed is freed at the checkpoint this awaits. */
   async removeConsumer(name: string): Promise<void> {
-    if (!this.consumers.has(name)) return;
-    if (this.consumers.size === 1) throw new Error('the last consumer cannot be removed');
-    this.consumers.delete(name);
+    if (!this.consumers.remove(name)) return;
     await this.checkpoint();
   }
 
@@ -252,14 +249,14 @@ export class Journal extends EventEmitter {
     assert.ok(Number.isSafeInteger(firstSeq) && firstSeq >= this.nextSeq, 'a rebase only moves the numbering forward');
     await this.underBatchLock(async () => {
       assert.ok(!this.writing && this.queue.length === 0, 'no append runs during a rebase');
-      for (const c of this.consumers.values()) assert.equal(c.nextSeq, this.nextSeq, 'every consumer is done before a rebase');
+      for (const c of this.consumers.snapshot()) assert.equal(c.nextSeq, this.nextSeq, 'every consumer is done before a rebase');
       await this.sync();
       // Records before firstSeq never come: the chain starts over at the head (J1 holds from here).
       this.nextSeq = firstSeq;
       this.lastCrc = 0;
       this.writtenSeqValue = firstSeq - 1;
       this.durableSeqValue = firstSeq - 1;
-      for (const [name] of this.consumers) this.consumers.set(name, { name, nextSeq: firstSeq, nextPos: this.headPos, prevCrc: 0 });
+      this.consumers.restartAll(firstSeq, this.headPos);
       this.tail = { seq: firstSeq, pos: this.headPos };
       this.recent.clear();
     });
@@ -285,11 +282,8 @@ export class Journal extends EventEmitter {
 
   /** Records that `name` is done with every record before pos.nextSeq (durable on its side). Takes effect at the next checkpoint. */
   advanceConsumer(name: string, pos: ConsumerPosition): void {
-    const c = this.consumers.get(name);
-    assert.ok(c, `unknown consumer ${name}`);
-    assert.ok(pos.nextSeq >= c.nextSeq && pos.nextSeq <= this.nextSeq, 'consumers only move forward, never past the head');
-    this.consumers.set(name, { ...pos, name });
-    this.recent.trim(this.minConsumer().nextSeq);
+    this.consumers.advance(name, pos, this.nextSeq);
+    this.recent.trim(this.consumers.min().nextSeq);
   }
 
   /** Appends one record; resolves when it is written (and durable, for FUA) on every healthy copy. */
@@ -385,7 +379,7 @@ export class Journal extends EventEmitter {
         await this.copySet.writeAll(buf, HEADER_AREA_BYTES + start);
         if (this.failure) throw this.failure;
         this.writtenSeqValue = records[records.length - 1]!.seq;
-        const minSeq = this.minConsumer().nextSeq;
+        const minSeq = this.consumers.min().nextSeq;
         for (const r of records) this.recent.remember(r, minSeq);
         this.onWritten?.(records);
         for (const w of this.writtenWaiters.splice(0)) w();
@@ -489,7 +483,7 @@ export class Journal extends EventEmitter {
     const run = async (): Promise<void> => {
       if (this.failure) throw this.failure;
       this.copySet.checkPaths();
-      const consumers = [...this.consumers.values()].map((c) => ({ ...c }));
+      const consumers = this.consumers.snapshot();
       const generation = this.generation + 1;
       const buf = encodeCheckpoint({ generation, journalId: this.journalId, consumers });
       await this.copySet.writeAll(buf, CHECKPOINT_OFFSETS[generation % 2]!);
@@ -498,77 +492,25 @@ export class Journal extends EventEmitter {
       this.generation = generation;
       this.lastCheckpoint = buf;
       const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
-      if (min.nextSeq !== this.tail.seq && this.rebuildsRunning === 0) {
+      if (min.nextSeq !== this.tail.seq && !this.rebuilder.busy) {
         await this.reads.drain();
         this.tail = { seq: min.nextSeq, pos: min.nextPos };
         for (const w of this.spaceWaiters.splice(0)) w();
       }
     };
-    const p = this.checkpointChain.then(run, run);
+    return this.inCheckpointChain(run);
+  }
+
+  /** Runs `fn` once every checkpoint (or rebuild join) queued before it is done; the next waits for it. */
+  private inCheckpointChain(fn: () => Promise<void>): Promise<void> {
+    const p = this.checkpointChain.then(fn, fn);
     this.checkpointChain = p.catch(() => undefined);
     return p;
   }
 
-  /**
-   * Rebuilds a failed copy onto `store` while writes go on: from the next batch on it
-   * receives every write (and every checkpoint); then the live part of the ring is copied
-   * over from a healthy copy; once synced it is healthy again. The header area is taken
-   * in the checkpoint chain, so it holds the newest durable checkpoint and no checkpoint
-   * can pass between it and the copy joining; the tail does not move until the copy is
-   * done, so no record is written into the part being copied (J2).
-   */
-  async rebuildCopy(index: number, store: Store): Promise<void> {
-    const c = this.copySet.copies[index];
-    assert.ok(c, `no staging copy ${index}`);
-    if (c.healthy) throw new FerryError('BAD_REQUEST', `staging copy ${c.store.path} is healthy; nothing to repair`);
-    if (store.size < this.areaBytes) throw new FerryError('STAGING_TOO_SMALL', `${store.path} is smaller than the staging area (${this.areaBytes} bytes)`);
-    let source = this.copySet.firstHealthy();
-    if (!source) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy copy to rebuild from');
-    this.rebuildsRunning++;
-    try {
-      let from = 0;
-      let to = 0;
-      let empty = true;
-      const join = async (): Promise<void> => {
-        source = this.copySet.firstHealthy();
-        if (!source) throw this.failure ?? new FerryError('STAGING_FAILED', 'no healthy copy to rebuild from');
-        const header = Buffer.alloc(HEADER_AREA_BYTES);
-        await source.store.read(header, 0, HEADER_AREA_BYTES, 0);
-        await this.underBatchLock(async () => {
-          await store.write(header, 0, HEADER_AREA_BYTES, 0);
-          void c.store.close().catch(() => undefined);
-          c.store = store;
-          c.rebuilding = true;
-          c.problem = 'rebuilding';
-          from = this.tail.pos;
-          to = this.headPos;
-          empty = this.tail.seq === this.nextSeq;
-        });
-      };
-      const joined = this.checkpointChain.then(join, join);
-      this.checkpointChain = joined.catch(() => undefined);
-      await joined;
-      const ranges: Array<[number, number]> = empty ? [] : to > from ? [[from, to]] : [[from, this.ringBytes], [0, to]];
-      const chunk = Buffer.allocUnsafe(4 * 1024 * 1024);
-      for (const [a, b] of ranges) {
-        for (let p = a; p < b; p += chunk.length) {
-          const n = Math.min(chunk.length, b - p);
-          await source.store.read(chunk, 0, n, HEADER_AREA_BYTES + p);
-          await store.write(chunk, 0, n, HEADER_AREA_BYTES + p);
-        }
-      }
-      await store.sync();
-      if (!c.rebuilding) throw new FerryError('STAGING_FAILED', `${store.path} failed while it was being rebuilt: ${c.problem}`);
-      c.rebuilding = false;
-      c.healthy = true;
-      delete c.problem;
-      this.log.warn({ copy: store.path }, 'staging copy rebuilt: two healthy copies again');
-      this.emit('repaired', { path: store.path });
-    } finally {
-      this.rebuildsRunning--;
-      // The space consumers finished with during the copy is freed now (the tail moves here).
-      if (this.rebuildsRunning === 0 && !this.failure) await this.checkpoint().catch(() => undefined);
-    }
+  /** Rebuilds a failed copy onto `store` while writes go on (see copy-rebuilder.ts). */
+  rebuildCopy(index: number, store: Store): Promise<void> {
+    return this.rebuilder.rebuild(index, store);
   }
 
   stats(): JournalStats {
@@ -581,7 +523,7 @@ export class Journal extends EventEmitter {
       nextSeq: this.nextSeq,
       writtenSeq: this.writtenSeqValue,
       durableSeq: this.durableSeqValue,
-      consumers: [...this.consumers.values()].map((c) => ({ name: c.name, nextSeq: c.nextSeq, pendingRecords: this.nextSeq - c.nextSeq })),
+      consumers: this.consumers.stats(this.nextSeq),
       copies: this.copySet.stats(),
     };
   }
