@@ -30,6 +30,7 @@ import { encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeF
 import { LinkShaper } from './link-shaper.js';
 import type { PeerSession } from './peer-session.js';
 import { RequestChannel } from './request-channel.js';
+import { ThroughputMeter } from './throughput-meter.js';
 
 export const REMOTE_CONSUMER = 'mirror';
 
@@ -97,7 +98,7 @@ export class RemoteStream {
   /** Time of the newest record the mirror site acknowledged, for lag reporting. */
   appliedTimeMs = 0;
   shippedBytes = 0;
-  private rate = { bytes: 0, sinceMs: Date.now(), perSec: 0 };
+  private readonly rate = new ThroughputMeter();
   /** Compression and the rate limit. */
   private readonly shaper: LinkShaper;
   connectedSinceMs: number | null = null;
@@ -139,7 +140,6 @@ export class RemoteStream {
   }
 
   get bytesPerSec(): number {
-    this.rollRate();
     return this.rate.perSec;
   }
 
@@ -231,16 +231,6 @@ export class RemoteStream {
         resolve();
       });
     });
-  }
-
-  private rollRate(): void {
-    const now = Date.now();
-    const dt = now - this.rate.sinceMs;
-    if (dt >= 1000) {
-      this.rate.perSec = (this.rate.bytes * 1000) / dt;
-      this.rate.bytes = 0;
-      this.rate.sinceMs = now;
-    }
   }
 
   /** Dial, attach, ship until the link drops; again with backoff until stopped. */
@@ -458,8 +448,7 @@ export class RemoteStream {
       this.inflight.push({ lastSeq: records[records.length - 1]!.seq, end: pos, bytes: frameLength, lastTimeMs: records[records.length - 1]!.timeMs });
       this.inflightBytes += frameLength;
       this.shippedBytes += frameLength;
-      this.rate.bytes += frameLength;
-      this.rollRate();
+      this.rate.add(frameLength);
       lastSentMs = Date.now();
       if (!writeFrameParts(session.socket, frame)) await drained(session.socket);
     }
