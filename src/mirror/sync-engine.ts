@@ -57,7 +57,10 @@ const chunksInFlightMax = 4;
 /** The most any target may ask for: bounds the engine's memory (64 MiB of chunk buffers). */
 export const SYNC_CHUNKS_IN_FLIGHT_LIMIT = 16;
 const compareBlockBytes = 64 * 1024;
-const checkpointEveryChunks = 16;
+/** A checkpoint after this many bytes written to the target (16 chunks)... */
+const checkpointEveryBytes = 16 * SYNC_CHUNK_BYTES;
+/** ...or this long after the last one, so that a run of holes (nothing written, nothing to sync) still moves the saved cursor. */
+const checkpointEveryMs = 1000;
 
 /** A worker's buffers, reused for every chunk it copies. */
 interface ChunkBuffers {
@@ -141,7 +144,8 @@ export class SyncEngine {
     let next = Math.floor(this.cursor / SYNC_CHUNK_BYTES);
     const finished = new Set<number>();
     let lowest = next; // every chunk below this one is finished
-    let sinceCheckpoint = 0;
+    let copiedAtCheckpoint = this.copiedBytes;
+    let checkpointAtMs = Date.now();
     let failure: Error | null = null;
     const worker = async (): Promise<void> => {
       // One buffer per worker for the whole run: a fresh 4 MiB buffer per chunk is 4 MiB of
@@ -157,8 +161,11 @@ export class SyncEngine {
           finished.add(chunk);
           while (finished.has(lowest)) finished.delete(lowest++);
           this.cursor = Math.min(size, lowest * SYNC_CHUNK_BYTES);
-          if (++sinceCheckpoint >= checkpointEveryChunks) {
-            sinceCheckpoint = 0;
+          // Each checkpoint syncs the target and writes the metadata store: for what was written,
+          // not once per chunk of holes (an empty 100 GiB disk is 25,600 chunks).
+          if (this.copiedBytes - copiedAtCheckpoint >= checkpointEveryBytes || Date.now() - checkpointAtMs >= checkpointEveryMs) {
+            copiedAtCheckpoint = this.copiedBytes;
+            checkpointAtMs = Date.now();
             // In the background: the workers keep copying while the target syncs.
             this.checkpointSoon();
           }
