@@ -55,6 +55,9 @@ export class RequestChannel {
     const { data, flags } = await this.shaper.pack(payload);
     const frame = encodeFrameParts(FrameType.REQUEST, { ...meta, id, disk: this.remoteDisk }, data, flags);
     await this.shaper.pace(frameBytes(frame));
+    // Closed while this request was compressed or paced: it would never be answered.
+    const closedMeanwhile = this.closed as (() => Error) | null;
+    if (closedMeanwhile) throw closedMeanwhile();
     return new Promise<Frame>((resolve, reject) => {
       this.pending.set(id, { id, frame, resolve, reject });
       if (this.socket) writeFrameParts(this.socket, frame);
