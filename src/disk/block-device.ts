@@ -114,7 +114,7 @@ export class BlockDevice implements Store {
   private fd: number;
   private readonly syncer: SyncBatcher;
   private closed = false;
-  /** When small client writes and syncs stop running inline (see inlineWritePolicy). */
+  /** When small writes stop running inline (see inlineWritePolicy). */
   private readonly inlineGuard = new InlineWriteGuard();
   /** When syncs stop running inline (see inlineSyncBytesMax). */
   private readonly syncGuard = new InlineWriteGuard();
@@ -227,34 +227,6 @@ export class BlockDevice implements Store {
     const now = performance.now();
     this.inlineGuard.record(now - started, now);
     done(null);
-  }
-
-  /**
-   * writeFrom() of a payload held in several buffers (as it arrived from a socket), written
-   * with pwritev: no copy into one buffer. `length` is the sum of their lengths.
-   */
-  writevFrom(parts: Buffer[], length: number, offset: number, done: (err: Error | null) => void): void {
-    try {
-      this.checkWritable(offset, length);
-    } catch (err) {
-      return done(err as Error);
-    }
-    this.unsyncedBytes += length;
-    const fd = this.fd;
-    const path = this.path;
-    let rest = parts;
-    let position = offset;
-    const step = (): void => {
-      fs.writev(fd, rest, position, (err, n) => {
-        if (err) return done(fromSystemError(err, `write ${path}`));
-        position += n;
-        if (position === offset + length) return done(null);
-        rest = skipBytes(rest, n);
-        step();
-      });
-    };
-    if (length === 0) process.nextTick(done, null);
-    else step();
   }
 
   /**
@@ -437,15 +409,6 @@ export class BlockDevice implements Store {
     fs.closeSync(this.fd);
     this.fd = -1;
   }
-}
-
-/** The buffers that remain of `parts` once its first `n` bytes are dropped. */
-function skipBytes(parts: Buffer[], n: number): Buffer[] {
-  let i = 0;
-  while (n > 0 && n >= parts[i]!.length) n -= parts[i++]!.length;
-  const rest = parts.slice(i);
-  if (n > 0) rest[0] = rest[0]!.subarray(n);
-  return rest;
 }
 
 function fdatasync(fd: number): Promise<void> {

@@ -157,15 +157,13 @@ export class Volume {
   }
 
   /**
-   * write() with a callback (see readTo); `done` may be called synchronously. The data
-   * is `length` bytes of `data` from offset 0, or the concatenation of `data` when it is
-   * a list (a payload as it arrived from the socket; the direct path writes it with no copy).
+   * write() with a callback (see readTo); `done` may be called synchronously. The data is
+   * `length` bytes of `data` from offset 0 (a payload buffer of the NBD receive path).
    */
-  writeFrom(data: Buffer | Buffer[], length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
+  writeFrom(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
     const dev = this.readOnly ? null : this.direct();
     if (dev === null) {
-      const buf = Array.isArray(data) ? Buffer.concat(data, length) : data;
-      this.write(buf, 0, length, offset, fua).then(() => done(null), done);
+      this.write(data, 0, length, offset, fua).then(() => done(null), done);
       return;
     }
     this.gate.enter();
@@ -182,8 +180,7 @@ export class Volume {
       if (err || !fua) return finish(err);
       dev.sync().then(() => finish(null), finish);
     };
-    if (Array.isArray(data)) dev.writevFrom(data, length, offset, written);
-    else dev.writeFrom(data, 0, length, offset, written);
+    dev.writeFrom(data, 0, length, offset, written);
   }
 
   /** The primary device when a request may go straight to it now: no staging area, gate open. */
