@@ -140,6 +140,11 @@ export class Receiver {
     this.send(encodeFrame(FrameType.RESPONSE, { ...meta, id }, payload));
   }
 
+  /** A request that failed here: the primary site gets its code (IO_ERROR when it has none) and message. */
+  private respondError(id: unknown, err: Error): void {
+    this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message } });
+  }
+
   private bound(): ReplicaHandle {
     if (!this.handle) throw new ProtocolError('the session must attach to a disk first');
     if (this.handle.released) throw new ProtocolError(`replica '${this.handle.disk}' is no longer a replica here`);
@@ -186,9 +191,7 @@ export class Receiver {
       }
     } catch (err) {
       if (err instanceof ProtocolError) throw err;
-      const e = err as Error;
-      const code = e instanceof FerryError ? e.code : 'IO_ERROR';
-      this.respond(id, { error: { code, message: e.message } });
+      this.respondError(id, err as Error);
     }
   }
 
@@ -233,7 +236,7 @@ export class Receiver {
   private async inBackground(id: unknown, work: Promise<void>): Promise<void> {
     const answered: Promise<void> = work.then(
       () => this.respond(id),
-      (err: Error) => this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message } }),
+      (err: Error) => this.respondError(id, err),
     );
     this.syncOps.add(answered);
     void answered.finally(() => this.syncOps.delete(answered));
