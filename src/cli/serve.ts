@@ -18,6 +18,7 @@ export interface ServeOptions {
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
+  pollUs?: string;
   logLevel: string;
 }
 
@@ -39,6 +40,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
       throw new Error(`--site must be a valid name: ${(err as Error).message}`);
     }
   }
+  const pollUsMax = opts.pollUs === undefined ? undefined : Number(opts.pollUs);
+  if (opts.pollUs !== undefined && (!/^\d+$/.test(opts.pollUs) || pollUsMax! > 10_000)) throw new Error(`--poll-us must be a whole number of microseconds from 0 to 10000, got '${opts.pollUs}'`);
   const log = pino({ level: opts.logLevel, base: { svc: 'ferryd' } }, pino.destination({ fd: 2, sync: false }));
   const daemon = new Daemon({
     dataDir,
@@ -47,6 +50,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     repl,
     siteName: opts.site,
     tls: { mode: opts.tls as TlsMode, certFile: opts.tlsCert, keyFile: opts.tlsKey, caFile: opts.tlsCa },
+    pollUsMax,
     log,
   });
   await daemon.start();

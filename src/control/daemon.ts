@@ -30,6 +30,8 @@ export interface DaemonConfig {
   /** This site's name for its peers (--site); saved in the data directory once given. */
   siteName?: string;
   tls: NbdTlsConfig;
+  /** NBD idle polling window, µs (nbd/idle-poller.ts); the NBD server's default when absent. */
+  pollUsMax?: number;
   log: Logger;
 }
 
@@ -87,6 +89,7 @@ export class Daemon {
       host: this.config.nbd.host,
       port: this.config.nbd.port,
       tls: this.config.tls,
+      pollUsMax: this.config.pollUsMax,
       log: this.log,
       catalog: { find: (name) => this.disks.volume(name), names: () => this.disks.names() },
     });

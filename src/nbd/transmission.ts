@@ -27,6 +27,7 @@ import {
 import type { Volume } from '../volume/volume.js';
 import { Inbound } from './inbound.js';
 import { acquirePayload, releasePayload } from './payload-pool.js';
+import type { IdlePoller } from './idle-poller.js';
 
 /**
  * Flags each command accepts; anything else is NBD_EINVAL (doc/proto.md, "Error values").
@@ -57,6 +58,8 @@ export interface TransmissionOptions {
   volume: Volume;
   structuredReplies: boolean;
   baseAllocation: boolean;
+  /** The server's poller, told when requests start and finish (idle-poller.ts). */
+  poller: IdlePoller;
   log: (msg: string, extra?: Record<string, unknown>) => void;
 }
 
@@ -66,6 +69,7 @@ export class Transmission {
   private readonly structured: boolean;
   private readonly baseAllocation: boolean;
   private readonly log: TransmissionOptions['log'];
+  private readonly poller: IdlePoller;
   private readonly received: Inbound;
   /** The WRITE whose payload is being received (into a buffer of payload-pool.ts). */
   private header: Request | null = null;
@@ -97,6 +101,7 @@ export class Transmission {
     this.structured = opts.structuredReplies;
     this.baseAllocation = opts.baseAllocation;
     this.log = opts.log;
+    this.poller = opts.poller;
     this.release = this.volume.attach();
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     this.received = new Inbound(stream, () => this.onData());
@@ -344,6 +349,7 @@ export class Transmission {
   }
 
   private started(cost: number): void {
+    this.poller.begin();
     this.inflight++;
     this.inflightBytes += cost;
   }
@@ -354,6 +360,7 @@ export class Transmission {
     this.inflightBytes -= cost;
     if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
     if (!this.parsing) this.updateFlow();
+    this.poller.end();
   }
 
   /** WRITE: callbacks rather than promises on the hot path (see Volume.writeFrom). */
