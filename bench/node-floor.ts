@@ -1,10 +1,11 @@
 // A reference for the benchmark, not part of Ferry: the least an NBD server on Node.js can
 // do per request. One connection at a time, requests handled one by one in the order they
 // arrive with synchronous file calls (pwrite, pread, fdatasync) and one socket write per
-// reply: no validation, no queueing, no staging, no thread pool. At queue depth 1 that is
-// the shortest path from a request to its reply that this runtime allows, so the ratio of
-// ferryd to it says how much of a gap to nbdkit (C, a thread per connection, blocking
-// sockets) is Ferry's own and how much is the runtime's. It serves only the QD1 rows (see
+// reply: no validation, no queueing, no staging, no thread pool, and the event loop sleeps
+// in epoll between requests as Node's does by default. At queue depth 1 that is the
+// shortest path from a request to its reply in this runtime without polling, so the ratio
+// of ferryd to it shows what Ferry's own work per request costs and what its polling
+// between requests (src/nbd/idle-poller.ts) gains. It serves only the QD1 rows (see
 // servers.ts); deeper queues would measure its lack of concurrency, not the runtime.
 //
 // Usage: node --import tsx bench/node-floor.ts FILE PORT. The handshake is the fixed

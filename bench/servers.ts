@@ -196,8 +196,8 @@ export const qemuNbd = externalServer(
   'bench',
 );
 
-// node-floor (bench/node-floor.ts): the least a Node.js NBD server does per request, for the
-// QD1 rows only: how much of ferryd's gap to nbdkit there is the runtime's own.
+// node-floor (bench/node-floor.ts): the least a Node.js NBD server does per request (sleeping
+// between requests), for the QD1 rows only: Ferry's own cost per request, and its polling's gain.
 export const nodeFloor: ServerDef = {
   ...externalServer('node-floor', (port, file) => [process.execPath, '--import', 'tsx', path.join(import.meta.dirname, 'node-floor.ts'), file, String(port)]),
   rows: ['randwrite-4k-qd1', 'randwrite-4k-qd1-fsync'],

@@ -19,14 +19,24 @@ const windowUsMin = 4;
 
 export class IdlePoller {
   private inflight = 0;
-  private windowUs: number;
+  private windowUsValue: number;
   /** performance.now() when the server last went idle. */
   private idleAtMs = 0;
   private spinning = false;
 
   constructor(readonly pollUsMax: number) {
     if (!Number.isFinite(pollUsMax) || pollUsMax < 0) throw new Error(`pollUsMax must be a number ≥ 0, got ${pollUsMax}`);
-    this.windowUs = pollUsMax;
+    this.windowUsValue = pollUsMax;
+  }
+
+  /** The current polling window, µs (0: the loop sleeps between requests). */
+  get windowUs(): number {
+    return this.windowUsValue;
+  }
+
+  /** Whether the loop is being kept turning now. */
+  get polling(): boolean {
+    return this.spinning;
   }
 
   /** A request started; adapts the window to how long the server was idle before it. */
@@ -34,9 +44,9 @@ export class IdlePoller {
     if (this.inflight++ > 0 || this.pollUsMax === 0 || this.idleAtMs === 0) return;
     const gapUs = (performance.now() - this.idleAtMs) * 1000;
     if (gapUs <= this.pollUsMax) {
-      this.windowUs = this.pollUsMax;
+      this.windowUsValue = this.pollUsMax;
     } else {
-      this.windowUs = this.windowUs / 2 < windowUsMin ? 0 : this.windowUs / 2;
+      this.windowUsValue = this.windowUsValue / 2 < windowUsMin ? 0 : this.windowUsValue / 2;
     }
   }
 
@@ -44,13 +54,13 @@ export class IdlePoller {
   end(): void {
     if (--this.inflight > 0 || this.pollUsMax === 0) return;
     this.idleAtMs = performance.now();
-    if (this.windowUs === 0 || this.spinning) return;
+    if (this.windowUsValue === 0 || this.spinning) return;
     this.spinning = true;
     setImmediate(this.spin);
   }
 
   private readonly spin = (): void => {
-    if (this.inflight === 0 && (performance.now() - this.idleAtMs) * 1000 < this.windowUs) setImmediate(this.spin);
+    if (this.inflight === 0 && (performance.now() - this.idleAtMs) * 1000 < this.windowUsValue) setImmediate(this.spin);
     else this.spinning = false;
   };
 }

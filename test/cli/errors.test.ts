@@ -157,6 +157,13 @@ describe('ferry serve', () => {
     const tls = await run(process.execPath, [FERRY_BIN, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--repl', '127.0.0.1:0', '--tls', 'maybe'], { timeoutMs: 30_000 });
     assert.equal(tls.code, 2, tls.stderr);
     assert.match(tls.stderr, /--tls/);
+    for (const value of ['-1', '2.5', 'fast', '10001']) {
+      const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--repl', '127.0.0.1:0', '--poll-us', value], { timeoutMs: 30_000 });
+      const what = `serve --poll-us ${value} → ${r.code} ${r.stderr}`;
+      assert.ok(r.code !== 0 && r.code !== null, what);
+      assert.ok(r.stderr.includes('--poll-us') && r.stderr.includes(`'${value}'`), what);
+      assert.deepEqual(fs.readdirSync(parent), [], `${what}: nothing created`);
+    }
     fs.rmSync(parent, { recursive: true, force: true });
   });
 
