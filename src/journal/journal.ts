@@ -28,7 +28,6 @@ import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import { SyncBatcher } from '../disk/sync-batcher.js';
 import type { Store } from '../disk/store.js';
 import {
   CHECKPOINT_OFFSETS,
@@ -39,47 +38,22 @@ import {
   encodeSuperblock,
   recordSpan,
   type ConsumerPosition,
-  type RecordTypeValue,
 } from './format.js';
 import { CopySet } from './copy-set.js';
 import { CopyRebuilder } from './copy-rebuilder.js';
+import { Durability } from './durability.js';
+import type { AppendRequest, StagedRecord } from './staged-record.js';
 import { ConsumerPositions } from './consumer-positions.js';
 import { ReadTracker } from './read-tracker.js';
 import { RecentCache } from './recent-cache.js';
 import { recoverJournal, type RecoveryResult } from './recovery.js';
 
+export type { AppendRequest, StagedRecord } from './staged-record.js';
+
 /** Smallest staging area: the largest NBD write (32 MiB) must always fit with room to spare. */
 export const STAGING_BYTES_MIN = 64 * 1024 * 1024;
 const batchBytesMax = 8 * 1024 * 1024;
 const recentBytesMax = 64 * 1024 * 1024;
-
-export interface AppendRequest {
-  type: RecordTypeValue;
-  flags: number;
-  diskOffset: number;
-  length: number;
-  payload: Buffer | null;
-  /** FUA: resolve only once durable on every healthy copy. */
-  durable: boolean;
-  /** The record's time (a mirror site keeps the primary site's); default: now. */
-  timeMs?: number;
-  /** The sequence number the record must get (a mirror site keeps the primary site's numbering). */
-  expectSeq?: number;
-}
-
-export interface StagedRecord {
-  seq: number;
-  pos: number;
-  span: number;
-  type: RecordTypeValue;
-  flags: number;
-  diskOffset: number;
-  length: number;
-  crc: number;
-  timeMs: number;
-  /** Payload bytes (WRITE), held while the record is in the recent cache. */
-  payload: Buffer | null;
-}
 
 interface Pending {
   req: AppendRequest;
@@ -108,8 +82,8 @@ export class Journal extends EventEmitter {
   private headPos: number;
   private nextSeq: number;
   private lastCrc: number;
-  private writtenSeqValue: number;
-  private durableSeqValue: number;
+  /** The written and durable marks, the syncs that move them, and their waiters. */
+  private readonly marks: Durability;
   private readonly consumers: ConsumerPositions;
   private tail: { seq: number; pos: number };
   private generation: number;
@@ -119,17 +93,12 @@ export class Journal extends EventEmitter {
   private writing = false;
   private failure: FerryError | null = null;
   private spaceWaiters: Array<() => void> = [];
-  private readonly syncer: SyncBatcher;
-  /** Syncs of every copy in progress, each with the newest record it covers (written before it began). */
-  private readonly syncsRunning = new Set<{ upTo: number; done: Promise<void> }>();
   private checkpointChain: Promise<void> = Promise.resolve();
   private batchLock: Promise<void> = Promise.resolve();
   private readonly recent = new RecentCache(recentBytesMax);
   private readonly reads = new ReadTracker();
-  private writtenWaiters: Array<() => void> = [];
   /** Rebuilds of failed copies: while any copies the ring, checkpoints do not move the tail (J2). */
   private readonly rebuilder: CopyRebuilder;
-  private durableWaiters: Array<() => void> = [];
   /** Called synchronously for each written batch, before any append resolves (the overlay index). */
   onWritten: ((records: StagedRecord[]) => void) | null = null;
   /**
@@ -157,13 +126,11 @@ export class Journal extends EventEmitter {
     this.headPos = r.headPos;
     this.nextSeq = r.nextSeq;
     this.lastCrc = r.lastCrc;
-    this.writtenSeqValue = r.nextSeq - 1;
-    this.durableSeqValue = r.nextSeq - 1;
+    this.marks = new Durability(r.nextSeq - 1, () => this.copySet.syncAll(), () => this.failure);
     this.generation = r.checkpoint.generation;
     this.consumers = new ConsumerPositions(r.checkpoint.consumers);
     const min = this.consumers.min();
     this.tail = { seq: min.nextSeq, pos: min.nextPos };
-    this.syncer = new SyncBatcher(() => this.syncCopies());
     this.rebuilder = new CopyRebuilder(this.copySet, this.areaBytes, this.ringBytes, log, {
       failure: () => this.failure,
       inCheckpointChain: (fn) => this.inCheckpointChain(fn),
@@ -199,11 +166,11 @@ export class Journal extends EventEmitter {
   }
 
   get writtenSeq(): number {
-    return this.writtenSeqValue;
+    return this.marks.writtenSeq;
   }
 
   get durableSeq(): number {
-    return this.durableSeqValue;
+    return this.marks.durableSeq;
   }
 
   get failed(): FerryError | null {
@@ -254,8 +221,7 @@ export class Journal extends EventEmitter {
       // Records before firstSeq never come: the chain starts over at the head (J1 holds from here).
       this.nextSeq = firstSeq;
       this.lastCrc = 0;
-      this.writtenSeqValue = firstSeq - 1;
-      this.durableSeqValue = firstSeq - 1;
+      this.marks.restart(firstSeq - 1);
       this.consumers.restartAll(firstSeq, this.headPos);
       this.tail = { seq: firstSeq, pos: this.headPos };
       this.recent.clear();
@@ -378,11 +344,10 @@ export class Journal extends EventEmitter {
         this.headPos = start + bytes;
         await this.copySet.writeAll(buf, HEADER_AREA_BYTES + start);
         if (this.failure) throw this.failure;
-        this.writtenSeqValue = records[records.length - 1]!.seq;
         const minSeq = this.consumers.min().nextSeq;
         for (const r of records) this.recent.remember(r, minSeq);
+        this.marks.written(records[records.length - 1]!.seq);
         this.onWritten?.(records);
-        for (const w of this.writtenWaiters.splice(0)) w();
         // Plain writes are acknowledged now (J3); FUA writes once a sync started after this write ends.
         // The sync is not awaited here, so the next batch is written while it runs.
         const durable: number[] = [];
@@ -401,49 +366,22 @@ export class Journal extends EventEmitter {
   }
 
 
-  private syncCopies(): Promise<void> {
-    const upTo = this.writtenSeqValue;
-    const done = this.copySet.syncAll().then(() => {
-      if (upTo > this.durableSeqValue) {
-        this.durableSeqValue = upTo;
-        for (const w of this.durableWaiters.splice(0)) w();
-      }
-    });
-    const running = { upTo, done };
-    this.syncsRunning.add(running);
-    void done.then(
-      () => this.syncsRunning.delete(running),
-      () => this.syncsRunning.delete(running),
-    );
-    return done;
-  }
-
   /**
-   * Makes every written record durable on every healthy copy (NBD FLUSH). Nothing to do when
-   * they already are; a sync already running that covers them all (it began after the newest
-   * was written: a checkpoint's, the committer's) serves as well as a new one.
+   * Makes every written record durable on every healthy copy (NBD FLUSH), sharing a sync
+   * that is running or about to (see durability.ts).
    */
-  async sync(): Promise<void> {
-    if (this.failure) throw this.failure;
-    const needed = this.writtenSeqValue;
-    if (needed <= this.durableSeqValue) return;
-    let covering: Promise<void> | null = null;
-    for (const r of this.syncsRunning) if (r.upTo >= needed) covering = r.done;
-    await (covering ?? this.syncer.sync());
-    if (this.failure) throw this.failure;
-    assert.ok(this.durableSeqValue >= needed, 'a sync makes every record written before it durable');
+  sync(): Promise<void> {
+    return this.marks.sync();
   }
 
   /** Resolves once a record beyond `seq` has been written. */
   whenWrittenBeyond(seq: number): Promise<void> {
-    if (this.writtenSeqValue > seq || this.failure) return Promise.resolve();
-    return new Promise((resolve) => this.writtenWaiters.push(resolve));
+    return this.marks.whenWrittenBeyond(seq);
   }
 
   /** Resolves once a record beyond `seq` is durable (made so by a client flush or anyone's sync). */
   whenDurableBeyond(seq: number): Promise<void> {
-    if (this.durableSeqValue > seq || this.failure) return Promise.resolve();
-    return new Promise((resolve) => this.durableWaiters.push(resolve));
+    return this.marks.whenDurableBeyond(seq);
   }
 
   /** When record `seq` was written, if it is still in the recent cache. */
@@ -458,10 +396,10 @@ export class Journal extends EventEmitter {
    * copy on a checksum mismatch (the bad copy is marked failed). Only durable records (J5).
    */
   async readRecord(seq: number, pos: number, prevCrc: number, reader?: string): Promise<StagedRecord> {
-    assert.ok(seq <= this.durableSeqValue, 'consumers only read durable records (J5)');
+    assert.ok(seq <= this.marks.durableSeq, 'consumers only read durable records (J5)');
     const cached = this.recent.get(seq);
     if (cached) return cached;
-    const found = await this.copySet.readRecord(pos, { journalId: this.journalId, seq, prevCrc, ringBytes: this.ringBytes }, reader, this.writtenSeqValue);
+    const found = await this.copySet.readRecord(pos, { journalId: this.journalId, seq, prevCrc, ringBytes: this.ringBytes }, reader, this.marks.writtenSeq);
     if (!found) throw new FerryError('STAGING_CORRUPT', `record ${seq} at ring offset ${pos} does not verify on any copy of the staging area`);
     const h = found.header;
     return { seq, pos: found.pos, span: found.span, type: h.type, flags: h.flags, diskOffset: h.diskOffset, length: h.length, crc: h.crc, timeMs: h.timeMs, payload: found.payload };
@@ -487,7 +425,7 @@ export class Journal extends EventEmitter {
       const generation = this.generation + 1;
       const buf = encodeCheckpoint({ generation, journalId: this.journalId, consumers });
       await this.copySet.writeAll(buf, CHECKPOINT_OFFSETS[generation % 2]!);
-      await this.syncCopies();
+      await this.marks.syncNow();
       if (this.failure) throw this.failure;
       this.generation = generation;
       this.lastCheckpoint = buf;
@@ -521,8 +459,8 @@ export class Journal extends EventEmitter {
       ringBytes: this.ringBytes,
       usedBytes: used,
       nextSeq: this.nextSeq,
-      writtenSeq: this.writtenSeqValue,
-      durableSeq: this.durableSeqValue,
+      writtenSeq: this.marks.writtenSeq,
+      durableSeq: this.marks.durableSeq,
       consumers: this.consumers.stats(this.nextSeq),
       copies: this.copySet.stats(),
     };

@@ -1,0 +1,33 @@
+// What goes into a journal and what comes out: an append request (a client write, zero or
+// trim, or a mirror site's copy of a primary site's record) and the record it becomes,
+// with its place in the ring and its chain link (see journal.ts for the invariants and
+// format.ts for the bytes on disk).
+import type { RecordTypeValue } from './format.js';
+
+export interface AppendRequest {
+  type: RecordTypeValue;
+  flags: number;
+  diskOffset: number;
+  length: number;
+  payload: Buffer | null;
+  /** FUA: resolve only once durable on every healthy copy. */
+  durable: boolean;
+  /** The record's time (a mirror site keeps the primary site's); default: now. */
+  timeMs?: number;
+  /** The sequence number the record must get (a mirror site keeps the primary site's numbering). */
+  expectSeq?: number;
+}
+
+export interface StagedRecord {
+  seq: number;
+  pos: number;
+  span: number;
+  type: RecordTypeValue;
+  flags: number;
+  diskOffset: number;
+  length: number;
+  crc: number;
+  timeMs: number;
+  /** Payload bytes (WRITE), held while the record is in the recent cache. */
+  payload: Buffer | null;
+}
