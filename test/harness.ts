@@ -1,6 +1,7 @@
 // Test harness: runs a real ferryd (bin/ferry.cjs serve) on ephemeral loopback ports
 // with its own temporary data directory, and real command-line clients against it.
 // Interop tests never skip: a missing client tool is a failure (requireTool).
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -196,4 +197,86 @@ export async function startFerryd(opts: StartOptions = {}): Promise<Ferryd> {
   const d = new Ferryd(opts.dataDir ?? tmpDir('ferry-data-'), opts.args ?? [], { ...process.env, ...opts.env });
   await d.start();
   return d;
+}
+
+/** Temp dirs, daemons, child processes and hooks to undo in `after()`. */
+export class Cleanup {
+  private readonly dirs: string[] = [];
+  private readonly daemons: Ferryd[] = [];
+  private readonly hooks: Array<() => Promise<void> | void> = [];
+  private readonly children = new Set<ChildProcess>();
+
+  /** `dirPrefix`: the prefix of the temp dirs of dir() (names the suite in /tmp). */
+  constructor(private readonly dirPrefix = 'ferry-test-') {}
+
+  dir(prefix = this.dirPrefix): string {
+    const d = tmpDir(prefix);
+    this.dirs.push(d);
+    return d;
+  }
+
+  /** Starts a ferryd whose data directory is removed at cleanup. */
+  async ferryd(opts: StartOptions = {}): Promise<Ferryd> {
+    const d = await startFerryd({ ...opts, dataDir: opts.dataDir ?? this.dir('ferry-data-') });
+    this.daemons.push(d);
+    return d;
+  }
+
+  /** Runs `fn` at cleanup, before daemons stop (e.g. unmount what uses them). LIFO. */
+  defer(fn: () => Promise<void> | void): void {
+    this.hooks.push(fn);
+  }
+
+  /** A child process killed at cleanup if it still runs. */
+  track(child: ChildProcess): void {
+    this.children.add(child);
+    child.on('exit', () => this.children.delete(child));
+  }
+
+  async run(): Promise<void> {
+    const errors: unknown[] = [];
+    for (const c of this.children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    for (const h of this.hooks.splice(0).reverse()) {
+      try {
+        await h();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    for (const d of this.daemons.splice(0)) {
+      try {
+        await d.stop();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+    if (errors.length) throw errors[0];
+  }
+}
+
+/** A command and its result, for assertion messages. */
+export function describeRun(cmd: string, args: string[], r: RunResult): string {
+  return `${cmd} ${args.map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ')}\nexit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}\nstdout: ${r.stdout.slice(-4000)}\nstderr: ${r.stderr.slice(-4000)}`;
+}
+
+/** Parses the last JSON line of a program's output. */
+export function lastJson<T = any>(stdout: string): T {
+  const line = stdout
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('{') || l.startsWith('['));
+  assert.ok(line, `no JSON line in output:\n${stdout}`);
+  return JSON.parse(line) as T;
+}
+
+/** Waits until `check` returns true, polling; fails after timeoutMs with `what`. */
+export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }

@@ -196,7 +196,7 @@ describe('API: adopt and remove disks', () => {
     for (const name of ['busy-v', 'busy-a']) {
       const conn = await holdNbd(d.nbdHost, d.nbdPort, name);
       try {
-        await waitFor(async () => (await clients(name)) === 1, `${name} to show 1 client`);
+        await waitFor(`${name} to show 1 client`, async () => (await clients(name)) === 1, 15_000);
         assert.equal((await d.api('GET', '/v1/server')).body.nbdConnections, 1);
         const before = await snapshot(d, [ext]);
         assertError(await rawApi(d, 'DELETE', `/v1/disks/${name}`), 409, 'DISK_BUSY', `remove ${name}`);
@@ -205,7 +205,7 @@ describe('API: adopt and remove disks', () => {
       } finally {
         await conn.close();
       }
-      await waitFor(async () => (await clients(name)) === 0, `${name} to show 0 clients`);
+      await waitFor(`${name} to show 0 clients`, async () => (await clients(name)) === 0, 15_000);
     }
     assert.equal((await d.api('DELETE', '/v1/disks/busy-v?purge=true')).status, 200);
     assert.ok(!fs.existsSync(v.path));

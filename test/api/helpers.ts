@@ -12,6 +12,8 @@ import { FormatRegistry } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { Ferryd } from '../harness.js';
 
+export { waitFor } from '../harness.js';
+
 if (!FormatRegistry.Has('date-time')) FormatRegistry.Set('date-time', (v) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/.test(v) && !Number.isNaN(Date.parse(v)));
 
 /** Asserts that a value matches one of the API's documented schemas. */
@@ -118,15 +120,6 @@ export async function assertUnchanged(d: Ferryd, before: Snapshot, what: string,
 export async function cleanup(d: Ferryd | undefined, ...dirs: Array<string | undefined>): Promise<void> {
   if (d) await d.stop();
   for (const dir of [d?.dataDir, ...dirs]) if (dir) fs.rmSync(dir, { recursive: true, force: true });
-}
-
-/** Polls until check() holds; fails after timeoutMs. */
-export async function waitFor(check: () => Promise<boolean> | boolean, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** A TCP port on 127.0.0.1 that nothing listens on (bound, then released). */

@@ -6,7 +6,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireTool, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
+import { describeRun, requireTool, run, waitFor, type RunResult } from '../harness.js';
+
+/** The runners and cleanup are the harness's; re-exported for the suites that import them from here. */
+export { Cleanup, lastJson, run as runBounded, waitFor } from '../harness.js';
 
 /** Default bound on one client run; every spawned tool gets one. */
 export const TOOL_TIMEOUT_MS = 120_000;
@@ -25,56 +28,6 @@ export const T = { timeout: 300_000 } as const;
  */
 export const SYSTEM_PYTHON_ENV: NodeJS.ProcessEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
 
-/** Temp dirs and daemons to remove in `after()`. */
-export class Cleanup {
-  private readonly dirs: string[] = [];
-  private readonly daemons: Ferryd[] = [];
-  private readonly hooks: Array<() => Promise<void> | void> = [];
-
-  dir(prefix = 'ferry-interop-'): string {
-    const d = tmpDir(prefix);
-    this.dirs.push(d);
-    return d;
-  }
-
-  /** Starts a ferryd whose data directory is removed at cleanup. */
-  async ferryd(opts: StartOptions = {}): Promise<Ferryd> {
-    const dataDir = opts.dataDir ?? this.dir('ferry-data-');
-    const d = await startFerryd({ ...opts, dataDir });
-    this.daemons.push(d);
-    return d;
-  }
-
-  /** Runs `fn` at cleanup, before daemons stop (e.g. unmount what uses them). LIFO. */
-  defer(fn: () => Promise<void> | void): void {
-    this.hooks.push(fn);
-  }
-
-  async run(): Promise<void> {
-    const errors: unknown[] = [];
-    for (const h of this.hooks.splice(0).reverse()) {
-      try {
-        await h();
-      } catch (e) {
-        errors.push(e);
-      }
-    }
-    for (const d of this.daemons.splice(0)) {
-      try {
-        await d.stop();
-      } catch (e) {
-        errors.push(e);
-      }
-    }
-    for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
-    if (errors.length) throw errors[0];
-  }
-}
-
-function describe(cmd: string, args: string[], r: RunResult): string {
-  return `${cmd} ${args.map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ')}\nexit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}\nstdout: ${r.stdout.slice(-4000)}\nstderr: ${r.stderr.slice(-4000)}`;
-}
-
 export interface ToolOptions {
   input?: string | Buffer;
   env?: NodeJS.ProcessEnv;
@@ -82,48 +35,23 @@ export interface ToolOptions {
   cwd?: string;
 }
 
-/**
- * Runs a command to completion, killed after timeoutMs. Like the harness's run(), but
- * a child that exits without reading its stdin (EPIPE) is not an uncaught exception.
- */
-export function runBounded(cmd: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.stdin.on('error', () => undefined);
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? TOOL_TIMEOUT_MS);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
-    });
-    child.stdin.end(opts.input ?? '');
-  });
-}
-
 /** Runs a required tool (failing when missing), bounded in time. */
 export async function tool(name: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
-  return runBounded(requireTool(name), args, opts);
+  return run(requireTool(name), args, opts);
 }
 
 /** Runs a tool and asserts it exited 0; returns its output. */
 export async function ok(name: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
   const r = await tool(name, args, opts);
-  assert.equal(r.code, 0, `expected success:\n${describe(name, args, r)}`);
+  assert.equal(r.code, 0, `expected success:\n${describeRun(name, args, r)}`);
   return r;
 }
 
 /** Runs a tool and asserts it failed (non-zero exit, not killed by our timeout). */
 export async function fails(name: string, args: string[], opts: ToolOptions = {}): Promise<RunResult> {
   const r = await tool(name, args, opts);
-  assert.ok(r.signal === null, `killed by ${r.signal} (timeout?):\n${describe(name, args, r)}`);
-  assert.notEqual(r.code, 0, `expected failure:\n${describe(name, args, r)}`);
+  assert.ok(r.signal === null, `killed by ${r.signal} (timeout?):\n${describeRun(name, args, r)}`);
+  assert.notEqual(r.code, 0, `expected failure:\n${describeRun(name, args, r)}`);
   return r;
 }
 
@@ -141,8 +69,8 @@ export function qemuIo(uri: string, commands: string[], extra: string[] = []): P
 export async function qemuIoOk(uri: string, commands: string[], extra: string[] = []): Promise<RunResult> {
   const r = await qemuIo(uri, commands, extra);
   const args = qemuIoArgs(uri, commands, extra);
-  assert.equal(r.code, 0, `qemu-io failed:\n${describe('qemu-io', args, r)}`);
-  assert.doesNotMatch(r.stdout + r.stderr, /failed|error/i, `qemu-io reported a failure:\n${describe('qemu-io', args, r)}`);
+  assert.equal(r.code, 0, `qemu-io failed:\n${describeRun('qemu-io', args, r)}`);
+  assert.doesNotMatch(r.stdout + r.stderr, /failed|error/i, `qemu-io reported a failure:\n${describeRun('qemu-io', args, r)}`);
   return r;
 }
 
@@ -155,17 +83,6 @@ export async function nbdsh(script: string, timeoutMs = TOOL_TIMEOUT_MS): Promis
   const r = await tool('nbdsh', ['-c', script], { env: SYSTEM_PYTHON_ENV, timeoutMs });
   assert.equal(r.code, 0, `nbdsh script failed:\n${script}\nexit ${r.code} ${r.signal ?? ''}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
   return r.stdout;
-}
-
-/** Parses the last line of nbdsh output that is JSON (scripts end with print(json.dumps(...))). */
-export function lastJson<T = any>(stdout: string): T {
-  const line = stdout
-    .trim()
-    .split('\n')
-    .reverse()
-    .find((l) => l.startsWith('{') || l.startsWith('['));
-  assert.ok(line, `no JSON line in output:\n${stdout}`);
-  return JSON.parse(line) as T;
 }
 
 export function sha256File(file: string): string {
@@ -192,16 +109,6 @@ export function writeRandomFile(file: string, bytes: number): void {
     for (let done = 0; done < bytes; done += chunk) fs.writeSync(fd, crypto.randomBytes(Math.min(chunk, bytes - done)));
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-/** Waits until `check` returns true, polling; fails after timeoutMs with `what`. */
-export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

@@ -142,7 +142,7 @@ describe('sites, peers and pairing', () => {
     const before = await state();
     const wrongSecret = `${crypto.randomBytes(16).toString('hex')}.${fp}`;
     await refused(c, ['peer', 'add', 'b', '--address', b.replAddress, '--token', wrongSecret], 'PEER_AUTH_FAILED', /not known/);
-    await waitFor(() => /pairing refused/.test(b.stderr), 'B to log the refused pairing');
+    await waitFor('B to log the refused pairing', () => /pairing refused/.test(b.stderr), 15_000);
     const wrongFp = `${secret}.${'0'.repeat(16)}`;
     await refused(c, ['peer', 'add', 'b', '--address', b.replAddress, '--token', wrongFp], 'PEER_AUTH_FAILED', /not the site that issued the token/);
     // The real token presented to another site (A) than the one that issued it.
@@ -215,7 +215,7 @@ describe('sites, peers and pairing', () => {
     assert.equal(f?.meta.code, 'PEER_AUTH_FAILED');
     assert.match(String(f?.meta.message), /no peer with certificate fingerprint/);
     assert.equal(await reader.next(), null, 'the server closes the connection');
-    await waitFor(() => new RegExp(`"remote":"127\\.0\\.0\\.1:${localPort}".*replication connection refused`).test(b.stderr), 'B to log the refusal with the remote address');
+    await waitFor('B to log the refusal with the remote address', () => new RegExp(`"remote":"127\\.0\\.0\\.1:${localPort}".*replication connection refused`).test(b.stderr), 15_000);
     // The same unknown certificate trying to pair with a made-up proof.
     const p = await tlsClient(b, { key: fs.readFileSync(key, 'utf8'), cert: fs.readFileSync(cert, 'utf8') });
     p.socket.write(encodeFrame(FrameType.PAIR, { site: 'ab'.repeat(8), name: 'rogue', token: '0'.repeat(16), proof: '0'.repeat(64) }));
@@ -282,7 +282,7 @@ describe('sites, peers and pairing', () => {
     await closedByServer(extra);
     assert.ok(idle.every((s) => !s.destroyed), 'the earlier connections are still open');
     for (const s of idle) s.destroy();
-    await waitFor(async () => JSON.parse(await ok(a, ['peer', 'show', 'bravo', '--json'])).check.authenticated === true, 'a peer to get through once the idle connections are gone');
+    await waitFor('a peer to get through once the idle connections are gone', async () => JSON.parse(await ok(a, ['peer', 'show', 'bravo', '--json'])).check.authenticated === true, 15_000);
   });
 
   test('API validation: bad names, addresses, tokens and lifetimes are refused and change nothing', async () => {

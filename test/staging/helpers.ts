@@ -7,7 +7,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { requireTool, startFerryd, tmpDir, type Ferryd, type RunResult, type StartOptions } from '../harness.js';
+import { describeRun, lastJson, requireTool, run, type Cleanup, type Ferryd, type RunResult } from '../harness.js';
+
+/** The runners and cleanup are the harness's; re-exported for the suites that import them from here. */
+export { Cleanup, describeRun, lastJson, run as runBounded, waitFor } from '../harness.js';
 
 /** The nbdfuse + loop device attachment is the interop suite's; the staging tests use the same one. */
 export { Attachment } from '../interop/clients.js';
@@ -19,104 +22,16 @@ export const PYTHON = '/usr/bin/python3';
 export const SYSTEM_ENV: NodeJS.ProcessEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
 export const TOOL_TIMEOUT_MS = 120_000;
 
-/** Temp dirs, daemons and hooks to undo in `after()`. */
-export class Cleanup {
-  private readonly dirs: string[] = [];
-  private readonly daemons: Ferryd[] = [];
-  private readonly hooks: Array<() => Promise<void> | void> = [];
-  private readonly children = new Set<ChildProcess>();
-
-  dir(prefix = 'ferry-staging-'): string {
-    const d = tmpDir(prefix);
-    this.dirs.push(d);
-    return d;
-  }
-
-  async ferryd(opts: StartOptions = {}): Promise<Ferryd> {
-    const d = await startFerryd({ ...opts, dataDir: opts.dataDir ?? this.dir('ferry-data-') });
-    this.daemons.push(d);
-    return d;
-  }
-
-  /** Runs at cleanup before daemons stop (LIFO). */
-  defer(fn: () => Promise<void> | void): void {
-    this.hooks.push(fn);
-  }
-
-  track(child: ChildProcess): void {
-    this.children.add(child);
-    child.on('exit', () => this.children.delete(child));
-  }
-
-  async run(): Promise<void> {
-    const errors: unknown[] = [];
-    for (const c of this.children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    for (const h of this.hooks.splice(0).reverse()) {
-      try {
-        await h();
-      } catch (e) {
-        errors.push(e);
-      }
-    }
-    for (const d of this.daemons.splice(0)) {
-      try {
-        await d.stop();
-      } catch (e) {
-        errors.push(e);
-      }
-    }
-    for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
-    if (errors.length) throw errors[0];
-  }
-}
-
-export function describeRun(cmd: string, args: string[], r: RunResult): string {
-  return `${cmd} ${args.join(' ')}\nexit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}\nstdout: ${r.stdout.slice(-4000)}\nstderr: ${r.stderr.slice(-4000)}`;
-}
-
-/** Runs a command to completion, killed after timeoutMs; a child that never reads stdin is fine. */
-export function runBounded(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; input?: string | Buffer } = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.stdin.on('error', () => undefined);
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? TOOL_TIMEOUT_MS);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
-    });
-    child.stdin.end(opts.input ?? '');
-  });
-}
-
 /** Runs a required tool and asserts it exited 0. */
 export async function ok(name: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; input?: string | Buffer } = {}): Promise<RunResult> {
-  const r = await runBounded(requireTool(name), args, opts);
+  const r = await run(requireTool(name), args, opts);
   assert.equal(r.code, 0, `expected success:\n${describeRun(name, args, r)}`);
   return r;
 }
 
-/** Parses the last JSON line of a program's output. */
-export function lastJson<T = any>(stdout: string): T {
-  const line = stdout
-    .trim()
-    .split('\n')
-    .reverse()
-    .find((l) => l.startsWith('{') || l.startsWith('['));
-  assert.ok(line, `no JSON line in output:\n${stdout}`);
-  return JSON.parse(line) as T;
-}
-
 /** Runs a Python script (inline) with the system interpreter; asserts exit 0; returns its last JSON line. */
 export async function python<T = any>(script: string, args: string[] = [], timeoutMs = TOOL_TIMEOUT_MS): Promise<T> {
-  const r = await runBounded(PYTHON, ['-c', script, ...args], { env: SYSTEM_ENV, timeoutMs });
+  const r = await run(PYTHON, ['-c', script, ...args], { env: SYSTEM_ENV, timeoutMs });
   assert.equal(r.code, 0, `python failed:\n${script}\nexit ${r.code} ${r.signal ?? ''}\nstdout: ${r.stdout.slice(-4000)}\nstderr: ${r.stderr.slice(-4000)}`);
   return lastJson<T>(r.stdout);
 }
@@ -199,7 +114,7 @@ export interface CheckSummary {
 /** Runs check.py: reads blocks [firstBlock, firstBlock+blocks) and checks them against one workload log (see check.py). */
 export async function checkDisk(uri: string, log: string, range: { firstBlock?: number; blocks: number }, stateIn: string | null, stateOut: string): Promise<CheckSummary> {
   const args = [path.join(HERE, 'check.py'), uri, log, String(range.firstBlock ?? 0), String(range.blocks), stateIn ?? '-', stateOut];
-  const r = await runBounded(PYTHON, args, { env: SYSTEM_ENV, timeoutMs: TOOL_TIMEOUT_MS });
+  const r = await run(PYTHON, args, { env: SYSTEM_ENV, timeoutMs: TOOL_TIMEOUT_MS });
   assert.equal(r.code, 0, `checker failed:\n${describeRun('check.py', args, r)}`);
   return lastJson<CheckSummary>(r.stdout);
 }
@@ -235,16 +150,6 @@ export function assertHealthy(s: any, copies: number): void {
   assert.equal(s.committerError, null);
   assert.ok(s.durableSeq <= s.writtenSeq && s.writtenSeq < s.nextSeq, JSON.stringify(s));
   assert.ok(s.usedBytes >= 0 && s.usedBytes <= s.ringBytes, JSON.stringify(s));
-}
-
-/** Waits until `check` returns true, polling; fails after timeoutMs with `what`. */
-export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
