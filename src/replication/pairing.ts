@@ -6,6 +6,9 @@
 // — bound to both certificates of this very TLS session, so a proof is useless on any
 // other connection. B checks the proof against the certificate A presented, consumes the
 // token and registers A. The secret itself never crosses the wire.
+// A retry after a lost answer (B registered A, but A never heard so) is answered again:
+// the same token, the same proof from the same certificate, with A still registered under
+// the same name. Anyone else presenting a used token is refused.
 //
 // Tokens live only in memory: at most MAX_OUTSTANDING unused and unexpired ones (the
 // oldest is dropped to make room), each single use, gone at a restart.
@@ -72,6 +75,8 @@ interface TokenState {
   secret: string;
   expires: number;
   used: number | null;
+  /** The site that used it (certificate fingerprint, peer name): its retry is answered again. */
+  usedBy: { fingerprint: string; name: string } | null;
 }
 
 export interface PeerDirectory {
@@ -101,7 +106,7 @@ export class Pairing implements PairingHandler {
       this.log.warn({ max: MAX_OUTSTANDING }, 'pairing: too many outstanding tokens; the one closest to expiry was revoked');
     }
     const secret = crypto.randomBytes(16).toString('hex');
-    this.tokens.set(tokenId(secret), { secret, expires: t + ttlMs, used: null });
+    this.tokens.set(tokenId(secret), { secret, expires: t + ttlMs, used: null, usedBy: null });
     this.log.info({ expiresAt: new Date(t + ttlMs).toISOString() }, 'pairing token issued');
     return {
       token: `${secret}.${this.identity.fingerprint.slice(0, 16)}`,
@@ -138,12 +143,17 @@ export class Pairing implements PairingHandler {
     const t = this.now();
     const state = this.tokens.get(token);
     if (!state) throw new FerryError('PEER_AUTH_FAILED', 'the pairing token is not known here (wrong site, mistyped, or issued before a restart of ferryd)');
-    if (state.used !== null) throw new FerryError('PEER_AUTH_FAILED', 'the pairing token was already used; issue a new one');
-    if (state.expires <= t) throw new FerryError('PEER_AUTH_FAILED', 'the pairing token expired; issue a new one');
     const expected = Buffer.from(pairingProof(state.secret, fingerprint, this.identity.fingerprint), 'hex');
-    if (!crypto.timingSafeEqual(expected, Buffer.from(proof, 'hex'))) {
-      throw new FerryError('PEER_AUTH_FAILED', 'the pairing proof does not match the token and the certificates of this connection');
+    const proven = crypto.timingSafeEqual(expected, Buffer.from(proof, 'hex'));
+    if (state.used !== null) {
+      const by = state.usedBy;
+      const registered = by !== null && proven && by.fingerprint === fingerprint && by.name === name ? this.peers.peerByFingerprint(fingerprint) : undefined;
+      if (registered?.name !== name || registered.site_id !== site) throw new FerryError('PEER_AUTH_FAILED', 'the pairing token was already used; issue a new one');
+      this.log.info({ peer: name, site }, 'pairing repeated by the site that used the token (its answer was lost): answered again');
+      return { site: this.identity.siteId, name: this.identity.siteName };
     }
+    if (state.expires <= t) throw new FerryError('PEER_AUTH_FAILED', 'the pairing token expired; issue a new one');
+    if (!proven) throw new FerryError('PEER_AUTH_FAILED', 'the pairing proof does not match the token and the certificates of this connection');
     if (fingerprint === this.identity.fingerprint) throw new FerryError('BAD_REQUEST', 'a site cannot pair with itself');
     validateName('peer', name);
     const byName = this.peers.peer(name);
@@ -152,6 +162,7 @@ export class Pairing implements PairingHandler {
     if (byFp) throw new FerryError('PEER_EXISTS', `this site is already paired with that site, as peer '${byFp.name}'`);
     this.peers.insertPeer({ name, address: null, fingerprint, site_id: site, created_at: t });
     state.used = t;
+    state.usedBy = { fingerprint, name };
     this.log.info({ peer: name, site, fingerprint }, 'paired with a new peer');
     return { site: this.identity.siteId, name: this.identity.siteName };
   }
