@@ -9,11 +9,21 @@ export interface Store {
   readonly size: number;
   read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void>;
   write(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void>;
+  /**
+   * write() the store may take inline when it is small and the device answers quickly (no
+   * thread-pool hop): for data made durable by a later sync(). Optional; see writeSoon().
+   */
+  writeSoon?(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void>;
   /** Makes every write completed before the call durable. */
   sync(): Promise<void>;
   /** False once the path no longer names the open file (removed or replaced underneath us). */
   stillAtPath(): boolean;
   close(): Promise<void>;
+}
+
+/** A write through the store's writeSoon() when it has one (BlockDevice), else its write(). */
+export function writeSoon(store: Store, buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+  return store.writeSoon ? store.writeSoon(buf, bufOffset, length, offset) : store.write(buf, bufOffset, length, offset);
 }
 
 /** Everything a volume needs from its primary disk. */

@@ -6,8 +6,7 @@
 // the other on an error or a record that does not verify.
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import type { Store } from '../disk/store.js';
-import { BlockDevice } from '../disk/block-device.js';
+import { writeSoon, type Store } from '../disk/store.js';
 import { HEADER_AREA_BYTES } from './format.js';
 import { RingWindow, readRecordAt, type Expectation, type VerifiedRecord } from './record-reader.js';
 
@@ -48,7 +47,7 @@ export class CopySet {
 
   /** Writes to every live copy; a copy that fails is dropped loudly; none left is fatal. */
   async writeAll(buf: Buffer, offset: number): Promise<void> {
-    await Promise.all(this.live().map((c) => writeTo(c.store, buf, offset).catch((err) => this.markFailed(c, `write failed: ${(err as Error).message}`))));
+    await Promise.all(this.live().map((c) => writeSoon(c.store, buf, 0, buf.length, offset).catch((err) => this.markFailed(c, `write failed: ${(err as Error).message}`))));
     this.checkAlive();
   }
 
@@ -152,10 +151,4 @@ export class CopySet {
   async closeAll(): Promise<void> {
     await Promise.all(this.copies.map((c) => c.store.close().catch(() => undefined)));
   }
-}
-
-/** A device takes a small batch inline (see BlockDevice.writeSoon): no thread-pool hop before the acknowledgement. */
-function writeTo(store: Store, buf: Buffer, offset: number): Promise<void> {
-  if (store instanceof BlockDevice) return store.writeSoon(buf, 0, buf.length, offset);
-  return store.write(buf, 0, buf.length, offset);
 }

@@ -13,8 +13,7 @@
 import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import { BlockDevice } from '../disk/block-device.js';
-import type { DiskStore } from '../disk/store.js';
+import { writeSoon, type DiskStore } from '../disk/store.js';
 import { RecordType, type ConsumerPosition } from '../journal/format.js';
 import type { Journal, StagedRecord } from '../journal/journal.js';
 
@@ -239,12 +238,9 @@ export class Committer {
     const wait = this.opts.admit?.(r);
     if (wait) await wait;
     switch (r.type) {
-      case RecordType.WRITE: {
-        // A device takes small records inline (see BlockDevice.writeSoon).
-        const t = this.target;
-        if (t instanceof BlockDevice) return t.writeSoon(r.payload!, 0, r.length, r.diskOffset);
-        return t.write(r.payload!, 0, r.length, r.diskOffset);
-      }
+      case RecordType.WRITE:
+        // A device takes small records inline (see Store.writeSoon).
+        return writeSoon(this.target, r.payload!, 0, r.length, r.diskOffset);
       case RecordType.ZERO:
         return this.target.zero(r.diskOffset, r.length, (r.flags & FLAG_NO_HOLE) === 0, false);
       case RecordType.TRIM:
