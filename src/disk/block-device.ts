@@ -40,6 +40,15 @@ const cachedReadBytesMax = 256 * 1024;
  */
 const inlineWriteBytesMax = 64 * 1024;
 /**
+ * A sync runs inline (fdatasync on the event loop, no thread-pool round trip, which costs
+ * more than the sync itself at queue depth 1 here) when at most this much was written
+ * since the last sync began, so that it is short, and while its own stall budget allows
+ * (an InlineWriteGuard of its own: slow syncs do not send writes to the pool, nor the other
+ * way round). Zeroing and trimming change allocation (file system metadata): the next sync
+ * goes to the pool.
+ */
+const inlineSyncBytesMax = 256 * 1024;
+/**
  * When inline writes must go back to the thread pool (see InlineWriteGuard). A write slower
  * than stallMs means the kernel made the writer wait (dirty-page throttling, a journal
  * commit, a slow file system) or the thread lost its CPU; its whole time is charged to a
@@ -50,16 +59,6 @@ const inlineWriteBytesMax = 64 * 1024;
  * kernel holds, while the occasional 2–6 ms stall of a busy machine (which with a single
  * 5 ms threshold sent QD1 writes to the pool for a second or more) costs nothing.
  */
-/**
- * A sync runs inline (fdatasync on the event loop, no thread-pool round trip, which costs
- * more than the sync itself at queue depth 1 here) when at most this much was written
- * since the last sync began, so that it is short, and while its own stall budget allows
- * (an InlineWriteGuard of its own: slow syncs do not send writes to the pool, nor the other
- * way round). Zeroing and trimming change allocation
- * (file system metadata): the next sync goes to the pool.
- */
-const inlineSyncBytesMax = 256 * 1024;
-
 export const inlineWritePolicy = {
   stallMs: 2,
   budgetMs: 30,

@@ -87,7 +87,6 @@ export class Journal extends EventEmitter {
   private readonly consumers: ConsumerPositions;
   private tail: { seq: number; pos: number };
   private generation: number;
-  private lastCheckpoint: Buffer | null = null;
   private queue: Pending[] = [];
   private batchInWrite: Pending[] | null = null;
   private writing = false;
@@ -428,7 +427,6 @@ export class Journal extends EventEmitter {
       await this.marks.syncNow();
       if (this.failure) throw this.failure;
       this.generation = generation;
-      this.lastCheckpoint = buf;
       const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
       if (min.nextSeq !== this.tail.seq && !this.rebuilder.busy) {
         await this.reads.drain();

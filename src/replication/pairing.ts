@@ -74,9 +74,8 @@ export interface PairingHandler {
 interface TokenState {
   secret: string;
   expires: number;
-  used: number | null;
-  /** The site that used it (certificate fingerprint, peer name): its retry is answered again. */
-  usedBy: { fingerprint: string; name: string } | null;
+  /** When and by which site (certificate fingerprint, peer name) it was used: that site's retry is answered again. */
+  used: { atMs: number; fingerprint: string; name: string } | null;
 }
 
 export interface PeerDirectory {
@@ -106,7 +105,7 @@ export class Pairing implements PairingHandler {
       this.log.warn({ max: MAX_OUTSTANDING }, 'pairing: too many outstanding tokens; the one closest to expiry was revoked');
     }
     const secret = crypto.randomBytes(16).toString('hex');
-    this.tokens.set(tokenId(secret), { secret, expires: t + ttlMs, used: null, usedBy: null });
+    this.tokens.set(tokenId(secret), { secret, expires: t + ttlMs, used: null });
     this.log.info({ expiresAt: new Date(t + ttlMs).toISOString() }, 'pairing token issued');
     return {
       token: `${secret}.${this.identity.fingerprint.slice(0, 16)}`,
@@ -146,8 +145,8 @@ export class Pairing implements PairingHandler {
     const expected = Buffer.from(pairingProof(state.secret, fingerprint, this.identity.fingerprint), 'hex');
     const proven = crypto.timingSafeEqual(expected, Buffer.from(proof, 'hex'));
     if (state.used !== null) {
-      const by = state.usedBy;
-      const registered = by !== null && proven && by.fingerprint === fingerprint && by.name === name ? this.peers.peerByFingerprint(fingerprint) : undefined;
+      const by = state.used;
+      const registered = proven && by.fingerprint === fingerprint && by.name === name ? this.peers.peerByFingerprint(fingerprint) : undefined;
       if (registered?.name !== name || registered.site_id !== site) throw new FerryError('PEER_AUTH_FAILED', 'the pairing token was already used; issue a new one');
       this.log.info({ peer: name, site }, 'pairing repeated by the site that used the token (its answer was lost): answered again');
       return { site: this.identity.siteId, name: this.identity.siteName };
@@ -161,14 +160,13 @@ export class Pairing implements PairingHandler {
     const byFp = this.peers.peerByFingerprint(fingerprint);
     if (byFp) throw new FerryError('PEER_EXISTS', `this site is already paired with that site, as peer '${byFp.name}'`);
     this.peers.insertPeer({ name, address: null, fingerprint, site_id: site, created_at: t });
-    state.used = t;
-    state.usedBy = { fingerprint, name };
+    state.used = { atMs: t, fingerprint, name };
     this.log.info({ peer: name, site, fingerprint }, 'paired with a new peer');
     return { site: this.identity.siteId, name: this.identity.siteName };
   }
 
   private prune(t: number): void {
-    for (const [id, s] of this.tokens) if ((s.used ?? s.expires) + FORGET_AFTER_MS < t) this.tokens.delete(id);
+    for (const [id, s] of this.tokens) if ((s.used?.atMs ?? s.expires) + FORGET_AFTER_MS < t) this.tokens.delete(id);
     // Bounded whatever the rate of issue: the oldest used or expired tokens go first.
     for (const [id, s] of this.tokens) {
       if (this.tokens.size < 4 * MAX_OUTSTANDING) break;

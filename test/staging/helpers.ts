@@ -4,7 +4,6 @@
 // through the real CLI.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describeRun, lastJson, requireTool, run, type Cleanup, type Ferryd, type RunResult } from '../harness.js';
