@@ -26,7 +26,11 @@ if (files.length === 0) {
   console.error(`no test files match ${filters.join(' ')}`);
   process.exit(1);
 }
-const args = ['--import', 'tsx', '--test', '--test-reporter=spec', ...files];
+// --test-force-exit: a test file's process exits once its tests are done. Without it, one
+// run of test/unit/wan-proxy.test.ts passed every test and then spun at 100% CPU in Node's
+// exit-time handle cleanup (node::Environment::CleanupHandles → uv_run, no system calls)
+// until killed: a CI run would hang to its time limit on a suite that had passed.
+const args = ['--import', 'tsx', '--test', '--test-force-exit', '--test-reporter=spec', ...files];
 // Debian's python3 first: nbdsh and the python workloads need its libnbd bindings (a pyenv python lacks them).
 const PATH = ['/usr/bin', '/usr/sbin', '/sbin', process.env.PATH ?? ''].join(':');
 const r = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env: { ...process.env, PATH, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' } });
