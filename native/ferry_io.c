@@ -6,13 +6,18 @@
  * of a block device, a read-ahead hint, and a read that never waits for the device
  * (preadv2 RWF_NOWAIT: served from the page cache or refused). Anything that can block
  * on the device runs on the libuv thread pool; the lseek calls are metadata lookups and
- * the non-waiting read only copies cached pages, so those run inline.
+ * the non-waiting read only copies cached pages, so those run inline. A batch of
+ * writes (a consumer applying many journal records to its target) goes to the pool as one
+ * job that writes them in order: one hop for hundreds of records, and the event loop
+ * never waits for a pwrite.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <node_api.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +122,147 @@ static napi_value space(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* At most this many buffers in one batch (a journal consumer applies at most 512 records a step). */
+#define BATCH_BUFFERS_MAX 4096
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  napi_ref buffers; /* keeps every buffer alive until the job completes */
+  int fd;
+  uint32_t count;
+  struct iovec *iov;
+  int64_t *offsets;
+  int err;
+} batch_req;
+
+/* Writes iov[from, to) at offsets[from] onward (contiguous), whole, retrying short writes. */
+static int write_run(int fd, struct iovec *iov, uint32_t n, int64_t offset) {
+  while (n > 0) {
+    ssize_t w = pwritev(fd, iov, n > IOV_MAX ? IOV_MAX : (int)n, offset);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (w == 0) return EIO;
+    offset += w;
+    while (n > 0 && (size_t)w >= iov->iov_len) {
+      w -= (ssize_t)iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0 && w > 0) {
+      iov->iov_base = (char *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+/* In order: buffer i lands after buffers 0..i-1, so a later write over an earlier one wins.
+   Runs of buffers that follow each other on the device go as one pwritev. */
+static void batch_execute(napi_env env, void *data) {
+  (void)env;
+  batch_req *r = data;
+  uint32_t i = 0;
+  while (i < r->count) {
+    uint32_t j = i + 1;
+    int64_t end = r->offsets[i] + (int64_t)r->iov[i].iov_len;
+    while (j < r->count && r->offsets[j] == end) {
+      end += (int64_t)r->iov[j].iov_len;
+      j++;
+    }
+    int err = write_run(r->fd, r->iov + i, j - i, r->offsets[i]);
+    if (err != 0) {
+      r->err = err;
+      return;
+    }
+    i = j;
+  }
+}
+
+static void batch_complete(napi_env env, napi_status status, void *data) {
+  batch_req *r = data;
+  napi_value cb, global, arg, result;
+  napi_get_reference_value(env, r->callback, &cb);
+  napi_get_global(env, &global);
+  if (status != napi_ok) arg = errno_error(env, ECANCELED, "pwritev");
+  else if (r->err != 0) arg = errno_error(env, r->err, "pwritev");
+  else napi_get_null(env, &arg);
+  napi_call_function(env, global, cb, 1, &arg, &result);
+  napi_delete_reference(env, r->callback);
+  napi_delete_reference(env, r->buffers);
+  napi_delete_async_work(env, r->work);
+  free(r->iov);
+  free(r->offsets);
+  free(r);
+}
+
+/* writeBatch(fd, buffers[], offsets[], callback(err)): each buffer whole at its offset, in order, on the pool. */
+static napi_value write_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], name;
+  uint32_t count, ocount;
+  bool is_array;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 4) {
+    napi_throw_type_error(env, NULL, "writeBatch(fd, buffers, offsets, callback)");
+    return NULL;
+  }
+  CHECK(napi_is_array(env, argv[1], &is_array));
+  if (!is_array) {
+    napi_throw_type_error(env, NULL, "writeBatch: buffers must be an array");
+    return NULL;
+  }
+  CHECK(napi_get_array_length(env, argv[1], &count));
+  CHECK(napi_get_array_length(env, argv[2], &ocount));
+  if (count == 0 || count > BATCH_BUFFERS_MAX || ocount != count) {
+    napi_throw_range_error(env, NULL, "writeBatch: 1 to 4096 buffers, one offset each");
+    return NULL;
+  }
+  batch_req *r = calloc(1, sizeof *r);
+  if (r != NULL) {
+    r->iov = calloc(count, sizeof *r->iov);
+    r->offsets = calloc(count, sizeof *r->offsets);
+  }
+  if (r == NULL || r->iov == NULL || r->offsets == NULL) {
+    if (r != NULL) {
+      free(r->iov);
+      free(r->offsets);
+    }
+    free(r);
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  r->count = count;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value b, o;
+    bool is_buffer;
+    void *ptr;
+    size_t len;
+    int64_t off;
+    if (napi_get_element(env, argv[1], i, &b) != napi_ok || napi_is_buffer(env, b, &is_buffer) != napi_ok || !is_buffer ||
+        napi_get_buffer_info(env, b, &ptr, &len) != napi_ok || napi_get_element(env, argv[2], i, &o) != napi_ok ||
+        napi_get_value_int64(env, o, &off) != napi_ok || off < 0 || len == 0) {
+      free(r->iov);
+      free(r->offsets);
+      free(r);
+      napi_throw_type_error(env, NULL, "writeBatch: each buffer is a non-empty Buffer with an offset >= 0");
+      return NULL;
+    }
+    r->iov[i].iov_base = ptr;
+    r->iov[i].iov_len = len;
+    r->offsets[i] = off;
+  }
+  CHECK(napi_get_value_int32(env, argv[0], &r->fd));
+  CHECK(napi_create_reference(env, argv[1], 1, &r->buffers));
+  CHECK(napi_create_reference(env, argv[3], 1, &r->callback));
+  CHECK(napi_create_string_utf8(env, "ferry_io.writeBatch", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, batch_execute, batch_complete, r, &r->work));
+  CHECK(napi_queue_async_work(env, r->work));
+  return NULL;
+}
+
 /* seek(fd, offset, whence) -> offset, or -1 when there is no further data/hole (ENXIO). */
 static napi_value seek(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -197,6 +343,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
     {"willNeed", NULL, will_need, NULL, NULL, NULL, napi_default, NULL},
     {"readCached", NULL, read_cached, NULL, NULL, NULL, napi_default, NULL},
+    {"writeBatch", NULL, write_batch, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

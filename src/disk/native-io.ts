@@ -1,6 +1,7 @@
 // Typed access to the ferry_io addon (native/ferry_io.c): fallocate modes,
 // block-device discard/zero-out ioctls, SEEK_DATA/SEEK_HOLE, read-ahead, and reads
-// served only from the page cache (inline, no thread-pool hop).
+// served only from the page cache (inline, no thread-pool hop), and batches of writes
+// done in order by one thread-pool job.
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -11,6 +12,7 @@ interface Addon {
   willNeed(fd: number, offset: number, length: number): void;
   /** Absent from an addon built before it existed: then every read goes to the pool. */
   readCached?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
+  writeBatch(fd: number, buffers: Buffer[], offsets: number[], cb: (err: NodeJS.ErrnoException | null) => void): void;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -50,3 +52,15 @@ export function willNeed(fd: number, offset: number, length: number): void {
  */
 export const readCached: (fd: number, buf: Buffer, bufOffset: number, length: number, position: number) => number =
   typeof addon.readCached === 'function' ? addon.readCached.bind(addon) : () => -1;
+
+/** Most buffers in one writeBatch call (the addon refuses more). */
+export const WRITE_BATCH_BUFFERS_MAX = 4096;
+
+/**
+ * Writes each buffer whole at its offset, in order (a later buffer over an earlier one wins),
+ * as one job on the thread pool: runs of buffers that follow each other on the device go as one
+ * pwritev. Rejects with the errno code of the first write that fails (those after it are not written).
+ */
+export function writeBatch(fd: number, buffers: Buffer[], offsets: number[]): Promise<void> {
+  return new Promise((resolve, reject) => addon.writeBatch(fd, buffers, offsets, (err) => (err ? reject(err) : resolve())));
+}

@@ -4,7 +4,7 @@
 // place of the replica's disk for as long as a resync runs (the staging area's committer
 // and the sync chunks both write through it) and takes it away when the log is deleted.
 import type { Extent } from '../disk/block-device.js';
-import type { DiskStore } from '../disk/store.js';
+import { writeInOrder, type DiskStore } from '../disk/store.js';
 import type { UndoLog } from './undo-log.js';
 
 export class UndoGuardStore implements DiskStore {
@@ -37,6 +37,17 @@ export class UndoGuardStore implements DiskStore {
     const saving = this.undo.protect(offset, length);
     if (saving) await saving;
     return this.raw.write(buf, bufOffset, length, offset);
+  }
+
+  /** Every granule the batch touches is saved (one wait for all), then the batch goes to the disk in order. */
+  async writeBatch(buffers: Buffer[], offsets: number[]): Promise<void> {
+    const savings: Promise<void>[] = [];
+    for (let i = 0; i < buffers.length; i++) {
+      const saving = this.undo.protect(offsets[i]!, buffers[i]!.length);
+      if (saving) savings.push(saving);
+    }
+    await Promise.all(savings);
+    return writeInOrder(this.raw, buffers, offsets);
   }
 
   async zero(offset: number, length: number, mayDeallocate: boolean, fastOnly: boolean): Promise<void> {
