@@ -1,9 +1,9 @@
 // The consumers of a staging area (the committer, a mirror stream) and the position of each:
 // the next record it needs, where that record lies in the ring and the chain link it must
-// carry. A position moves only forward, never past the head, and only once the consumer
-// made the records before it durable on its side; the journal's checkpoint makes the
-// positions durable (J4), and the one furthest behind bounds the ring space that may be
-// written (J2). Positions are handed out as copies.
+// carry. A position moves only forward, never past the durable head, and only once the
+// consumer made the records before it durable on its side (asserted in advance(), J4); the
+// journal's checkpoint makes the positions durable (J4), and the one furthest behind bounds
+// the ring space that may be written (J2). Positions are handed out as copies.
 import assert from 'node:assert/strict';
 import { FerryError } from '../errors.js';
 import { CONSUMERS_MAX, type ConsumerPosition } from './format.js';
@@ -52,11 +52,15 @@ export class ConsumerPositions {
     return true;
   }
 
-  /** Moves consumer `name` to `pos`, with the head at `headSeq`. */
-  advance(name: string, pos: ConsumerPosition, headSeq: number): void {
+  /**
+   * Moves consumer `name` to `pos`. `durableHeadSeq` is the first record not yet durable in
+   * the staging area: a consumer can have made durable on its side only records it could read (J4, J5).
+   */
+  advance(name: string, pos: ConsumerPosition, durableHeadSeq: number): void {
     const c = this.positions.get(name);
     assert.ok(c, `unknown consumer ${name}`);
-    assert.ok(pos.nextSeq >= c.nextSeq && pos.nextSeq <= headSeq, 'consumers only move forward, never past the head');
+    assert.ok(pos.nextSeq >= c.nextSeq, 'a consumer position only moves forward (J4)');
+    assert.ok(pos.nextSeq <= durableHeadSeq, 'a consumer position never passes the durable head of the staging area (J4)');
     this.positions.set(name, { ...pos, name });
   }
 
@@ -67,7 +71,10 @@ export class ConsumerPositions {
 
   /** A rebase: every consumer restarts at `firstSeq` at ring position `headPos`, with a new chain. */
   restartAll(firstSeq: number, headPos: number): void {
-    for (const [name] of this.positions) this.positions.set(name, { name, nextSeq: firstSeq, nextPos: headPos, prevCrc: 0 });
+    for (const [name, c] of this.positions) {
+      assert.ok(firstSeq >= c.nextSeq, 'a rebase moves every consumer position forward (J4)');
+      this.positions.set(name, { name, nextSeq: firstSeq, nextPos: headPos, prevCrc: 0 });
+    }
   }
 
   stats(headSeq: number): Array<{ name: string; nextSeq: number; pendingRecords: number }> {

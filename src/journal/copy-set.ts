@@ -3,7 +3,9 @@
 // holds a record that does not verify, is dropped loudly and the staging area goes on
 // degraded on the other; with none left the staging area is lost, which the journal
 // turns into a failure of every write (J3). Reads go to a healthy copy, falling back to
-// the other on an error or a record that does not verify.
+// the other on an error or a record that does not verify; the record handed on is the one
+// expected (J1, asserted in readRecord).
+import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { writeSoon, type Store } from '../disk/store.js';
@@ -101,7 +103,12 @@ export class CopySet {
       }
       bad.push(c);
     }
-    if (found) for (const c of bad) this.markFailed(c, `record ${exp.seq} does not verify on this copy`);
+    if (found) {
+      // What readRecordAt verified, checked where it is handed on: the expected successor, where its predecessor ends (J1).
+      assert.ok(found.header.seq === exp.seq && (exp.prevCrc === undefined || found.header.prevCrc === exp.prevCrc >>> 0), 'the record read has the sequence number and chain link expected (J1)');
+      assert.ok(found.pos === pos || found.pos === 0, 'the record read lies where its predecessor ends, or at the ring start (J1, J6)');
+      for (const c of bad) this.markFailed(c, `record ${exp.seq} does not verify on this copy`);
+    }
     return found;
   }
 

@@ -4,7 +4,7 @@
 // every copy; a caller rides a sync already running when it began after the caller's
 // newest record was written), and who waits for either mark. Invariant: durableSeq ≤
 // writtenSeq, and both only move forward (except restart(), a mirror site's rebase, with
-// nothing pending).
+// nothing pending); asserted in written(), syncNow() and sync() (J3).
 import assert from 'node:assert/strict';
 import type { FerryError } from '../errors.js';
 import { SyncBatcher } from '../disk/sync-batcher.js';
@@ -58,6 +58,7 @@ export class Durability {
   syncNow(): Promise<void> {
     const upTo = this.writtenSeqValue;
     const done = this.syncAll().then(() => {
+      assert.ok(upTo <= this.writtenSeqValue, 'only written records become durable (durableSeq <= writtenSeq)');
       if (upTo > this.durableSeqValue) {
         this.durableSeqValue = upTo;
         for (const w of this.durableWaiters.splice(0)) w();
@@ -87,7 +88,7 @@ export class Durability {
     await (covering ?? this.syncer.sync());
     const failedAfter = this.failure();
     if (failedAfter) throw failedAfter;
-    assert.ok(this.durableSeqValue >= needed, 'a sync makes every record written before it durable');
+    assert.ok(this.durableSeqValue >= needed, 'a FLUSH returns only once every record written before it is synced on every healthy copy (J3)');
   }
 
   /** Resolves once a record beyond `seq` has been written (or the journal has failed). */

@@ -25,6 +25,8 @@ export const CHECKPOINT_OFFSETS = [4096, 8192] as const;
 export const HEADER_AREA_BYTES = 65536;
 export const RECORD_HEADER_BYTES = 64;
 export const RECORD_ALIGN_BYTES = 64;
+/** Largest payload of one record: the largest write the front end accepts (nbd/protocol.ts advertises it). */
+export const RECORD_PAYLOAD_BYTES_MAX = 32 * 1024 * 1024;
 export const CONSUMERS_MAX = 8;
 const CONSUMER_NAME_BYTES = 32;
 const CONSUMER_ENTRY_BYTES = CONSUMER_NAME_BYTES + 8 + 8 + 8;

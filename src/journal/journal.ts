@@ -7,24 +7,29 @@
 // Invariants (asserted where data is written and read back):
 //  J1 Sequence numbers are dense and strictly increasing; record n+1 carries the crc
 //     of record n (hash chain), so recovery accepts exactly one successor per record.
+//     Asserted in writeBatch, readRecord (cached) and copy-set.ts readRecord, and recovery.ts.
 //  J2 A record is written only into free ring space: never over a record some
 //     consumer still needs according to the last DURABLE checkpoint, never over bytes
 //     an in-flight read may still be reading.
+//     Asserted in writeBatch (outside [tail, head)) and readPayload (no tail move under a read).
 //  J3 A write is acknowledged only after its record is written to every healthy copy;
 //     a FUA write or FLUSH is acknowledged only after those copies are synced.
+//     Asserted in writeBatch where appends resolve, and in durability.ts sync().
 //  J4 A consumer position is checkpointed only after the consumer made the records
 //     before it durable on its side (the committer syncs the primary first), and the
 //     tail moves only after that checkpoint is durable on every healthy copy.
+//     Asserted in advanceConsumer (consumer-positions.ts), checkpointNow and moveTail.
 //  J5 A record is handed to a consumer only once it is durable in the staging area
 //     (durableSeq), so a power loss can never leave the primary ahead of the journal.
+//     Asserted in readRecord.
 //  J6 Records never straddle the end of the ring; a record that does not fit before the
 //     end goes to ring offset 0.
+//     Asserted in writeBatch.
 //
 // Memory is bounded whatever the staging size: the write queue by the NBD layer's
 // in-flight limits, the batch by batchBytesMax, the cache of recent records by
 // recentBytesMax; records themselves live in the staging area, not in memory.
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
@@ -35,23 +40,23 @@ import {
   RECORD_HEADER_BYTES,
   encodeCheckpoint,
   encodeRecord,
-  encodeSuperblock,
   recordSpan,
   type ConsumerPosition,
 } from './format.js';
 import { CopySet } from './copy-set.js';
 import { CopyRebuilder } from './copy-rebuilder.js';
 import { Durability } from './durability.js';
-import type { AppendRequest, StagedRecord } from './staged-record.js';
+import type { AppendRequest, JournalListener, JournalStats, StagedRecord } from './staged-record.js';
+import { outsideLiveRing, placeRecord } from './ring-space.js';
+import { STAGING_BYTES_MIN, formatStagingArea } from './staging-format.js';
 import { ConsumerPositions } from './consumer-positions.js';
 import { ReadTracker } from './read-tracker.js';
 import { RecentCache } from './recent-cache.js';
 import { recoverJournal, type RecoveryResult } from './recovery.js';
 
-export type { AppendRequest, StagedRecord } from './staged-record.js';
+export type { AppendRequest, JournalListener, JournalStats, StagedRecord } from './staged-record.js';
 
-/** Smallest staging area: the largest NBD write (32 MiB) must always fit with room to spare. */
-export const STAGING_BYTES_MIN = 64 * 1024 * 1024;
+export { STAGING_BYTES_MIN };
 const batchBytesMax = 8 * 1024 * 1024;
 const recentBytesMax = 64 * 1024 * 1024;
 
@@ -61,16 +66,6 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
-export interface JournalStats {
-  areaBytes: number;
-  ringBytes: number;
-  usedBytes: number;
-  nextSeq: number;
-  writtenSeq: number;
-  durableSeq: number;
-  consumers: Array<{ name: string; nextSeq: number; pendingRecords: number }>;
-  copies: Array<{ path: string; healthy: boolean; rebuilding: boolean; problem?: string }>;
-}
 
 export class Journal extends EventEmitter {
   readonly journalId: bigint;
@@ -96,19 +91,17 @@ export class Journal extends EventEmitter {
   private batchLock: Promise<void> = Promise.resolve();
   private readonly recent = new RecentCache(recentBytesMax);
   private readonly reads = new ReadTracker();
+  /** Drains of the read tracker begun so far, and the one the tail last moved after (J2, see readPayload). */
+  private readDrains = 0;
+  private tailMovedAfterDrain = 0;
   /** Rebuilds of failed copies: while any copies the ring, checkpoints do not move the tail (J2). */
   private readonly rebuilder: CopyRebuilder;
-  /** Called synchronously for each written batch, before any append resolves (the overlay index). */
-  onWritten: ((records: StagedRecord[]) => void) | null = null;
-  /**
-   * Asked when a record finds no free space: null to wait for space (backpressure), or the
-   * error every waiting append fails with (a mirror's `--on-full fail`). Nothing is written.
-   */
-  fullPolicy: (() => FerryError | null) | null = null;
+  private readonly listener: JournalListener;
 
-  private constructor(stores: Store[], r: RecoveryResult, log: Logger) {
+  private constructor(stores: Store[], r: RecoveryResult, log: Logger, listener: JournalListener) {
     super();
     this.log = log;
+    this.listener = listener;
     this.recovery = r;
     this.journalId = r.superblock.journalId;
     this.areaBytes = r.superblock.areaBytes;
@@ -140,28 +133,18 @@ export class Journal extends EventEmitter {
     });
   }
 
-  /** Formats new staging copies (all the same size): superblock and a first checkpoint with one consumer. */
-  static async format(stores: Store[], diskName: string, consumer: string, firstSeq = 1): Promise<void> {
-    assert.ok(Number.isSafeInteger(firstSeq) && firstSeq >= 1, 'the first sequence number is a positive integer');
-    const areaBytes = Math.min(...stores.map((s) => s.size));
-    if (areaBytes < STAGING_BYTES_MIN) throw new FerryError('STAGING_TOO_SMALL', `a staging area needs at least ${STAGING_BYTES_MIN} bytes`);
-    const journalId = crypto.randomBytes(8).readBigUInt64LE(0) || 1n;
-    const sb = encodeSuperblock({ journalId, areaBytes, createdMs: Date.now(), diskName });
-    const cp = encodeCheckpoint({ generation: 1, journalId, consumers: [{ name: consumer, nextSeq: firstSeq, nextPos: 0, prevCrc: 0 }] });
-    const empty = Buffer.alloc(RECORD_HEADER_BYTES);
-    for (const s of stores) {
-      await s.write(sb, 0, sb.length, 0);
-      await s.write(cp, 0, cp.length, CHECKPOINT_OFFSETS[1]);
-      await s.write(empty, 0, empty.length, CHECKPOINT_OFFSETS[0]);
-      await s.write(empty, 0, empty.length, HEADER_AREA_BYTES);
-      await s.sync();
-    }
+  /** Formats new staging copies (see staging-format.ts). */
+  static format(stores: Store[], diskName: string, consumer: string, firstSeq = 1): Promise<void> {
+    return formatStagingArea(stores, diskName, consumer, firstSeq);
   }
 
-  /** Opens a formatted staging area, recovering the log (see recovery.ts for the decisions). */
-  static async open(stores: Store[], log: Logger): Promise<Journal> {
+  /**
+   * Opens a formatted staging area, recovering the log (see recovery.ts for the decisions).
+   * `listener`: what the disk's pipeline does with each written batch and when space runs out.
+   */
+  static async open(stores: Store[], log: Logger, listener: JournalListener = {}): Promise<Journal> {
     const r = await recoverJournal(stores, log);
-    return new Journal(stores, r, log);
+    return new Journal(stores, r, log, listener);
   }
 
   get writtenSeq(): number {
@@ -213,19 +196,23 @@ export class Journal extends EventEmitter {
    */
   async rebase(firstSeq: number): Promise<void> {
     assert.ok(Number.isSafeInteger(firstSeq) && firstSeq >= this.nextSeq, 'a rebase only moves the numbering forward');
-    await this.underBatchLock(async () => {
-      assert.ok(!this.writing && this.queue.length === 0, 'no append runs during a rebase');
-      for (const c of this.consumers.snapshot()) assert.equal(c.nextSeq, this.nextSeq, 'every consumer is done before a rebase');
-      await this.sync();
-      // Records before firstSeq never come: the chain starts over at the head (J1 holds from here).
-      this.nextSeq = firstSeq;
-      this.lastCrc = 0;
-      this.marks.restart(firstSeq - 1);
-      this.consumers.restartAll(firstSeq, this.headPos);
-      this.tail = { seq: firstSeq, pos: this.headPos };
-      this.recent.clear();
-    });
-    await this.checkpoint();
+    // In the checkpoint chain and under the batch lock: no checkpoint of the old positions can
+    // complete after the restart, and no record is appended before the new positions are durable.
+    await this.inCheckpointChain(() =>
+      this.underBatchLock(async () => {
+        assert.ok(!this.writing && this.queue.length === 0, 'no append runs during a rebase');
+        for (const c of this.consumers.snapshot()) assert.equal(c.nextSeq, this.nextSeq, 'every consumer is done before a rebase');
+        await this.sync();
+        // Records before firstSeq never come: the chain starts over at the head (J1 holds from here).
+        this.nextSeq = firstSeq;
+        this.lastCrc = 0;
+        this.marks.restart(firstSeq - 1);
+        this.consumers.restartAll(firstSeq, this.headPos);
+        this.recent.clear();
+        // The tail moves to the head once the restarted positions are durable (J4), after the reads in flight (J2).
+        await this.checkpointNow();
+      }),
+    );
   }
 
   /** Runs `fn` while no batch is being written and none can start (positions and the head hold still). */
@@ -247,7 +234,8 @@ export class Journal extends EventEmitter {
 
   /** Records that `name` is done with every record before pos.nextSeq (durable on its side). Takes effect at the next checkpoint. */
   advanceConsumer(name: string, pos: ConsumerPosition): void {
-    this.consumers.advance(name, pos, this.nextSeq);
+    // A consumer is done only with records it could read: durable ones (J4, J5).
+    this.consumers.advance(name, pos, this.marks.durableSeq + 1);
     this.recent.trim(this.consumers.min().nextSeq);
   }
 
@@ -260,18 +248,6 @@ export class Journal extends EventEmitter {
       this.queue.push({ req, resolve, reject });
       if (!this.writing) void this.writeLoop();
     });
-  }
-
-  /** Where a record of `span` bytes can go with the head at `head`, or -1 when there is no free space (J2, J6). */
-  private place(head: number, span: number, empty: boolean): number {
-    const t = this.tail.pos;
-    if (empty) return head + span <= this.ringBytes ? head : 0;
-    if (head === t) return -1;
-    if (head > t) {
-      if (head + span <= this.ringBytes) return head;
-      return span <= t ? 0 : -1;
-    }
-    return head + span <= t ? head : -1;
   }
 
   private async writeLoop(): Promise<void> {
@@ -289,7 +265,7 @@ export class Journal extends EventEmitter {
         for (const p of this.queue) {
           const span = recordSpan(p.req.payload?.length ?? 0);
           if (count > 0 && bytes + span > batchBytesMax) break;
-          const at = this.place(head, span, count === 0 && this.tail.seq === this.nextSeq);
+          const at = placeRecord(head, span, this.tail.pos, this.ringBytes, count === 0 && this.tail.seq === this.nextSeq);
           if (at < 0 || (count > 0 && at !== head)) break;
           if (count === 0) start = at;
           head = at + span;
@@ -297,7 +273,7 @@ export class Journal extends EventEmitter {
           count++;
         }
         if (count === 0) {
-          const refusal = this.fullPolicy?.() ?? null;
+          const refusal = this.listener.whenFull?.() ?? null;
           if (refusal) {
             for (const p of this.queue.splice(0)) p.reject(refusal);
             break;
@@ -322,40 +298,56 @@ export class Journal extends EventEmitter {
   private writeBatch(batch: Pending[], start: number, bytes: number): Promise<void> {
     return this.underBatchLock(async () => {
       try {
+        // Where the batch goes is checked before anything moves: a violation fails this batch only.
+        assert.ok(start >= 0 && start + bytes <= this.ringBytes, 'a batch never straddles the end of the ring (J6)');
+        assert.ok(outsideLiveRing(start, start + bytes, this.tail.pos, this.headPos, this.tail.seq === this.nextSeq), 'a batch is written only into free ring space, never over a record a consumer still needs (J2)');
+        assert.equal(this.nextSeq, this.marks.writtenSeq + 1, 'a batch continues the log right after the last written record (J1)');
         const buf = Buffer.allocUnsafe(bytes);
         const records: StagedRecord[] = [];
         const now = Date.now();
         let at = 0;
+        // The head (sequence number, chain link, position) moves only once the whole batch is encoded.
+        let seq = this.nextSeq;
+        let prevCrc = this.lastCrc;
         for (const p of batch) {
           const { req } = p;
-          const seq = this.nextSeq++;
           assert.ok(req.expectSeq === undefined || req.expectSeq === seq, 'a mirrored record keeps its sequence number');
+          // Record n: the one before in this batch, else the last one written (when still cached).
+          const prev = records.length > 0 ? records[records.length - 1]! : this.recent.get(seq - 1);
+          assert.ok(prev === undefined || (seq === prev.seq + 1 && prevCrc === prev.crc), 'record n+1 follows record n and carries its crc (J1)');
           const timeMs = req.timeMs ?? now;
-          const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs, prevCrc: this.lastCrc }, req.payload);
+          const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs, prevCrc }, req.payload);
           const span = recordSpan(req.payload?.length ?? 0);
-          this.lastCrc = crc;
           const payload = req.payload ? buf.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + req.payload.length) : null;
           records.push({ seq, pos: start + at, span, type: req.type, flags: req.flags, diskOffset: req.diskOffset, length: req.length, crc, timeMs, payload });
           at += span;
+          prevCrc = crc;
+          seq++;
         }
         assert.equal(at, bytes);
-        assert.ok(start >= 0 && start + bytes <= this.ringBytes, 'a batch never straddles the end of the ring (J6)');
+        this.nextSeq = seq;
+        this.lastCrc = prevCrc;
         this.headPos = start + bytes;
         await this.copySet.writeAll(buf, HEADER_AREA_BYTES + start);
         if (this.failure) throw this.failure;
         const minSeq = this.consumers.min().nextSeq;
         for (const r of records) this.recent.remember(r, minSeq);
-        this.marks.written(records[records.length - 1]!.seq);
-        this.onWritten?.(records);
+        const lastSeq = records[records.length - 1]!.seq;
+        this.marks.written(lastSeq);
+        this.listener.written?.(records);
         // Plain writes are acknowledged now (J3); FUA writes once a sync started after this write ends.
         // The sync is not awaited here, so the next batch is written while it runs.
+        assert.ok(this.marks.writtenSeq >= lastSeq, 'a write is acknowledged only once written on every healthy copy (J3)');
         const durable: number[] = [];
         batch.forEach((p, i) => (p.req.durable ? durable.push(i) : p.resolve(records[i]!)));
         if (durable.length) {
-          this.sync().then(
-            () => durable.forEach((i) => batch[i]!.resolve(records[i]!)),
-            (err) => durable.forEach((i) => batch[i]!.reject(err)),
-          );
+          const lastDurable = records[durable[durable.length - 1]!]!.seq;
+          this.sync()
+            .then(() => {
+              assert.ok(this.marks.durableSeq >= lastDurable, 'a FUA write is acknowledged only once synced on every healthy copy (J3)');
+              durable.forEach((i) => batch[i]!.resolve(records[i]!));
+            })
+            .catch((err: Error) => durable.forEach((i) => batch[i]!.reject(err)));
         }
       } catch (err) {
         const e = err instanceof FerryError ? err : new FerryError('STAGING_FAILED', `staging write failed: ${(err as Error).message}`);
@@ -397,7 +389,13 @@ export class Journal extends EventEmitter {
   async readRecord(seq: number, pos: number, prevCrc: number, reader?: string): Promise<StagedRecord> {
     assert.ok(seq <= this.marks.durableSeq, 'consumers only read durable records (J5)');
     const cached = this.recent.get(seq);
-    if (cached) return cached;
+    if (cached) {
+      // The chain link of a cached record is the crc of the one before it, when that one is cached too.
+      const before = this.recent.get(seq - 1);
+      assert.ok(cached.seq === seq && (cached.pos === pos || cached.pos === 0), 'the record read is the one expected, where its predecessor ends (J1)');
+      assert.ok(before === undefined || before.crc === prevCrc, 'the record read carries the crc of the record before it (J1)');
+      return cached;
+    }
     const found = await this.copySet.readRecord(pos, { journalId: this.journalId, seq, prevCrc, ringBytes: this.ringBytes }, reader, this.marks.writtenSeq);
     if (!found) throw new FerryError('STAGING_CORRUPT', `record ${seq} at ring offset ${pos} does not verify on any copy of the staging area`);
     const h = found.header;
@@ -407,34 +405,53 @@ export class Journal extends EventEmitter {
   /** Reads staged payload bytes at ring position `pos` (for the read overlay). */
   async readPayload(pos: number, buf: Buffer, bufOffset: number, length: number): Promise<void> {
     assert.ok(pos >= 0 && pos + length <= this.ringBytes, 'staged payload lies inside the ring');
+    const drainsBefore = this.readDrains;
     const gen = this.reads.begin();
     try {
       await this.copySet.readPayload(pos, buf, bufOffset, length);
     } finally {
       this.reads.end(gen);
     }
+    // A tail move waits for the reads begun before its drain: none freed these bytes under us.
+    assert.ok(this.tailMovedAfterDrain <= drainsBefore, 'ring space is freed only after the reads begun before have ended (J2)');
   }
 
   /** Makes the consumer positions durable on every copy, then frees the space behind them (J4). */
   checkpoint(): Promise<void> {
-    const run = async (): Promise<void> => {
-      if (this.failure) throw this.failure;
-      this.copySet.checkPaths();
-      const consumers = this.consumers.snapshot();
-      const generation = this.generation + 1;
-      const buf = encodeCheckpoint({ generation, journalId: this.journalId, consumers });
-      await this.copySet.writeAll(buf, CHECKPOINT_OFFSETS[generation % 2]!);
-      await this.marks.syncNow();
-      if (this.failure) throw this.failure;
-      this.generation = generation;
-      const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
-      if (min.nextSeq !== this.tail.seq && !this.rebuilder.busy) {
-        await this.reads.drain();
-        this.tail = { seq: min.nextSeq, pos: min.nextPos };
-        for (const w of this.spaceWaiters.splice(0)) w();
-      }
-    };
-    return this.inCheckpointChain(run);
+    return this.inCheckpointChain(() => this.checkpointNow());
+  }
+
+  /** A checkpoint's work; runs in the checkpoint chain. */
+  private async checkpointNow(): Promise<void> {
+    if (this.failure) throw this.failure;
+    this.copySet.checkPaths();
+    const consumers = this.consumers.snapshot();
+    const generation = this.generation + 1;
+    const buf = encodeCheckpoint({ generation, journalId: this.journalId, consumers });
+    await this.copySet.writeAll(buf, CHECKPOINT_OFFSETS[generation % 2]!);
+    await this.marks.syncNow();
+    if (this.failure) throw this.failure;
+    this.generation = generation;
+    for (const c of consumers) assert.ok(c.nextSeq <= this.marks.durableSeq + 1, 'a durable checkpoint never lists a consumer past the durable records (J4)');
+    const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
+    if (min.nextSeq !== this.tail.seq && !this.rebuilder.busy) {
+      assert.ok(min.nextSeq > this.tail.seq, 'the tail only moves forward (J4)');
+      assert.ok(this.consumers.min().nextSeq >= min.nextSeq, 'the tail never passes a record some consumer still needs (J4)');
+      await this.moveTail({ seq: min.nextSeq, pos: min.nextPos }, generation);
+    }
+  }
+
+  /**
+   * Frees the ring behind `to`, the oldest position in checkpoint `generation` (durable on every
+   * healthy copy), once every payload read begun before now has ended (J2, J4).
+   */
+  private async moveTail(to: { seq: number; pos: number }, generation: number): Promise<void> {
+    const drain = ++this.readDrains;
+    await this.reads.drain();
+    assert.equal(this.generation, generation, 'the tail moves only to a checkpoint durable on every healthy copy (J4)');
+    this.tailMovedAfterDrain = drain;
+    this.tail = to;
+    for (const w of this.spaceWaiters.splice(0)) w();
   }
 
   /** Runs `fn` once every checkpoint (or rebuild join) queued before it is done; the next waits for it. */

@@ -3,10 +3,10 @@
 // the hash-chain link to its predecessor, a consistent payload length, a span that fits
 // the ring, and the CRC32C of header and payload. Otherwise it is not a record.
 import type { Store } from '../disk/store.js';
-import { Limits } from '../nbd/protocol.js';
 import {
   HEADER_AREA_BYTES,
   RECORD_HEADER_BYTES,
+  RECORD_PAYLOAD_BYTES_MAX,
   RecordType,
   decodeRecordHeader,
   recordCrc,
@@ -82,7 +82,7 @@ export async function readRecordAt(src: RingWindow, pos: number, exp: Expectatio
   if (h.seq !== exp.seq) return { ok: false, reason: `sequence ${h.seq} where ${exp.seq} was expected`, plausible: null };
   const plausible = h;
   if (exp.prevCrc !== undefined && h.prevCrc !== exp.prevCrc) return { ok: false, reason: 'chain link does not match the previous record', plausible };
-  const payloadOk = h.type === RecordType.WRITE ? h.payloadBytes === h.length && h.length <= Limits.payloadBytesMax : h.payloadBytes === 0;
+  const payloadOk = h.type === RecordType.WRITE ? h.payloadBytes === h.length && h.length <= RECORD_PAYLOAD_BYTES_MAX : h.payloadBytes === 0;
   if (!payloadOk) return { ok: false, reason: 'inconsistent payload length', plausible };
   const span = recordSpan(h.payloadBytes);
   if (pos + span > exp.ringBytes) return { ok: false, reason: 'record runs past the end of the ring', plausible };

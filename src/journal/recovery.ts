@@ -15,7 +15,9 @@
 //                                                       | with the number of records discarded
 //
 // Records before the oldest consumer position are never read: they are done for
-// everyone and their space may already be reused.
+// everyone and their space may already be reused. Each record accepted is asserted to be
+// the expected successor in the chain (J1).
+import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { Store } from '../disk/store.js';
@@ -133,6 +135,9 @@ export async function recoverJournal(stores: Store[], log: Logger): Promise<Reco
       if (plausible) end = await classifyBadRecord(usable[0]!.w, pos, plausible, plausibleReason, firstValid.journalId, ringBytes);
       break;
     }
+    // Exactly one successor per record: the expected sequence number and chain link, where the last one ended (J1).
+    assert.ok(found.header.seq === seq && found.header.prevCrc === prev >>> 0, 'recovery accepts only the record expected next in the chain (J1)');
+    assert.ok(found.pos === pos || found.pos === 0, 'the next record lies where the last one ended, or at the ring start (J1, J6)');
     for (const i of new Set(missing)) {
       // It verified on another copy: make this copy whole again (it was written to both before it counted).
       await stores[i]!.write(found.raw, 0, found.span, HEADER_AREA_BYTES + found.pos);

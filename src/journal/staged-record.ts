@@ -2,6 +2,7 @@
 // trim, or a mirror site's copy of a primary site's record) and the record it becomes,
 // with its place in the ring and its chain link (see journal.ts for the invariants and
 // format.ts for the bytes on disk).
+import type { FerryError } from '../errors.js';
 import type { RecordTypeValue } from './format.js';
 
 export interface AppendRequest {
@@ -30,4 +31,26 @@ export interface StagedRecord {
   timeMs: number;
   /** Payload bytes (WRITE), held while the record is in the recent cache. */
   payload: Buffer | null;
+}
+
+/** A disk pipeline's part in its journal, given at open (staged-path.ts wires it). */
+export interface JournalListener {
+  /** Called synchronously with each written batch, before any of its appends resolves (the read overlay's index). */
+  written?(records: StagedRecord[]): void;
+  /**
+   * Asked when a record finds no free space: null to wait for space (backpressure), or the
+   * error every waiting append fails with (a mirror's `--on-full fail`). Nothing is written.
+   */
+  whenFull?(): FerryError | null;
+}
+
+export interface JournalStats {
+  areaBytes: number;
+  ringBytes: number;
+  usedBytes: number;
+  nextSeq: number;
+  writtenSeq: number;
+  durableSeq: number;
+  consumers: Array<{ name: string; nextSeq: number; pendingRecords: number }>;
+  copies: Array<{ path: string; healthy: boolean; rebuilding: boolean; problem?: string }>;
 }

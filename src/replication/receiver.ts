@@ -11,8 +11,9 @@
 // other frame (records, attach, release) first waits until every such request before it
 // has completed, so a record is never applied under a chunk that arrived before it.
 // The replica's own committer applies records in order (R5). See remote-stream.ts for the
-// invariants of the whole link.
-import assert from 'node:assert';
+// invariants of the whole link; here R3 is asserted in sendAck, R5 in onRecords, R6 in
+// settle and R7 in recordSyncState.
+import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { RecordType, type RecordTypeValue } from '../journal/format.js';
@@ -89,7 +90,15 @@ export class Receiver {
     // While a long request runs (a chunk waiting for the backlog to be applied), the primary
     // site still hears from us: an acknowledgement of what is durable is always true.
     const keepalive = setInterval(() => {
-      if (this.handle && Date.now() - this.lastSentMs >= 2000) this.send(encodeFrame(FrameType.ACK, { durableSeq: this.handle.link.durableSeq }));
+      const h = this.handle;
+      if (!h || Date.now() - this.lastSentMs < 2000) return;
+      try {
+        this.sendAck(h, h.link.durableSeq);
+      } catch (err) {
+        this.log.error({ disk: h.disk, err: (err as Error).message }, 'replication session ended: invariant violated');
+        this.closed = true;
+        this.session.socket.destroy();
+      }
     }, 1000);
     try {
       for (;;) {
@@ -136,6 +145,22 @@ export class Receiver {
     this.lastSentMs = Date.now();
   }
 
+  /** Acknowledges every record up to `seq`: only records durable in this site's staging area (R3). */
+  private sendAck(h: ReplicaHandle, seq: number): void {
+    assert.ok(seq <= h.staged.journal.durableSeq, 'the mirror site acknowledges only records durable in its own staging area (R3)');
+    this.send(encodeFrame(FrameType.ACK, { durableSeq: seq }));
+  }
+
+  /**
+   * Records the sync state the primary site sent in an attach or a `synced` request: the
+   * replica is recorded consistent only when the primary site said its sync completed (R7).
+   */
+  private async recordSyncState(disk: string, meta: Record<string, unknown>): Promise<void> {
+    const synced = meta.synced === true;
+    assert.ok(!synced || meta.op === 'attach' || meta.op === 'synced', 'only an attach or a synced request tells the replica it is consistent (R7)');
+    await this.host.markSynced(disk, synced);
+  }
+
   private respond(id: unknown, meta: Record<string, unknown> = {}, payload?: Buffer): void {
     this.send(encodeFrame(FrameType.RESPONSE, { ...meta, id }, payload));
   }
@@ -180,7 +205,7 @@ export class Receiver {
           return this.respond(id, {}, buf);
         }
         case 'synced':
-          await this.host.markSynced(h.disk, f.meta.synced === true);
+          await this.recordSyncState(h.disk, f.meta);
           return this.respond(id);
         case 'release':
           await this.ackChain;
@@ -219,7 +244,7 @@ export class Receiver {
       await this.host.markSynced(handle.disk, false);
       this.log.warn({ disk: handle.disk, from: firstSeq }, 'replica rebased for a resync: not consistent until it completes');
     }
-    if (typeof f.meta.synced === 'boolean') await this.host.markSynced(handle.disk, f.meta.synced);
+    if (typeof f.meta.synced === 'boolean') await this.recordSyncState(handle.disk, f.meta);
     handle.link.connected = true;
     handle.link.peer = this.session.peer.name;
     handle.link.durableSeq = j.durableSeq;
@@ -249,6 +274,7 @@ export class Receiver {
     await this.ackChain;
     const j = h.staged.journal;
     if (h.staged.committer.position.nextSeq <= j.writtenSeq) await h.staged.drain();
+    assert.ok(h.staged.committer.position.nextSeq > j.writtenSeq, 'a sync chunk is written only after every record received before it is applied (R6)');
   }
 
   private async onRecords(f: Frame): Promise<void> {
@@ -282,6 +308,9 @@ export class Receiver {
       seq++;
     }
     if (at !== f.payload.length) throw new ProtocolError('records frame has trailing payload bytes');
+    // Staged right after what this site holds, in the primary site's order without gaps (each
+    // keeps its number, asserted in the journal): the committer applies them in that order (R5).
+    assert.ok(appends.length === 0 || (appends[0]!.seq === expected && appends[appends.length - 1]!.seq === seq - 1), 'records are staged here in sequence order, without gaps (R5)');
     if (appends.length) await h.staged.appendMirrored(appends);
     assert.ok(j.writtenSeq >= seq - 1, 'every record of the frame is written here (R2)');
     const upTo = j.writtenSeq;
@@ -289,7 +318,7 @@ export class Receiver {
     this.ackChain = this.ackChain.then(async () => {
       if (j.durableSeq < upTo) await j.sync();
       h.link.durableSeq = Math.max(h.link.durableSeq, upTo);
-      this.send(encodeFrame(FrameType.ACK, { durableSeq: upTo }));
+      this.sendAck(h, upTo);
     });
     this.ackChain.catch((err) => {
       this.log.error({ disk: h.disk, err: (err as Error).message }, 'replica staging area failed; ending the session');
