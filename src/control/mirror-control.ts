@@ -19,13 +19,12 @@ import type { PeerSession } from '../replication/peer-session.js';
 import { RemoteStream } from '../replication/remote-stream.js';
 import { RemoteStore } from '../replication/remote-store.js';
 import type { DiskStore } from '../disk/store.js';
-import type { StagedRecord } from '../journal/journal.js';
-import { validateName } from './names.js';
+import { validateName } from '../names.js';
 import { swapRoles, type SwapReport } from './mirror-swap.js';
 
 export type { SwapReport } from './mirror-swap.js';
 import { DirtyMap } from '../mirror/dirty-map.js';
-import { SYNC_CHUNK_BYTES } from '../mirror/sync-engine.js';
+import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
@@ -41,10 +40,6 @@ const firstAttachMsMax = 30_000;
 /** How long removing a remote mirror waits for the mirror site to take the last records and release its replica. */
 const removeWaitMs = 15_000;
 
-/** The sync engine's hold on records touching a chunk being copied, bound once the mirror exists. */
-interface Admit {
-  fn: (r: StagedRecord) => Promise<void> | null;
-}
 
 function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'resync'> {
   return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, resync: 0 };
@@ -69,14 +64,14 @@ export class MirrorControl {
   private readonly streams = new Map<string, RemoteStream>();
   /** Bitmaps loaded at start, handed to the mirror when it starts. */
   private readonly pendingDirty = new Map<string, DirtyMap | null>();
-  remote: RemoteSites | null = null;
-
   constructor(
     private readonly store: MetadataStore,
     private readonly disks: DiskRegistry,
     private readonly staging: StagingControl,
     private readonly dataDir: string,
     private readonly log: Logger,
+    /** How remote mirrors reach peer sites (null: this ferryd has none). */
+    private readonly remote: RemoteSites | null = null,
   ) {}
 
   /** At daemon start, after the staging area is open: reconcile the journal's consumers with the metadata, start the mirror. */
@@ -127,7 +122,7 @@ export class MirrorControl {
   }
 
   /** A remote mirror's stream: dials the peer, attaches, ships; redials forever. Not started. */
-  private remoteStream(m: MirrorRow, volume: Volume, admit: Admit): RemoteStream {
+  private remoteStream(m: MirrorRow, volume: Volume, holds: ChunkHolds): RemoteStream {
     const { peer, remoteDisk } = parseRemote(m.target);
     const sites = this.remoteSites();
     const journal = volume.staging!.journal;
@@ -148,7 +143,8 @@ export class MirrorControl {
         const rebase = row !== undefined && (row.resync === 1 || row.sync_done === 0);
         return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase };
       },
-      admit: (r) => admit.fn(r),
+      admit: (r) => holds.admit(r.diskOffset, r.length),
+      onLinkUp: () => this.mirrors.get(m.disk)?.linkBack(),
       bandwidthBytesPerSec: m.bandwidth,
       compress: m.compress === 'zstd',
       log: this.log.child({ disk: m.disk, mirror: m.target }),
@@ -160,12 +156,12 @@ export class MirrorControl {
     return this.remote;
   }
 
-  private startRemote(m: MirrorRow, volume: Volume, started?: RemoteStream, admit?: Admit): Mirror {
-    const a = admit ?? { fn: () => null };
-    const stream = started ?? this.remoteStream(m, volume, a);
+  private startRemote(m: MirrorRow, volume: Volume, started?: { stream: RemoteStream; holds: ChunkHolds }): Mirror {
+    const holds = started?.holds ?? new ChunkHolds();
+    const stream = started?.stream ?? this.remoteStream(m, volume, holds);
     this.streams.set(m.disk, stream);
     const store = new RemoteStore(stream, m.path, volume.size);
-    return this.startMirror(m, volume, store, stream, a);
+    return this.startMirror(m, volume, store, { stream, holds });
   }
 
   private bitmapFile(disk: string): string {
@@ -174,7 +170,8 @@ export class MirrorControl {
     return path.join(dir, `${disk}.dirty`);
   }
 
-  private startMirror(m: MirrorRow, volume: Volume, target: DiskStore, stream?: RemoteStream, admit?: Admit): Mirror {
+  private startMirror(m: MirrorRow, volume: Volume, target: DiskStore, remote?: { stream: RemoteStream; holds: ChunkHolds }): Mirror {
+    const stream = remote?.stream;
     const dirty = this.pendingDirty.get(m.disk) ?? null;
     this.pendingDirty.delete(m.disk);
     const mirror = new Mirror({
@@ -200,12 +197,10 @@ export class MirrorControl {
         // The mirror site learns it is consistent (R7); every attach repeats it, should this be lost.
         if (done && stream) stream.request({ op: 'synced', synced: true }).catch((err) => this.log.warn({ disk: m.disk, err: (err as Error).message }, 'could not tell the mirror site that the sync completed; the next attach will'));
       },
-      ...(stream && admit
+      holds: remote?.holds ?? new ChunkHolds(),
+      ...(stream
         ? {
-            stream: (fn: (r: StagedRecord) => Promise<void> | null) => {
-              admit.fn = fn;
-              return stream;
-            },
+            stream,
             linkStatus: () => ({ state: stream.state, peer: parseRemote(m.target).peer, lastError: stream.lastError, bytesPerSec: stream.bytesPerSec, shippedBytes: stream.shippedBytes, reconnects: stream.reconnects }),
           }
         : {}),
@@ -354,8 +349,8 @@ export class MirrorControl {
     const journal = volume.staging!.journal;
     this.store.insertMirror(m);
     await journal.addConsumer(MIRROR_CONSUMER);
-    const admit: Admit = { fn: () => null };
-    const stream = this.remoteStream(m, volume, admit);
+    const holds = new ChunkHolds();
+    const stream = this.remoteStream(m, volume, holds);
     stream.start();
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -376,7 +371,7 @@ export class MirrorControl {
     } finally {
       clearTimeout(timer);
     }
-    this.startRemote(m, volume, stream, admit);
+    this.startRemote(m, volume, { stream, holds });
     this.log.info({ disk: req.disk, target: label, sync: mode }, 'remote mirror created; syncing over the link');
     return this.mirror(req.disk).status();
   }

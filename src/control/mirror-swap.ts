@@ -38,7 +38,7 @@ export async function swapRoles(ctx: { store: MetadataStore; disks: DiskRegistry
   // applied inside the pause: writers are paced (not stopped) until both are within
   // paceRecordsMax records of the head, then drained again until a drain is quick.
   const backlog = (pos: number): number => staged.journal.writtenSeq - pos + 1;
-  staged.pace = () => backlog(staged.committer.position.nextSeq) > paceRecordsMax || backlog(m.committer.position.nextSeq) > paceRecordsMax;
+  const stopPacing = staged.pace(() => backlog(staged.committer.position.nextSeq) > paceRecordsMax || backlog(m.committer.position.nextSeq) > paceRecordsMax);
   let pauseMs: number;
   try {
     for (let round = 0; round < preDrainRoundsMax; round++) {
@@ -54,7 +54,7 @@ export async function swapRoles(ctx: { store: MetadataStore; disks: DiskRegistry
       ctx.disks.reloadRow(disk);
     });
   } finally {
-    staged.pace = null;
+    stopPacing();
   }
   m.lastSwapPauseMs = pauseMs;
   const after = ctx.store.mirror(disk)!;

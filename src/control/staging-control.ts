@@ -51,10 +51,9 @@ export class StagingControl {
         stores.push(new MissingStore(p, s.size));
       }
     }
-    const journal = await Journal.open(stores, this.log.child({ disk: row.name }));
-    const r = journal.recovery;
-    this.log.info({ disk: row.name, records: r.records, bytes: r.payloadBytes, end: r.end, rewritten: r.rewrittenRecords }, 'staging area recovered; replaying to the primary');
-    await volume.attachStaging(journal, this.log.child({ disk: row.name }));
+    const staged = await volume.attachStaging(stores, this.log.child({ disk: row.name }));
+    const r = staged.journal.recovery;
+    this.log.info({ disk: row.name, records: r.records, bytes: r.payloadBytes, end: r.end, rewritten: r.rewrittenRecords }, 'staging area recovered and replayed to the primary');
   }
 
   private onlineVolume(name: string): { row: DiskRow; volume: Volume } {
@@ -100,7 +99,6 @@ export class StagingControl {
         stores.push(BlockDevice.open(target.real));
       }
       await Journal.format(stores, req.disk, PRIMARY_CONSUMER, req.firstSeq ?? 1);
-      const journal = await Journal.open(stores, this.log.child({ disk: req.disk }));
       const srow: StagingRow = {
         disk: req.disk,
         path: main.real,
@@ -112,10 +110,9 @@ export class StagingControl {
       };
       this.store.insertStaging(srow);
       try {
-        await volume.attachStaging(journal, this.log.child({ disk: req.disk }));
+        await volume.attachStaging(stores, this.log.child({ disk: req.disk }));
       } catch (err) {
         this.store.deleteStaging(req.disk);
-        await journal.close();
         throw err;
       }
     } catch (err) {

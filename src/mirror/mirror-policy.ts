@@ -4,7 +4,8 @@
 // Parsed and checked here, before anything is created.
 import { FerryError } from '../errors.js';
 import { parseSize } from '../disk/size.js';
-import type { OnFullPolicy } from '../control/store.js';
+/** What a full staging area does to writes while the mirror is behind (see docs/ARCHITECTURE.md, "Policies"). */
+export type OnFullPolicy = 'bitmap' | 'throttle' | 'fail';
 
 export interface MirrorPolicy {
   onFull: OnFullPolicy;

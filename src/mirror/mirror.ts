@@ -9,35 +9,35 @@ import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { DiskStore } from '../disk/store.js';
 import type { ConsumerPosition } from '../journal/format.js';
-import type { Journal, StagedRecord } from '../journal/journal.js';
+import type { Journal } from '../journal/journal.js';
+import { readRecords } from '../journal/record-cursor.js';
+import type { MirrorGate } from '../volume/admission.js';
 import { Committer } from '../volume/committer.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
 import { SYNC_CHUNK_BYTES, SyncEngine, type SyncMode } from './sync-engine.js';
 import { DirtyMap, forEachChunk } from './dirty-map.js';
-import { PRIMARY_CONSUMER } from '../volume/committer.js';
-import type { RemoteStream } from '../replication/remote-stream.js';
+import type { ChunkHolds } from './chunk-holds.js';
+import { MIRROR_CONSUMER, PRIMARY_CONSUMER, type JournalConsumer } from '../volume/consumer.js';
 import type { MirrorPolicy } from './mirror-policy.js';
 import { verifyMirror, type VerifyReport } from './verify.js';
 
 export type { VerifyReport } from './verify.js';
 
-export const MIRROR_CONSUMER = 'mirror';
+export { MIRROR_CONSUMER };
 
 export type MirrorState = 'syncing' | 'in-sync' | 'paused' | 'bitmap' | 'resyncing';
 
 /** What carries records to the mirror: a Committer (local target) or a RemoteStream (a peer site). */
-export interface MirrorStream {
-  readonly position: ConsumerPosition;
-  readonly isPaused: boolean;
-  readonly lastError: string | null;
-  appliedTimeMs: number;
-  start(): void;
-  pause(): void;
-  resume(): void;
-  progress(): Promise<void>;
-  drain(): Promise<void>;
-  stop(): Promise<void>;
+export type MirrorStream = JournalConsumer;
+
+/** What a remote mirror's bitmap fallback needs of its link (replication/remote-stream.ts). */
+export interface MirrorLink {
+  readonly state: 'connecting' | 'connected' | 'down';
+  /** Stop shipping (the mirror consumer leaves the journal); keep probing the peer. */
+  detach(): void;
+  /** Ship again from the re-added consumer's position. */
+  reattach(): void;
 }
 
 /** The replication link of a remote mirror, as status shows it. */
@@ -88,11 +88,13 @@ export interface MirrorOptions {
   targetIsZero: boolean;
   paused: boolean;
   onSyncCheckpoint: (cursor: number, done: boolean) => void;
-  /** A remote mirror's stream (default: a committer applying records to `target`). */
-  stream?: (admit: (r: StagedRecord) => Promise<void> | null) => MirrorStream;
+  /** The chunks the sync engine is copying, held against the stream (the stream asks them before each record: R6). */
+  holds: ChunkHolds;
+  /** A remote mirror's stream, built with `holds` (default: a committer applying records to `target`). */
+  stream?: MirrorStream;
   linkStatus?: () => LinkStatus;
   /** The link of a remote mirror (its bitmap fallback detaches and reattaches it). */
-  remote?: RemoteStream;
+  remote?: MirrorLink;
   policy: MirrorPolicy;
   /** A resync pending from an earlier fallback (loaded at start), else null. */
   dirty: DirtyMap | null;
@@ -101,6 +103,10 @@ export interface MirrorOptions {
   onResync: (pending: boolean) => void;
   log: Logger;
 }
+
+/** The scan of records staged before a start reads this much at a time. */
+const scanRecordsMax = 512;
+const scanBytesMax = 8 * 1024 * 1024;
 
 /** How long writes wait for space before a `bitmap` mirror lets go of the staging area. */
 const fullGraceMs = 500;
@@ -144,8 +150,8 @@ export class Mirror {
     this.staged = staged;
     this.journal = staged.journal;
     this.syncDone = opts.syncDone;
-    const admit = (r: StagedRecord): Promise<void> | null => this.sync?.admit(r.diskOffset, r.length) ?? null;
-    this.committer = opts.stream ? opts.stream(admit) : new Committer(this.journal, opts.target, opts.log, { consumer: MIRROR_CONSUMER, admit });
+    const holds = opts.holds;
+    this.committer = opts.stream ?? new Committer(this.journal, opts.target, opts.log, { consumer: MIRROR_CONSUMER, admit: (r) => holds.admit(r.diskOffset, r.length) });
     if (opts.paused) this.committer.pause();
     this.dirty = opts.dirty;
     this.mode = !this.dirty ? 'stream' : this.journal.hasConsumer(MIRROR_CONSUMER) ? 'resync' : 'bitmap';
@@ -153,41 +159,44 @@ export class Mirror {
     this.installPolicies();
   }
 
-  // ---- policies on the write path: bounded lag, and what a full staging area does ----
+  // ---- the mirror's part in its disk's write path (admission.ts, MirrorGate) ----
 
   private installPolicies(): void {
     const p = this.opts.policy;
-    this.staged.beforeAppend = (offset, length) => this.gate(offset, length);
-    if (p.onFull === 'fail') {
-      this.journal.fullPolicy = () =>
-        this.mode === 'stream' && this.isLaggard() ? new FerryError('NO_SPACE', `the staging area of ${this.disk} is full: its mirror (${this.targetLabel}) is behind and the mirror's policy is to fail writes`) : null;
-    }
     if (p.onFull === 'bitmap' && this.opts.remote) {
       // Only a bitmap fallback needs to know which regions recent records touched: no other mirror pays for it.
-      const chunkSeq = new Float64Array(Math.ceil(this.opts.volume.size / SYNC_CHUNK_BYTES) + 1);
-      this.chunkSeq = chunkSeq;
-      this.staged.onIndexed = (records) => {
-        for (const r of records) {
-          if (r.length === 0) continue;
-          forEachChunk(r.diskOffset, r.length, SYNC_CHUNK_BYTES, (c) => (chunkSeq[c] = r.seq));
-          // A write racing the switch to bitmap mode is marked too (persisted before the consumer goes).
-          if (this.mode === 'bitmap') this.dirty?.mark(r.diskOffset, r.length);
-        }
-      };
+      this.chunkSeq = new Float64Array(Math.ceil(this.opts.volume.size / SYNC_CHUNK_BYTES) + 1);
       this.journal.on('space-needed', this.onSpaceNeeded);
-      this.opts.remote.onLinkUp = () => void this.startResync();
       // Records already staged before this start (a restart) are marked through a scan.
       this.scanned = this.scanPending();
     }
+    this.staged.mirrorSlot.attach(this.writePath);
   }
 
   private uninstallPolicies(): void {
-    this.staged.onIndexed = null;
-    this.staged.beforeAppend = null;
-    this.journal.fullPolicy = null;
+    this.staged.mirrorSlot.detach(this.writePath);
     this.journal.off('space-needed', this.onSpaceNeeded);
-    if (this.opts.remote) this.opts.remote.onLinkUp = null;
   }
+
+  /** What the write path asks of this mirror (bounded lag, dirty bitmap, full staging, indexed batches). */
+  private readonly writePath: MirrorGate = {
+    lagWait: () => this.lagWait(),
+    bitmapWait: (offset, length) => (this.mode === 'bitmap' && this.dirty ? (this.dirty.mark(offset, length) ? this.dirty.persist() : null) : null),
+    refuseWhenFull: () =>
+      this.opts.policy.onFull === 'fail' && this.mode === 'stream' && this.isLaggard()
+        ? new FerryError('NO_SPACE', `the staging area of ${this.disk} is full: its mirror (${this.targetLabel}) is behind and the mirror's policy is to fail writes`)
+        : null,
+    indexed: (records) => {
+      const chunkSeq = this.chunkSeq;
+      if (!chunkSeq) return;
+      for (const r of records) {
+        if (r.length === 0) continue;
+        forEachChunk(r.diskOffset, r.length, SYNC_CHUNK_BYTES, (c) => (chunkSeq[c] = r.seq));
+        // A write racing the switch to bitmap mode is marked too (persisted before the consumer goes).
+        if (this.mode === 'bitmap') this.dirty?.mark(r.diskOffset, r.length);
+      }
+    },
+  };
 
   /** (A method: the mode changes across awaits, which narrowing cannot see.) */
   private inBitmap(): boolean {
@@ -198,11 +207,10 @@ export class Mirror {
     return !this.opts.remote || this.opts.remote.state === 'connected';
   }
 
-  /** What a write waits for before it is staged: its dirty bit on disk (bitmap mode), or the lag to shrink (--max-lag). */
-  private gate(offset: number, length: number): Promise<void> | null {
-    if (this.mode === 'bitmap' && this.dirty) return this.dirty.mark(offset, length) ? this.dirty.persist() : null;
+  /** Bounded lag (--max-lag): null, or resolves once the mirror is within the limit (link down: the on-full policy rules). */
+  private lagWait(): Promise<void> | null {
     const p = this.opts.policy;
-    if ((p.maxLagBytes === null && p.maxLagMs === null) || this.committer.isPaused || !this.linkUp() || !this.lagExceeded()) return null;
+    if (this.mode === 'bitmap' || (p.maxLagBytes === null && p.maxLagMs === null) || this.committer.isPaused || !this.linkUp() || !this.lagExceeded()) return null;
     return this.waitLag();
   }
 
@@ -255,9 +263,9 @@ export class Mirror {
     let pos = this.journal.consumer(MIRROR_CONSUMER);
     const upTo = this.journal.durableSeq;
     while (pos.nextSeq <= upTo && !this.closed) {
-      const r = await this.journal.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, 'mirror-scan');
-      forEachChunk(r.diskOffset, Math.max(1, r.length), SYNC_CHUNK_BYTES, (c) => (chunkSeq[c] = Math.max(chunkSeq[c]!, r.seq)));
-      pos = { name: pos.name, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
+      const read = await readRecords(this.journal, pos, { upTo, recordsMax: scanRecordsMax, bytesMax: scanBytesMax }, 'mirror-scan');
+      for (const r of read.records) forEachChunk(r.diskOffset, Math.max(1, r.length), SYNC_CHUNK_BYTES, (c) => (chunkSeq[c] = Math.max(chunkSeq[c]!, r.seq)));
+      pos = read.end;
     }
   }
 
@@ -287,6 +295,11 @@ export class Mirror {
     // Only now may the space go: every region the mirror lacks is in the bitmap on disk.
     await this.journal.removeConsumer(MIRROR_CONSUMER);
     this.opts.log.warn({ dirtyBytes: dirty.dirtyBytes }, 'staging area full while the mirror is behind: fell back to the dirty-region bitmap; writes go on, the regions resync when the link returns');
+  }
+
+  /** The link of a mirror in bitmap mode answered again (its stream's onLinkUp): resync. */
+  linkBack(): void {
+    void this.startResync();
   }
 
   /** The link is back: records flow again from the head, and the dirty regions are copied meanwhile. */
@@ -355,6 +368,7 @@ export class Mirror {
               startCursor: 0,
               only: (chunk) => dirty.has(chunk),
               onChunkCopied: (chunk) => dirty.clear(chunk),
+              holds: this.opts.holds,
               onCheckpoint: () => void dirty.persist().catch((err) => this.opts.log.error({ err: (err as Error).message }, 'could not save the dirty-region bitmap')),
               log: this.opts.log,
             }
@@ -363,6 +377,7 @@ export class Mirror {
               targetIsZero: this.opts.targetIsZero,
               startCursor: this.opts.syncCursor,
               onCheckpoint: (cursor) => this.opts.onSyncCheckpoint(cursor, false),
+              holds: this.opts.holds,
               log: this.opts.log,
             },
       );

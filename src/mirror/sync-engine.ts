@@ -20,6 +20,7 @@ import assert from 'node:assert';
 import type { Logger } from 'pino';
 import type { Extent } from '../disk/block-device.js';
 import type { DiskStore } from '../disk/store.js';
+import { ChunkHolds, SYNC_CHUNK_BYTES } from './chunk-holds.js';
 
 export type SyncMode = 'full' | 'checksum';
 
@@ -42,6 +43,8 @@ export interface SyncOptions {
   only?: (chunk: number) => boolean;
   /** Called once a chunk is written on the target (durable at the next checkpoint). */
   onChunkCopied?: (chunk: number) => void;
+  /** Where the chunks being copied are held against the mirror's stream (default: held nowhere else). */
+  holds?: ChunkHolds;
   log: Logger;
 }
 
@@ -51,7 +54,7 @@ export interface SyncTargetHints {
   readonly syncChunksInFlightMax?: number;
 }
 
-export const SYNC_CHUNK_BYTES = 4 * 1024 * 1024;
+export { SYNC_CHUNK_BYTES };
 /** For a local target. */
 const chunksInFlightMax = 4;
 /** The most any target may ask for: bounds the engine's memory (64 MiB of chunk buffers). */
@@ -70,7 +73,7 @@ interface ChunkBuffers {
 }
 
 export class SyncEngine {
-  private readonly locked = new Map<number, Promise<void>>();
+  private readonly holds: ChunkHolds;
   private cursor: number;
   private stopped = false;
   private running: Promise<void> | null = null;
@@ -92,6 +95,7 @@ export class SyncEngine {
   ) {
     this.cursor = Math.min(opts.startCursor, source.size);
     this.startedCursor = this.cursor;
+    this.holds = opts.holds ?? new ChunkHolds();
   }
 
   /** Bytes of the disk already synced (durable or in progress below the cursor). */
@@ -113,16 +117,6 @@ export class SyncEngine {
     if (this.done) return 0;
     const r = this.rateBytesPerSec;
     return r > 0 ? (this.source.size - this.cursor) / r : null;
-  }
-
-  /** For the mirror committer: null when a record may be applied now, else when it may. */
-  admit(offset: number, length: number): Promise<void> | null {
-    if (this.locked.size === 0 || length === 0) return null;
-    const first = Math.floor(offset / SYNC_CHUNK_BYTES);
-    const last = Math.floor((offset + length - 1) / SYNC_CHUNK_BYTES);
-    const waits: Promise<void>[] = [];
-    for (const [chunk, p] of this.locked) if (chunk >= first && chunk <= last) waits.push(p);
-    return waits.length ? Promise.all(waits).then(() => undefined) : null;
   }
 
   start(): Promise<void> {
@@ -232,16 +226,14 @@ export class SyncEngine {
       this.skippedBytes += length;
       return;
     }
-    let unlock!: () => void;
-    this.locked.set(chunk, new Promise<void>((r) => (unlock = r)));
+    const release = this.holds.hold(chunk);
     try {
       const buf = bufs.ours.subarray(0, length);
       await this.source.read(buf, 0, length, offset);
       if (this.opts.mode === 'checksum') await this.writeDiffering(buf, offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, length));
       else await this.writeData(buf, offset);
     } finally {
-      this.locked.delete(chunk);
-      unlock();
+      release();
     }
   }
 

@@ -8,7 +8,7 @@ import type { DiskStore } from '../disk/store.js';
 import type { Journal } from '../journal/journal.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
-import type { MirrorStream } from './mirror.js';
+import type { JournalConsumer } from '../volume/consumer.js';
 
 export interface VerifyReport {
   disk: string;
@@ -22,7 +22,7 @@ export interface VerifyReport {
 const verifyAttemptsMax = 5;
 const compareBytes = 4096;
 
-export async function verifyMirror(m: { disk: string; volume: Volume; staged: StagedPath; journal: Journal; stream: MirrorStream; target: DiskStore }): Promise<VerifyReport> {
+export async function verifyMirror(m: { disk: string; volume: Volume; staged: StagedPath; journal: Journal; stream: JournalConsumer; target: DiskStore }): Promise<VerifyReport> {
   const started = Date.now();
   const size = m.volume.size;
   const region = m.staged.genRegionBytes;

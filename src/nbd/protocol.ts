@@ -2,6 +2,7 @@
 // (fixed newstyle negotiation, simple and structured replies, base:allocation).
 // Values follow doc/proto.md of NetworkBlockDevice/nbd. This file holds numbers
 // only; handshake.ts and transmission.ts hold the two protocol phases.
+import { RECORD_PAYLOAD_BYTES_MAX } from '../journal/format.js';
 
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
@@ -97,8 +98,8 @@ export const BASE_ALLOCATION_ID = 1;
 
 /** Limits: put a limit on everything a client controls. */
 export const Limits = {
-  /** Largest READ/WRITE payload we accept (advertised as the maximum block size). */
-  payloadBytesMax: 32 * 1024 * 1024,
+  /** Largest READ/WRITE payload we accept (advertised as the maximum block size): what one journal record holds. */
+  payloadBytesMax: RECORD_PAYLOAD_BYTES_MAX,
   /** Preferred block size advertised to clients. */
   preferredBlockBytes: 4096,
   /** Minimum block size: any byte alignment is served. */

@@ -5,34 +5,42 @@
 // drops; every session begins with an attach that tells us the last record the mirror
 // site made durable, and shipping resumes right after it.
 //
-// Invariants (asserted where records are shipped and acknowledgements arrive):
+// Invariants (asserted where records are shipped and acknowledgements arrive, here and at
+// the mirror site, replication/receiver.ts):
 //   R1  Only records durable on this site are shipped (seq <= journal.durableSeq): the
-//       mirror site never holds a write this site could lose in a crash.
+//       mirror site never holds a write this site could lose in a crash. Asserted in ship().
 //   R2  Records are shipped in sequence order without gaps; the mirror site appends each
-//       with the same sequence number and drops those it already has.
+//       with the same sequence number and drops those it already has. Asserted in ship()
+//       and record-cursor.ts; at the mirror site by the journal's expectSeq check.
 //   R3  The mirror site acknowledges seq s only once every record <= s is durable in its
-//       own staging area.
+//       own staging area. Asserted in receiver.ts sendAck().
 //   R4  This consumer's durable position never passes the last acknowledged seq + 1, so
-//       this staging area keeps every record the mirror site may still need.
+//       this staging area keeps every record the mirror site may still need. Asserted in onAck().
 //   R5  The mirror site applies records strictly in sequence order (its own committer):
-//       its disk is always an image this disk really had, once synced.
+//       its disk is always an image this disk really had, once synced. Asserted in
+//       receiver.ts onRecords() and the committer's apply().
 //   R6  A sync chunk is read after every record touching it that precedes it on the link,
-//       and no record touching it is shipped until the chunk is acknowledged (admit), so
-//       chunks and records converge exactly as for a local mirror.
+//       and no record touching it is shipped until the chunk is acknowledged (admit, the
+//       mirror's ChunkHolds), so chunks and records converge exactly as for a local mirror.
+//       At the mirror site, asserted in receiver.ts settle().
 //   R7  The mirror site reports itself consistent only after this site told it that the
-//       sync completed; every attach repeats that state.
+//       sync completed; every attach repeats that state. Asserted in receiver.ts
+//       recordSyncState().
 import assert from 'node:assert';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { ConsumerPosition } from '../journal/format.js';
 import type { Journal, StagedRecord } from '../journal/journal.js';
+import { readRecords } from '../journal/record-cursor.js';
+import { MIRROR_CONSUMER, type JournalConsumer } from '../volume/consumer.js';
 import { encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeFrameParts, type Frame } from './frame.js';
 import { LinkShaper } from './link-shaper.js';
 import type { PeerSession } from './peer-session.js';
 import { RequestChannel } from './request-channel.js';
 import { ThroughputMeter } from './throughput-meter.js';
 
-export const REMOTE_CONSUMER = 'mirror';
+/** A remote mirror is its disk's mirror consumer. */
+export const REMOTE_CONSUMER = MIRROR_CONSUMER;
 
 const recordsPerFrameMax = 512;
 const bytesPerFrameMax = 8 * 1024 * 1024;
@@ -66,6 +74,8 @@ export interface RemoteStreamOptions {
   bandwidthBytesPerSec: number;
   /** zstd-compress payloads (off the event loop); a payload that does not shrink goes as it is. */
   compress: boolean;
+  /** Called, while detached (the mirror fell back to its dirty bitmap), each time the peer answers: the link is back. */
+  onLinkUp?: () => void;
   log: Logger;
 }
 
@@ -76,7 +86,7 @@ interface Shipped {
   lastTimeMs: number;
 }
 
-export class RemoteStream {
+export class RemoteStream implements JournalConsumer {
   private acked: ConsumerPosition;
   private paused = false;
   private stopped = false;
@@ -107,10 +117,8 @@ export class RemoteStream {
   readonly firstAttach: Promise<Frame>;
   private settleFirst: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
 
-  /** Fallen back to a dirty bitmap: no consumer, nothing shipped; the link is only probed (onLinkUp). */
+  /** Fallen back to a dirty bitmap: no consumer, nothing shipped; the link is only probed (opts.onLinkUp). */
   private detached: boolean;
-  /** Called, while detached, each time the peer answers (the link is back). */
-  onLinkUp: (() => void) | null = null;
 
   constructor(private readonly opts: RemoteStreamOptions) {
     this.shaper = new LinkShaper(opts.compress, opts.bandwidthBytesPerSec);
@@ -257,7 +265,7 @@ export class RemoteStream {
         this.state = 'down';
         this.lastError = 'staging area overflowed: tracking dirty regions until the resync';
         backoffMs = backoffMsMin;
-        this.onLinkUp?.();
+        this.opts.onLinkUp?.();
         await this.waitWake(2000);
         continue;
       }
@@ -328,9 +336,9 @@ export class RemoteStream {
     // It made durable records whose acknowledgement we never got: move past them (R4).
     let pos = this.acked;
     while (pos.nextSeq <= durableSeq) {
-      const r = await j.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, REMOTE_CONSUMER);
-      pos = { name: REMOTE_CONSUMER, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
-      this.appliedTimeMs = r.timeMs;
+      const read = await readRecords(j, pos, { upTo: durableSeq, recordsMax: recordsPerFrameMax, bytesMax: bytesPerFrameMax }, REMOTE_CONSUMER);
+      pos = read.end;
+      this.appliedTimeMs = read.records[read.records.length - 1]!.timeMs;
     }
     if (pos !== this.acked) {
       this.acked = pos;
@@ -368,7 +376,7 @@ export class RemoteStream {
     while (this.inflight.length > 0 && this.inflight[0]!.lastSeq <= durableSeq) {
       const s = this.inflight.shift()!;
       this.inflightBytes -= s.bytes;
-      assert.ok(s.end.nextSeq > this.acked.nextSeq, 'acknowledgements only move forward (R4)');
+      assert.ok(s.end.nextSeq > this.acked.nextSeq && s.end.nextSeq <= durableSeq + 1, 'the position moves forward, never past the acknowledged seq + 1 (R4)');
       this.acked = s.end;
       this.appliedTimeMs = s.lastTimeMs;
       moved = true;
@@ -426,20 +434,18 @@ export class RemoteStream {
       if (pos.nextSeq > j.durableSeq) await Promise.race([j.whenDurableBeyond(pos.nextSeq - 1), sleep(durableWaitMs)]);
       if (pos.nextSeq > j.durableSeq) await j.sync();
       if (!alive()) break;
-      const upTo = j.durableSeq;
-      const records: StagedRecord[] = [];
+      const read = await readRecords(j, pos, { upTo: j.durableSeq, recordsMax: recordsPerFrameMax, bytesMax: bytesPerFrameMax }, REMOTE_CONSUMER);
+      const records = read.records;
       const payloads: Buffer[] = [];
-      let bytes = 0;
-      while (pos.nextSeq <= upTo && records.length < recordsPerFrameMax && bytes < bytesPerFrameMax) {
-        const r = await j.readRecord(pos.nextSeq, pos.nextPos, pos.prevCrc, REMOTE_CONSUMER);
-        assert.ok(r.seq === pos.nextSeq && r.seq <= j.durableSeq, 'records leave in order, durable (R1, R2)');
+      for (let i = 0; i < records.length; i++) {
+        const r = records[i]!;
+        assert.ok(r.seq === pos.nextSeq + i && r.seq <= j.durableSeq, 'records leave in order, durable (R1, R2)');
+        // In order: a record touching a chunk the sync engine is copying waits for that chunk (R6).
         const wait = this.opts.admit(r);
         if (wait) await wait;
-        records.push(r);
         if (r.payload) payloads.push(r.payload.subarray(0, r.length));
-        bytes += r.span;
-        pos = { name: REMOTE_CONSUMER, nextSeq: r.seq + 1, nextPos: r.pos + r.span, prevCrc: r.crc };
       }
+      pos = read.end;
       if (!alive() || records.length === 0) continue;
       const frame = await this.recordsFrame(records[0]!.seq, records, payloads);
       const frameLength = frameBytes(frame);

@@ -1,14 +1,28 @@
-// The data path of a disk with a staging area: writes become journal records and are
-// acknowledged from there; the overlay indexes what is staged but not yet on the
-// primary; reads take the newest data (overlay over primary, also for partial
-// overlaps); the committer applies records to the primary in the background.
+// The data path of a disk with a staging area, and the composition root of its write
+// pipeline. One WRITE, in order (read the files in this order to follow it):
+//
+//   nbd/transmission.ts  → volume/volume.ts (I/O gate)
+//   → admission.ts       the admission chain: overlay bound, bounded lag, dirty bitmap, swap pacing
+//   → journal/journal.ts append: group commit, one pwrite per batch, durability marks
+//   → written(records)   indexed here in the read overlay (and told to the mirror), then acknowledged
+//   → consumers          volume/committer.ts applies records to the primary (and, for a local
+//                        mirror, to its target); replication/remote-stream.ts ships them to a peer;
+//                        each reads every record once, from memory, in order, and checkpoints
+//                        its durable position, after which the journal frees the space behind it.
+//
+// Reads take the newest data: the overlay (staged, not yet on the primary) over the primary,
+// also for partial overlaps. StagedPath.open() builds every piece and hands each its
+// collaborators at construction; the mirror, which comes and goes while the disk is served,
+// joins through the MirrorSlot (admission.ts) in one call.
 import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
+import { systemClock, type Clock } from '../clock.js';
 import { FerryError } from '../errors.js';
 import { ExtentFlag, type Extent } from '../disk/block-device.js';
-import type { DiskStore } from '../disk/store.js';
+import type { DiskStore, Store } from '../disk/store.js';
 import { RECORD_HEADER_BYTES, RecordType, type RecordTypeValue } from '../journal/format.js';
-import type { Journal, StagedRecord } from '../journal/journal.js';
+import { Journal, type StagedRecord } from '../journal/journal.js';
+import { AdmissionChain, BoundedLagStep, DirtyBitmapStep, MirrorSlot, OverlayBoundStep, SwapPacingStep } from './admission.js';
 import { Committer, FLAG_NO_HOLE } from './committer.js';
 import { ExtentKind, Overlay } from './overlay.js';
 
@@ -17,33 +31,127 @@ export const overlayExtentsMax = 512 * 1024;
 
 /** Regions whose write counters let an online verify tell "changed while compared" from "differs". */
 const writeGenRegionsMax = 1 << 20;
+/** A paced writer looks again at least this often (the committers may progress without telling). */
+const paceRecheckMs = 10;
 
-export class StagedPath {
+/** What is staged but not on the primary (the overlay), and per-region write counters for verify. */
+class StagedIndex {
   readonly overlay = new Overlay();
-  readonly committer: Committer;
   /** Writes started per region of genRegionBytes (wrapping counters; at most 4 MiB of memory). */
   readonly writeGen: Uint32Array;
   readonly genRegionBytes: number;
-  /** A mirror's gate on the write path (bounded lag, dirty bitmap): what to wait for before a record is appended. */
-  beforeAppend: ((offset: number, length: number) => Promise<void> | null) | null = null;
-  /** While this says so, new writes wait for the committers (a swap about to hold requests paces writers first). */
-  pace: (() => boolean) | null = null;
-  /** Called with each written batch once it is indexed (before any of its appends resolves). */
-  onIndexed: ((records: StagedRecord[]) => void) | null = null;
 
-  constructor(
-    readonly journal: Journal,
-    private primary: DiskStore,
-    log: Logger,
-  ) {
-    this.committer = new Committer(journal, primary, log, {
-      onApplied: (records) => {
-        for (const r of records) this.overlay.removeRecord(r.seq, r.diskOffset, r.diskOffset + r.length);
+  constructor(diskBytes: number) {
+    this.genRegionBytes = Math.max(1024 * 1024, 2 ** Math.ceil(Math.log2(Math.max(1, diskBytes / writeGenRegionsMax))));
+    this.writeGen = new Uint32Array(Math.ceil(diskBytes / this.genRegionBytes) + 1);
+  }
+
+  /** A written batch, in sequence order: newer extents replace older ones. */
+  index(records: readonly StagedRecord[]): void {
+    for (const r of records) {
+      if (r.length === 0) continue;
+      // Also counted when the write becomes visible (with writtenSeq, in this same tick): a write
+      // counted only when it began could turn visible after a verify noted (counter, writtenSeq)
+      // and read it, without changing the counter, and pass for a difference.
+      this.bumpGen(r.diskOffset, r.length);
+      const kind = r.type === RecordType.WRITE ? ExtentKind.DATA : ExtentKind.ZERO;
+      this.overlay.insert({ start: r.diskOffset, end: r.diskOffset + r.length, seq: r.seq, kind, jpos: kind === ExtentKind.DATA ? r.pos + RECORD_HEADER_BYTES : -1 });
+    }
+  }
+
+  /** Records now on the primary: their extents (exactly theirs, not newer ones) leave the overlay. */
+  applied(records: readonly StagedRecord[]): void {
+    for (const r of records) this.overlay.removeRecord(r.seq, r.diskOffset, r.diskOffset + r.length);
+  }
+
+  bumpGen(offset: number, length: number): void {
+    const last = Math.floor((offset + length - 1) / this.genRegionBytes);
+    for (let r = Math.floor(offset / this.genRegionBytes); r <= last; r++) this.writeGen[r] = (this.writeGen[r]! + 1) >>> 0;
+  }
+}
+
+export interface StagedPathParts {
+  journal: Journal;
+  primary: DiskStore;
+  index: StagedIndex;
+  committer: Committer;
+  admission: AdmissionChain;
+  mirrorSlot: MirrorSlot;
+}
+
+export class StagedPath {
+  readonly journal: Journal;
+  readonly committer: Committer;
+  readonly admission: AdmissionChain;
+  /** Where the disk's mirror joins the write path (at most one). */
+  readonly mirrorSlot: MirrorSlot;
+  private readonly index: StagedIndex;
+  private primary: DiskStore;
+
+  /**
+   * The composition root of a staged disk: opens (and recovers) the journal on `stores` and
+   * wires the overlay, the primary's committer and the admission chain. Not started.
+   */
+  static async open(stores: Store[], primary: DiskStore, log: Logger, clock: Clock = systemClock): Promise<StagedPath> {
+    const index = new StagedIndex(primary.size);
+    const mirrorSlot = new MirrorSlot();
+    const journal = await Journal.open(stores, log, {
+      written: (records) => {
+        index.index(records);
+        mirrorSlot.indexed(records);
       },
+      whenFull: () => mirrorSlot.refuseWhenFull(),
     });
-    journal.onWritten = (records) => this.index(records);
-    this.genRegionBytes = Math.max(1024 * 1024, 2 ** Math.ceil(Math.log2(Math.max(1, primary.size / writeGenRegionsMax))));
-    this.writeGen = new Uint32Array(Math.ceil(primary.size / this.genRegionBytes) + 1);
+    const committer = new Committer(journal, primary, log, { onApplied: (records) => index.applied(records), clock });
+    const progressOrRecheck = (): Promise<void> => {
+      committer.kick();
+      return new Promise((resolve) => {
+        const t = clock.timeout(paceRecheckMs, resolve);
+        void committer.progress().then(() => {
+          t.cancel();
+          resolve();
+        });
+      });
+    };
+    const admission = new AdmissionChain([
+      new OverlayBoundStep(
+        () => index.overlay.size >= overlayExtentsMax,
+        () => {
+          committer.kick();
+          return committer.progress();
+        },
+      ),
+      new BoundedLagStep(mirrorSlot),
+      new DirtyBitmapStep(mirrorSlot),
+      new SwapPacingStep(progressOrRecheck),
+    ]);
+    return new StagedPath({ journal, primary, index, committer, admission, mirrorSlot });
+  }
+
+  constructor(parts: StagedPathParts) {
+    this.journal = parts.journal;
+    this.primary = parts.primary;
+    this.index = parts.index;
+    this.committer = parts.committer;
+    this.admission = parts.admission;
+    this.mirrorSlot = parts.mirrorSlot;
+  }
+
+  get overlay(): Overlay {
+    return this.index.overlay;
+  }
+
+  get writeGen(): Uint32Array {
+    return this.index.writeGen;
+  }
+
+  get genRegionBytes(): number {
+    return this.index.genRegionBytes;
+  }
+
+  /** Paces new writes while `behind()` (a swap about to hold requests); until the returned function is called. */
+  pace(behind: () => boolean): () => void {
+    return this.admission.step<SwapPacingStep>('swap-pacing').pace(behind);
   }
 
   /** Points the data path at another primary (a swap of roles; the caller holds the I/O gate and has drained). */
@@ -58,36 +166,10 @@ export class StagedPath {
     await this.committer.drain();
   }
 
-  private index(records: StagedRecord[]): void {
-    for (const r of records) {
-      if (r.length === 0) continue;
-      // Also counted when the write becomes visible (with writtenSeq, in this same tick): a write
-      // counted only when it began could turn visible after a verify noted (counter, writtenSeq)
-      // and read it, without changing the counter, and pass for a difference.
-      this.bumpGen(r.diskOffset, r.length);
-      const kind = r.type === RecordType.WRITE ? ExtentKind.DATA : ExtentKind.ZERO;
-      this.overlay.insert({ start: r.diskOffset, end: r.diskOffset + r.length, seq: r.seq, kind, jpos: kind === ExtentKind.DATA ? r.pos + RECORD_HEADER_BYTES : -1 });
-    }
-    this.onIndexed?.(records);
-  }
-
-  private bumpGen(offset: number, length: number): void {
-    const last = Math.floor((offset + length - 1) / this.genRegionBytes);
-    for (let r = Math.floor(offset / this.genRegionBytes); r <= last; r++) this.writeGen[r] = (this.writeGen[r]! + 1) >>> 0;
-  }
-
   private async append(type: RecordTypeValue, flags: number, offset: number, length: number, payload: Buffer | null, fua: boolean): Promise<void> {
-    if (length > 0) this.bumpGen(offset, length);
-    while (this.overlay.size >= overlayExtentsMax) {
-      this.committer.kick();
-      await this.committer.progress();
-    }
-    while (this.pace?.()) {
-      this.committer.kick();
-      await Promise.race([this.committer.progress(), new Promise((r) => setTimeout(r, 10))]);
-    }
-    const gate = this.beforeAppend?.(offset, length);
-    if (gate) await gate;
+    if (length > 0) this.index.bumpGen(offset, length);
+    // Asked again after every wait: the append below runs in the tick of the pass that admitted it.
+    for (let wait = this.admission.admit(offset, length); wait !== null; wait = this.admission.admit(offset, length)) await wait;
     await this.journal.append({ type, flags, diskOffset: offset, length, payload, durable: fua });
   }
 
@@ -96,12 +178,10 @@ export class StagedPath {
    * appended in one go (in order, sharing batches); resolves once all are written.
    */
   async appendMirrored(records: Array<{ seq: number; type: RecordTypeValue; flags: number; diskOffset: number; length: number; timeMs: number; payload: Buffer | null }>): Promise<void> {
-    while (this.overlay.size >= overlayExtentsMax) {
-      this.committer.kick();
-      await this.committer.progress();
-    }
+    // Only the overlay bound: a replica has no mirror of its own on this path.
+    for (let wait = this.admission.step('overlay-bound').admit(0, 0); wait !== null; wait = this.admission.step('overlay-bound').admit(0, 0)) await wait;
     const appends = records.map((r) => {
-      if (r.length > 0) this.bumpGen(r.diskOffset, r.length);
+      if (r.length > 0) this.index.bumpGen(r.diskOffset, r.length);
       return this.journal.append({ type: r.type, flags: r.flags, diskOffset: r.diskOffset, length: r.length, payload: r.payload, durable: false, timeMs: r.timeMs, expectSeq: r.seq });
     });
     await Promise.all(appends);
@@ -190,14 +270,12 @@ export class StagedPath {
   async abandon(): Promise<void> {
     this.committer.pause();
     await this.committer.stop();
-    this.journal.onWritten = null;
     await this.journal.close();
   }
 
   async close(): Promise<void> {
     await this.committer.drain().catch(() => undefined);
     await this.committer.stop();
-    this.journal.onWritten = null;
     await this.journal.close();
   }
 

@@ -9,10 +9,9 @@
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { BlockDevice, type Extent } from '../disk/block-device.js';
-import type { DiskStore } from '../disk/store.js';
+import type { DiskStore, Store } from '../disk/store.js';
 import { IoGate } from './io-gate.js';
 import { StagedPath } from './staged-path.js';
-import type { Journal } from '../journal/journal.js';
 
 export interface VolumeStats {
   readOps: number;
@@ -249,9 +248,10 @@ export class Volume {
    * Puts a staging area in front of the primary (recovering and replaying it first), with
    * requests held at the gate while the path switches.
    */
-  async attachStaging(journal: Journal, log: Logger): Promise<StagedPath> {
+  /** Opens (recovers) the staging area on `stores`, replays it to the primary, and serves through it. */
+  async attachStaging(stores: Store[], log: Logger): Promise<StagedPath> {
     if (this.staged) throw new FerryError('STAGING_EXISTS', `disk ${this.name} already has a staging area`);
-    const staged = new StagedPath(journal, this.primary, log);
+    const staged = await StagedPath.open(stores, this.primary, log);
     await this.gate.close();
     try {
       await staged.start();

@@ -25,8 +25,7 @@ function apply(image: Buffer, op: Op): void {
 }
 
 async function open(primary: FaultyStore, copies: FaultyStore[]): Promise<StagedPath> {
-  const journal = await Journal.open(copies, log);
-  const staged = new StagedPath(journal, primary, log);
+  const staged = await StagedPath.open(copies, primary, log);
   await staged.start();
   return staged;
 }
@@ -116,8 +115,7 @@ test('a flipped bit in a staged record is detected and never served; with a seco
     const primary = new FaultyStore('primary', DISK);
     const copies = Array.from({ length: copiesCount }, (_, i) => new FaultyStore(`stg${i}`, STAGING_BYTES_MIN));
     await Journal.format(copies, 'd', PRIMARY_CONSUMER);
-    const journal = await Journal.open(copies, log);
-    const staged = new StagedPath(journal, primary, log); // committer not started: records stay staged
+    const staged = await StagedPath.open(copies, primary, log); // committer not started: records stay staged
     for (let i = 0; i < 10; i++) await staged.write(Buffer.alloc(4096, i + 1), 0, 4096, i * 4096, true);
     copies[0]!.flipBit(65536 + 6 * (4096 + 64) + 64 + 10, 3); // record 7's payload, first copy
     const recovered = await open(new FaultyStore('primary', primary.processCrash()), copies.map((c, i) => new FaultyStore(`stg${i}`, c.processCrash())));
