@@ -1,6 +1,6 @@
-// Names of disks, pools and (later) peers: they become export names and file names,
+// Names of disks, pools and peers: they become export names and file names,
 // so they are restricted to a portable, path-free alphabet.
-import { FerryError } from '../errors.js';
+import { FerryError } from './errors.js';
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 

@@ -160,7 +160,8 @@ export const routes: RouteDef[] = [
       version: process.env.npm_package_version ?? '0.1.0',
       dataDir: d.config.dataDir,
       nbd: `${d.nbdAddress.host}:${d.nbdAddress.port}`,
-      api: `http://${d.apiAddress.host}:${d.apiAddress.port}`,
+      // Answered by the API server itself, so it is listening: its address is known.
+      api: d.apiAddress ? `http://${d.apiAddress.host}:${d.apiAddress.port}` : '',
       startedAt: d.startedAt.toISOString(),
       nbdConnections: d.nbdConnections,
     }),

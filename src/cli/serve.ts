@@ -3,10 +3,11 @@
 // answered, files synced, the metadata store closed).
 import path from 'node:path';
 import { pino } from 'pino';
+import { ApiServer } from '../api/server.js';
 import { Daemon } from '../control/daemon.js';
 import type { TlsMode } from '../nbd/handshake.js';
 import { DEFAULT_DATA } from './api-client.js';
-import { validateName } from '../control/names.js';
+import { validateName } from '../names.js';
 
 export interface ServeOptions {
   data?: string;
@@ -54,12 +55,22 @@ export async function serve(opts: ServeOptions): Promise<void> {
     log,
   });
   await daemon.start();
+  const api = new ApiServer({ daemon, token: daemon.token, log });
+  let apiAddress: { host: string; port: number };
+  try {
+    apiAddress = await api.listen(daemon.config.api.host, daemon.config.api.port);
+  } catch (err) {
+    await daemon.stop().catch(() => undefined);
+    throw err;
+  }
+  daemon.apiAddress = apiAddress;
   const fmt = (a: { host: string; port: number }): string => (a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`);
   process.stdout.write(`ferryd: data directory ${dataDir}\n`);
   process.stdout.write(`ferryd: NBD listening on ${fmt(daemon.nbdAddress)}${opts.tls !== 'off' ? ` (TLS ${opts.tls})` : ''}\n`);
   process.stdout.write(`ferryd: replication listening on ${fmt(daemon.replAddress)} (site ${daemon.identity.siteName})\n`);
-  process.stdout.write(`ferryd: API listening on http://${fmt(daemon.apiAddress)}\n`);
-  log.info({ dataDir, nbd: daemon.nbdAddress, api: daemon.apiAddress, repl: daemon.replAddress, site: daemon.identity.siteName, siteId: daemon.identity.siteId }, 'ferryd started');
+  process.stdout.write(`ferryd: API listening on http://${fmt(apiAddress)}\n`);
+  process.stdout.write(`ferryd: API token in ${path.join(dataDir, 'api-token')}; Ctrl-C (SIGINT) or SIGTERM stops ferryd\n`);
+  log.info({ dataDir, nbd: daemon.nbdAddress, api: apiAddress, repl: daemon.replAddress, site: daemon.identity.siteName, siteId: daemon.identity.siteId }, 'ferryd started');
 
   let stopping = false;
   const stop = (signal: string): void => {
@@ -69,18 +80,22 @@ export async function serve(opts: ServeOptions): Promise<void> {
     }
     stopping = true;
     log.info({ signal }, 'shutting down: finishing in-flight requests');
-    daemon.stop().then(
-      () => {
-        process.stdout.write('ferryd: stopped\n');
-        log.flush();
-        process.exit(0);
-      },
-      (err) => {
-        log.error({ err: String(err) }, 'shutdown failed');
-        log.flush();
-        process.exit(1);
-      },
-    );
+    api
+      .close()
+      .catch((err) => log.error({ err: String(err) }, 'closing the API failed'))
+      .then(() => daemon.stop())
+      .then(
+        () => {
+          process.stdout.write('ferryd: stopped\n');
+          log.flush();
+          process.exit(0);
+        },
+        (err) => {
+          log.error({ err: String(err) }, 'shutdown failed');
+          log.flush();
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));

@@ -1,9 +1,10 @@
 // The control layer owns the daemon's state and lifecycle: the data directory, the
 // metadata store, the disk registry, the API token, the site identity and peers, and
-// the listeners (NBD, replication, API).
-// Start order: data dir → identity → store → disks → NBD → replication → API; stop order
-// is the reverse, with in-flight NBD requests finished and every file synced before the
-// store closes.
+// the NBD and replication listeners. The API server sits above this layer: the process
+// (cli/serve.ts) starts it on a started daemon and closes it before stopping the daemon.
+// Start order: data dir → identity → store → disks → NBD → replication (then the API);
+// stop order is the reverse, with in-flight NBD requests finished and every file synced
+// before the store closes.
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -13,7 +14,6 @@ import { DiskRegistry } from './disk-registry.js';
 import { StagingControl } from './staging-control.js';
 import { MirrorControl } from './mirror-control.js';
 import { NbdServer, type NbdTlsConfig } from '../nbd/server.js';
-import { ApiServer } from '../api/server.js';
 import { PeerControl } from './peer-control.js';
 import { loadOrCreateIdentity, type SiteIdentity } from '../replication/identity.js';
 import { ReplListener } from '../replication/repl-listener.js';
@@ -50,10 +50,12 @@ export class Daemon {
   peers!: PeerControl;
   repl!: ReplListener;
   private nbd!: NbdServer;
-  private api!: ApiServer;
+  /** The API bearer token (created on first start); the API server checks it. */
+  token!: string;
   readonly startedAt = new Date();
   nbdAddress!: { host: string; port: number };
-  apiAddress!: { host: string; port: number };
+  /** Where the API server listens, once the process started it (shown by the status route). */
+  apiAddress: { host: string; port: number } | null = null;
   replAddress!: { host: string; port: number };
 
   constructor(config: DaemonConfig) {
@@ -64,21 +66,21 @@ export class Daemon {
   async start(): Promise<void> {
     const dir = this.config.dataDir;
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const token = loadOrCreateToken(dir);
+    this.token = loadOrCreateToken(dir);
     this.identity = loadOrCreateIdentity(dir, this.config.siteName);
     this.store = new MetadataStore(path.join(dir, DB_FILE));
-    this.peers = new PeerControl(this.store, this.identity, this.log);
     this.disks = new DiskRegistry(this.store, dir, this.log);
     this.staging = new StagingControl(this.store, this.disks, dir, this.log);
-    this.mirrors = new MirrorControl(this.store, this.disks, this.staging, dir, this.log);
     this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log);
     const identity = this.identity;
-    this.mirrors.remote = {
-      peer: (name) => this.store.peer(name),
+    const store = this.store;
+    this.mirrors = new MirrorControl(this.store, this.disks, this.staging, dir, this.log, {
+      peer: (name) => store.peer(name),
       connect: (peer, hello) => connectPeer(identity, peer, hello),
       replicas: this.replicas,
-    };
-    this.peers.inUse = (name) => this.mirrors.usesPeer(name);
+    });
+    const mirrors = this.mirrors;
+    this.peers = new PeerControl(this.store, this.identity, this.log, { inUse: (name) => mirrors.usesPeer(name) });
     await this.disks.load(async (row, volume) => {
       await this.replicas.guardAtStart(row, volume); // before the staging area replays (U1)
       await this.staging.openAtStart(row, volume);
@@ -94,24 +96,23 @@ export class Daemon {
       catalog: { find: (name) => this.disks.volume(name), names: () => this.disks.names() },
     });
     this.nbdAddress = await this.nbd.listen();
+    const replicas = this.replicas;
     this.repl = new ReplListener({
       host: this.config.repl.host,
       port: this.config.repl.port,
       identity: this.identity,
       peers: { byFingerprint: (fp) => this.peers.byFingerprint(fp) },
       pairing: this.peers.pairing,
+      onSession: (session) => {
+        if (session.hello.purpose !== 'mirror') {
+          session.socket.destroy();
+          return;
+        }
+        void new Receiver(session, replicas, this.log.child({ peer: session.peer.name })).run();
+      },
       log: this.log,
     });
-    this.repl.onSession = (session) => {
-      if (session.hello.purpose !== 'mirror') {
-        session.socket.destroy();
-        return;
-      }
-      void new Receiver(session, this.replicas, this.log.child({ peer: session.peer.name })).run();
-    };
     this.replAddress = await this.repl.listen();
-    this.api = new ApiServer({ daemon: this, token, log: this.log });
-    this.apiAddress = await this.api.listen(this.config.api.host, this.config.api.port);
   }
 
   get nbdConnections(): number {
@@ -119,7 +120,6 @@ export class Daemon {
   }
 
   async stop(): Promise<void> {
-    await this.api?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the API failed'));
     await this.nbd?.close();
     this.replicas?.close();
     await this.repl?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the replication listener failed'));

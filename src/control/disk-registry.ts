@@ -12,7 +12,7 @@ import { FerryError, fromSystemError } from '../errors.js';
 import { BlockDevice } from '../disk/block-device.js';
 import { sizeBytesMax } from '../disk/size.js';
 import { Volume } from '../volume/volume.js';
-import { validateName } from './names.js';
+import { validateName } from '../names.js';
 import { assertPathFree } from './path-guard.js';
 import type { DiskKind, DiskRow, MetadataStore, PoolRow } from './store.js';
 

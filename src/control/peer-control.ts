@@ -5,7 +5,7 @@
 // its next connection is refused. Every refusal changes nothing on either site.
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import { validateName } from './names.js';
+import { validateName } from '../names.js';
 import type { MetadataStore, PeerRow } from './store.js';
 import type { SiteIdentity } from '../replication/identity.js';
 import { Pairing, parseTtl, parseToken, TTL_DEFAULT_MS, type IssuedToken } from '../replication/pairing.js';
@@ -40,7 +40,7 @@ export interface PeerDetails extends PeerInfo {
 export class PeerControl {
   readonly pairing: Pairing;
   /** Set by the mirror layer: true while mirrors use the peer (remove is then refused). */
-  inUse: ((name: string) => boolean) | undefined;
+  private readonly inUse: ((name: string) => boolean) | undefined;
   private readonly adding = new Set<string>();
 
   constructor(

@@ -19,7 +19,7 @@ import { UndoLog, UndoState } from '../replication/undo-log.js';
 import type { Volume } from '../volume/volume.js';
 import type { MirrorStatus } from '../mirror/mirror.js';
 import type { DiskRegistry } from './disk-registry.js';
-import { validateName } from './names.js';
+import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, ReplicaRow } from './store.js';
 

@@ -2,6 +2,7 @@
 // the data directory holding pools, disks, staging areas, mirrors and peers. It is the
 // single source of truth for what the daemon serves after a restart. Every change is
 // one transaction; schema changes are numbered migrations applied at open.
+import type { PeerRow } from '../replication/peer-row.js';
 import Database from 'better-sqlite3';
 
 export interface PoolRow {
@@ -88,7 +89,8 @@ const migrations: string[] = [
    ALTER TABLE mirrors ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;`,
 ];
 
-export type OnFullPolicy = 'bitmap' | 'throttle' | 'fail';
+import type { OnFullPolicy } from '../mirror/mirror-policy.js';
+export type { OnFullPolicy };
 
 export interface ReplicaRow {
   disk: string;
@@ -100,15 +102,7 @@ export interface ReplicaRow {
   created_at: number;
 }
 
-export interface PeerRow {
-  name: string;
-  /** HOST:PORT of its replication listener, or null when it paired with us and we never dial it. */
-  address: string | null;
-  /** SHA-256 of its certificate (DER), lowercase hex without colons. */
-  fingerprint: string;
-  site_id: string;
-  created_at: number;
-}
+export type { PeerRow } from '../replication/peer-row.js';
 
 export interface MirrorRow {
   disk: string;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { FerryError } from '../errors.js';
-import { validateName } from '../control/names.js';
+import { validateName } from '../names.js';
 
 export interface SiteIdentity {
   /** 16 lowercase hex digits, random, chosen once. */

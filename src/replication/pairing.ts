@@ -15,8 +15,8 @@
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import { validateName } from '../control/names.js';
-import type { PeerRow } from '../control/store.js';
+import { validateName } from '../names.js';
+import type { PeerRow } from './peer-row.js';
 import type { SiteIdentity } from './identity.js';
 
 export const MAX_OUTSTANDING = 16;

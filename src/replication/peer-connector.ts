@@ -7,7 +7,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { ERRORS, FerryError, type ErrorCode } from '../errors.js';
-import type { PeerRow } from '../control/store.js';
+import type { PeerRow } from './peer-row.js';
 import { encodeFrame, FrameReader, FrameType, type FrameTypeValue } from './frame.js';
 import { certFingerprint, type SiteIdentity } from './identity.js';
 import { pairingProof, type ParsedToken } from './pairing.js';

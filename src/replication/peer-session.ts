@@ -4,7 +4,7 @@
 // socket.
 import type tls from 'node:tls';
 import type { FrameReader } from './frame.js';
-import type { PeerRow } from '../control/store.js';
+import type { PeerRow } from './peer-row.js';
 
 export interface PeerSession {
   peer: PeerRow;

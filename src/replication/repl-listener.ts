@@ -10,7 +10,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
-import type { PeerRow } from '../control/store.js';
+import type { PeerRow } from './peer-row.js';
 import { encodeFrame, FrameReader, FrameType, type Frame } from './frame.js';
 import { certFingerprint, type SiteIdentity } from './identity.js';
 import type { PairingHandler } from './pairing.js';
@@ -25,12 +25,12 @@ export interface ReplListenerOptions {
   identity: SiteIdentity;
   peers: { byFingerprint(fp: string): PeerRow | undefined };
   pairing: PairingHandler;
+  /** Receives every authenticated session (HELLO with a purpose other than 'ping'); absent: refused. */
+  onSession?: (s: PeerSession) => void;
   log: Logger;
 }
 
 export class ReplListener {
-  /** Receives every authenticated session (HELLO with a purpose other than 'ping'). */
-  onSession: ((s: PeerSession) => void) | null = null;
   private readonly server: net.Server;
   private readonly context: tls.SecureContext;
   private readonly log: Logger;
@@ -178,12 +178,13 @@ export class ReplListener {
       setTimeout(() => socket.destroy(), 2000).unref();
       return;
     }
-    if (!this.onSession) return deny(new FerryError('NOT_SUPPORTED', 'this ferryd does not accept replication sessions yet'));
+    const onSession = this.opts.onSession;
+    if (!onSession) return deny(new FerryError('NOT_SUPPORTED', 'this ferryd does not accept replication sessions yet'));
     settle();
     socket.write(encodeFrame(FrameType.HELLO_OK, ok));
     this.log.info({ remote, peer: peer.name, purpose: frame.meta.purpose }, 'replication session opened');
     try {
-      this.onSession({ peer, socket, reader, hello: frame.meta });
+      onSession({ peer, socket, reader, hello: frame.meta });
     } catch (err) {
       this.log.error({ err: String(err), peer: peer.name }, 'replication session handler failed');
       socket.destroy();
