@@ -2,11 +2,17 @@
 # Installs what Ferry needs on a fresh Debian machine: the NBD clients and tools the
 # test suite and benchmarks drive (qemu-utils, libnbd tools and python bindings, fio,
 # nbdkit, nbdfuse, e2fsprogs, openssl, iproute2, nftables), then the npm packages
-# (which builds better-sqlite3 and Ferry's native I/O addon from source).
+# (which builds better-sqlite3 and Ferry's native I/O addon from source). `npm start` and
+# `npm test` run it through scripts/ensure-deps.js when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(qemu-utils nbdkit libnbd-bin python3-libnbd fio nbdfuse fuse3 e2fsprogs util-linux openssl iproute2 nftables procps)
+# `install-deps.sh server`: only what ferryd itself needs (openssl makes the site identity).
+if [ "${1:-all}" = server ]; then
+  pkgs=(openssl)
+else
+  pkgs=(qemu-utils nbdkit libnbd-bin python3-libnbd fio nbdfuse fuse3 e2fsprogs util-linux openssl iproute2 nftables procps)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// Runs the test suite with node:test. Node 20's `node --test` neither expands globs
-// nor finds .ts files, so this lists them: every test/**/*.test.ts, or only those
-// under the folders named on the command line (e.g. `npm test -- unit wire`).
+// Runs the test suite with node:test, after installing what it lacks (scripts/ensure-deps.js).
+// Node 20's `node --test` neither expands globs nor finds .ts files, so this lists them: every
+// test/**/*.test.ts, or only those under the folders named on the command line
+// (e.g. `npm test -- unit wire`).
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -18,6 +19,10 @@ function walk(dir) {
   }
   return out;
 }
+
+// First what the tests need: npm packages, native builds, the NBD clients (installed if missing).
+const deps = spawnSync(process.execPath, [join(root, 'scripts', 'ensure-deps.js'), 'test'], { cwd: root, stdio: 'inherit' });
+if (deps.status !== 0) process.exit(deps.status ?? 1);
 
 const files = walk(join(root, 'test'))
   .map((f) => relative(root, f))
