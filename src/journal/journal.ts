@@ -85,6 +85,12 @@ export class Journal extends EventEmitter {
   private queue: Pending[] = [];
   private batchInWrite: Pending[] | null = null;
   private writing = false;
+  /** The writer is about to start (a microtask is queued). */
+  private writerDue = false;
+  private readonly startWriter = (): void => {
+    this.writerDue = false;
+    if (!this.writing) void this.writeLoop();
+  };
   private failure: FerryError | null = null;
   private spaceWaiters: Array<() => void> = [];
   private checkpointChain: Promise<void> = Promise.resolve();
@@ -246,7 +252,12 @@ export class Journal extends EventEmitter {
     assert.ok(recordSpan(req.payload?.length ?? 0) <= this.ringBytes, 'a record fits in the ring');
     return new Promise((resolve, reject) => {
       this.queue.push({ req, resolve, reject });
-      if (!this.writing) void this.writeLoop();
+      // The writer starts after the current task: the other requests parsed from the same
+      // socket read join this batch instead of waiting for the next one.
+      if (!this.writing && !this.writerDue) {
+        this.writerDue = true;
+        queueMicrotask(this.startWriter);
+      }
     });
   }
 
