@@ -39,6 +39,10 @@ export interface MirrorResult {
   met: boolean;
   /** What else was measured (the baseline, the fraction of time a sync ran…). */
   detail: string;
+  /** The result as a number in the target's unit, when other sections quote it (issue 11). */
+  value?: number;
+  /** Every run, as numbers. */
+  values?: number[];
 }
 
 export interface MirrorContext {

@@ -2,14 +2,16 @@
 // Creates one backing file per server (same size and content, one temp directory),
 // starts every server, runs each workload of bench/rows.ts against every server of
 // bench/servers.ts (interleaved, repeated, median), then the mirror measurements of
-// bench/mirror-rows.ts (sync, writes during a sync, swap) on a ferryd of their own,
-// prints markdown tables and writes docs/BENCHMARKS.md. Every process and temp file is
+// bench/mirror-rows.ts (sync, writes during a sync, swap) on a ferryd of their own and the
+// remote mirror ones of bench/replication-rows.ts, prints markdown tables (with issue 11's
+// cost of staging and mirroring: bench/report.ts) and writes docs/BENCHMARKS.md. Every process and temp file is
 // removed at the end, on failure, on SIGINT/SIGTERM and when the watchdog fires.
 //
-//   npm run bench                    full run (BENCH_SECONDS=8, BENCH_RAMP=2, BENCH_REPEATS=3; about 15 min)
+//   npm run bench                    full run (BENCH_SECONDS=8, BENCH_RAMP=2, BENCH_REPEATS=3; about 35 min)
 //   npm run bench -- --quick         3 s runs, 1 repeat, prints only
 //   BENCH_ROWS=randwrite-4k-qd32 BENCH_SERVERS=ferry,nbdkit npm run bench -- --quick
 //   BENCH_ROWS=mirror-sync-2g,mirror-swap-pause npm run bench -- --quick
+//   BENCH_ROWS=randwrite-4k-qd8-fsync32 BENCH_SERVERS=ferry,ferry-staged,ferry-remote npm run bench -- --quick
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,7 +20,7 @@ import { median, runFio, type Measurement, type Timing } from './fio.js';
 import { mirrorRows as allMirrorRows, mirrorTable, runMirrorRows, type MirrorSection } from './mirror-rows.js';
 import { replicationRows as allReplicationRows, runReplicationRows, type ReplicationSection } from './replication-rows.js';
 import { killAll, killAllSync, procStatusKiB, runOk, waitForQuiet } from './proc.js';
-import { describeMachine, renderGenerated, resultsTable, verdicts, writeDoc, type Cell, type Results } from './report.js';
+import { costTable, describeMachine, renderGenerated, resultsTable, verdicts, writeDoc, type Cell, type Results } from './report.js';
 import { rows as allRows } from './rows.js';
 import { ferryBin, servers as allServers, type ServerDef, type StartedServer } from './servers.js';
 
@@ -45,6 +47,9 @@ const pick = <T extends { id?: string; name?: string }>(all: T[], env: string, o
   return got;
 };
 
+// Issue 5's `remote-mirrored-qd32` is the `ferry-remote` subject of the fio rows since issue 11.
+if (process.env.BENCH_ROWS?.split(',').includes('remote-mirrored-qd32'))
+  throw new Error('BENCH_ROWS: remote-mirrored-qd32 is now the ferry-remote subject of every fio row, e.g. BENCH_ROWS=randwrite-4k-qd32 BENCH_SERVERS=ferry,ferry-remote,nbdkit');
 const quick = flag('--quick');
 const keep = flag('--keep');
 const timing: Timing = { seconds: envNum('BENCH_SECONDS', quick ? 3 : 8), rampSeconds: envNum('BENCH_RAMP', quick ? 1 : 2) };
@@ -53,9 +58,9 @@ const sizeMiB = Math.round(envNum('BENCH_SIZE_MIB', 1024));
 const rows = pick(allRows, 'BENCH_ROWS', [...allMirrorRows, ...allReplicationRows].map((r) => r.id));
 const mirrorIds = pick(allMirrorRows, 'BENCH_ROWS', [...allRows, ...allReplicationRows].map((r) => r.id)).map((r) => r.id);
 const replicationIds = pick(allReplicationRows, 'BENCH_ROWS', [...allRows, ...allMirrorRows].map((r) => r.id)).map((r) => r.id);
-/** The servers a workload runs against: narrowed by the row's `servers` and the server's `rows`. */
+/** The servers a workload runs against: narrowed by the row's `servers` (where `ferry` goes, a `ferry@name` baseline goes too) and the server's `rows`. */
 const rowServers = (row: (typeof rows)[number], among: ServerDef[]): ServerDef[] =>
-  among.filter((s) => (!row.servers || row.servers.includes(s.name)) && (!s.rows || s.rows.includes(row.id)));
+  among.filter((s) => (!row.servers || row.servers.includes(s.name) || (s.name.startsWith('ferry@') && row.servers.includes('ferry'))) && (!s.rows || s.rows.includes(row.id)));
 const pickedServers = pick(allServers, 'BENCH_SERVERS');
 // Only servers some selected workload runs against are started.
 const servers = pickedServers.filter((s) => rows.some((row) => rowServers(row, [s]).length > 0));
@@ -108,7 +113,8 @@ async function settle(file: string): Promise<void> {
 }
 const fioRuns = rows.reduce((n, row) => n + rowServers(row, servers).length, 0) * repeats;
 // Watchdog: the whole run is bounded, whatever hangs.
-const budgetS = fioRuns * 2 * (timing.seconds + timing.rampSeconds + 20) + noiseBudgetS + (mirrorIds.length ? 600 + repeats * 4 * (timing.seconds + timing.rampSeconds + 60) : 0) + (replicationIds.length ? 600 + repeats * 6 * (timing.seconds + timing.rampSeconds + 60) : 0) + 300;
+// (+30 s a run for a mirror to catch up and a staging area to drain before and after it.)
+const budgetS = fioRuns * 2 * (timing.seconds + timing.rampSeconds + 20) + fioRuns * 30 + noiseBudgetS + (mirrorIds.length ? 600 + repeats * 4 * (timing.seconds + timing.rampSeconds + 60) : 0) + (replicationIds.length ? 600 + repeats * 6 * (timing.seconds + timing.rampSeconds + 60) : 0) + 300;
 const watchdog = setTimeout(() => {
   log(`watchdog: run exceeded ${budgetS} s, aborting`);
   void cleanup().finally(() => process.exit(3));
@@ -122,6 +128,41 @@ function fill(file: string, bytes: number, pattern: Buffer): void {
     fs.fdatasyncSync(fd);
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+/**
+ * Runs `fn` (one fio run) while polling the server's probe every 500 ms: the staging area's
+ * highest fill, the mirror states seen, the mirror's lag when fio ended. Two small API
+ * requests a second: a negligible load next to the I/O.
+ */
+async function watched(h: StartedServer, fn: () => Promise<Measurement>): Promise<Measurement> {
+  const probe = h.probe;
+  if (!probe) return fn();
+  let stop = false;
+  let peak: number | undefined;
+  const states: string[] = [];
+  const note = (p: Awaited<ReturnType<NonNullable<StartedServer['probe']>>>): void => {
+    if (p.stagingFill !== undefined) peak = Math.max(peak ?? 0, p.stagingFill);
+    if (p.mirrorState !== undefined && !states.includes(p.mirrorState)) states.push(p.mirrorState);
+  };
+  const poll = (async () => {
+    while (!stop) {
+      const t = Date.now();
+      note(await probe().catch(() => ({})));
+      while (!stop && Date.now() - t < 500) await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  try {
+    const m = await fn();
+    stop = true;
+    await poll;
+    const last = await probe().catch(() => ({}) as Awaited<ReturnType<typeof probe>>);
+    note(last);
+    return { ...m, ...(peak !== undefined ? { stagingPeak: peak } : {}), ...(states.length ? { mirrorStates: states } : {}), ...(last.lagSeconds !== undefined ? { lagAfterS: last.lagSeconds } : {}) };
+  } finally {
+    stop = true;
+    await poll;
   }
 }
 
@@ -163,13 +204,18 @@ async function main(): Promise<void> {
       const order = these.map((_, i) => these[(i + rep) % these.length]!);
       for (const s of order) {
         const h = started.get(s.name)!;
-        await settle(files.get(s.name)!);
+        // Steady state first (a staging area drained, a mirror caught up), then a quiet machine.
+        const ready = async (): Promise<void> => {
+          if (h.prepare) await h.prepare();
+          await settle(files.get(s.name)!);
+        };
+        await ready();
         const tag = `${row.id}.${s.name}.${rep}`;
         // One retry: a fio failure on a shared machine is more often a hiccup than a server fault.
         const once = (attempt: number): Promise<Measurement> =>
-          runFio(row, h.uri, timing, fioDir, `${tag}.${attempt}`, h.pid).catch((err) => {
+          watched(h, () => runFio(row, h.uri, timing, fioDir, `${tag}.${attempt}`, h.pid, h.peer?.pid)).catch((err) => {
             log(`${tag}: ${String(err).split('\n')[0]}; retrying once`);
-            return runFio(row, h.uri, timing, fioDir, `${tag}.${attempt}.retry`, h.pid);
+            return watched(h, () => runFio(row, h.uri, timing, fioDir, `${tag}.${attempt}.retry`, h.pid, h.peer?.pid));
           });
         // A run that other work on the machine disturbed (other CPU above BENCH_NOISE_MAX cores)
         // is measured again, at most twice, while the noise budget lasts; the least disturbed attempt counts.
@@ -182,11 +228,22 @@ async function main(): Promise<void> {
           }
           log(`${tag}: other work used ${last.otherCores.toFixed(2)} cores during attempt ${attempt}; measuring again`);
           noiseSpentS += runS;
-          await settle(files.get(s.name)!);
+          await ready();
           last = await once(attempt);
           if (last.otherCores < m.otherCores) m = last;
         }
-        log(`${row.id} #${rep + 1} ${s.name.padEnd(9)} ${m.iops.toFixed(0).padStart(7)} IOPS ${m.mibps.toFixed(1).padStart(7)} MiB/s  mean ${m.meanLatUs.toFixed(1)} µs  p99 ${m.p99LatUs.toFixed(0)} µs  cpu ${m.serverCores.toFixed(2)}  fio ${m.clientCores.toFixed(2)}  other ${m.otherCores.toFixed(2)}`);
+        // Back to steady state before the next server runs: site B catching up (or a staging
+        // area draining) would otherwise be noise in someone else's run.
+        const t = Date.now();
+        if (h.prepare) await h.prepare();
+        const extra = [
+          m.peerCores !== undefined ? `${h.peer?.name ?? 'peer'} ${m.peerCores.toFixed(2)}` : '',
+          m.stagingPeak !== undefined ? `staging peak ${(m.stagingPeak * 100).toFixed(0)}%` : '',
+          m.mirrorStates?.length ? `mirror ${m.mirrorStates.join('/')}` : '',
+          m.lagAfterS !== undefined ? `lag after ${m.lagAfterS.toFixed(1)} s` : '',
+          h.prepare ? `steady again in ${((Date.now() - t) / 1000).toFixed(1)} s` : '',
+        ].filter(Boolean);
+        log(`${row.id} #${rep + 1} ${s.name.padEnd(9)} ${m.iops.toFixed(0).padStart(7)} IOPS ${m.mibps.toFixed(1).padStart(7)} MiB/s  mean ${m.meanLatUs.toFixed(1)} µs  p99 ${m.p99LatUs.toFixed(0)} µs  cpu ${m.serverCores.toFixed(2)}  fio ${m.clientCores.toFixed(2)}  other ${m.otherCores.toFixed(2)}${extra.length ? `  ${extra.join('  ')}` : ''}`);
         runs.set(s.name, [...(runs.get(s.name) ?? []), m]);
       }
     }
@@ -217,6 +274,14 @@ async function main(): Promise<void> {
 
   const ferry = started.get('ferry');
   const ferryRss = ferry ? { rssKiB: procStatusKiB(ferry.pid, 'VmRSS'), hwmKiB: procStatusKiB(ferry.pid, 'VmHWM') } : { rssKiB: null, hwmKiB: null };
+  // The other Ferry subjects' ferryds too (and site B of ferry-remote), for the report.
+  const subjectRss = servers
+    .filter((s) => s.name !== 'ferry' && s.name.startsWith('ferry') && started.has(s.name))
+    .flatMap((s) => {
+      const h = started.get(s.name)!;
+      const one = (name: string, pid: number) => ({ name, rssKiB: procStatusKiB(pid, 'VmRSS'), hwmKiB: procStatusKiB(pid, 'VmHWM') });
+      return [one(h.peer ? `${s.name} (site A)` : s.name, h.pid), ...(h.peer ? [one(`${s.name} (${h.peer.name})`, h.peer.pid)] : [])];
+    });
   const results: Results = {
     machine,
     date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
@@ -237,14 +302,18 @@ async function main(): Promise<void> {
     noiseBudgetS,
     noiseSpentS,
     ferryRss,
+    subjectRss,
     loadBefore,
     loadAfter: os.loadavg(),
   };
   process.stdout.write(`\n${resultsTable(results)}\n\n`);
   if (mirror) process.stdout.write(`${mirrorTable(mirror)}\n\n`);
   if (replication) process.stdout.write(`${mirrorTable(replication)}\n\n`);
+  const cost = costTable(results);
+  if (cost) process.stdout.write(`${cost}\n\n`);
   for (const v of verdicts(results)) process.stdout.write(`${v.met ? 'met   ' : 'MISSED'} ${v.row}: ${v.subject}/${v.baseline} = ${v.ratio.toFixed(2)} (target ${v.wanted})\n`);
   if (ferryRss.rssKiB !== null) process.stdout.write(`ferryd VmRSS ${(ferryRss.rssKiB / 1024).toFixed(0)} MiB (peak ${((ferryRss.hwmKiB ?? 0) / 1024).toFixed(0)} MiB)\n`);
+  for (const x of subjectRss) if (x.rssKiB !== null) process.stdout.write(`${x.name}: VmRSS ${(x.rssKiB / 1024).toFixed(0)} MiB (peak ${((x.hwmKiB ?? 0) / 1024).toFixed(0)} MiB)\n`);
   if (outFile) {
     fs.mkdirSync(path.dirname(outFile), { recursive: true });
     writeDoc(outFile, renderGenerated(results));

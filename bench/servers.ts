@@ -1,14 +1,17 @@
 // The NBD servers the benchmark compares. Each gets its own backing file (same size,
 // same content, same file system) and serves it over loopback TCP. Add a server by
 // appending to `servers`. Ferry variants are further subjects with their own targets,
-// via ferryServer(name, {setup}): `ferry-staged` (a staging area attached, issue 3) and
-// `ferry-mirrored` (a local mirror, in sync before the first run: steady state, issue 4);
-// a variant can be limited to the workloads it is about (`rows`).
+// via ferryServer(name, {setup}): `ferry-staged` (a staging area attached, issue 3),
+// `ferry-mirrored` (a local mirror, in sync before the first run: steady state, issue 4) and
+// `ferry-remote` (site A of a remote mirror to a second ferryd, site B, started with it on
+// loopback and caught up before every run: issues 5 and 11); a variant can be limited to the
+// workloads it is about (`rows`), a target to some rows (`Target.rows`).
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FERRY_BIN } from '../test/harness.js';
 import { freePort, isRunning, run, sleep, spawnTracked, stopChild, waitFor } from './proc.js';
+import { caughtUp, pairSites, RemoteMirrors, replicationAddress } from './sites.js';
 
 export interface ServerContext {
   /** Scratch directory for this server (its data directory lives here if it needs one). */
@@ -24,6 +27,22 @@ export interface StartedServer {
   /** The command line that started it, for the report. */
   command: string;
   stop(): Promise<void>;
+  /** Ferry's API (ferryd only). */
+  api?: FerryApi;
+  /** Another process that works for this subject (site B of a remote mirror): its CPU is measured over each run beside the server's, and is not counted as noise. */
+  peer?: { name: string; pid: number };
+  /** Brings the server back to its steady state (staging area drained, mirror caught up); the run calls it before and after each fio run. */
+  prepare?(): Promise<void>;
+  /** What the run polls while fio runs: the staging area's fill (0..1), the mirror's state and lag. */
+  probe?(): Promise<Probe>;
+}
+
+export interface Probe {
+  /** Bytes of the staging area's ring some consumer still needs, over the ring's size. */
+  stagingFill?: number;
+  /** The mirror's state (in-sync, bitmap, resyncing…). */
+  mirrorState?: string;
+  lagSeconds?: number;
 }
 
 /** Throughput of `subject` divided by that of `baseline` must be >= ratio (> ratio when strict). */
@@ -31,7 +50,12 @@ export interface Target {
   baseline: string;
   ratio: number;
   strict?: boolean;
+  /** Only on these workloads (row ids); every row the subject runs when absent. */
+  rows?: string[];
 }
+
+/** The target of subject `s` against `baseline` on workload `row`, if any. */
+export const targetFor = (s: ServerDef, row: string, baseline: string): Target | undefined => s.targets?.find((t) => t.baseline === baseline && (!t.rows || t.rows.includes(row)));
 
 export interface ServerDef {
   name: string;
@@ -85,6 +109,8 @@ export function ferryServer(
     setupNote?: string;
     role?: ServerDef['role'];
     bin?: string;
+    /** What prepare() waits for and probe() reads: a staging area, a local or remote mirror of disk `bench`. */
+    watch?: { staging?: boolean; mirror?: 'local' | 'remote' };
   } = {},
 ): ServerDef {
   const { setup, targets } = opts;
@@ -143,7 +169,36 @@ export function ferryServer(
         if (setup) await setup(api, ctx);
         const uri = `nbd://${listening.nbd}/bench`;
         await waitForExport(uri, ctx.size, child, stderr);
-        return { uri, pid: child.pid!, command: `\`node ${quote(args.map((a) => (a === bin ? path.relative(process.cwd(), bin) : a)))}\`, then \`POST /v1/disks/adopt {name, path}\` (UV_THREADPOOL_SIZE ${process.env.UV_THREADPOOL_SIZE ?? '16, the bin/ferry.cjs default'})`, stop };
+        const w = opts.watch;
+        return {
+          uri,
+          pid: child.pid!,
+          command: `\`node ${quote(args.map((a) => (a === bin ? path.relative(process.cwd(), bin) : a)))}\`, then \`POST /v1/disks/adopt {name, path}\` (UV_THREADPOOL_SIZE ${process.env.UV_THREADPOOL_SIZE ?? '16, the bin/ferry.cjs default'})`,
+          stop,
+          api,
+          ...(w?.staging || w?.mirror
+            ? {
+                prepare: async () => {
+                  if (w.mirror === 'remote') await caughtUp(api, 'bench', 300_000);
+                  else if (w.mirror === 'local') await waitInSync(api, 'bench', 300_000, 50);
+                  if (w.staging || w.mirror) await drained(api, 'bench');
+                },
+                probe: async () => {
+                  const p: Probe = {};
+                  if (w.staging || w.mirror) {
+                    const st = await api('GET', '/v1/disks/bench/staging');
+                    p.stagingFill = st.usedBytes / st.ringBytes;
+                  }
+                  if (w.mirror) {
+                    const m = await api('GET', '/v1/disks/bench/mirror');
+                    p.mirrorState = m.state;
+                    p.lagSeconds = m.lagSeconds;
+                  }
+                  return p;
+                },
+              }
+            : {}),
+        };
       } catch (err) {
         await stop();
         throw err;
@@ -224,8 +279,33 @@ const ferryRoot = process.env.BENCH_FERRY_ROOT;
 /** The ferry.cjs every Ferry subject runs (BENCH_FERRY_ROOT: another checkout's). */
 export const ferryBin = ferryRoot ? path.resolve(ferryRoot, 'bin', 'ferry.cjs') : FERRY_BIN;
 
-/** Staging area of the staged and mirrored subjects: large enough that 10 s of 4 KiB QD32 writes never wait for space. */
+/**
+ * Staging area of the staged and mirrored subjects (and of the mirror and remote mirror
+ * measurements, and of site B's replicas). A full staging area makes writes wait for space
+ * (or, for a remote mirror with its default `onFull: bitmap`, falls back to a dirty bitmap):
+ * a legitimate measurement, but one to know about, so the run polls each subject's fill and
+ * the report shows its peak per row and subject (bench/report.ts, the issue 11 section).
+ */
 export const BENCH_STAGING_SIZE = '1G';
+
+/** Waits until every consumer of `disk`'s staging area has taken every record, or until none has moved for 2 s (at most 60 s). */
+export async function drained(api: FerryApi, disk: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  let since = Date.now();
+  for (;;) {
+    const st = await api('GET', `/v1/disks/${disk}/staging`);
+    const consumers = st.consumers as Array<{ nextSeq: number; pendingRecords: number }>;
+    if (consumers.every((c) => c.pendingRecords === 0)) return;
+    const now = Date.now();
+    const key = consumers.map((c) => c.nextSeq).join(',');
+    if (key !== last) {
+      last = key;
+      since = now;
+    } else if (now - since > 2_000 || now > deadline) return;
+    await sleep(50);
+  }
+}
 
 /** Polls the mirror of `disk` until it is in sync; returns the last status. */
 export async function waitInSync(api: FerryApi, disk: string, timeoutMs: number, pollMs = 20): Promise<any> {
@@ -239,24 +319,24 @@ export async function waitInSync(api: FerryApi, disk: string, timeoutMs: number,
   }
 }
 
-/** Issue 3: a disk with a staging area attached. */
+/** Issue 3: a disk with a staging area attached. Every row (issue 11); issue 3's target on the rows it had. */
 const ferryStaged = ferryServer('ferry-staged', {
   bin: ferryBin,
-  rows: ['randwrite-4k-qd32', 'randwrite-4k-qd1-fsync'],
-  targets: [{ baseline: 'ferry', ratio: 1.0, strict: true }],
-  targetNote: 'issue 3: writes through the staging area faster than to the disk directly (> 1.0× ferry)',
+  watch: { staging: true },
+  targets: [{ baseline: 'ferry', ratio: 1.0, strict: true, rows: ['randwrite-4k-qd32', 'randwrite-4k-qd1-fsync'] }],
+  targetNote: 'issue 3: writes through the staging area faster than to the disk directly (> 1.0× ferry), on the 4 KiB QD32 and QD1 fsync=1 rows; issue 11\'s targets for every row are in their own section below',
   setupNote: `\`POST /v1/disks/bench/staging {path, size: ${BENCH_STAGING_SIZE}}\` (a preallocated staging file in the same directory)`,
   setup: async (api, ctx) => {
     await api('POST', '/v1/disks/bench/staging', { path: path.join(ctx.dir, 'staging.img'), size: BENCH_STAGING_SIZE });
   },
 });
 
-/** Issue 4: a disk with a local mirror, synced before the first run (steady state). */
+/** Issue 4: a disk with a local mirror, synced before the first run (steady state). Every row (issue 11); issue 4's target on the row it had. */
 const ferryMirrored = ferryServer('ferry-mirrored', {
   bin: ferryBin,
-  rows: ['randwrite-4k-qd32'],
-  targets: [{ baseline: 'nbdkit', ratio: 0.8 }],
-  targetNote: 'issue 4: a mirrored disk in steady state; the target is the 0.8× nbdkit of every row',
+  watch: { staging: true, mirror: 'local' },
+  targets: [{ baseline: 'nbdkit', ratio: 0.8, rows: ['randwrite-4k-qd32'] }],
+  targetNote: 'issue 4: a mirrored disk in steady state; the target is the 0.8× nbdkit of every row (a verdict on the 4 KiB QD32 row, the one it ran before issue 11)',
   setupNote: `\`POST /v1/disks/bench/mirror {to: local:…/mirror.img, staging, stagingSize: ${BENCH_STAGING_SIZE}}\`, then polled until \`in-sync\``,
   setup: async (api, ctx) => {
     await api('POST', '/v1/disks/bench/mirror', { to: `local:${path.join(ctx.dir, 'mirror.img')}`, staging: path.join(ctx.dir, 'staging.img'), stagingSize: BENCH_STAGING_SIZE });
@@ -264,5 +344,69 @@ const ferryMirrored = ferryServer('ferry-mirrored', {
   },
 });
 
+/**
+ * Site B of a remote mirror: a ferryd in its own data directory whose own `bench` disk is a
+ * 1 MiB placeholder (the ferryd helper adopts one); replicas are new disks in its pool.
+ */
+export async function startSiteB(dir: string, bin: string, name = 'site-b'): Promise<{ server: StartedServer; api: FerryApi }> {
+  fs.mkdirSync(dir, { recursive: true });
+  const placeholder = path.join(dir, 'placeholder.img');
+  const fd = fs.openSync(placeholder, 'wx');
+  try {
+    fs.writeSync(fd, Buffer.alloc(1024 * 1024), 0, 1024 * 1024, 0);
+    fs.fdatasyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  let api!: FerryApi;
+  const server = await ferryServer(name, { bin, setup: async (a) => void (api = a) }).start({ dir, file: placeholder, size: 1024 * 1024 });
+  return { server, api };
+}
+
+const remoteNote = `site B: the same command in \`site-b/\` of its directory (a 1 MiB placeholder disk); paired through the API (\`ferry peer token\` on B, \`ferry peer add site-b --address B's replication listener --token T\` on A, TLS); \`POST /v1/disks/bench/staging {path, size: ${BENCH_STAGING_SIZE}}\`, then \`POST /v1/disks/bench/mirror {to: site-b:replica-0}\` (B creates the replica with a ${BENCH_STAGING_SIZE} staging area; zstd, onFull bitmap: the defaults), then polled until caught up (in sync, consistent, lag 0, link connected)`;
+
+/**
+ * Issues 5 and 11: site A of a remote mirror in steady state. Starts site B, pairs the two
+ * (bench/sites.ts, as the remote mirror measurements do), mirrors `bench` onto a replica at B
+ * and waits for the initial sync. Site B's CPU is measured over every run (`peer`); before
+ * and after every run the mirror is caught up again. Issue 5's target on the row it had.
+ */
+const ferryRemoteDef = (setup?: (api: FerryApi, ctx: ServerContext) => Promise<void>): ServerDef =>
+  ferryServer('ferry-remote', {
+    bin: ferryBin,
+    watch: { staging: true, mirror: 'remote' },
+    targets: [{ baseline: 'nbdkit', ratio: 0.8, rows: ['randwrite-4k-qd32'] }],
+    targetNote: 'issue 5: writes at site A of a remote mirror in steady state; the target is the 0.8× nbdkit of every row (a verdict on the 4 KiB QD32 row, the one `remote-mirrored-qd32` measured before issue 11)',
+    setupNote: remoteNote,
+    setup,
+  });
+const ferryRemote: ServerDef = {
+  ...ferryRemoteDef(),
+  async start(ctx) {
+    const b = await startSiteB(path.join(ctx.dir, 'site-b'), ferryBin, 'ferry-remote-site-b');
+    try {
+      const a = await ferryRemoteDef(async (apiA) => {
+        await apiA('POST', '/v1/disks/bench/staging', { path: path.join(ctx.dir, 'staging.img'), size: BENCH_STAGING_SIZE });
+        await pairSites(apiA, b.api, await replicationAddress(b.api));
+        await new RemoteMirrors(apiA, b.api).create('bench');
+        await caughtUp(apiA, 'bench', 600_000);
+      }).start(ctx);
+      return {
+        ...a,
+        command: a.command,
+        peer: { name: 'site B', pid: b.server.pid },
+        // The mirror is left as it is (no drain): stopping site A, then B, ends the run.
+        stop: async () => {
+          await a.stop();
+          await b.server.stop();
+        },
+      };
+    } catch (err) {
+      await b.server.stop();
+      throw err;
+    }
+  },
+};
+
 /** Every server in a run, in the order they are interleaved. The first subject is "ferry". */
-export const servers: ServerDef[] = [ferryServer('ferry', { bin: ferryBin }), ferryStaged, ferryMirrored, nbdkit, qemuNbd, nodeFloor, ...alternates()];
+export const servers: ServerDef[] = [ferryServer('ferry', { bin: ferryBin }), ferryStaged, ferryMirrored, ferryRemote, nbdkit, qemuNbd, nodeFloor, ...alternates()];
