@@ -245,10 +245,9 @@ export class Volume {
   }
 
   /**
-   * Puts a staging area in front of the primary (recovering and replaying it first), with
-   * requests held at the gate while the path switches.
+   * Puts the staging area on `stores` in front of the primary: opens (recovers) it, replays it
+   * to the primary, and serves through it, with requests held at the gate while the path switches.
    */
-  /** Opens (recovers) the staging area on `stores`, replays it to the primary, and serves through it. */
   async attachStaging(stores: Store[], log: Logger): Promise<StagedPath> {
     if (this.staged) throw new FerryError('STAGING_EXISTS', `disk ${this.name} already has a staging area`);
     const staged = await StagedPath.open(stores, this.primary, log);
