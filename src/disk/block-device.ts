@@ -202,31 +202,27 @@ export class BlockDevice implements Store {
    * writes are backed off) go to the thread pool.
    */
   writeFrom(buf: Buffer, bufOffset: number, length: number, offset: number, done: (err: Error | null) => void): void {
+    this.writeInlineUpTo(inlineWriteBytesMax, buf, bufOffset, length, offset, done);
+  }
+
+  /**
+   * write() that takes writes up to 256 KiB inline (no thread-pool hop and wake-up, while the
+   * device answers quickly): for a staging area's group-commit batches, which are written
+   * into the page cache and made durable by a later sync().
+   */
+  writeSoon(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+    return new Promise((resolve, reject) => this.writeInlineUpTo(inlineSoonBytesMax, buf, bufOffset, length, offset, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** A write done inline when it is at most `inlineMax` bytes and the stall budget allows, else on the pool. */
+  private writeInlineUpTo(inlineMax: number, buf: Buffer, bufOffset: number, length: number, offset: number, done: (err: Error | null) => void): void {
     try {
       this.checkWritable(offset, length);
     } catch (err) {
       return done(err as Error);
     }
-    if (length > 0 && length <= inlineWriteBytesMax && this.inlineGuard.allowed()) this.writeInline(buf, bufOffset, length, offset, done);
+    if (length > 0 && length <= inlineMax && this.inlineGuard.allowed()) this.writeInline(buf, bufOffset, length, offset, done);
     else this.writeFully(buf, bufOffset, length, offset, done);
-  }
-
-  /**
-   * write() that takes small writes inline like writeFrom() (no thread-pool hop and wake-up
-   * each, while the device answers quickly): for the journal's batches and the committer's
-   * records, which are written into the page cache and made durable by a later sync().
-   */
-  writeSoon(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const done = (err: Error | null): void => (err ? reject(err) : resolve());
-      try {
-        this.checkWritable(offset, length);
-      } catch (err) {
-        return done(err as Error);
-      }
-      if (length > 0 && length <= inlineSoonBytesMax && this.inlineGuard.allowed()) this.writeInline(buf, bufOffset, length, offset, done);
-      else this.writeFully(buf, bufOffset, length, offset, done);
-    });
   }
 
   /**
