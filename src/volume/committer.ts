@@ -24,9 +24,8 @@ export { PRIMARY_CONSUMER };
 /** Record flag: a ZERO record that must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
 export const FLAG_NO_HOLE = 1;
 
+/** Records applied per step: their WRITE runs go to the target as at most one batch (one thread-pool job) each. */
 const recordsPerBatchMax = 512;
-/** Writes handed to the target in one batch (one thread-pool job). */
-const writesPerBatchMax = 512;
 const bytesPerBatchMax = 16 * 1024 * 1024;
 /** How long written records may gather before the committer applies them (unless many are pending or space is short). */
 const applyDelayMs = 20;
@@ -250,7 +249,6 @@ export class Committer implements JournalConsumer {
             buffers.push(r.payload.length === r.length ? r.payload : r.payload.subarray(0, r.length));
             offsets.push(r.diskOffset);
           }
-          if (buffers.length >= writesPerBatchMax) await flush();
           break;
         case RecordType.ZERO:
           await flush();

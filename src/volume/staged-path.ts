@@ -76,6 +76,8 @@ export interface StagedPathParts {
   index: StagedIndex;
   committer: Committer;
   admission: AdmissionChain;
+  /** The chain's first step; a mirror site's copies of records pass only this one. */
+  overlayBound: OverlayBoundStep;
   mirrorSlot: MirrorSlot;
 }
 
@@ -83,6 +85,7 @@ export class StagedPath {
   readonly journal: Journal;
   readonly committer: Committer;
   readonly admission: AdmissionChain;
+  private readonly overlayBound: OverlayBoundStep;
   /** Where the disk's mirror joins the write path (at most one). */
   readonly mirrorSlot: MirrorSlot;
   private readonly index: StagedIndex;
@@ -113,19 +116,20 @@ export class StagedPath {
         });
       });
     };
+    const overlayBound = new OverlayBoundStep(
+      () => index.overlay.size >= overlayExtentsMax,
+      () => {
+        committer.kick();
+        return committer.progress();
+      },
+    );
     const admission = new AdmissionChain([
-      new OverlayBoundStep(
-        () => index.overlay.size >= overlayExtentsMax,
-        () => {
-          committer.kick();
-          return committer.progress();
-        },
-      ),
+      overlayBound,
       new BoundedLagStep(mirrorSlot),
       new DirtyBitmapStep(mirrorSlot),
       new SwapPacingStep(progressOrRecheck),
     ]);
-    return new StagedPath({ journal, primary, index, committer, admission, mirrorSlot });
+    return new StagedPath({ journal, primary, index, committer, admission, overlayBound, mirrorSlot });
   }
 
   constructor(parts: StagedPathParts) {
@@ -134,6 +138,7 @@ export class StagedPath {
     this.index = parts.index;
     this.committer = parts.committer;
     this.admission = parts.admission;
+    this.overlayBound = parts.overlayBound;
     this.mirrorSlot = parts.mirrorSlot;
   }
 
@@ -179,7 +184,7 @@ export class StagedPath {
    */
   async appendMirrored(records: Array<{ seq: number; type: RecordTypeValue; flags: number; diskOffset: number; length: number; timeMs: number; payload: Buffer | null }>): Promise<void> {
     // Only the overlay bound: a replica has no mirror of its own on this path.
-    for (let wait = this.admission.step('overlay-bound').admit(0, 0); wait !== null; wait = this.admission.step('overlay-bound').admit(0, 0)) await wait;
+    for (let wait = this.overlayBound.admit(); wait !== null; wait = this.overlayBound.admit()) await wait;
     const appends = records.map((r) => {
       if (r.length > 0) this.index.bumpGen(r.diskOffset, r.length);
       return this.journal.append({ type: r.type, flags: r.flags, diskOffset: r.diskOffset, length: r.length, payload: r.payload, durable: false, timeMs: r.timeMs, expectSeq: r.seq });
