@@ -29,6 +29,9 @@ export const ERRORS = {
   INVALID_SIZE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the size is not valid' },
   INVALID_PATH: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the path is not allowed' },
   OUT_OF_RANGE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the range lies outside the disk' },
+  URL_TOO_LONG: { http: 414, nbd: NbdErrno.EINVAL, summary: 'a path segment of the URL is too long' },
+  HEADERS_TOO_LARGE: { http: 431, nbd: NbdErrno.EINVAL, summary: 'the request line and headers are too large' },
+  REQUEST_TIMEOUT: { http: 408, nbd: NbdErrno.EINVAL, summary: 'the request was not received in time' },
   // Authentication.
   UNAUTHORIZED: { http: 401, nbd: NbdErrno.EPERM, summary: 'missing or wrong API token' },
   // Lookups.

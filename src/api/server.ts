@@ -4,7 +4,9 @@
 // from the same route table that registers the routes) and Prometheus metrics. It
 // calls into the control layer and never touches disks or sockets itself.
 import crypto from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import http from 'node:http';
+import type { Duplex } from 'node:stream';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { FerryError, type ErrorCode } from '../errors.js';
 import type { Daemon } from '../control/daemon.js';
@@ -20,6 +22,8 @@ export interface ApiServerOptions {
 
 /** Request bodies are small JSON documents; anything larger is refused before parsing. */
 const bodyBytesMax = 64 * 1024;
+/** fastify's bound on one path parameter (a name: at most 63 characters); longer is URL_TOO_LONG (414). */
+const paramBytesMax = 100;
 
 export class ApiServer {
   private readonly app: FastifyInstance;
@@ -31,20 +35,21 @@ export class ApiServer {
       // Per-request lines are info level; the API logs warnings and errors only.
       loggerInstance: opts.log.child({ component: 'api' }, { level: 'warn' }) as unknown as FastifyBaseLogger,
       bodyLimit: bodyBytesMax,
+      maxParamLength: paramBytesMax,
       // Unknown fields are an error, not silently dropped, and a JSON value of the wrong type is
       // refused, never coerced (5 is not the name "5", true is not the size 1).
       ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+      // Errors fastify raises before a route runs (a bad percent-encoding, a path parameter
+      // over maxParamLength) and those of Node's HTTP parser answer in Ferry's format too.
+      frameworkErrors: (err, req, reply) => sendError(err, req, reply),
+      clientErrorHandler: answerClientError,
     });
     const metrics = new Metrics(opts.daemon);
     this.app.addHook('onRequest', async (req) => {
       if (req.url.split('?')[0] === '/v1/health') return;
       this.authenticate(req);
     });
-    this.app.setErrorHandler((err: unknown, req, reply) => {
-      const e = toFerryError(err, req);
-      if (e.httpStatus >= 500) req.log.error({ err: String(err), url: req.url }, 'API request failed');
-      void reply.status(e.httpStatus).send({ error: e.toJSON() });
-    });
+    this.app.setErrorHandler(sendError);
     this.app.setNotFoundHandler((req, reply) => {
       const e = new FerryError('NOT_FOUND', `no API route ${req.method} ${req.url.split('?')[0]}`);
       void reply.status(e.httpStatus).send({ error: e.toJSON() });
@@ -98,12 +103,41 @@ export class ApiServer {
   }
 }
 
+/** Every error of a request (ours, fastify's, a route's) as {error:{code,message}} with the code's status. */
+function sendError(err: unknown, req: FastifyRequest, reply: FastifyReply): void {
+  const e = toFerryError(err, req);
+  if (e.httpStatus >= 500) req.log.error({ err: String(err), url: req.url }, 'API request failed');
+  void reply.status(e.httpStatus).send({ error: e.toJSON() });
+}
+
+/**
+ * Node's HTTP parser refused the request before fastify saw it (request line and headers
+ * over 16 KiB, a request too slow, bytes that are not HTTP): answer in Ferry's format on the
+ * raw socket (there is no reply object), then close it, as Node does.
+ */
+function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const e =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? new FerryError('HEADERS_TOO_LARGE', 'the request line and headers exceed 16 KiB')
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? new FerryError('REQUEST_TIMEOUT', 'the request was not received in time')
+        : new FerryError('BAD_REQUEST', `malformed HTTP request (${err.code ?? err.message})`);
+  const body = JSON.stringify({ error: e.toJSON() });
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${e.httpStatus} ${http.STATUS_CODES[e.httpStatus] ?? 'Error'}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy();
+}
+
 function toFerryError(err: unknown, req: FastifyRequest): FerryError {
   if (err instanceof FerryError) return err;
   const e = err as { validation?: unknown; validationContext?: string; statusCode?: number; code?: string; message?: string };
   if (e.validation) return new FerryError(validationCode(e, req), `invalid request: ${e.message}`);
   if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new FerryError('BAD_REQUEST', 'send JSON (content-type: application/json)');
   if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new FerryError('BAD_REQUEST', `request body exceeds ${bodyBytesMax} bytes`);
+  if (e.code === 'FST_ERR_MAX_PARAM_LENGTH') return new FerryError('URL_TOO_LONG', `a path segment of the URL exceeds ${paramBytesMax} characters (no name is that long)`);
+  if (e.code === 'FST_ERR_BAD_URL') return new FerryError('BAD_REQUEST', 'the URL path is not valid percent-encoding');
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) return new FerryError('BAD_REQUEST', e.message ?? 'bad request');
   return new FerryError('INTERNAL', e.message ?? String(err));
 }
