@@ -9,7 +9,9 @@
  * the non-waiting read only copies cached pages, so those run inline. A batch of
  * writes (a consumer applying many journal records to its target) goes to the pool as one
  * job that writes them in order: one hop for hundreds of records, and the event loop
- * never waits for a pwrite.
+ * never waits for a pwrite. An advisory whole-file lock (flock) keeps a second ferryd off a
+ * data directory, staging area or disk one already serves; the kernel drops it when the
+ * process dies, kill -9 included.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -68,7 +71,8 @@ static napi_value errno_error(napi_env env, int err, const char *syscall) {
   snprintf(text, sizeof text, "%s: %s", syscall, strerror(err));
   const char *name = err == EOPNOTSUPP ? "EOPNOTSUPP" : err == ENOSPC ? "ENOSPC" : err == EINVAL ? "EINVAL"
                    : err == EBADF ? "EBADF" : err == ENOTTY ? "ENOTTY" : err == ENXIO ? "ENXIO"
-                   : err == EIO ? "EIO" : err == EROFS ? "EROFS" : err == ENOSYS ? "ENOSYS" : "EIO";
+                   : err == EIO ? "EIO" : err == EROFS ? "EROFS" : err == ENOSYS ? "ENOSYS"
+                   : err == EWOULDBLOCK ? "EWOULDBLOCK" : err == ENOLCK ? "ENOLCK" : "EIO";
   napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
   napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
   napi_create_error(env, code, msg, &error);
@@ -337,6 +341,19 @@ static napi_value will_need(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* lockExclusive(fd): flock(LOCK_EX | LOCK_NB); throws EWOULDBLOCK when another open file holds it. */
+static napi_value lock_exclusive(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  int rc;
+  do rc = flock(fd, LOCK_EX | LOCK_NB); while (rc != 0 && errno == EINTR);
+  if (rc != 0) napi_throw(env, errno_error(env, errno, "flock"));
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"space", NULL, space, NULL, NULL, NULL, napi_default, NULL},
@@ -344,6 +361,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"willNeed", NULL, will_need, NULL, NULL, NULL, napi_default, NULL},
     {"readCached", NULL, read_cached, NULL, NULL, NULL, napi_default, NULL},
     {"writeBatch", NULL, write_batch, NULL, NULL, NULL, napi_default, NULL},
+    {"lockExclusive", NULL, lock_exclusive, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

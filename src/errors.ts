@@ -43,6 +43,7 @@ export const ERRORS = {
   DISK_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a disk with that name exists' },
   POOL_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a pool with that name exists' },
   PATH_IN_USE: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the path is already used by Ferry' },
+  PATH_LOCKED: { http: 409, nbd: NbdErrno.EINVAL, summary: 'another process (another ferryd) holds the path' },
   DISK_BUSY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk is in use' },
   POOL_NOT_EMPTY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the pool still holds disks' },
   DISK_UNAVAILABLE: { http: 409, nbd: NbdErrno.EIO, summary: 'the disk cannot be opened' },
@@ -57,6 +58,7 @@ export const ERRORS = {
   // Mirrors.
   MIRROR_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk already has a mirror' },
   NO_MIRROR: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk has no mirror' },
+  MIRROR_BUSY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'another operation on the mirror of the disk is running' },
   MIRROR_NOT_IN_SYNC: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the mirror is not in sync' },
   TARGET_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is smaller than the disk' },
   INVALID_TARGET: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is not valid' },
@@ -73,6 +75,7 @@ export const ERRORS = {
   // Faults.
   IO_ERROR: { http: 500, nbd: NbdErrno.EIO, summary: 'an I/O error occurred' },
   NO_SPACE: { http: 507, nbd: NbdErrno.ENOSPC, summary: 'no space left on the backing storage' },
+  STARTING: { http: 503, nbd: NbdErrno.ESHUTDOWN, summary: 'ferryd is starting: its disks are being recovered' },
   INTERNAL: { http: 500, nbd: NbdErrno.EIO, summary: 'internal error' },
 } as const satisfies Record<string, ErrorSpec>;
 

@@ -48,6 +48,7 @@ export class ApiServer {
     this.app.addHook('onRequest', async (req) => {
       if (req.url.split('?')[0] === '/v1/health') return;
       this.authenticate(req);
+      if (!opts.daemon.ready) throw new FerryError('STARTING', 'ferryd is starting: its disks are being recovered; retry shortly');
     });
     this.app.setErrorHandler(sendError);
     this.app.setNotFoundHandler((req, reply) => {

@@ -54,12 +54,18 @@ export async function serve(opts: ServeOptions): Promise<void> {
     pollUsMax,
     log,
   });
-  await daemon.start();
+  // Every listener is bound before load() recovers a journal: a port in use fails here.
+  await daemon.open().catch(async (err) => {
+    await daemon.stop().catch(() => undefined);
+    throw err;
+  });
   const api = new ApiServer({ daemon, token: daemon.token, log });
   let apiAddress: { host: string; port: number };
   try {
     apiAddress = await api.listen(daemon.config.api.host, daemon.config.api.port);
+    await daemon.load();
   } catch (err) {
+    await api.close().catch(() => undefined);
     await daemon.stop().catch(() => undefined);
     throw err;
   }

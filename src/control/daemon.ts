@@ -2,9 +2,11 @@
 // metadata store, the disk registry, the API token, the site identity and peers, and
 // the NBD and replication listeners. The API server sits above this layer: the process
 // (cli/serve.ts) starts it on a started daemon and closes it before stopping the daemon.
-// Start order: data dir → identity → store → disks → NBD → replication (then the API);
-// stop order is the reverse, with in-flight NBD requests finished and every file synced
-// before the store closes.
+// Start order: data directory lock → token, identity → store → NBD and replication listeners
+// bound (open()) → the API (cli/serve.ts) → disks recovered (load()); so a second ferryd on the
+// directory or a port in use fails the start before any journal is read. Stop order is the
+// reverse, with in-flight NBD requests finished and every file synced before the store closes
+// and the lock is dropped.
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -20,6 +22,7 @@ import { ReplListener } from '../replication/repl-listener.js';
 import { connectPeer } from '../replication/peer-connector.js';
 import { Receiver } from '../replication/receiver.js';
 import { ReplicaControl } from './replica-control.js';
+import { lockPath, type FileLock } from '../disk/file-lock.js';
 
 export interface DaemonConfig {
   dataDir: string;
@@ -37,6 +40,7 @@ export interface DaemonConfig {
 
 export const TOKEN_FILE = 'api-token';
 export const DB_FILE = 'ferry.db';
+export const LOCK_FILE = 'lock';
 
 export class Daemon {
   readonly config: DaemonConfig;
@@ -53,6 +57,10 @@ export class Daemon {
   /** The API bearer token (created on first start); the API server checks it. */
   token!: string;
   readonly startedAt = new Date();
+  /** Held from the first step of open() to the last of stop(): one ferryd per data directory. */
+  private dirLock: FileLock | null = null;
+  /** Set once load() has recovered every disk: until then no export is served, no session taken. */
+  ready = false;
   nbdAddress!: { host: string; port: number };
   /** Where the API server listens, once the process started it (shown by the status route). */
   apiAddress: { host: string; port: number } | null = null;
@@ -63,9 +71,22 @@ export class Daemon {
     this.log = config.log;
   }
 
+  /** open() then load(): what a caller that binds nothing else needs. */
   async start(): Promise<void> {
+    await this.open();
+    await this.load();
+  }
+
+  /**
+   * Takes the data directory (its lock first: a second ferryd on it is refused here, having
+   * read nothing), opens the metadata store and binds the NBD and replication listeners, so a
+   * port in use fails the start before recovery touches any journal. Until load() ends, NBD
+   * clients find no export and peers' sessions are closed (they reconnect).
+   */
+  async open(): Promise<void> {
     const dir = this.config.dataDir;
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.dirLock = lockPath(path.join(dir, LOCK_FILE), 'data directory lock');
     this.token = loadOrCreateToken(dir);
     this.identity = loadOrCreateIdentity(dir, this.config.siteName);
     this.store = new MetadataStore(path.join(dir, DB_FILE));
@@ -81,19 +102,13 @@ export class Daemon {
     });
     const mirrors = this.mirrors;
     this.peers = new PeerControl(this.store, this.identity, this.log, { inUse: (name) => mirrors.usesPeer(name) });
-    await this.disks.load(async (row, volume) => {
-      await this.replicas.guardAtStart(row, volume); // before the staging area replays (U1)
-      await this.staging.openAtStart(row, volume);
-      await this.mirrors.openAtStart(row, volume);
-      this.replicas.openAtStart(row, volume);
-    });
     this.nbd = new NbdServer({
       host: this.config.nbd.host,
       port: this.config.nbd.port,
       tls: this.config.tls,
       pollUsMax: this.config.pollUsMax,
       log: this.log,
-      catalog: { find: (name) => this.disks.volume(name), names: () => this.disks.names() },
+      catalog: { find: (name) => (this.ready ? this.disks.volume(name) : undefined), names: () => (this.ready ? this.disks.names() : []) },
     });
     this.nbdAddress = await this.nbd.listen();
     const replicas = this.replicas;
@@ -104,7 +119,7 @@ export class Daemon {
       peers: { byFingerprint: (fp) => this.peers.byFingerprint(fp) },
       pairing: this.peers.pairing,
       onSession: (session) => {
-        if (session.hello.purpose !== 'mirror') {
+        if (session.hello.purpose !== 'mirror' || !this.ready) {
           session.socket.destroy();
           return;
         }
@@ -113,6 +128,17 @@ export class Daemon {
       log: this.log,
     });
     this.replAddress = await this.repl.listen();
+  }
+
+  /** Opens every registered disk, recovering its staging area and mirror (after open()). */
+  async load(): Promise<void> {
+    await this.disks.load(async (row, volume) => {
+      await this.replicas.guardAtStart(row, volume); // before the staging area replays (U1)
+      await this.staging.openAtStart(row, volume);
+      await this.mirrors.openAtStart(row, volume);
+      this.replicas.openAtStart(row, volume);
+    });
+    this.ready = true;
   }
 
   get nbdConnections(): number {
@@ -126,6 +152,7 @@ export class Daemon {
     await this.mirrors?.close();
     await this.disks?.close();
     this.store?.close();
+    this.dirLock?.release();
   }
 }
 

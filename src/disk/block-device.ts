@@ -5,12 +5,14 @@
 // its range against the device's fixed size, so nothing above can write past the end.
 // Small reads are served inline when the page cache holds them, and small client writes
 // (writeFrom) run inline while the kernel takes them without waiting; everything else
-// runs on the libuv thread pool.
+// runs on the libuv thread pool. An open device holds the file's process lock (file-lock.ts):
+// no second ferryd can open it while this one does.
 import fs from 'node:fs';
 import assert from 'node:assert/strict';
 import { FerryError, fromSystemError } from '../errors.js';
 import { SpaceOp, WRITE_BATCH_BUFFERS_MAX, deviceSize, readCached, seekData, seekHole, space, willNeed, writeBatch } from './native-io.js';
 import { SyncBatcher } from './sync-batcher.js';
+import { lockFile, type FileLock } from './file-lock.js';
 import type { Store } from './store.js';
 
 /** base:allocation flags of an extent (doc/proto.md, "base:allocation"). */
@@ -117,6 +119,7 @@ export class BlockDevice implements Store {
   readonly size: number;
   readonly readOnly: boolean;
   private fd: number;
+  private readonly lock: FileLock;
   private readonly syncer: SyncBatcher;
   private closed = false;
   /** When small writes stop running inline (see inlineWritePolicy). */
@@ -126,16 +129,20 @@ export class BlockDevice implements Store {
   /** Bytes written since the last sync began (Infinity after a zero or trim): see inlineSyncBytesMax. */
   private unsyncedBytes = 0;
 
-  private constructor(path: string, fd: number, kind: DeviceKind, size: number, readOnly: boolean) {
+  private constructor(path: string, fd: number, lock: FileLock, kind: DeviceKind, size: number, readOnly: boolean) {
     this.path = path;
     this.fd = fd;
+    this.lock = lock;
     this.kind = kind;
     this.size = size;
     this.readOnly = readOnly;
     this.syncer = new SyncBatcher(() => this.fdatasync());
   }
 
-  /** Opens an existing regular file or block device. The device is never created, truncated or extended here. */
+  /**
+   * Opens an existing regular file or block device. The device is never created, truncated or
+   * extended here. Throws PATH_LOCKED when another process (another ferryd) has it open.
+   */
   static open(path: string, opts: { readOnly?: boolean } = {}): BlockDevice {
     const readOnly = opts.readOnly ?? false;
     let fd: number;
@@ -151,7 +158,8 @@ export class BlockDevice implements Store {
       else if (st.isBlockDevice()) kind = 'block';
       else throw new FerryError('INVALID_PATH', `${path} is neither a regular file nor a block device`);
       const size = kind === 'file' ? st.size : deviceSize(fd);
-      return new BlockDevice(path, fd, kind, size, readOnly);
+      const lock = lockFile(path, st, kind === 'file' ? 'file' : 'block device');
+      return new BlockDevice(path, fd, lock, kind, size, readOnly);
     } catch (err) {
       fs.closeSync(fd);
       throw fromSystemError(err, `open ${path}`);
@@ -436,6 +444,7 @@ export class BlockDevice implements Store {
     this.closed = true;
     fs.closeSync(this.fd);
     this.fd = -1;
+    this.lock.release();
   }
 }
 

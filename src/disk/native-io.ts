@@ -1,7 +1,7 @@
 // Typed access to the ferry_io addon (native/ferry_io.c): fallocate modes,
 // block-device discard/zero-out ioctls, SEEK_DATA/SEEK_HOLE, read-ahead, and reads
 // served only from the page cache (inline, no thread-pool hop), and batches of writes
-// done in order by one thread-pool job.
+// done in order by one thread-pool job, and an exclusive advisory file lock.
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -13,6 +13,7 @@ interface Addon {
   /** Absent from an addon built before it existed: then every read goes to the pool. */
   readCached?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   writeBatch(fd: number, buffers: Buffer[], offsets: number[], cb: (err: NodeJS.ErrnoException | null) => void): void;
+  lockExclusive(fd: number): void;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -63,4 +64,9 @@ export const WRITE_BATCH_BUFFERS_MAX = 4096;
  */
 export function writeBatch(fd: number, buffers: Buffer[], offsets: number[]): Promise<void> {
   return new Promise((resolve, reject) => addon.writeBatch(fd, buffers, offsets, (err) => (err ? reject(err) : resolve())));
+}
+
+/** flock(LOCK_EX | LOCK_NB) on `fd`; throws an error with code EWOULDBLOCK when another open file holds the lock. */
+export function lockExclusive(fd: number): void {
+  addon.lockExclusive(fd);
 }
