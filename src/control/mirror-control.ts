@@ -1,7 +1,9 @@
 // The control layer's management of mirrors: one creation process for every kind of
 // target (`local:PATH`, or `PEER:DISK` for a disk at a paired site, carried by the
-// replication link), status, pause and resume, verify, remove, and the swap of roles. Every refusal happens before anything is created or changed. Crash
-// safety of each step is in the order of operations; see docs/ARCHITECTURE.md, "Mirrors".
+// replication link), status, pause and resume, verify, remove, and the swap of roles.
+// Operations on one disk's mirror run one at a time (mirror-ops-queue.ts). Every refusal
+// happens before anything is created or changed. Crash safety of each step is in the
+// order of operations; see docs/ARCHITECTURE.md, "Mirrors".
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -21,6 +23,7 @@ import { RemoteStore } from '../replication/remote-store.js';
 import type { DiskStore } from '../disk/store.js';
 import { validateName } from '../names.js';
 import { swapRoles, type SwapReport } from './mirror-swap.js';
+import { MirrorOpsQueue } from './mirror-ops-queue.js';
 
 export type { SwapReport } from './mirror-swap.js';
 import { DirtyMap } from '../mirror/dirty-map.js';
@@ -64,6 +67,7 @@ export class MirrorControl {
   private readonly streams = new Map<string, RemoteStream>();
   /** Bitmaps loaded at start, handed to the mirror when it starts. */
   private readonly pendingDirty = new Map<string, DirtyMap | null>();
+  private readonly ops = new MirrorOpsQueue();
   constructor(
     private readonly store: MetadataStore,
     private readonly disks: DiskRegistry,
@@ -252,7 +256,11 @@ export class MirrorControl {
     return { kind: 'local', real, exists };
   }
 
-  async create(req: CreateMirrorRequest): Promise<MirrorStatus> {
+  create(req: CreateMirrorRequest): Promise<MirrorStatus> {
+    return this.ops.run(req.disk, 'create', () => this.createNow(req));
+  }
+
+  private async createNow(req: CreateMirrorRequest): Promise<MirrorStatus> {
     const { row, volume } = this.disks.entry(req.disk);
     if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${req.disk}' is unavailable`);
     if (this.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `disk '${req.disk}' already has a mirror`);
@@ -388,36 +396,46 @@ export class MirrorControl {
     return all.sort((a, b) => a.disk.localeCompare(b.disk));
   }
 
-  pause(disk: string): MirrorStatus | Promise<MirrorStatus> {
-    if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, true);
-    const m = this.mirror(disk);
-    m.pause();
-    this.store.updateMirror(disk, { paused: 1 });
-    return m.status();
+  pause(disk: string): Promise<MirrorStatus> {
+    return this.ops.run(disk, 'pause', () => {
+      if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, true);
+      const m = this.mirror(disk);
+      m.pause();
+      this.store.updateMirror(disk, { paused: 1 });
+      return m.status();
+    });
   }
 
-  resume(disk: string): MirrorStatus | Promise<MirrorStatus> {
-    if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, false);
-    const m = this.mirror(disk);
-    m.resume();
-    this.store.updateMirror(disk, { paused: 0 });
-    return m.status();
+  resume(disk: string): Promise<MirrorStatus> {
+    return this.ops.run(disk, 'resume', () => {
+      if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, false);
+      const m = this.mirror(disk);
+      m.resume();
+      this.store.updateMirror(disk, { paused: 0 });
+      return m.status();
+    });
   }
 
   /** Fail-over at the mirror site (see ReplicaControl.promote); a disk with a mirror here is already the primary. */
   promote(disk: string, opts: { force: boolean }): Promise<PromoteReport> {
-    const replicas = this.remote?.replicas;
-    if (replicas?.isReplica(disk)) return replicas.promote(disk, opts);
-    if (this.mirrors.has(disk)) throw new FerryError('BAD_REQUEST', `disk '${disk}' is the primary of its mirror; promote runs at the mirror site, on the replica`);
-    throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica at this site`);
+    return this.ops.run(disk, 'promote', () => {
+      const replicas = this.remote?.replicas;
+      if (replicas?.isReplica(disk)) return replicas.promote(disk, opts);
+      if (this.mirrors.has(disk)) throw new FerryError('BAD_REQUEST', `disk '${disk}' is the primary of its mirror; promote runs at the mirror site, on the replica`);
+      throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica at this site`);
+    });
   }
 
   verify(disk: string): Promise<VerifyReport> {
-    return this.mirror(disk).verify();
+    return this.ops.run(disk, 'verify', () => this.mirror(disk).verify());
   }
 
   /** Detaches the mirror: it is brought up to date first, so the copy left behind is whole and consistent. */
-  async remove(disk: string, opts: { force?: boolean }): Promise<MirrorStatus> {
+  remove(disk: string, opts: { force?: boolean }): Promise<MirrorStatus> {
+    return this.ops.run(disk, 'remove', () => this.removeNow(disk, opts));
+  }
+
+  private async removeNow(disk: string, opts: { force?: boolean }): Promise<MirrorStatus> {
     const m = this.mirror(disk);
     const { volume } = this.disks.entry(disk);
     if (!m.isSynced && !opts.force) {
@@ -465,11 +483,13 @@ export class MirrorControl {
   }
 
   /** Exchanges the roles of disk and mirror (see swapRoles); open NBD connections see no error. */
-  async swap(disk: string): Promise<SwapReport> {
-    const m = this.mirror(disk);
-    const { volume } = this.disks.entry(disk);
-    if (!volume?.staging) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
-    return swapRoles({ store: this.store, disks: this.disks, log: this.log }, disk, m, volume);
+  swap(disk: string): Promise<SwapReport> {
+    return this.ops.run(disk, 'swap', () => {
+      const m = this.mirror(disk);
+      const { volume } = this.disks.entry(disk);
+      if (!volume?.staging) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
+      return swapRoles({ store: this.store, disks: this.disks, log: this.log }, disk, m, volume);
+    });
   }
 
   /** Mirrors that use the peer (it is not removed while they do). */
