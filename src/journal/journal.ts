@@ -149,7 +149,7 @@ export class Journal extends EventEmitter {
    * `listener`: what the disk's pipeline does with each written batch and when space runs out.
    */
   static async open(stores: Store[], log: Logger, listener: JournalListener = {}): Promise<Journal> {
-    const r = await recoverJournal(stores, log);
+    const r = await recoverJournal(stores, log, listener.recovered);
     return new Journal(stores, r, log, listener);
   }
 

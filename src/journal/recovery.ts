@@ -16,7 +16,8 @@
 //
 // Records before the oldest consumer position are never read: they are done for
 // everyone and their space may already be reused. Each record accepted is asserted to be
-// the expected successor in the chain (J1).
+// the expected successor in the chain (J1), and handed to the pipeline (`recovered`): the
+// read overlay serves what the primary has not applied until the replay has applied it.
 import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
@@ -33,6 +34,7 @@ import {
   type Superblock,
 } from './format.js';
 import { RingWindow, readRecordAt, type VerifiedRecord } from './record-reader.js';
+import type { JournalListener } from './staged-record.js';
 
 export interface CopyVerdict {
   path: string;
@@ -63,7 +65,7 @@ export interface RecoveryResult {
   rewrittenRecords: number;
 }
 
-export async function recoverJournal(stores: Store[], log: Logger): Promise<RecoveryResult> {
+export async function recoverJournal(stores: Store[], log: Logger, recovered?: JournalListener['recovered']): Promise<RecoveryResult> {
   const verdicts: CopyVerdict[] = stores.map((s) => ({ path: s.path, usable: true }));
   const sbs: Array<Superblock | string> = [];
   const slots: Array<Array<Checkpoint | string>> = [];
@@ -143,6 +145,8 @@ export async function recoverJournal(stores: Store[], log: Logger): Promise<Reco
       await stores[i]!.write(found.raw, 0, found.span, HEADER_AREA_BYTES + found.pos);
       rewritten++;
     }
+    const h = found.header;
+    recovered?.({ seq, pos: found.pos, span: found.span, type: h.type, flags: h.flags, diskOffset: h.diskOffset, length: h.length, crc: h.crc, timeMs: h.timeMs, payload: null }, cp.consumers);
     records++;
     payloadBytes += found.header.payloadBytes;
     prev = found.header.crc;

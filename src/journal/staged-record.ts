@@ -3,7 +3,7 @@
 // with its place in the ring and its chain link (see journal.ts for the invariants and
 // format.ts for the bytes on disk).
 import type { FerryError } from '../errors.js';
-import type { RecordTypeValue } from './format.js';
+import type { ConsumerPosition, RecordTypeValue } from './format.js';
 
 export interface AppendRequest {
   type: RecordTypeValue;
@@ -42,6 +42,12 @@ export interface JournalListener {
    * error every waiting append fails with (a mirror's `--on-full fail`). Nothing is written.
    */
   whenFull?(): FerryError | null;
+  /**
+   * Called at open, during recovery, with each record found in the log (oldest first, no
+   * payload) and the checkpointed consumer positions: the read overlay indexes those its
+   * primary has not applied, so they are served from the staging area until they are.
+   */
+  recovered?(record: StagedRecord, consumers: readonly ConsumerPosition[]): void;
 }
 
 export interface JournalStats {

@@ -321,6 +321,8 @@ export class Committer implements JournalConsumer {
     let retries = 0;
     while (this.pos.nextSeq <= target) {
       if (this.journal.failed) throw this.journal.failed;
+      // A stopped committer applies nothing more: waiting for it would poll forever.
+      if (this.stopped) throw new FerryError('IO_ERROR', `the ${this.consumerName} committer stopped before applying every staged write to ${this.target.path}`);
       if (this.lastError) {
         // Retry now rather than at the end of the backoff; give up if the target still fails.
         if (++retries > drainRetriesMax) throw new FerryError('IO_ERROR', `cannot apply staged writes to ${this.target.path}: ${this.lastError}`);

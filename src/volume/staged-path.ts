@@ -23,7 +23,7 @@ import type { DiskStore, Store } from '../disk/store.js';
 import { RECORD_HEADER_BYTES, RecordType, type RecordTypeValue } from '../journal/format.js';
 import { Journal, type StagedRecord } from '../journal/journal.js';
 import { AdmissionChain, BoundedLagStep, DirtyBitmapStep, MirrorSlot, OverlayBoundStep, SwapPacingStep } from './admission.js';
-import { Committer, FLAG_NO_HOLE } from './committer.js';
+import { Committer, FLAG_NO_HOLE, PRIMARY_CONSUMER } from './committer.js';
 import { ExtentKind, Overlay } from './overlay.js';
 
 /** Overlay extents held in memory before writers wait for the committer (about 100 bytes each). */
@@ -79,6 +79,7 @@ export interface StagedPathParts {
   /** The chain's first step; a mirror site's copies of records pass only this one. */
   overlayBound: OverlayBoundStep;
   mirrorSlot: MirrorSlot;
+  log: Logger;
 }
 
 export class StagedPath {
@@ -90,6 +91,7 @@ export class StagedPath {
   readonly mirrorSlot: MirrorSlot;
   private readonly index: StagedIndex;
   private primary: DiskStore;
+  private readonly log: Logger;
 
   /**
    * The composition root of a staged disk: opens (and recovers) the journal on `stores` and
@@ -98,12 +100,19 @@ export class StagedPath {
   static async open(stores: Store[], primary: DiskStore, log: Logger, clock: Clock = systemClock): Promise<StagedPath> {
     const index = new StagedIndex(primary.size);
     const mirrorSlot = new MirrorSlot();
+    let unappliedFrom: number | null = null;
     const journal = await Journal.open(stores, log, {
       written: (records) => {
         index.index(records);
         mirrorSlot.indexed(records);
       },
       whenFull: () => mirrorSlot.refuseWhenFull(),
+      // What the primary has not applied is read from the staging area until it is, as while
+      // running: the replay below may fail (a full primary) and the disk is still served.
+      recovered: (record, consumers) => {
+        unappliedFrom ??= consumers.find((c) => c.name === PRIMARY_CONSUMER)?.nextSeq ?? Infinity;
+        if (record.seq >= unappliedFrom) index.index([record]);
+      },
     });
     const committer = new Committer(journal, primary, log, { onApplied: (records) => index.applied(records), clock });
     const progressOrRecheck = (): Promise<void> => {
@@ -129,7 +138,7 @@ export class StagedPath {
       new DirtyBitmapStep(mirrorSlot),
       new SwapPacingStep(progressOrRecheck),
     ]);
-    return new StagedPath({ journal, primary, index, committer, admission, overlayBound, mirrorSlot });
+    return new StagedPath({ journal, primary, index, committer, admission, overlayBound, mirrorSlot, log });
   }
 
   constructor(parts: StagedPathParts) {
@@ -140,6 +149,7 @@ export class StagedPath {
     this.admission = parts.admission;
     this.overlayBound = parts.overlayBound;
     this.mirrorSlot = parts.mirrorSlot;
+    this.log = parts.log;
   }
 
   get overlay(): Overlay {
@@ -165,10 +175,21 @@ export class StagedPath {
     this.committer.retarget(primary);
   }
 
-  /** Replays what recovery found (records the primary has not checkpointed), then keeps applying in the background. */
+  /**
+   * Replays what recovery found (records the primary has not checkpointed), then keeps applying
+   * in the background. A primary that cannot take them now (full, failing) does not stop the
+   * disk: the records stay in the staging area, reads take them from the overlay, and the
+   * committer retries with backoff, as while running. Throws only when the staging area itself
+   * failed; the caller then abandons this path (abandon(): no loop outlives it).
+   */
   async start(): Promise<void> {
     this.committer.start();
-    await this.committer.drain();
+    try {
+      await this.committer.drain();
+    } catch (err) {
+      if (this.journal.failed) throw err;
+      this.log.error({ err: (err as Error).message, pending: this.journal.writtenSeq - this.committer.nextSeq + 1 }, 'staged records cannot be applied to the primary yet: served from the staging area; the committer retries');
+    }
   }
 
   private async append(type: RecordTypeValue, flags: number, offset: number, length: number, payload: Buffer | null, fua: boolean): Promise<void> {

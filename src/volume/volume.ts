@@ -246,7 +246,8 @@ export class Volume {
 
   /**
    * Puts the staging area on `stores` in front of the primary: opens (recovers) it, replays it
-   * to the primary, and serves through it, with requests held at the gate while the path switches.
+   * to the primary (what a full or failing primary cannot take yet is served from the staging
+   * area meanwhile), and serves through it, with requests held at the gate while the path switches.
    */
   async attachStaging(stores: Store[], log: Logger): Promise<StagedPath> {
     if (this.staged) throw new FerryError('STAGING_EXISTS', `disk ${this.name} already has a staging area`);
@@ -256,6 +257,10 @@ export class Volume {
       await staged.start();
       this.staged = staged;
       return staged;
+    } catch (err) {
+      // The staging area failed under the replay: nothing of it may keep running (its committer's retries).
+      await staged.abandon().catch(() => undefined);
+      throw err;
     } finally {
       this.gate.open();
     }
