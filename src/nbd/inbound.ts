@@ -94,6 +94,11 @@ export class Inbound {
     return out;
   }
 
+  /** The next `n` bytes (n <= length) without taking them; valid only until control returns to the event loop. */
+  peek(n: number): Buffer {
+    return this.recv.subarray(this.head, this.head + n);
+  }
+
   /** Drops the next `n` bytes (n <= length). */
   skip(n: number): void {
     this.head += n;

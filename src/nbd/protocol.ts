@@ -118,8 +118,8 @@ export const Limits = {
   drainBytesMax: 256 * 1024 * 1024,
   /** Extents in one BLOCK_STATUS reply. */
   extentsPerReplyMax: 2048,
-  /** Time a client has to finish negotiation. */
-  handshakeMsMax: 30_000,
+  /** Time a client has to finish negotiation (milliseconds for a real client, TLS included). */
+  handshakeMsMax: 10_000,
   /** Time a closing connection (DISC, server shutdown) waits for the client to take its last replies. */
   closeFlushMsMax: 10_000,
 } as const;

@@ -1,7 +1,9 @@
 // The nbd layer: Ferry's NBD server. This file owns the listening socket and the life
 // of each connection (accept → negotiation in handshake.ts → transmission in
 // transmission.ts → close); the protocol phases live in their own files, the protocol
-// numbers in protocol.ts. Bounded: connections at once, negotiation time.
+// numbers in protocol.ts. Bounded: connections at once, in total and per source address,
+// negotiating ones apart (src/net/connection-limiter.ts), negotiation time, and the bytes
+// queued for all clients together (queued-bytes.ts).
 import net from 'node:net';
 import fs from 'node:fs';
 import tls from 'node:tls';
@@ -10,6 +12,8 @@ import { negotiate, type ExportCatalog, type TlsMode } from './handshake.js';
 import { Limits } from './protocol.js';
 import { Transmission } from './transmission.js';
 import { IdlePoller } from './idle-poller.js';
+import { QueuedBytes, queuedBytesMaxDefault } from './queued-bytes.js';
+import { ConnectionLimiter, fdBoundedMax, type ConnectionLimits } from '../net/connection-limiter.js';
 
 export interface NbdTlsConfig {
   mode: TlsMode;
@@ -27,13 +31,35 @@ export interface NbdTlsConfig {
  */
 export const defaultPollUsMax = 200;
 
+/**
+ * Default connection limits. NBD takes up to half of the descriptors left after the reserve
+ * (connection-limiter.ts); one address may hold a quarter of the sessions (an application
+ * server with many disks, or multi-connection clients); negotiation takes milliseconds, so
+ * few connections may be negotiating at once, and the oldest is dropped for a newcomer.
+ */
+export function nbdLimitsDefault(): ConnectionLimits {
+  const connectionsMax = fdBoundedMax(512, 1 / 2);
+  const pendingMax = Math.min(64, connectionsMax);
+  return {
+    connectionsMax,
+    perAddressMax: Math.max(1, Math.floor(connectionsMax / 4)),
+    pendingMax,
+    pendingPerAddressMax: Math.min(16, pendingMax),
+    pendingMsMax: 0, // negotiation has its own timer (Limits.handshakeMsMax), which logs
+  };
+}
+
 export interface NbdServerOptions {
   host: string;
   port: number;
   catalog: ExportCatalog;
   tls: NbdTlsConfig;
   log: Logger;
+  /** Connection limits (defaults: nbdLimitsDefault()); `connectionsMax` alone overrides the total. */
+  limits?: Partial<ConnectionLimits>;
   connectionsMax?: number;
+  /** Bound on bytes queued for all clients together (queued-bytes.ts); default 256 MiB. */
+  queuedBytesMax?: number;
   /** Longest polling window after the last request in flight replies, µs (idle-poller.ts); 0: never poll. */
   pollUsMax?: number;
 }
@@ -44,13 +70,19 @@ export class NbdServer {
   private readonly sessions = new Set<Transmission>();
   private readonly secureContext: tls.SecureContext | undefined;
   private readonly opts: NbdServerOptions;
-  private readonly connectionsMax: number;
+  private readonly limiter: ConnectionLimiter;
+  private readonly queued: QueuedBytes;
   private readonly poller: IdlePoller;
   private closing = false;
 
   constructor(opts: NbdServerOptions) {
     this.opts = opts;
-    this.connectionsMax = opts.connectionsMax ?? 512;
+    const limits = { ...nbdLimitsDefault(), ...opts.limits };
+    if (opts.connectionsMax !== undefined) limits.connectionsMax = opts.connectionsMax;
+    limits.perAddressMax = Math.min(limits.perAddressMax, limits.connectionsMax);
+    limits.pendingMax = Math.min(limits.pendingMax, limits.connectionsMax);
+    this.limiter = new ConnectionLimiter({ name: 'NBD', limits, log: opts.log });
+    this.queued = new QueuedBytes(opts.queuedBytesMax ?? queuedBytesMaxDefault, limits.connectionsMax, opts.log);
     this.poller = new IdlePoller(opts.pollUsMax ?? defaultPollUsMax);
     if (opts.tls.mode !== 'off') {
       if (!opts.tls.certFile || !opts.tls.keyFile) throw new Error('NBD TLS needs a certificate and a key (--tls-cert, --tls-key)');
@@ -79,15 +111,17 @@ export class NbdServer {
     return this.negotiating.size + this.sessions.size;
   }
 
+  /** Bytes queued for all clients together now (replies, READ buffers, WRITE payloads). */
+  get queuedBytes(): number {
+    return this.queued.queuedBytes;
+  }
+
   private accept(socket: net.Socket): void {
-    if (this.closing || this.connectionCount >= this.connectionsMax) {
-      this.opts.log.warn({ remote: socket.remoteAddress }, 'NBD connection refused: server closing or at its connection limit');
-      socket.destroy();
-      return;
-    }
+    socket.on('error', () => undefined);
+    const admission = this.limiter.admit(socket);
+    if (admission === null) return;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
-    socket.on('error', () => undefined);
     this.negotiating.add(socket);
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const log = (msg: string, extra?: Record<string, unknown>): void => this.opts.log.warn({ remote, ...extra }, msg);
@@ -111,12 +145,14 @@ export class NbdServer {
           result.stream.destroy();
           return;
         }
+        admission.established();
         this.opts.log.info({ remote, disk: result.volume.name, tls: result.tls, structured: result.structuredReplies }, 'NBD client attached');
         const session = new Transmission(result.stream, result.pending, {
           volume: result.volume,
           structuredReplies: result.structuredReplies,
           baseAllocation: result.baseAllocation,
           poller: this.poller,
+          queued: this.queued,
           log,
         });
         this.sessions.add(session);
@@ -136,6 +172,7 @@ export class NbdServer {
   /** Stops accepting, lets every in-flight request finish and reply, then closes all connections. */
   async close(): Promise<void> {
     this.closing = true;
+    this.limiter.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.negotiating) s.destroy();
     await Promise.all([...this.sessions].map((s) => s.shutdown()));

@@ -28,31 +28,8 @@ import type { Volume } from '../volume/volume.js';
 import { Inbound } from './inbound.js';
 import { acquirePayload, releasePayload } from './payload-pool.js';
 import type { IdlePoller } from './idle-poller.js';
-
-/**
- * Flags each command accepts; anything else is NBD_EINVAL (doc/proto.md, "Error values").
- * FUA is valid on every command once SEND_FUA is advertised ("the server MUST accept all
- * commands with this bit set"); where nothing is written it is ignored.
- */
-const allowedFlags: Record<number, number> = {
-  [Cmd.READ]: CmdFlag.DF | CmdFlag.FUA,
-  [Cmd.WRITE]: CmdFlag.FUA,
-  [Cmd.DISC]: CmdFlag.FUA,
-  [Cmd.FLUSH]: CmdFlag.FUA,
-  [Cmd.TRIM]: CmdFlag.FUA,
-  [Cmd.CACHE]: CmdFlag.FUA,
-  [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
-  [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE | CmdFlag.FUA,
-};
-
-interface Request {
-  flags: number;
-  type: number;
-  cookieHi: number;
-  cookieLo: number;
-  offset: number;
-  length: number;
-}
+import type { QueuedAccount, QueuedBytes } from './queued-bytes.js';
+import { allowedFlags, parseRequestHeader, requestCost, type Request } from './request-header.js';
 
 export interface TransmissionOptions {
   volume: Volume;
@@ -60,6 +37,8 @@ export interface TransmissionOptions {
   baseAllocation: boolean;
   /** The server's poller, told when requests start and finish (idle-poller.ts). */
   poller: IdlePoller;
+  /** The server's bound on bytes queued for all clients together (queued-bytes.ts). */
+  queued: QueuedBytes;
   log: (msg: string, extra?: Record<string, unknown>) => void;
 }
 
@@ -71,6 +50,8 @@ export class Transmission {
   private readonly log: TransmissionOptions['log'];
   private readonly poller: IdlePoller;
   private readonly received: Inbound;
+  /** This connection's share of the server's queued bytes. */
+  private readonly account: QueuedAccount;
   /** The WRITE whose payload is being received (into a buffer of payload-pool.ts). */
   private header: Request | null = null;
   private drainBytes = 0;
@@ -105,6 +86,7 @@ export class Transmission {
     this.release = this.volume.attach();
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     this.received = new Inbound(stream, () => this.onData());
+    this.account = opts.queued.account(() => this.updateFlow());
     stream.on('drain', () => this.updateFlow());
     stream.on('error', () => this.onClose());
     stream.on('close', () => this.onClose());
@@ -148,6 +130,7 @@ export class Transmission {
     if (this.closed) return;
     this.closed = true;
     this.received.stop();
+    this.account.close();
     void this.idle().then(() => {
       this.release();
       this.resolveDone();
@@ -212,21 +195,14 @@ export class Transmission {
         // One segment can hold thousands of headers (each READ up to 32 MiB): start no more
         // than the in-flight bounds allow; updateFlow() resumes parsing as requests complete.
         if (this.busy()) return;
+        // Past the bound on bytes queued for all clients, the heaviest connections wait (queued-bytes.ts).
+        if (!this.account.admit(this.queuedBytes(), requestCost(this.received.peek(HEADER_REQUEST_BYTES)))) return;
         const h = this.received.take(HEADER_REQUEST_BYTES);
         if (h.readUInt32BE(0) !== REQUEST_MAGIC) {
           this.protocolError(`bad request magic 0x${h.readUInt32BE(0).toString(16)}`);
           return;
         }
-        const offsetHi = h.readUInt32BE(16);
-        const req: Request = {
-          flags: h.readUInt16BE(4),
-          type: h.readUInt16BE(6),
-          cookieHi: h.readUInt32BE(8),
-          cookieLo: h.readUInt32BE(12),
-          // Offsets of 2^53 and beyond cannot be in range of any disk; keep them unsafe so the range check refuses them.
-          offset: offsetHi >= 0x200000 ? Number.MAX_SAFE_INTEGER + 1 : offsetHi * 0x100000000 + h.readUInt32BE(20),
-          length: h.readUInt32BE(24),
-        };
+        const req = parseRequestHeader(h);
         if (req.type === Cmd.WRITE) {
           if (req.length > Limits.payloadBytesMax) {
             if (req.length > Limits.drainBytesMax) {
@@ -261,13 +237,21 @@ export class Transmission {
     );
   }
 
+  /** Bytes this connection holds for its client: requests' data in flight, the payload being received, unsent replies. */
+  private queuedBytes(): number {
+    return this.inflightBytes + this.receivingBytes + this.stream.writableLength;
+  }
+
   private updateFlow(): void {
     if (this.closed || this.stopping) return;
+    this.account.set(this.queuedBytes());
     if (this.received.length > 0 && !this.busy()) this.parse();
     if (this.closed || this.stopping) return;
     // Reading goes on while a payload is being received (it is already counted); otherwise
-    // it stops at the bounds, and the unparsed bytes it may still hold are bounded by the
-    // Inbound's fixed receive buffer.
+    // it stops at the connection's own bounds, and the unparsed bytes it may still hold are
+    // bounded by the Inbound's fixed receive buffer. Waiting for the total's bound, a
+    // connection parses nothing but still reads into that buffer (until it is full), so a
+    // client that leaves is noticed and its place in the queue freed.
     const overloaded = this.header === null && this.busy();
     if (overloaded && !this.paused) {
       this.paused = true;
@@ -276,6 +260,7 @@ export class Transmission {
       this.paused = false;
       this.received.resume();
     }
+    this.account.setPaused(this.paused || this.account.waiting);
   }
 
   /** Starts one request; a WRITE payload (from acquirePayload) goes back to the pool however the request ends. */
