@@ -130,6 +130,17 @@ export const StagingSchema = Type.Object({
   degraded: Type.Boolean(),
   overlayExtents: Type.Integer(),
   committerError: Type.Union([Type.String(), Type.Null()]),
+  failed: Type.Boolean({ description: 'no copy is left: writes fail; POST .../staging/discard (`ferry staging detach --force`) serves the disk without it' }),
+  unappliedRecords: Type.Integer({ description: 'acknowledged records not yet applied to the disk' }),
+});
+
+export const StagingDiscardSchema = Type.Object({
+  disk: Type.String(),
+  path: Type.String(),
+  copyPath: Type.Union([Type.String(), Type.Null()]),
+  size: Type.Integer(),
+  unappliedRecords: Type.Union([Type.Integer(), Type.Null()], { description: 'acknowledged writes that were not on the disk and are lost; null: the staging area could not be read to count them' }),
+  message: Type.String(),
 });
 
 export const routes: RouteDef[] = [
@@ -265,6 +276,16 @@ export const routes: RouteDef[] = [
     params: NameParam,
     response: StagingSchema,
     handler: (d, { params }) => d.staging.repair(params.name!),
+  },
+  {
+    method: 'POST',
+    url: '/v1/disks/:name/staging/discard',
+    operationId: 'discardStaging',
+    summary: 'Detach a staging area with no copy left (lost, or unopenable at start) without applying it: the disk is served without it; says how many acknowledged writes were not yet on the disk (lost)',
+    tag: 'staging',
+    params: NameParam,
+    response: StagingDiscardSchema,
+    handler: (d, { params }) => d.staging.forceDetach(params.name!),
   },
   {
     method: 'POST',

@@ -1,6 +1,6 @@
-// `ferry staging ...`: attach, show, detach and repair a disk's staging area.
+// `ferry staging ...`: attach, show, detach (or, for one with no copy left, detach by force) and repair a disk's staging area.
 import type { Command } from 'commander';
-import type { StagingInfo } from '../control/staging-control.js';
+import type { StagingDiscardInfo, StagingInfo } from '../control/staging-control.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
 
@@ -11,7 +11,8 @@ function details(s: StagingInfo): string {
       ['disk', s.disk],
       ['size', `${bytes(s.size)} (${s.size} bytes)`],
       ['used', `${bytes(s.usedBytes)} (${pct}%)`],
-      ['state', s.degraded ? 'DEGRADED: a copy failed, run `ferry staging repair`' : 'healthy'],
+      ['state', stateLine(s)],
+      ['unapplied', `${s.unappliedRecords} record(s) not yet on the disk`],
       ['records', `next ${s.nextSeq}, durable through ${s.durableSeq}`],
       ['overlay extents', String(s.overlayExtents)],
       ...(s.committerError ? ([['committer error', s.committerError]] as Array<[string, string]>) : []),
@@ -27,6 +28,11 @@ function details(s: StagingInfo): string {
       ['consumer', 'next record', 'pending'],
     )
   );
+}
+
+function stateLine(s: StagingInfo): string {
+  if (s.failed) return `FAILED: no copy is left; run \`ferry staging detach ${s.disk} --force\` to serve the disk without it (the ${s.unappliedRecords} record(s) not yet on the disk are lost)`;
+  return s.degraded ? 'DEGRADED: a copy failed, run `ferry staging repair`' : 'healthy';
 }
 
 export function registerStagingCommands(program: Command): void {
@@ -56,8 +62,14 @@ export function registerStagingCommands(program: Command): void {
   staging
     .command('detach <disk>')
     .description('apply every staged write to the disk, then detach the staging area')
+    .option('--force', 'only for a staging area with no copy left: detach it WITHOUT applying it and serve the disk without it; reports the acknowledged writes not yet on the disk, which are lost')
     .addOption(jsonOpt())
-    .action(async (disk: string, _opts, cmd: Command) => {
+    .action(async (disk: string, opts, cmd: Command) => {
+      if (opts.force) {
+        const r = await client(cmd).request<StagingDiscardInfo>('POST', `/v1/disks/${encodeURIComponent(disk)}/staging/discard`);
+        print(cmd, r, () => `detached the failed staging area of disk ${r.disk} without applying it: ${r.message}\n`);
+        return;
+      }
       const s = await client(cmd).request<StagingInfo>('DELETE', `/v1/disks/${encodeURIComponent(disk)}/staging`);
       print(cmd, s, () => `detached the staging area of disk ${s.disk}: every staged write is on the disk\n`);
     });

@@ -44,6 +44,8 @@ interface OpenDisk {
   row: DiskRow;
   volume: Volume | null;
   error?: string;
+  /** Unavailable because its staging area could not be opened (not its primary). */
+  stagingUnopenable?: boolean;
 }
 
 export class DiskRegistry {
@@ -72,7 +74,8 @@ export class DiskRegistry {
         try {
           await openStaging(row, d.volume);
         } catch (err) {
-          d.error = `staging area: ${err instanceof Error ? err.message : String(err)}`;
+          d.error = `staging area: ${err instanceof Error ? err.message : String(err)}; ${lostStagingAdvice(row.name)}`;
+          d.stagingUnopenable = true;
           this.log.error({ disk: row.name, err: d.error }, 'disk unavailable: its staging area cannot be opened');
           await d.volume.close().catch(() => undefined);
           d.volume = null;
@@ -109,6 +112,28 @@ export class DiskRegistry {
       this.log.error({ disk: row.name, path: row.path, err: message }, 'disk unavailable');
       return { row, volume: null, error: message };
     }
+  }
+
+  /**
+   * Brings an unavailable disk back online without a staging area (`staging detach --force`):
+   * opens its primary, then runs `commit` (drop the staging area), then serves it. If the disk
+   * cannot be opened or `commit` throws, nothing changed and the error is thrown.
+   */
+  async reopen(name: string, commit: () => void): Promise<void> {
+    const d = this.mustGet(name);
+    if (d.volume) throw new FerryError('BAD_REQUEST', `disk '${name}' is online`);
+    const opened = this.open(d.row);
+    if (!opened.volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${name}' cannot be opened: ${opened.error}`);
+    try {
+      commit();
+    } catch (err) {
+      await opened.volume.close().catch(() => undefined);
+      throw err;
+    }
+    d.volume = opened.volume;
+    delete d.error;
+    delete d.stagingUnopenable;
+    this.log.warn({ disk: name }, 'disk online again, without a staging area');
   }
 
   /** The volume of an online disk, for the NBD catalog. */
@@ -255,10 +280,18 @@ export class DiskRegistry {
       throw new FerryError('BAD_REQUEST', `disk '${name}' is adopted: Ferry never deletes its data; remove it without --purge`);
     }
     if (this.store.mirror(name)) throw new FerryError('DISK_BUSY', `disk '${name}' has a mirror; remove it first (ferry mirror remove ${name})`);
-    if (this.store.staging(name)) throw new FerryError('DISK_BUSY', `disk '${name}' has a staging area; detach it first (ferry staging detach ${name})`);
+    // A staging area with no copy left (or that could not be opened at start) goes with the disk: nothing can drain it.
+    const stagingLost = d.volume ? d.volume.staging?.failure != null : d.stagingUnopenable === true;
+    if (this.store.staging(name) && !stagingLost) throw new FerryError('DISK_BUSY', `disk '${name}' has a staging area; detach it first (ferry staging detach ${name})`);
     const clients = d.volume?.attachedClients ?? 0;
     if (clients > 0) throw new FerryError('DISK_BUSY', `disk '${name}' has ${clients} NBD client(s) attached; disconnect them first`);
     const before = this.info(d);
+    if (this.store.staging(name)) {
+      const unapplied = d.volume?.staging ? d.volume.staging.journal.writtenSeq - d.volume.staging.committer.nextSeq + 1 : null;
+      if (d.volume?.staging) await d.volume.discardStaging();
+      forgetStaging(this.store, name);
+      this.log.warn({ disk: name, unappliedRecords: unapplied }, 'the failed staging area of a removed disk was discarded');
+    }
     this.store.deleteDisk(name);
     this.disks.delete(name);
     await d.volume?.close();
@@ -316,6 +349,24 @@ export class DiskRegistry {
 function isInside(child: string, parent: string): boolean {
   const rel = path.relative(parent, child);
   return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/** Where a lost or unopenable staging area's status and refusals point the administrator. */
+export function lostStagingAdvice(disk: string): string {
+  return `run \`ferry staging detach ${disk} --force\` to serve the disk without it (acknowledged writes not yet on the disk are lost; the command reports how many), or \`ferry disk remove ${disk}\``;
+}
+
+/** Deletes a disk's staging row, then the staging files Ferry created (never a block device or a file it did not create). */
+export function forgetStaging(store: MetadataStore, disk: string): void {
+  const s = store.staging(disk);
+  if (!s) return;
+  store.deleteStaging(disk);
+  for (const [p, mine] of [[s.path, s.created_file], [s.copy_path, s.created_copy]] as const) {
+    if (p && mine) {
+      fs.rmSync(p, { force: true });
+      syncDirectory(path.dirname(p));
+    }
+  }
 }
 
 /** Makes a directory entry change (create, unlink) durable. */

@@ -1,7 +1,15 @@
 // The control layer's management of staging areas: attach (create and preallocate the
 // files, or take a block device, format, record in metadata, switch the disk's data
-// path), show, detach (drain to the disk first) and repair (rebuild a failed copy
-// while writes go on). Every refusal happens before anything is created or changed.
+// path), show, detach (drain to the disk first), repair (rebuild a failed copy while
+// writes go on) and the way out of a staging area with no copy left (detach by force:
+// the disk is served without it, and what it held that was not on the disk is reported
+// lost). Every refusal happens before anything is created or changed.
+//
+//   staging area state        | detach        | detach --force        | repair              | disk remove
+//   --------------------------|---------------|-----------------------|---------------------|-------------------
+//   healthy / degraded        | drain, detach | refused (BAD_REQUEST) | rebuild failed copy | refused: detach first
+//   lost (no copy left)       | STAGING_FAILED| discard, report lost  | STAGING_FAILED      | discards it, removes
+//   unopenable at start       | DISK_UNAVAIL. | discard, lost unknown | DISK_UNAVAILABLE    | discards it, removes
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -12,7 +20,7 @@ import { sizeBytesMax } from '../disk/size.js';
 import { Journal, STAGING_BYTES_MIN, type JournalStats } from '../journal/journal.js';
 import { PRIMARY_CONSUMER } from '../volume/committer.js';
 import type { Volume } from '../volume/volume.js';
-import { syncDirectory, type DiskRegistry } from './disk-registry.js';
+import { forgetStaging, lostStagingAdvice, syncDirectory, type DiskRegistry } from './disk-registry.js';
 import { assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { DiskRow, MetadataStore, StagingRow } from './store.js';
 
@@ -24,6 +32,21 @@ export interface StagingInfo extends JournalStats {
   degraded: boolean;
   overlayExtents: number;
   committerError: string | null;
+  /** No copy is left: writes fail; `staging detach --force` brings the disk back without it. */
+  failed: boolean;
+  /** Acknowledged records not yet applied to the disk (lost if the staging area is discarded). */
+  unappliedRecords: number;
+}
+
+/** What `staging detach --force` did: the staging area is gone, the disk served without it. */
+export interface StagingDiscardInfo {
+  disk: string;
+  path: string;
+  copyPath: string | null;
+  size: number;
+  /** Acknowledged writes that were not on the disk and are lost; null when the staging area could not be read to count them. */
+  unappliedRecords: number | null;
+  message: string;
 }
 
 const zeroChunkBytes = 8 * 1024 * 1024;
@@ -51,14 +74,23 @@ export class StagingControl {
         stores.push(new MissingStore(p, s.size));
       }
     }
-    const staged = await volume.attachStaging(stores, this.log.child({ disk: row.name }));
+    let staged;
+    try {
+      staged = await volume.attachStaging(stores, this.log.child({ disk: row.name }));
+    } catch (err) {
+      await Promise.all(stores.map((x) => x.close().catch(() => undefined)));
+      throw err;
+    }
     const r = staged.journal.recovery;
     this.log.info({ disk: row.name, records: r.records, bytes: r.payloadBytes, end: r.end, rewritten: r.rewrittenRecords }, 'staging area recovered and replayed to the primary');
   }
 
   private onlineVolume(name: string): { row: DiskRow; volume: Volume } {
     const e = this.disks.entry(name);
-    if (!e.volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${name}' is unavailable`);
+    if (!e.volume) {
+      const why = this.disks.get(name).error;
+      throw new FerryError('DISK_UNAVAILABLE', `disk '${name}' is unavailable${why ? `: ${why}` : ''}`);
+    }
     return { row: e.row, volume: e.volume };
   }
 
@@ -139,7 +171,15 @@ export class StagingControl {
       degraded: stats.copies.some((c) => !c.healthy),
       overlayExtents: staged.overlay.size,
       committerError: staged.committer.lastError,
+      failed: staged.failure !== null,
+      unappliedRecords: Math.max(0, staged.journal.writtenSeq - staged.committer.nextSeq + 1),
     };
+  }
+
+  /** A staging area with no copy left cannot be drained, repaired or rebuilt: the refusal says what can be done. */
+  private refuseLost(disk: string, what: string): void {
+    const failure = this.disks.entry(disk).volume?.staging?.failure;
+    if (failure) throw new FerryError('STAGING_FAILED', `cannot ${what}: the staging area of disk '${disk}' has no copy left (${failure.message}); ${lostStagingAdvice(disk)}`);
   }
 
   /** Applies every staged write to the disk, then detaches and deletes the files Ferry created. */
@@ -147,6 +187,7 @@ export class StagingControl {
     const info = this.show(disk);
     if (this.store.replica(disk) && !opts.replica) throw new FerryError('DISK_BUSY', `disk '${disk}' is a replica: its staging area receives the primary site's records; remove the mirror at the primary site`);
     if (this.store.mirror(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' has a mirror, which needs its staging area; remove the mirror first`);
+    this.refuseLost(disk, 'apply the staged writes to the disk');
     const { volume } = this.onlineVolume(disk);
     const s = this.store.staging(disk)!;
     await volume.detachStaging();
@@ -168,16 +209,47 @@ export class StagingControl {
     this.log.warn({ disk }, 'replica staging area discarded: its records were not applied');
   }
 
+  /**
+   * The way out of a staging area with no copy left (lost while running, or unopenable at
+   * start): detaches it WITHOUT applying it and serves the disk without it. Reports how many
+   * acknowledged writes were not on the disk (lost), or null when the staging area could not
+   * be read to count them. Refused, changing nothing, for a staging area that still has a
+   * healthy copy (detach drains it), a mirror or a replica, or a disk that cannot be opened.
+   */
+  async forceDetach(disk: string): Promise<StagingDiscardInfo> {
+    const e = this.disks.entry(disk);
+    const s = this.store.staging(disk);
+    if (!s) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
+    if (this.store.replica(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' is a replica: its staging area receives the primary site's records; remove the mirror at the primary site`);
+    if (this.store.mirror(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' has a mirror, which needs its staging area; remove the mirror first`);
+    let unapplied: number | null;
+    if (e.volume?.staging) {
+      const staged = e.volume.staging;
+      if (!staged.failure) throw new FerryError('BAD_REQUEST', `the staging area of disk '${disk}' still has a healthy copy: \`ferry staging detach ${disk}\` applies every staged write first (and \`ferry staging repair\` rebuilds a failed copy)`);
+      unapplied = Math.max(0, staged.journal.writtenSeq - staged.committer.nextSeq + 1);
+      await e.volume.discardStaging();
+      this.forget(disk);
+    } else if (e.volume) {
+      // A row without an open staging area on an online disk does not happen; drop the row.
+      unapplied = null;
+      this.forget(disk);
+    } else {
+      unapplied = null;
+      await this.disks.reopen(disk, () => this.forget(disk));
+    }
+    const message =
+      unapplied === null
+        ? 'the staging area could not be read: acknowledged writes it held that were not yet on the disk (at most those since its last checkpoint) are lost'
+        : unapplied === 0
+          ? 'every acknowledged write was already on the disk: nothing is lost'
+          : `${unapplied} acknowledged write(s) were not yet on the disk and are lost; the disk holds the data as it was before them`;
+    this.log.warn({ disk, unappliedRecords: unapplied }, `failed staging area detached by force: ${message}`);
+    return { disk, path: s.path, copyPath: s.copy_path, size: s.size, unappliedRecords: unapplied, message };
+  }
+
   /** Deletes the staging row, then the files Ferry created. */
   private forget(disk: string): void {
-    const s = this.store.staging(disk)!;
-    this.store.deleteStaging(disk);
-    for (const [p, mine] of [[s.path, s.created_file], [s.copy_path, s.created_copy]] as const) {
-      if (p && mine) {
-        fs.rmSync(p, { force: true });
-        syncDirectory(path.dirname(p));
-      }
-    }
+    forgetStaging(this.store, disk);
   }
 
   /** Rebuilds every failed copy (a new preallocated file at the same path, or the block device reopened). */
@@ -187,13 +259,21 @@ export class StagingControl {
     const journal = this.onlineVolume(disk).volume.staging!.journal;
     const failed = info.copies.filter((c) => !c.healthy && !c.rebuilding);
     if (failed.length === 0) throw new FerryError('BAD_REQUEST', `the staging area of disk '${disk}' has no failed copy`);
+    // A copy is rebuilt from a healthy one: with none left there is nothing to rebuild from (and nothing is created).
+    this.refuseLost(disk, 'repair');
     for (const c of failed) {
       const mine = c.path === s.path ? s.created_file === 1 : s.created_copy === 1;
       if (mine) {
         fs.rmSync(c.path, { force: true });
         await createPreallocated(c.path, s.size);
       }
-      await journal.rebuildCopy(journal.copyIndexOf(c.path), BlockDevice.open(c.path));
+      try {
+        await journal.rebuildCopy(journal.copyIndexOf(c.path), BlockDevice.open(c.path));
+      } catch (err) {
+        // The failed copy's file was Ferry's and gone already; the new one must not look like a valid copy later.
+        if (mine && !journal.stats().copies.some((x) => x.path === c.path && (x.healthy || x.rebuilding))) fs.rmSync(c.path, { force: true });
+        throw err;
+      }
     }
     return this.show(disk);
   }

@@ -69,7 +69,8 @@ export class CopySet {
     c.healthy = false;
     c.rebuilding = false;
     c.problem = problem;
-    this.log.error({ copy: c.store.path, problem }, 'STAGING COPY FAILED: the staging area is degraded to its other copy; run `ferry staging repair`');
+    if (this.copies.some((x) => x.healthy)) this.log.error({ copy: c.store.path, problem }, 'STAGING COPY FAILED: the staging area is degraded to its other copy; run `ferry staging repair`');
+    else this.log.error({ copy: c.store.path, problem }, 'STAGING COPY FAILED: no copy is left; `ferry staging detach --force` serves the disk without it');
     this.events.degraded(c.store.path, problem);
   }
 

@@ -116,7 +116,7 @@ export class Journal extends EventEmitter {
       degraded: (path, problem) => this.emit('degraded', { path, problem }),
       lost: (err) => {
         this.failure ??= err;
-        this.log.fatal({ err: err.message }, 'staging area lost: writes to this disk now fail');
+        this.log.fatal({ err: err.message }, 'staging area lost: writes to this disk now fail; `ferry staging detach --force` serves it without the staging area');
         this.emit('failed', err);
         for (const w of this.spaceWaiters.splice(0)) w();
       },
