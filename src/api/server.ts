@@ -5,6 +5,7 @@
 // calls into the control layer and never touches disks or sockets itself.
 import crypto from 'node:crypto';
 import http from 'node:http';
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -13,6 +14,7 @@ import type { Daemon } from '../control/daemon.js';
 import { routes, type RouteDef } from './routes.js';
 import { buildOpenApi } from './openapi.js';
 import { Metrics } from './metrics.js';
+import { ConnectionLimiter, fdBoundedMax, type Admission, type ConnectionLimits } from '../net/connection-limiter.js';
 
 export interface ApiServerOptions {
   daemon: Daemon;
@@ -24,6 +26,17 @@ export interface ApiServerOptions {
 const bodyBytesMax = 64 * 1024;
 /** fastify's bound on one path parameter (a name: at most 63 characters); longer is URL_TOO_LONG (414). */
 const paramBytesMax = 100;
+
+/**
+ * Default API connection limits: a quarter of the descriptors left after the reserve, at most
+ * 256; 64 per address (a CLI call holds one, a browser about six); a connection must send a
+ * complete request within 10 s of connecting, and at most 64 (16 per address) may be waiting to.
+ */
+export function apiLimitsDefault(): ConnectionLimits {
+  const connectionsMax = fdBoundedMax(256, 1 / 4);
+  const pendingMax = Math.min(64, connectionsMax);
+  return { connectionsMax, perAddressMax: Math.min(64, connectionsMax), pendingMax, pendingPerAddressMax: Math.min(16, pendingMax), pendingMsMax: 10_000 };
+}
 
 export class ApiServer {
   private readonly app: FastifyInstance;
@@ -91,7 +104,21 @@ export class ApiServer {
     });
   }
 
-  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+  /**
+   * Listens, with the API's connection limits (src/net/connection-limiter.ts): in total, per
+   * source address, and for connections that have not sent a complete request yet (pending:
+   * closed after pendingMsMax); refusals are logged, rate-limited.
+   */
+  listen(host: string, port: number, limits: Partial<ConnectionLimits> = {}): Promise<{ host: string; port: number }> {
+    const limiter = new ConnectionLimiter({ name: 'API', limits: { ...apiLimitsDefault(), ...limits }, log: this.opts.log });
+    const admissions = new WeakMap<object, Admission>();
+    this.app.server.on('connection', (socket: net.Socket) => {
+      socket.setNoDelay(true);
+      const admission = limiter.admit(socket);
+      if (admission) admissions.set(socket, admission);
+    });
+    this.app.server.on('request', (req: http.IncomingMessage) => admissions.get(req.socket)?.established());
+    this.app.server.once('close', () => limiter.close());
     return this.app.listen({ host, port }).then(() => {
       const addr = this.app.server.address();
       if (addr === null || typeof addr === 'string') throw new Error('API server has no TCP address');

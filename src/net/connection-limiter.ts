@@ -12,7 +12,9 @@
 // from many addresses fills pendingMax, and then each newcomer drops the oldest pending
 // connection, so a real client that completes its handshake in less time than the flood
 // takes to open pendingMax new connections always gets through, and established
-// connections can never be crowded out by pending ones.
+// connections can never be crowded out by pending ones. The same goes for one address: its
+// oldest pending connection is dropped for its newest, so a flood from the address a real
+// client shares (NAT) churns itself rather than locking the client out.
 import fs from 'node:fs';
 import type net from 'node:net';
 import type { Logger } from 'pino';
@@ -24,13 +26,13 @@ export interface ConnectionLimits {
   perAddressMax: number;
   /** Pending connections at once, all addresses; when full, the oldest one is dropped for a newcomer. */
   pendingMax: number;
-  /** Pending connections at once from one source address; beyond it newcomers are refused. */
+  /** Pending connections at once from one source address; beyond it that address's oldest pending one is dropped for a newcomer. */
   pendingPerAddressMax: number;
   /** Time a connection may stay pending before it is closed; 0: the owner times it out itself. */
   pendingMsMax: number;
 }
 
-export type RefusalReason = 'closing' | 'total' | 'perAddress' | 'pendingPerAddress';
+export type RefusalReason = 'closing' | 'total' | 'perAddress';
 
 /** One admitted connection. */
 export interface Admission {
@@ -107,7 +109,7 @@ export class ConnectionLimiter {
   private readonly perAddress = new Map<string, { all: number; pending: number }>();
   private total = 0;
   private closing = false;
-  private refused: Record<RefusalReason | 'evicted' | 'timedOut', number> = { closing: 0, total: 0, perAddress: 0, pendingPerAddress: 0, evicted: 0, timedOut: 0 };
+  private refused: Record<RefusalReason | 'evicted' | 'timedOut', number> = { closing: 0, total: 0, perAddress: 0, evicted: 0, timedOut: 0 };
   private lastRemote = '';
   private windowTimer: NodeJS.Timeout | null = null;
 
@@ -147,13 +149,13 @@ export class ConnectionLimiter {
     let reason: RefusalReason | null = null;
     if (this.closing) reason = 'closing';
     else if (counts.all >= l.perAddressMax) reason = 'perAddress';
-    else if (counts.pending >= l.pendingPerAddressMax) reason = 'pendingPerAddress';
     else if (this.total >= l.connectionsMax && this.pendingEntries.size === 0) reason = 'total';
     if (reason !== null) {
       this.refuse(reason, socket);
       return null;
     }
-    if (this.pendingEntries.size >= l.pendingMax || this.total >= l.connectionsMax) this.evictOldest();
+    if (counts.pending >= l.pendingPerAddressMax) this.evictOldest(address);
+    else if (this.pendingEntries.size >= l.pendingMax || this.total >= l.connectionsMax) this.evictOldest();
     const entry: Entry = { address, socket, pending: true, timer: null };
     this.pendingEntries.set(entry, true);
     counts.all++;
@@ -198,9 +200,15 @@ export class ConnectionLimiter {
     this.perAddress.get(entry.address)!.pending--;
   }
 
-  /** Drops the oldest pending connection to make room (its 'close' releases the slot; counted at once). */
-  private evictOldest(): void {
-    const oldest = this.pendingEntries.keys().next().value as Entry | undefined;
+  /** Drops the oldest pending connection (of `address` if given) to make room; its 'close' releases its slot. */
+  private evictOldest(address?: string): void {
+    let oldest: Entry | undefined;
+    for (const e of this.pendingEntries.keys()) {
+      if (address === undefined || e.address === address) {
+        oldest = e;
+        break;
+      }
+    }
     if (!oldest) return;
     this.leavePending(oldest);
     this.count('evicted', oldest.socket);
@@ -240,6 +248,6 @@ export class ConnectionLimiter {
       { listener: this.name, ...counts, last: this.lastRemote, connections: this.total, pending: this.pendingEntries.size, limits: this.limits },
       `${this.name} connections refused or dropped at their limits: ${n} (${Object.keys(counts).join(', ')})`,
     );
-    this.refused = { closing: 0, total: 0, perAddress: 0, pendingPerAddress: 0, evicted: 0, timedOut: 0 };
+    this.refused = { closing: 0, total: 0, perAddress: 0, evicted: 0, timedOut: 0 };
   }
 }
