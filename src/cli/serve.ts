@@ -64,6 +64,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
   try {
     apiAddress = await api.listen(daemon.config.api.host, daemon.config.api.port);
     await daemon.load();
+    // What recovery logged reaches stderr before the lines that say ferryd is up.
+    await new Promise<void>((resolve) => log.flush(() => resolve()));
   } catch (err) {
     await api.close().catch(() => undefined);
     await daemon.stop().catch(() => undefined);
