@@ -13,7 +13,7 @@ import { BlockDevice } from '../disk/block-device.js';
 import { sizeBytesMax } from '../disk/size.js';
 import { Volume } from '../volume/volume.js';
 import { validateName } from '../names.js';
-import { assertPathFree } from './path-guard.js';
+import { DEFAULT_POOL_DIR, assertNotReserved, assertPathFree, assertPathText, isInside } from './path-guard.js';
 import type { DiskKind, DiskRow, MetadataStore, PoolRow } from './store.js';
 
 export const DEFAULT_POOL = 'default';
@@ -64,7 +64,7 @@ export class DiskRegistry {
    */
   async load(openStaging: (row: DiskRow, volume: Volume) => Promise<void>): Promise<void> {
     if (!this.store.pool(DEFAULT_POOL)) {
-      const dir = path.join(this.dataDir, 'pool');
+      const dir = path.join(this.dataDir, DEFAULT_POOL_DIR);
       fs.mkdirSync(dir, { recursive: true });
       this.store.insertPool({ name: DEFAULT_POOL, path: fs.realpathSync(dir), created_at: Date.now() });
     }
@@ -242,7 +242,7 @@ export class DiskRegistry {
   /** Serves an existing image file or block device as-is: nothing is written into it but client data. */
   async adopt(req: { name: string; path: string; readOnly?: boolean }): Promise<DiskInfo> {
     this.checkNewName(req.name);
-    if (typeof req.path !== 'string' || !path.isAbsolute(req.path)) throw new FerryError('INVALID_PATH', `path ${JSON.stringify(req.path)} must be absolute`);
+    assertPathText(req.path, 'path');
     let real: string;
     try {
       real = fs.realpathSync(req.path);
@@ -250,10 +250,8 @@ export class DiskRegistry {
       throw fromSystemError(err, `adopt ${req.path}`);
     }
     const st = fs.statSync(real);
+    assertNotReserved(this.dataDir, real, st);
     if (!st.isFile() && !st.isBlockDevice()) throw new FerryError('INVALID_PATH', `${real} is neither a regular file nor a block device`);
-    const dataReal = fs.realpathSync(this.dataDir);
-    const inPool = this.store.pools().some((p) => isInside(real, p.path));
-    if (isInside(real, dataReal) && !inPool) throw new FerryError('INVALID_PATH', `${real} is part of Ferry's own data directory`);
     assertPathFree(this.store, this.dataDir, real);
     const device = BlockDevice.open(real, { readOnly: req.readOnly ?? false });
     if (device.size === 0) {
@@ -314,16 +312,21 @@ export class DiskRegistry {
   addPool(req: { name: string; path: string }): PoolInfo {
     validateName('pool', req.name);
     if (this.store.pool(req.name)) throw new FerryError('POOL_EXISTS', `a pool named '${req.name}' already exists`);
-    if (typeof req.path !== 'string' || !path.isAbsolute(req.path)) throw new FerryError('INVALID_PATH', `pool path ${JSON.stringify(req.path)} must be absolute`);
+    assertPathText(req.path, 'pool path');
     let real: string;
     try {
       real = fs.realpathSync(req.path);
     } catch (err) {
       throw fromSystemError(err, `pool ${req.path}`);
     }
-    if (!fs.statSync(real).isDirectory()) throw new FerryError('INVALID_PATH', `${real} is not a directory`);
+    const st = fs.statSync(real);
+    if (!st.isDirectory()) throw new FerryError('INVALID_PATH', `${real} is not a directory`);
     const clash = this.store.pools().find((p) => isInside(real, p.path) || isInside(p.path, real));
     if (clash) throw new FerryError('PATH_IN_USE', `${real} overlaps pool '${clash.name}' (${clash.path})`);
+    // Nothing of the data directory is a pool, nor a directory holding it: its disks' files could be named there.
+    assertNotReserved(this.dataDir, real, st);
+    const dataReal = fs.realpathSync(this.dataDir);
+    if (isInside(dataReal, real)) throw new FerryError('INVALID_PATH', `${real} contains Ferry's own data directory ${dataReal}`);
     const row: PoolRow = { name: req.name, path: real, created_at: Date.now() };
     this.store.insertPool(row);
     this.log.info({ pool: req.name, path: real }, 'pool added');
@@ -344,11 +347,6 @@ export class DiskRegistry {
   async close(): Promise<void> {
     await Promise.all([...this.disks.values()].map((d) => d.volume?.close()));
   }
-}
-
-function isInside(child: string, parent: string): boolean {
-  const rel = path.relative(parent, child);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
 
 /** Where a lost or unopenable staging area's status and refusals point the administrator. */

@@ -13,7 +13,7 @@ import { Mirror, MIRROR_CONSUMER, type MirrorStatus, type VerifyReport } from '.
 import type { SyncMode } from '../mirror/sync-engine.js';
 import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
-import { assertPathFree, resolveTargetPath } from './path-guard.js';
+import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, MirrorRow, PeerRow } from './store.js';
 import type { PromoteReport, ReplicaControl } from './replica-control.js';
@@ -243,6 +243,7 @@ export class MirrorControl {
     const p = to.slice('local:'.length);
     if (!path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `mirror target path '${p}' must be absolute`);
     const { real, stat } = resolveTargetPath(p, 'mirror target');
+    assertNotReserved(this.dataDir, real, stat);
     if (stat && !stat.isFile() && !stat.isBlockDevice()) throw new FerryError('INVALID_TARGET', `${real} is neither a regular file nor a block device`);
     const exists = stat !== null;
     if (real === row.path) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);

@@ -22,6 +22,7 @@ import { PRIMARY_CONSUMER } from '../volume/committer.js';
 import type { Volume } from '../volume/volume.js';
 import { forgetStaging, lostStagingAdvice, syncDirectory, type DiskRegistry } from './disk-registry.js';
 import { assertPathFree, resolveTargetPath } from './path-guard.js';
+import { REPLICA_STAGING_DIR } from './replica-control.js';
 import type { DiskRow, MetadataStore, StagingRow } from './store.js';
 
 export interface StagingInfo extends JournalStats {
@@ -94,12 +95,15 @@ export class StagingControl {
     return { row: e.row, volume: e.volume };
   }
 
-  /** Validates a staging path: absolute, unused, not the disk; returns its real path and whether it is a block device. */
-  private checkPath(p: unknown, what: string, diskPath: string): { real: string; block: boolean } {
-    if (typeof p !== 'string' || !path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `${what} ${JSON.stringify(p)} must be an absolute path`);
+  /**
+   * Validates a staging path: absolute, allowed (path-guard.ts), unused, not the disk; returns
+   * its real path and whether it is a block device. `ownPath`: the path in the data directory
+   * Ferry chose itself (a replica's staging area), the one place there a staging area may be.
+   */
+  private checkPath(p: unknown, what: string, diskPath: string, ownPath: string | null = null): { real: string; block: boolean } {
     const { real, stat } = resolveTargetPath(p, what);
     if (real === diskPath) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
-    assertPathFree(this.store, this.dataDir, real);
+    assertPathFree(this.store, this.dataDir, real, ownPath);
     if (stat && !stat.isBlockDevice()) throw new FerryError('PATH_IN_USE', `${real} already exists; give a new file path (Ferry creates and preallocates it) or a block device`);
     return { real, block: stat !== null };
   }
@@ -109,7 +113,9 @@ export class StagingControl {
     const { row, volume } = this.onlineVolume(req.disk);
     if (this.store.staging(req.disk)) throw new FerryError('STAGING_EXISTS', `disk '${req.disk}' already has a staging area`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only; a staging area stages writes`);
-    const main = this.checkPath(req.path, 'staging path', row.path);
+    // Only ReplicaControl gives firstSeq (the API never does): its staging area is in the data directory.
+    const own = req.firstSeq !== undefined ? path.join(fs.realpathSync(this.dataDir), REPLICA_STAGING_DIR, `${req.disk}.stg`) : null;
+    const main = this.checkPath(req.path, 'staging path', row.path, own);
     const copy = req.copy !== undefined ? this.checkPath(req.copy, 'staging copy path', row.path) : null;
     if (copy && (copy.real === main.real || sameBlockDevice(copy.real, main.real))) throw new FerryError('PATH_IN_USE', 'the staging copy must be on a different path (and device) than the staging area');
     const deviceSizes = [main, ...(copy ? [copy] : [])].filter((x) => x.block).map((x) => deviceSize(x.real));
