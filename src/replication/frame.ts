@@ -109,11 +109,21 @@ export class ProtocolError extends FerryError {
 }
 
 /**
+ * The largest first frame on a connection (PAIR or HELLO: a small JSON object, no payload):
+ * the listener reads nothing larger before it knows who the peer is.
+ */
+export const FIRST_FRAME_BYTES_MAX = 8 * 1024;
+
+/**
  * Reads whole frames from a stream. At most one frame is buffered beyond what the caller
  * has taken: the stream is paused while a complete frame waits to be read, and resumed as
  * soon as none does (so the next frame arrives while the caller handles the last one).
+ * With `firstFrameBytesMax`, a first frame declaring more is refused as soon as its header
+ * is in, before any of it is buffered.
  */
 export class FrameReader {
+  /** Frames delivered so far (the first-frame bound applies until one is). */
+  private delivered = 0;
   private chunks: Buffer[] = [];
   private buffered = 0;
   private ended: Error | null = null;
@@ -126,7 +136,10 @@ export class FrameReader {
   private readonly onEnd = (): void => this.finish(null);
   private readonly onError = (err: Error): void => this.finish(err);
 
-  constructor(private readonly stream: Duplex) {
+  constructor(
+    private readonly stream: Duplex,
+    private readonly opts: { firstFrameBytesMax?: number } = {},
+  ) {
     stream.on('data', this.onData);
     stream.on('end', this.onEnd);
     stream.on('close', this.onEnd);
@@ -159,6 +172,8 @@ export class FrameReader {
       if (metaBytes > FRAME_META_BYTES_MAX) throw new ProtocolError(`frame metadata of ${metaBytes} bytes exceeds ${FRAME_META_BYTES_MAX}`);
       if (payloadBytes > FRAME_PAYLOAD_BYTES_MAX) throw new ProtocolError(`frame payload of ${payloadBytes} bytes exceeds ${FRAME_PAYLOAD_BYTES_MAX}`);
       const total = FRAME_HEADER_BYTES + metaBytes + payloadBytes;
+      const firstMax = this.opts.firstFrameBytesMax;
+      if (firstMax !== undefined && this.delivered === 0 && total > firstMax) throw new ProtocolError(`first frame of ${total} bytes exceeds ${firstMax} (PAIR and HELLO are small)`);
       if (this.buffered < total) return this.more();
       if (!this.waiter) {
         this.stream.pause();
@@ -176,6 +191,7 @@ export class FrameReader {
       const frame: Frame = { type: all.readUInt8(4), flags: all.readUInt8(5), meta: meta as Record<string, unknown>, payload: all.subarray(FRAME_HEADER_BYTES + metaBytes) };
       const w = this.waiter;
       this.waiter = null;
+      this.delivered++;
       w.resolve(frame);
       // Receive the next frame while the caller handles this one (still one frame ahead at most).
       if (!this.frameBuffered()) this.stream.resume();
@@ -193,7 +209,9 @@ export class FrameReader {
     const metaBytes = head.readUInt32LE(8);
     const payloadBytes = head.readUInt32LE(12);
     if (metaBytes > FRAME_META_BYTES_MAX || payloadBytes > FRAME_PAYLOAD_BYTES_MAX) return true;
-    return this.buffered >= FRAME_HEADER_BYTES + metaBytes + payloadBytes;
+    const total = FRAME_HEADER_BYTES + metaBytes + payloadBytes;
+    if (this.opts.firstFrameBytesMax !== undefined && this.delivered === 0 && total > this.opts.firstFrameBytesMax) return true;
+    return this.buffered >= total;
   }
 
   /** The frame is incomplete: read on, or report the end if no more will come. */

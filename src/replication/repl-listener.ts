@@ -5,19 +5,35 @@
 // gets HELLO_OK and becomes a PeerSession for onSession (purpose 'ping' is answered here
 // and closed). Anything else — an unknown certificate, no certificate, garbage, plain
 // TCP, a slow client — is logged with the remote address and disconnected; nothing
-// changes. At most MAX_PENDING connections may be unauthenticated at once.
+// changes. Before authentication nothing larger than a first frame of FIRST_FRAME_BYTES_MAX
+// is read. Connections are limited in total and per source address, unauthenticated ones
+// apart (src/net/connection-limiter.ts): a flood from one address is held to a few pending
+// connections, a flood from many drops the oldest pending one for each newcomer, and
+// authenticated sessions hold slots pending ones cannot take — so a paired peer, whose
+// handshake takes milliseconds, always gets through.
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { PeerRow } from './peer-row.js';
-import { encodeFrame, FrameReader, FrameType, type Frame } from './frame.js';
+import { encodeFrame, FIRST_FRAME_BYTES_MAX, FrameReader, FrameType, type Frame } from './frame.js';
+import { ConnectionLimiter, fdBoundedMax, type ConnectionLimits } from '../net/connection-limiter.js';
 import { certFingerprint, type SiteIdentity } from './identity.js';
 import type { PairingHandler } from './pairing.js';
 import type { PeerSession } from './peer-session.js';
 
 export const FIRST_FRAME_TIMEOUT_MS = 10_000;
-export const MAX_PENDING = 32;
+
+/**
+ * Default connection limits: a quarter of the descriptors left after the reserve, at most
+ * 128 (a peer holds a few sessions: one per mirrored disk or group, pings, requests);
+ * unauthenticated ones at most 32 in all and 4 per address.
+ */
+export function replLimitsDefault(): ConnectionLimits {
+  const connectionsMax = fdBoundedMax(128, 1 / 4);
+  const pendingMax = Math.min(32, connectionsMax);
+  return { connectionsMax, perAddressMax: Math.max(1, Math.floor(connectionsMax / 2)), pendingMax, pendingPerAddressMax: Math.min(4, pendingMax), pendingMsMax: 0 };
+}
 
 export interface ReplListenerOptions {
   host: string;
@@ -28,6 +44,8 @@ export interface ReplListenerOptions {
   /** Receives every authenticated session (HELLO with a purpose other than 'ping'); absent: refused. */
   onSession?: (s: PeerSession) => void;
   log: Logger;
+  /** Connection limits (defaults: replLimitsDefault()). */
+  limits?: Partial<ConnectionLimits>;
 }
 
 export class ReplListener {
@@ -35,21 +53,19 @@ export class ReplListener {
   private readonly context: tls.SecureContext;
   private readonly log: Logger;
   private readonly sockets = new Set<tls.TLSSocket>();
-  private pending = 0;
-  private refusedSince = 0;
-  private lastRefusalLog = 0;
-  private closing = false;
+  private readonly limiter: ConnectionLimiter;
 
   constructor(private readonly opts: ReplListenerOptions) {
     this.log = opts.log.child({ component: 'repl' });
     this.context = tls.createSecureContext({ key: opts.identity.keyPem, cert: opts.identity.certPem, minVersion: 'TLSv1.3' });
-    this.server = net.createServer((raw) => this.accept(raw));
+    this.limiter = new ConnectionLimiter({ name: 'replication', limits: { ...replLimitsDefault(), ...opts.limits }, log: this.log });
+    this.server = net.createServer({ noDelay: true }, (raw) => this.accept(raw));
     this.server.on('error', (err) => this.log.error({ err: String(err) }, 'replication listener error'));
   }
 
   /** Connections not yet past their first frame. */
   get pendingConnections(): number {
-    return this.pending;
+    return this.limiter.pending;
   }
 
   listen(): Promise<{ host: string; port: number }> {
@@ -64,7 +80,7 @@ export class ReplListener {
   }
 
   async close(): Promise<void> {
-    this.closing = true;
+    this.limiter.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sockets) s.destroy();
     await closed;
@@ -73,22 +89,14 @@ export class ReplListener {
   private accept(raw: net.Socket): void {
     const remote = `${raw.remoteAddress}:${raw.remotePort}`;
     raw.on('error', () => undefined); // reported through the TLS socket
-    if (this.closing || this.pending >= MAX_PENDING) {
-      this.refusedSince++;
-      if (Date.now() - this.lastRefusalLog > 5000) {
-        this.log.warn({ remote, pending: this.pending, refused: this.refusedSince }, `replication connection refused: ${MAX_PENDING} connections are already authenticating`);
-        this.lastRefusalLog = Date.now();
-        this.refusedSince = 0;
-      }
-      raw.destroy();
-      return;
-    }
-    this.pending++;
+    const admission = this.limiter.admit(raw);
+    if (admission === null) return;
     let settled = false;
+    /** The first frame is handled (or the connection refused): no longer pending. */
     const settle = (): void => {
       if (!settled) {
         settled = true;
-        this.pending--;
+        admission.established();
       }
     };
     raw.setNoDelay(true);
@@ -112,7 +120,7 @@ export class ReplListener {
     socket.once('secure', () => {
       const raw509 = socket.getPeerCertificate(true)?.raw;
       const fingerprint = raw509 ? certFingerprint(raw509) : null;
-      const reader = new FrameReader(socket);
+      const reader = new FrameReader(socket, { firstFrameBytesMax: FIRST_FRAME_BYTES_MAX });
       reader.next().then(
         (frame) => {
           clearTimeout(timer);
