@@ -43,7 +43,6 @@ const firstAttachMsMax = 30_000;
 /** How long removing a remote mirror waits for the mirror site to take the last records and release its replica. */
 const removeWaitMs = 15_000;
 
-
 function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'resync'> {
   return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, resync: 0 };
 }
@@ -398,23 +397,20 @@ export class MirrorControl {
   }
 
   pause(disk: string): Promise<MirrorStatus> {
-    return this.ops.run(disk, 'pause', () => {
-      if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, true);
-      const m = this.mirror(disk);
-      m.pause();
-      this.store.updateMirror(disk, { paused: 1 });
-      return m.status();
-    });
+    return this.ops.run(disk, 'pause', () => this.setPaused(disk, true));
   }
 
   resume(disk: string): Promise<MirrorStatus> {
-    return this.ops.run(disk, 'resume', () => {
-      if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, false);
-      const m = this.mirror(disk);
-      m.resume();
-      this.store.updateMirror(disk, { paused: 0 });
-      return m.status();
-    });
+    return this.ops.run(disk, 'resume', () => this.setPaused(disk, false));
+  }
+
+  private setPaused(disk: string, paused: boolean): MirrorStatus | Promise<MirrorStatus> {
+    if (this.remote?.replicas.isReplica(disk)) return this.remote.replicas.holdApply(disk, paused);
+    const m = this.mirror(disk);
+    if (paused) m.pause();
+    else m.resume();
+    this.store.updateMirror(disk, { paused: paused ? 1 : 0 });
+    return m.status();
   }
 
   /** Fail-over at the mirror site (see ReplicaControl.promote); a disk with a mirror here is already the primary. */
