@@ -5,6 +5,8 @@
 //
 //   node scripts/ensure-deps.js server   the daemon's npm packages and native addon
 //   node scripts/ensure-deps.js test     the same, plus the NBD clients and tools the tests drive
+//
+// Last, the compiled JavaScript in dist/ is rebuilt if the sources changed (scripts/build.js).
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { spawnSync } from 'node:child_process';
@@ -48,8 +50,17 @@ function missing() {
   return out;
 }
 
+/** Compiles dist/ when it was not built from the sources as they are now (bin/ferry.cjs runs it). */
+function buildIfStale() {
+  const b = spawnSync(process.execPath, [join(root, 'scripts', 'build.js'), '--if-stale'], { cwd: root, stdio: 'inherit' });
+  if (b.status !== 0) process.exit(b.status ?? 1);
+}
+
 const before = missing();
-if (before.length === 0) process.exit(0);
+if (before.length === 0) {
+  buildIfStale();
+  process.exit(0);
+}
 console.error(`ferry: installing what is missing (${before.join(', ')}): scripts/install-deps.sh`);
 const r = spawnSync('bash', [join(root, 'scripts', 'install-deps.sh'), want === 'server' ? 'server' : 'all'], { cwd: root, stdio: 'inherit', env: { ...process.env, PATH } });
 if (r.status !== 0) process.exit(r.status ?? 1);
@@ -58,3 +69,4 @@ if (after.length > 0) {
   console.error(`ferry: still missing after scripts/install-deps.sh: ${after.join(', ')}`);
   process.exit(1);
 }
+buildIfStale();

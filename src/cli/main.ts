@@ -2,10 +2,12 @@
 // command is a thin client of ferryd's REST API (api-client.ts), printing tables for
 // people and JSON with --json. Exit codes: 0 ok, 1 the server refused (error code
 // printed), 2 bad usage, 3 ferryd unreachable.
+import fs from 'node:fs';
+import path from 'node:path';
 import { Command, Option, CommanderError } from 'commander';
+import { packageRoot } from '../package-root.js';
 import { ApiError } from './api-client.js';
 import { client, jsonOpt, print } from './command-kit.js';
-import { serve } from './serve.js';
 import { bytes, keyValues, table } from './output.js';
 import type { DiskInfo, PoolInfo } from '../control/disk-registry.js';
 import { registerStagingCommands } from './staging-commands.js';
@@ -17,6 +19,7 @@ const program = new Command('ferry')
   .option('--api <url>', 'ferryd API address (default $FERRY_API or http://127.0.0.1:7400)')
   .option('--token <token>', 'API token (default $FERRY_TOKEN or <data>/api-token)')
   .option('--data <dir>', 'data directory, to find the token (default $FERRY_DATA or ./var/ferry)')
+  .version((JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version, '-V, --version', 'print the version of ferry and exit')
   .showHelpAfterError()
   .exitOverride();
 
@@ -52,6 +55,8 @@ program
   .action(async (opts, cmd: Command) => {
     // --data and --api are also global options of the client commands; take this command's own values.
     const own = cmd.opts();
+    // Loaded only for `serve`: the daemon's modules (fastify, SQLite, the data path) cost a client command nothing.
+    const { serve } = await import('./serve.js');
     await serve({ ...opts, data: own.data ?? program.opts().data, api: cmd.getOptionValueSource('api') === 'default' && program.opts().api ? program.opts().api : own.api });
   });
 

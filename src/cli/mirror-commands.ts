@@ -1,7 +1,7 @@
 // `ferry mirror ...`: create, status (with --watch and a progress bar in a terminal),
 // pause, resume, verify, swap and remove.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
-import cliProgress from 'cli-progress';
 import type { MirrorStatus, VerifyReport } from '../mirror/mirror.js';
 import type { SwapReport } from '../control/mirror-control.js';
 import type { PromoteReport } from '../control/replica-control.js';
@@ -30,13 +30,14 @@ function statusTable(list: MirrorStatus[]): string {
   );
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Shows a progress bar until the mirror is in sync (or fails, or the user interrupts). */
 async function waitInSync(cmd: Command, disk: string): Promise<MirrorStatus> {
   const api = client(cmd);
   const tty = process.stderr.isTTY;
-  const bar = tty ? new cliProgress.SingleBar({ format: `sync ${disk} [{bar}] {percentage}% | {rate}/s | eta {eta_formatted}`, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  // Loaded only when a bar is drawn (a terminal): a short command does not pay for it.
+  const cliProgress = tty ? (await import('cli-progress')).default : null;
+  const bar = cliProgress ? new cliProgress.SingleBar({ format: `sync ${disk} [{bar}] {percentage}% | {rate}/s | eta {eta_formatted}`, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
   bar?.start(100, 0, { rate: '0B' });
   for (;;) {
     const m = await api.request<MirrorStatus>('GET', `/v1/disks/${encodeURIComponent(disk)}/mirror`);

@@ -3,8 +3,8 @@
 // served only from the page cache (inline, no thread-pool hop), and batches of writes
 // done in order by one thread-pool job, and an exclusive advisory file lock.
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { packageRoot } from '../package-root.js';
 
 interface Addon {
   space(fd: number, op: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
@@ -16,8 +16,7 @@ interface Addon {
   lockExclusive(fd: number): void;
 }
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const addon = createRequire(import.meta.url)(path.join(root, 'build', 'Release', 'ferry_io.node')) as Addon;
+const addon = createRequire(import.meta.url)(path.join(packageRoot, 'build', 'Release', 'ferry_io.node')) as Addon;
 
 export const SpaceOp = { allocate: 0, punchHole: 1, zeroRange: 2, blkDiscard: 3, blkZeroOut: 4 } as const;
 export type SpaceOpValue = (typeof SpaceOp)[keyof typeof SpaceOp];
