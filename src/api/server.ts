@@ -48,7 +48,7 @@ export class ApiServer {
       // Per-request lines are info level; the API logs warnings and errors only.
       loggerInstance: opts.log.child({ component: 'api' }, { level: 'warn' }) as unknown as FastifyBaseLogger,
       bodyLimit: bodyBytesMax,
-      maxParamLength: paramBytesMax,
+      routerOptions: { maxParamLength: paramBytesMax },
       // Unknown fields are an error, not silently dropped, and a JSON value of the wrong type is
       // refused, never coerced (5 is not the name "5", true is not the size 1).
       ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },

@@ -27,12 +27,16 @@ export interface ClientOptions {
 export class ApiClient {
   readonly base: string;
   private readonly token: string | undefined;
+  /** Where the token came from (an option, the environment, or the file tried), for a refusal. */
+  private readonly tokenSource: string;
 
   constructor(opts: ClientOptions) {
     const api = (opts.api ?? process.env.FERRY_API ?? DEFAULT_API).replace(/\/+$/, '');
     // HOST:PORT is accepted as well as a URL (the form `ferry serve --api` takes).
     this.base = /^[a-z]+:\/\//i.test(api) ? api : `http://${api}`;
-    this.token = opts.token ?? process.env.FERRY_TOKEN ?? readToken(opts.data ?? process.env.FERRY_DATA ?? DEFAULT_DATA);
+    const dataDir = opts.data ?? process.env.FERRY_DATA ?? DEFAULT_DATA;
+    this.tokenSource = opts.token !== undefined ? '--token' : process.env.FERRY_TOKEN !== undefined ? '$FERRY_TOKEN' : path.resolve(dataDir, 'api-token');
+    this.token = opts.token ?? process.env.FERRY_TOKEN ?? readToken(dataDir);
   }
 
   async request<T>(method: string, url: string, body?: unknown): Promise<T> {
@@ -52,6 +56,10 @@ export class ApiClient {
     }
     if (status < 200 || status > 299) {
       const e = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
+      if (e?.code === 'UNAUTHORIZED') {
+        const tried = this.token === undefined ? `no token: ${this.tokenSource} could not be read` : `the token from ${this.tokenSource} was refused`;
+        throw new ApiError(status, e.code, `ferryd at ${this.base} refused the request (${tried}); give the data directory of that ferryd with --data or $FERRY_DATA, or its token with --token or $FERRY_TOKEN`);
+      }
       throw new ApiError(status, e?.code ?? `HTTP_${status}`, e?.message ?? text);
     }
     return parsed as T;

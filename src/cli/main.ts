@@ -20,7 +20,7 @@ const program = new Command('ferry')
   .option('--token <token>', 'API token (default $FERRY_TOKEN or <data>/api-token)')
   .option('--data <dir>', 'data directory, to find the token (default $FERRY_DATA or ./var/ferry)')
   .version((JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version, '-V, --version', 'print the version of ferry and exit')
-  .showHelpAfterError()
+  .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 
 function diskDetails(d: DiskInfo): string {

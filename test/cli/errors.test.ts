@@ -92,6 +92,8 @@ describe('ferry CLI failures', () => {
       const what = `ferry ${args.join(' ')} → ${r.code} ${r.stderr}`;
       assert.equal(r.code, 2, what);
       assert.match(r.stderr, message, what);
+      // A usage error says what is wrong, not the whole help (only a bare `ferry` shows it).
+      if (args.length > 0) assert.doesNotMatch(r.stderr, /Usage:/, what);
     });
     await assertUnchanged(d, before, 'bad usage', [ext]);
   });
@@ -118,7 +120,14 @@ describe('ferry CLI failures', () => {
     expectUnauthorized(await cli(['disk', 'list'], { FERRY_TOKEN: 'wrong' }), 'wrong $FERRY_TOKEN over a right data dir');
     expectUnauthorized(await cli(['disk', 'list', '--token', 'wrong']), 'wrong --token over a right data dir');
     expectUnauthorized(await cli(['disk', 'list', '--token', 'wrong'], { FERRY_TOKEN: token }), 'wrong --token over a right $FERRY_TOKEN');
-    expectUnauthorized(await cli(['disk', 'list'], { FERRY_DATA: empty }), 'no token anywhere');
+    const noToken = await cli(['disk', 'list'], { FERRY_DATA: empty });
+    expectUnauthorized(noToken, 'no token anywhere');
+    // The refusal names the token file it tried and the ways to give the right one.
+    assert.ok(noToken.stderr.includes(path.join(fs.realpathSync(empty), 'api-token')) || noToken.stderr.includes(path.join(empty, 'api-token')), noToken.stderr);
+    assert.match(noToken.stderr, /--data/);
+    assert.match(noToken.stderr, /FERRY_TOKEN/);
+    const wrongEnv = await cli(['disk', 'list'], { FERRY_TOKEN: 'wrong' });
+    assert.match(wrongEnv.stderr, /the token from \$FERRY_TOKEN was refused/, wrongEnv.stderr);
     expectUnauthorized(await cli(['disk', 'list', '--data', empty]), '--data without a token');
     for (const [args, env, what] of [
       [['disk', 'list', '--json'], { FERRY_DATA: empty, FERRY_TOKEN: token }, '$FERRY_TOKEN'],
