@@ -35,16 +35,17 @@ export const defaultPollUsMax = 200;
  * Default connection limits. NBD takes up to half of the descriptors left after the reserve
  * (connection-limiter.ts); one address may hold a quarter of the sessions (an application
  * server with many disks, or multi-connection clients); negotiation takes milliseconds, so
- * few connections may be negotiating at once, and the oldest is dropped for a newcomer.
+ * fewer may be negotiating at once (128, 32 per address), the oldest dropped for a newcomer.
  */
 export function nbdLimitsDefault(): ConnectionLimits {
   const connectionsMax = fdBoundedMax(512, 1 / 2);
-  const pendingMax = Math.min(64, connectionsMax);
+  const pendingMax = Math.min(128, connectionsMax);
   return {
     connectionsMax,
     perAddressMax: Math.max(1, Math.floor(connectionsMax / 4)),
     pendingMax,
-    pendingPerAddressMax: Math.min(16, pendingMax),
+    // A host may start many clients at once (fio jobs, VMs); a flood from one address beyond this drops its own oldest.
+    pendingPerAddressMax: Math.min(32, pendingMax),
     pendingMsMax: 0, // negotiation has its own timer (Limits.handshakeMsMax), which logs
   };
 }
@@ -94,6 +95,8 @@ export class NbdServer {
       });
     }
     this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
+    // An accept that fails (ENOBUFS, ENOMEM) is logged, never an uncaught 'error'.
+    this.server.on('error', (err) => this.opts.log.error({ err: String(err) }, 'NBD listener error'));
   }
 
   listen(): Promise<{ host: string; port: number }> {
