@@ -1,6 +1,7 @@
 // `ferry serve`: runs ferryd in the foreground with embedded defaults, prints where
 // it listens, and shuts down cleanly on SIGINT/SIGTERM (in-flight NBD requests are
 // answered, files synced, the metadata store closed).
+import net from 'node:net';
 import path from 'node:path';
 import { pino } from 'pino';
 import { ApiServer } from '../api/server.js';
@@ -30,6 +31,25 @@ export function parseHostPort(value: string, what: string): { host: string; port
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
 }
 
+/**
+ * Binds and releases each fixed address (port 0 needs no check), so a taken one is refused
+ * naming the flag to change. Another process may still take it before ferryd binds it; then
+ * the start fails the same way, later, but still before any journal is read.
+ */
+async function probeAddresses(addresses: Array<[string, { host: string; port: number }]>): Promise<void> {
+  for (const [flag, a] of addresses) {
+    if (a.port === 0) continue;
+    await new Promise<void>((resolve, reject) => {
+      const server = net.createServer();
+      server.once('error', (err: NodeJS.ErrnoException) => {
+        const why = err.code === 'EADDRINUSE' ? 'is in use (another ferryd or program listens there)' : err.code === 'EACCES' ? 'needs privileges this user lacks' : `cannot be bound (${err.code ?? err.message})`;
+        reject(new Error(`${flag} ${a.host}:${a.port} ${why}; choose another address with ${flag} (${err.code ?? 'error'}); nothing was created`));
+      });
+      server.listen({ host: a.host, port: a.port, exclusive: true }, () => server.close(() => resolve()));
+    });
+  }
+}
+
 export async function serve(opts: ServeOptions): Promise<void> {
   const dataDir = path.resolve(opts.data ?? process.env.FERRY_DATA ?? DEFAULT_DATA);
   if (!['off', 'on', 'require'].includes(opts.tls)) throw new Error(`--tls must be off, on or require, got '${opts.tls}'`);
@@ -54,7 +74,13 @@ export async function serve(opts: ServeOptions): Promise<void> {
     pollUsMax,
     log,
   });
-  // Every listener is bound before load() recovers a journal: a port in use fails here.
+  // A taken address is found before anything is created (data directory, token, identity).
+  await probeAddresses([
+    ['--nbd', daemon.config.nbd],
+    ['--api', daemon.config.api],
+    ['--repl', daemon.config.repl],
+  ]);
+  // Every listener is bound before load() recovers a journal: a port taken since fails here.
   await daemon.open().catch(async (err) => {
     await daemon.stop().catch(() => undefined);
     throw err;

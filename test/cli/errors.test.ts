@@ -179,11 +179,23 @@ describe('ferry serve', () => {
   test('a listen address in use exits non-zero with the reason', async () => {
     const d = await startFerryd();
     try {
-      const other = tmpDir();
-      const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', other, '--nbd', d.nbdAddress, '--api', '127.0.0.1:0', '--repl', '127.0.0.1:0'], { timeoutMs: 30_000 });
-      fs.rmSync(other, { recursive: true, force: true });
-      assert.ok(r.code !== 0 && r.code !== null, r.stderr);
-      assert.match(r.stderr, /EADDRINUSE/);
+      const parent = tmpDir();
+      const [apiHost, apiPort] = d.apiUrl.replace(/^http:\/\//, '').split(':');
+      for (const [flag, taken] of [
+        ['--nbd', d.nbdAddress],
+        ['--api', `${apiHost}:${apiPort}`],
+        ['--repl', d.replAddress],
+      ] as const) {
+        const other = path.join(parent, 'data');
+        const addrs: Record<string, string> = { '--nbd': '127.0.0.1:0', '--api': '127.0.0.1:0', '--repl': '127.0.0.1:0', [flag]: taken };
+        const r = await run(process.execPath, [FERRY_BIN, 'serve', '--data', other, ...Object.entries(addrs).flat()], { timeoutMs: 30_000 });
+        const what = `serve ${flag} ${taken} → ${r.code} ${r.stderr}`;
+        assert.ok(r.code !== 0 && r.code !== null, what);
+        assert.match(r.stderr, /EADDRINUSE/, what);
+        assert.ok(r.stderr.includes(`choose another address with ${flag}`), what);
+        assert.deepEqual(fs.readdirSync(parent), [], `${what}: nothing created (not even the data directory)`);
+      }
+      fs.rmSync(parent, { recursive: true, force: true });
       assert.equal((await d.api('GET', '/v1/health')).status, 200, 'the running ferryd is unaffected');
     } finally {
       await cleanup(d);
