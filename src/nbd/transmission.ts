@@ -7,7 +7,9 @@
 // Bounds: requests and payload bytes in flight per connection (the payload being received
 // included), and bytes queued for the client to read; past either, reading stops, and the
 // unparsed bytes held are at most the receive buffer, so a client can never make the
-// server buffer without limit. Every request is validated (magic, command, flags,
+// server buffer without limit. The bytes held for all connections together are bounded
+// too: each request is admitted by queued-bytes.ts first, else the connection parses no
+// more until bytes drain. Every request is validated (magic, command, flags,
 // range, length) before it touches the volume; a request that fails validation gets
 // an NBD error and changes nothing. A bad magic means the stream is lost: disconnect.
 import type { Duplex } from 'node:stream';
