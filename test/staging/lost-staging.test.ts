@@ -52,11 +52,20 @@ describe('a single-copy staging area whose file is deleted', () => {
 
   it('while running: the status points at detach --force; repair and detach are refused creating nothing; detach --force brings the disk back', T, async (t) => {
     const stg = await stagedDisk('lost');
+    const stg3 = await stagedDisk('lost3');
     fs.rmSync(stg);
+    fs.rmSync(stg3);
     // A write after the deletion is acknowledged (the open file still takes it) and applied; the
     // loss is noticed at the committer's next checkpoint (at most 30 s after the previous one).
     await qemuIoOk(d.uri('lost'), ['write -P 0x6b 8M 1M', 'flush']);
-    await waitFor('the staging area to be reported lost', async () => (await stagingShow(d, 'lost')).failed === true, 60_000);
+    await qemuIoOk(d.uri('lost3'), ['write -P 0x6b 8M 1M', 'flush']);
+    await waitFor('the staging areas to be reported lost', async () => (await stagingShow(d, 'lost')).failed === true && (await stagingShow(d, 'lost3')).failed === true, 60_000);
+    // A disk whose staging area is lost is removed as it is (its file kept: no --purge).
+    const file3 = (await cliJson(d, ['disk', 'show', 'lost3'])).path;
+    await cliJson(d, ['disk', 'remove', 'lost3']);
+    await cliFails(d, ['disk', 'show', 'lost3'], 'DISK_NOT_FOUND');
+    assertFileBytes(file3, 0, 4 * MiB, 0x5a, 'the removed disk file');
+    assertFileBytes(file3, 8 * MiB, MiB, 0x6b, 'the removed disk file');
     const s = await stagingShow(d, 'lost');
     assert.equal(s.copies[0].healthy, false);
     assert.equal(s.unappliedRecords, 0, 'every acknowledged write was applied before the loss');
