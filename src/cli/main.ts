@@ -11,6 +11,7 @@ import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
 import type { DiskInfo, PoolInfo } from '../control/disk-registry.js';
 import { registerStagingCommands } from './staging-commands.js';
+import { registerStatusCommand } from './status-command.js';
 import { registerMirrorCommands } from './mirror-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
 
@@ -148,16 +149,7 @@ pool
     print(cmd, p, () => `removed pool ${p.name}\n`);
   });
 
-program
-  .command('status')
-  .description("show where ferryd listens and what it serves")
-  .addOption(jsonOpt())
-  .action(async (_opts, cmd: Command) => {
-    const c = client(cmd);
-    const s = await c.request<Record<string, string | number>>('GET', '/v1/server');
-    print(cmd, s, () => keyValues(Object.entries(s).map(([k, v]) => [k, String(v)])));
-  });
-
+registerStatusCommand(program);
 registerStagingCommands(program);
 registerMirrorCommands(program);
 registerPeerCommands(program);

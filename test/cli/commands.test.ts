@@ -144,21 +144,65 @@ describe('ferry CLI commands', () => {
 
   test('status, for people and as JSON', async () => {
     const human = await ok(['status']);
-    assert.match(human, new RegExp(`^nbd:\\s+${d.nbdAddress.replace(/\./g, '\\.')}$`, 'm'));
-    assert.match(human, new RegExp(`^api:\\s+${d.apiUrl.replace(/[./]/g, '\\$&')}$`, 'm'));
-    assert.match(human, /^dataDir:\s+\/\S+$/m);
+    assert.match(human, /^site:\s+site-\S+ \(id [0-9a-f]+\), replication 127\.0\.0\.1:\d+/m);
+    assert.ok(human.includes(`NBD ${d.nbdAddress} (0 client(s)), API ${d.apiUrl}`), human);
+    assert.match(human, /^ferryd:\s+\S+, up since \S+, data \/\S+$/m);
     const j = await json(['status']);
-    assert.deepEqual(Object.keys(j).sort(), ['api', 'dataDir', 'nbd', 'nbdConnections', 'startedAt', 'version']);
-    assert.equal(j.nbd, d.nbdAddress);
-    assert.equal(j.api, d.apiUrl);
-    assert.equal(j.dataDir, path.resolve(d.dataDir));
-    assert.equal(j.nbdConnections, 0);
-    assert.ok(!Number.isNaN(Date.parse(j.startedAt)));
-    assert.equal(typeof j.version, 'string');
+    assert.deepEqual(Object.keys(j).sort(), ['disks', 'problems', 'server', 'site']);
+    assert.equal(j.server.nbd, d.nbdAddress);
+    assert.equal(j.server.api, d.apiUrl);
+    assert.equal(j.server.dataDir, path.resolve(d.dataDir));
+    assert.equal(j.server.nbdConnections, 0);
+    assert.ok(!Number.isNaN(Date.parse(j.server.startedAt)));
+    assert.equal(typeof j.server.version, 'string');
+    assert.match(j.site.siteId, /^[0-9a-f]+$/);
+    for (const x of j.disks) assert.equal(x.role, 'unmirrored', JSON.stringify(x));
+  });
+
+  test('status puts a failing disk first and shows roles, mirror state and staging fill', async () => {
+    const s = await startFerryd();
+    try {
+      const work = tmpDir('ferry-status-');
+      const adopted = path.join(work, 'gone.img');
+      fs.writeFileSync(adopted, Buffer.alloc(1024 * 1024));
+      const run = (args: string[]) => s.cli(args, { timeoutMs: 60_000 });
+      for (const args of [
+        ['disk', 'create', 'a-plain', '--size', '4M'],
+        ['disk', 'create', 'b-mirrored', '--size', '4M'],
+        ['disk', 'adopt', 'c-gone', '--path', adopted],
+        ['mirror', 'create', 'b-mirrored', '--to', `local:${path.join(work, 'b.mirror')}`, '--staging', path.join(work, 'b.stg'), '--staging-size', '64M', '--wait'],
+      ]) {
+        const r = await run(args);
+        assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      }
+      await s.stop();
+      fs.rmSync(adopted);
+      await s.start();
+      const r = await run(['status', '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const o = JSON.parse(r.stdout);
+      assert.deepEqual(o.disks.map((x: { name: string }) => x.name), ['c-gone', 'a-plain', 'b-mirrored'], 'the failing disk first, then by name');
+      assert.equal(o.disks[0].state, 'unavailable');
+      assert.ok(o.problems.length >= 1 && o.problems[0].startsWith('c-gone: unavailable'), JSON.stringify(o.problems));
+      const b = o.disks[2];
+      assert.equal(b.role, 'primary');
+      assert.equal(b.mirror.state, 'in-sync');
+      assert.equal(b.mirror.link, null, 'a local mirror has no link');
+      assert.equal(b.staging.copies, 1);
+      assert.ok(b.staging.fillPercent >= 0 && b.staging.fillPercent <= 100);
+      assert.deepEqual(b.problems, []);
+      assert.equal(o.disks[1].role, 'unmirrored');
+      const human = await run(['status']);
+      assert.match(human.stdout, /^problems:\s+1$/m, human.stdout);
+      assert.match(human.stdout, /^ {2}! c-gone: unavailable/m, human.stdout);
+      assert.match(human.stdout, /^b-mirrored\s+primary\s+online\s+0\s+in-sync\s+local\s/m, human.stdout);
+    } finally {
+      await s.stop();
+    }
   });
 
   test('global options may come before the command', async () => {
     const j = JSON.parse(await ok(['--api', d.apiUrl, '--token', d.token, 'status', '--json']));
-    assert.equal(j.nbd, d.nbdAddress);
+    assert.equal(j.server.nbd, d.nbdAddress);
   });
 });

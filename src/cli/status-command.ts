@@ -1,0 +1,145 @@
+// `ferry status`: one overview of a site for an operator — who this site is and where it
+// listens, then every disk with its role (primary, replica, unmirrored), mirror state, link
+// and lag, and staging fill, with anything failing listed first. It only reads the API
+// (/v1/server, /v1/site, /v1/disks, /v1/mirrors, each disk's staging area).
+//
+// Truthful states: a mirror whose link is down or whose sync failed is never shown as plain
+// `in-sync`; the state column says what is wrong beside it.
+import type { Command } from 'commander';
+import type { DiskInfo } from '../control/disk-registry.js';
+import type { StagingInfo } from '../control/staging-control.js';
+import type { MirrorStatus } from '../mirror/mirror.js';
+import { ApiError, type ApiClient } from './api-client.js';
+import { client, jsonOpt, print } from './command-kit.js';
+import { bytes, keyValues, table } from './output.js';
+
+interface ServerInfo {
+  version: string;
+  dataDir: string;
+  nbd: string;
+  api: string;
+  startedAt: string;
+  nbdConnections: number;
+}
+
+interface SiteInfo {
+  siteId: string;
+  name: string;
+  replication: string;
+  peers: number;
+}
+
+export interface DiskOverview {
+  name: string;
+  role: 'primary' | 'replica' | 'unmirrored';
+  state: DiskInfo['state'];
+  clients: number;
+  mirror: { state: string; target: string; link: string | null; lagSeconds: number; lagBytes: number; syncProgress: number } | null;
+  staging: { usedBytes: number; ringBytes: number; fillPercent: number; copies: number; healthyCopies: number; failed: boolean } | null;
+  problems: string[];
+}
+
+export interface StatusOverview {
+  site: SiteInfo;
+  server: ServerInfo;
+  /** Every problem of every disk, the disk named first. */
+  problems: string[];
+  disks: DiskOverview[];
+}
+
+/** A disk's staging area, or null when it has none (NO_STAGING) or the disk is unavailable. */
+async function stagingOf(api: ApiClient, disk: string): Promise<StagingInfo | null> {
+  try {
+    return await api.request<StagingInfo>('GET', `/v1/disks/${encodeURIComponent(disk)}/staging`);
+  } catch (err) {
+    if (err instanceof ApiError && (err.code === 'NO_STAGING' || err.code === 'DISK_UNAVAILABLE' || err.code === 'DISK_NOT_FOUND')) return null;
+    throw err;
+  }
+}
+
+function mirrorProblems(m: MirrorStatus): string[] {
+  const out: string[] = [];
+  if (m.syncError) out.push(`mirror sync failing: ${m.syncError}`);
+  if (m.committerError) out.push(`mirror target failing: ${m.committerError}`);
+  if (m.link && m.link.state !== 'connected') out.push(`link to ${m.link.peer} ${m.link.state}${m.link.lastError ? `: ${m.link.lastError}` : ''}`);
+  if (m.state === 'bitmap' || m.state === 'resyncing') out.push(`mirror ${m.state}: ${bytes(m.dirtyBytes)} to resync (the staging area overflowed or the link was down)`);
+  if (m.state === 'paused') out.push('mirror paused');
+  return out;
+}
+
+/** The mirror's state as the state column shows it: never plain in-sync when something is wrong. */
+function mirrorStateText(m: MirrorStatus): string {
+  const notes: string[] = [];
+  if (m.link && m.link.state !== 'connected') notes.push(`link ${m.link.state}`);
+  if (m.syncError) notes.push('sync failing');
+  if (m.committerError) notes.push('target failing');
+  if (m.state === 'syncing') notes.push(`${Math.floor(m.syncProgress * 100)}%`);
+  return notes.length ? `${m.state} (${notes.join(', ')})` : m.state;
+}
+
+export async function statusOverview(api: ApiClient): Promise<StatusOverview> {
+  const [server, site, disks, mirrors] = await Promise.all([
+    api.request<ServerInfo>('GET', '/v1/server'),
+    api.request<SiteInfo>('GET', '/v1/site'),
+    api.request<DiskInfo[]>('GET', '/v1/disks'),
+    api.request<MirrorStatus[]>('GET', '/v1/mirrors'),
+  ]);
+  const byDisk = new Map(mirrors.map((m) => [m.disk, m]));
+  const stagings = await Promise.all(disks.map((d) => (d.state === 'online' ? stagingOf(api, d.name) : Promise.resolve(null))));
+  const overview: DiskOverview[] = disks.map((d, i) => {
+    const m = byDisk.get(d.name) ?? null;
+    const s = stagings[i] ?? null;
+    const problems: string[] = [];
+    if (d.state !== 'online') problems.push(`unavailable${d.error ? `: ${d.error}` : ''}`);
+    if (s?.failed) problems.push('staging area failed: every copy is lost (see `ferry staging show`)');
+    else if (s?.degraded) problems.push('staging area degraded: a copy failed (run `ferry staging repair`)');
+    if (s?.committerError) problems.push(`writes to the disk failing: ${s.committerError}`);
+    if (m) problems.push(...mirrorProblems(m));
+    const healthy = s ? s.copies.filter((c) => c.healthy).length : 0;
+    return {
+      name: d.name,
+      role: m ? m.role : 'unmirrored',
+      state: d.state,
+      clients: d.clients,
+      mirror: m ? { state: mirrorStateText(m), target: m.target, link: m.link ? m.link.state : null, lagSeconds: m.lagSeconds, lagBytes: m.lagBytes, syncProgress: m.syncProgress } : null,
+      staging: s ? { usedBytes: s.usedBytes, ringBytes: s.ringBytes, fillPercent: s.ringBytes > 0 ? Math.round((s.usedBytes / s.ringBytes) * 100) : 0, copies: s.copies.length, healthyCopies: healthy, failed: s.failed } : null,
+      problems,
+    };
+  });
+  // Disks with a problem first, then by name.
+  overview.sort((a, b) => Number(b.problems.length > 0) - Number(a.problems.length > 0) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return { site, server, problems: overview.flatMap((d) => d.problems.map((p) => `${d.name}: ${p}`)), disks: overview };
+}
+
+function render(o: StatusOverview): string {
+  const head = keyValues([
+    ['site', `${o.site.name} (id ${o.site.siteId}), replication ${o.site.replication}, ${o.site.peers} peer(s)`],
+    ['ferryd', `${o.server.version}, up since ${o.server.startedAt}, data ${o.server.dataDir}`],
+    ['listening', `NBD ${o.server.nbd} (${o.server.nbdConnections} client(s)), API ${o.server.api}`],
+    ['problems', o.problems.length ? String(o.problems.length) : 'none'],
+  ]);
+  const lines = [head.trimEnd(), ...o.problems.map((p) => `  ! ${p}`), ''];
+  if (o.disks.length === 0) return [...lines, '(no disks)'].join('\n');
+  const rows = o.disks.map((d) => ({
+    DISK: d.name,
+    ROLE: d.role,
+    STATE: d.state,
+    CLIENTS: String(d.clients),
+    MIRROR: d.mirror ? d.mirror.state : '-',
+    LINK: d.mirror?.link ?? (d.mirror ? 'local' : '-'),
+    LAG: d.mirror ? `${d.mirror.lagSeconds.toFixed(1)}s ${bytes(d.mirror.lagBytes)}` : '-',
+    STAGING: d.staging ? `${d.staging.fillPercent}% of ${bytes(d.staging.ringBytes)}${d.staging.copies > 1 || d.staging.healthyCopies < d.staging.copies ? ` (${d.staging.healthyCopies}/${d.staging.copies} copies)` : ''}` : '-',
+  }));
+  return [...lines, table(rows, ['DISK', 'ROLE', 'STATE', 'CLIENTS', 'MIRROR', 'LINK', 'LAG', 'STAGING'])].join('\n');
+}
+
+export function registerStatusCommand(program: Command): void {
+  program
+    .command('status')
+    .description('overview of this site: identity, listeners, every disk with its role, mirror, link, lag and staging fill; problems first')
+    .addOption(jsonOpt())
+    .action(async (_opts, cmd: Command) => {
+      const o = await statusOverview(client(cmd));
+      print(cmd, o, () => render(o));
+    });
+}
