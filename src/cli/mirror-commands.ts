@@ -7,6 +7,7 @@ import type { SwapReport } from '../control/mirror-control.js';
 import type { PromoteReport } from '../control/replica-control.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, table } from './output.js';
+import { linkText, mirrorStateText } from './mirror-state-text.js';
 
 function duration(seconds: number | null): string {
   if (seconds === null) return '-';
@@ -19,14 +20,16 @@ function statusTable(list: MirrorStatus[]): string {
   return table(
     list.map((m) => ({
       disk: m.disk,
+      role: m.role,
       target: m.target,
-      state: m.state,
+      state: mirrorStateText(m),
+      link: linkText(m),
       consistent: m.consistent ? 'yes' : 'NO',
       sync: m.consistent ? 'done' : `${(m.syncProgress * 100).toFixed(1)}% ${bytes(m.syncBytesPerSec)}/s eta ${duration(m.syncEtaSeconds)}`,
       lag: `${m.lagRecords} rec ${bytes(m.lagBytes)} ${duration(m.lagSeconds)}`,
-      error: m.syncError ?? m.committerError ?? (m.fallback ? `fallback image: record ${m.fallback.seq}` : ''),
+      error: m.syncError ?? m.committerError ?? m.link?.lastError ?? (m.fallback ? `fallback image: record ${m.fallback.seq}` : ''),
     })),
-    ['disk', 'target', 'state', 'consistent', 'sync', 'lag', 'error'],
+    ['disk', 'role', 'target', 'state', 'link', 'consistent', 'sync', 'lag', 'error'],
   );
 }
 

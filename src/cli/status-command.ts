@@ -4,7 +4,7 @@
 // (/v1/server, /v1/site, /v1/disks, /v1/mirrors, each disk's staging area).
 //
 // Truthful states: a mirror whose link is down or whose sync failed is never shown as plain
-// `in-sync`; the state column says what is wrong beside it.
+// `in-sync` (mirror-state-text.ts).
 import type { Command } from 'commander';
 import type { DiskInfo } from '../control/disk-registry.js';
 import type { StagingInfo } from '../control/staging-control.js';
@@ -12,6 +12,7 @@ import type { MirrorStatus } from '../mirror/mirror.js';
 import { ApiError, type ApiClient } from './api-client.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
+import { mirrorStateText } from './mirror-state-text.js';
 
 interface ServerInfo {
   version: string;
@@ -65,16 +66,6 @@ function mirrorProblems(m: MirrorStatus): string[] {
   if (m.state === 'bitmap' || m.state === 'resyncing') out.push(`mirror ${m.state}: ${bytes(m.dirtyBytes)} to resync (the staging area overflowed or the link was down)`);
   if (m.state === 'paused') out.push('mirror paused');
   return out;
-}
-
-/** The mirror's state as the state column shows it: never plain in-sync when something is wrong. */
-function mirrorStateText(m: MirrorStatus): string {
-  const notes: string[] = [];
-  if (m.link && m.link.state !== 'connected') notes.push(`link ${m.link.state}`);
-  if (m.syncError) notes.push('sync failing');
-  if (m.committerError) notes.push('target failing');
-  if (m.state === 'syncing') notes.push(`${Math.floor(m.syncProgress * 100)}%`);
-  return notes.length ? `${m.state} (${notes.join(', ')})` : m.state;
 }
 
 export async function statusOverview(api: ApiClient): Promise<StatusOverview> {

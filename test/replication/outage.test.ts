@@ -56,6 +56,19 @@ describe('a 30 s link cut with the staging area overflowing, under each --on-ful
     assert.match(fail.stdout + fail.stderr, /No space left on device|ENOSPC/i, `fail: a write finds the staging area full: ${fail.stdout}${fail.stderr}`);
     t.diagnostic(`fail policy: ${(fail.stdout + fail.stderr).split('\n').find((l) => /space/i.test(l)) ?? ''}`);
 
+    // While the link is down, neither `mirror status` nor `status` shows a mirror as plain in-sync.
+    await waitStatus(s.a, 'fail', 'the link seen down', (st) => st.link !== null && st.link.state !== 'connected');
+    const text = await s.a.cli(['mirror', 'status']);
+    assert.equal(text.code, 0, text.stderr);
+    for (const line of text.stdout.split('\n').filter((l) => /^(bitmap|throttle|fail)\s/.test(l))) {
+      assert.match(line, /\s(primary)\s/, `the role column: ${line}`);
+      if (line.startsWith('bitmap')) assert.match(line, /\sbitmap(\s|$)|link (down|connecting)/, `the bitmap fallback or the cut link is shown: ${line}`);
+      else assert.match(line, /\((link (down|connecting))[,)]/, `a cut link is shown beside the state: ${line}`);
+      assert.doesNotMatch(line, /\sconnected\s/, line);
+    }
+    const overview = await cliJson(s.a, ['status']);
+    assert.ok(overview.problems.some((p: string) => /^fail: link to \S+ (down|connecting)/.test(p)), JSON.stringify(overview.problems));
+
     let throttleDone = false;
     void throttle.then(() => (throttleDone = true));
     while (Date.now() - cutAt < 30_000) await new Promise((r) => setTimeout(r, 500));

@@ -1,0 +1,18 @@
+// How the CLI names a mirror's state for people (`ferry status`, `ferry mirror status`): the
+// state the mirror reports, with what is wrong beside it, so a mirror whose link is down or
+// whose sync or target fails is never shown as plain `in-sync`.
+import type { MirrorStatus } from '../mirror/mirror.js';
+
+export function mirrorStateText(m: MirrorStatus): string {
+  const notes: string[] = [];
+  if (m.link && m.link.state !== 'connected') notes.push(`link ${m.link.state}`);
+  if (m.syncError) notes.push('sync failing');
+  if (m.committerError) notes.push('target failing');
+  if (m.state === 'syncing') notes.push(`${Math.floor(m.syncProgress * 100)}%`);
+  return notes.length ? `${m.state} (${notes.join(', ')})` : m.state;
+}
+
+/** The link column: `local` for a local mirror, else the link's state. */
+export function linkText(m: MirrorStatus): string {
+  return m.link ? m.link.state : 'local';
+}
