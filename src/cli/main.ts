@@ -22,6 +22,8 @@ const program = new Command('ferry')
   .option('--data <dir>', 'data directory, to find the token (default $FERRY_DATA or ./var/ferry)')
   .version((JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version, '-V, --version', 'print the version of ferry and exit')
   .showHelpAfterError('(run with --help for usage)')
+  // Every command's help lists the global options (--api, --token, --data) too.
+  .configureHelp({ showGlobalOptions: true })
   .exitOverride();
 
 function diskDetails(d: DiskInfo): string {
@@ -156,7 +158,11 @@ registerPeerCommands(program);
 
 async function main(): Promise<void> {
   try {
-    await program.parseAsync(process.argv);
+    // `ferry help mirror promote` is `ferry mirror promote --help` (commander's help command
+    // looks one level down only).
+    const argv = process.argv.slice(2);
+    const args = argv[0] === 'help' && argv.length > 2 ? [...argv.slice(1), '--help'] : argv;
+    await program.parseAsync(args, { from: 'user' });
   } catch (err) {
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
     const json = process.argv.includes('--json');

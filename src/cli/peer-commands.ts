@@ -43,7 +43,11 @@ export function registerPeerCommands(program: Command): void {
       const globals = cmd.optsWithGlobals() as { api?: string; token?: string; data?: string };
       const globalToken = (program.opts() as { token?: string }).token;
       const pairingToken = (opts.token as string | undefined) ?? (globalToken?.includes('.') ? globalToken : undefined);
-      if (!pairingToken) throw new Error("--token must be given: the pairing token printed by 'ferry peer token' on the other site");
+      if (!pairingToken) {
+        // A value without the '.' was taken as the API token: say it is malformed, not missing.
+        if (globalToken !== undefined) throw new Error(`--token '${globalToken}' is not a pairing token: a pairing token must be <32 hex digits>.<16 hex digits>, as printed by 'ferry peer token' on the other site`);
+        throw new Error("--token must be given: the pairing token printed by 'ferry peer token' on the other site");
+      }
       const api = new ApiClient({ api: globals.api, data: globals.data, token: globalToken === pairingToken ? undefined : globalToken });
       const p = await api.request<PeerInfo>('POST', '/v1/peers', { name, address: opts.address, token: pairingToken });
       print(cmd, p, () => `paired with peer ${p.name} at ${p.address} (site ${p.siteId}, fingerprint ${p.fingerprint})\n`);

@@ -83,6 +83,8 @@ describe('ferry CLI failures', () => {
       [['disk', 'show'], /missing required argument 'name'/],
       [['disk', 'show', 'a', 'b'], /too many arguments|unknown command|excess/i],
       [[], /Usage: ferry/],
+      [['peer', 'add', 'x', '--address', '127.0.0.1:1', '--token', 'garbage'], /--token 'garbage' is not a pairing token/],
+      [['peer', 'add', 'x', '--address', '127.0.0.1:1'], /--token must be given/],
     ];
     const before = await snapshot(d, [ext]);
     // Point at a closed port too: usage errors are found before any request is sent.

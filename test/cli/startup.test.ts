@@ -20,6 +20,16 @@ test('ferry --version prints the package version with no daemon running', async 
   assert.equal(r.stdout.trim(), version);
 });
 
+test('help of a nested command, either way, shows its usage and the global options', async () => {
+  for (const args of [['help', 'mirror', 'promote'], ['mirror', 'promote', '--help']]) {
+    const r = await run(process.execPath, [FERRY_BIN, ...args], {});
+    assert.equal(r.code, 0, describeRun('ferry', args, r));
+    assert.match(r.stdout, /^Usage: ferry mirror promote/m, r.stdout);
+    assert.match(r.stdout, /^Global Options:/m, r.stdout);
+    assert.match(r.stdout, /--api <url>/, r.stdout);
+  }
+});
+
 test('--api takes HOST:PORT as well as a URL', async () => {
   const d = await startFerryd();
   daemons.push(d);
