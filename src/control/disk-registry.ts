@@ -209,7 +209,10 @@ export class DiskRegistry {
       fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-        throw new FerryError('PATH_IN_USE', `${file} already exists in pool '${poolName}'; Ferry never overwrites a file it did not create (adopt it instead)`);
+        throw new FerryError(
+          'PATH_IN_USE',
+          `${file} already exists in pool '${poolName}' (the data of a disk '${req.name}' removed without --purge, or a file put there): Ferry never overwrites it. To serve that data again: ferry disk adopt ${req.name} --path ${file}; to start empty, delete the file (or remove the old disk with --purge next time)`,
+        );
       }
       throw fromSystemError(err, `create ${file}`);
     }

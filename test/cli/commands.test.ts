@@ -97,6 +97,10 @@ describe('ferry CLI commands', () => {
     const d1 = path.join(fs.realpathSync(d.dataDir), 'pool', 'd1.img');
     assert.equal(await ok(['disk', 'remove', 'd1']), `removed disk d1 (data left at ${d1})\n`);
     assert.ok(fs.existsSync(d1));
+    // Created again under the same name: refused with the way back to the data, or to a new disk.
+    const again = await d.cli(['disk', 'create', 'd1', '--size', '1M']);
+    assert.equal(again.code, 1, again.stderr);
+    assert.match(again.stderr, /^ferry: PATH_IN_USE: .*removed without --purge.*ferry disk adopt d1 --path /, again.stderr);
     fs.rmSync(d1);
     const d2 = path.join(fs.realpathSync(d.dataDir), 'pool', 'd2.img');
     const j = await json(['disk', 'remove', 'd2', '--purge']);
