@@ -1,6 +1,14 @@
-// Prometheus metrics, read from the daemon's state at scrape time (no background work).
+// Prometheus metrics, read from the daemon's state at scrape time (no background work):
+// disks (I/O counters, clients, online), staging areas (fill, free bytes, copy health,
+// records not yet applied), mirrors (state as an enum gauge, lag, sync progress, dirty bytes,
+// link). Served at /metrics on the API (with the token) and, with `serve --metrics`, on an
+// address of its own without one (metrics-server.ts) for Prometheus to scrape.
 import client from 'prom-client';
 import type { Daemon } from '../control/daemon.js';
+import type { MirrorState } from '../mirror/mirror.js';
+
+/** Every state a mirror can be in (mirror/mirror.ts; the compiler checks none is missing), one series each in ferry_mirror_state. */
+const MIRROR_STATES = Object.keys({ syncing: 1, 'in-sync': 1, paused: 1, bitmap: 1, resyncing: 1 } satisfies Record<MirrorState, 1>) as MirrorState[];
 
 export class Metrics {
   private readonly registry = new client.Registry();
@@ -45,7 +53,50 @@ export class Metrics {
         for (const d of daemon.disks.list()) this.set({ disk: d.name }, d.state === 'online' ? 1 : 0);
       },
     });
+    this.stagingGauges(daemon);
     this.mirrorGauges(daemon);
+  }
+
+  private stagingGauges(daemon: Daemon): void {
+    type Info = ReturnType<Daemon['staging']['show']>;
+    /** Every online disk's staging area (disks without one, or unavailable, are left out). */
+    const stagings = (): Info[] =>
+      daemon.disks.list().flatMap((d) => {
+        if (d.state !== 'online') return [];
+        try {
+          return [daemon.staging.show(d.name)];
+        } catch {
+          return []; // NO_STAGING
+        }
+      });
+    const gauge = (name: string, help: string, pick: (s: Info) => number): void => {
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ['disk'],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const s of stagings()) this.set({ disk: s.disk }, pick(s));
+        },
+      });
+    };
+    gauge('ferry_staging_size_bytes', 'Size of the staging area ring (bytes records can take)', (s) => s.ringBytes);
+    gauge('ferry_staging_used_bytes', 'Bytes of the staging area ring held by records some consumer still needs', (s) => s.usedBytes);
+    gauge('ferry_staging_free_bytes', 'Bytes of the staging area ring free for new writes', (s) => Math.max(0, s.ringBytes - s.usedBytes));
+    gauge('ferry_staging_fill_ratio', 'Fraction of the staging area ring in use (0 to 1); writes wait or a mirror falls back near 1', (s) => (s.ringBytes > 0 ? s.usedBytes / s.ringBytes : 0));
+    gauge('ferry_staging_unapplied_records', 'Acknowledged writes not yet applied to the disk', (s) => s.unappliedRecords);
+    gauge('ferry_staging_failed', '1 when no copy of the staging area is left (writes fail)', (s) => (s.failed ? 1 : 0));
+    new client.Gauge({
+      name: 'ferry_staging_copy_healthy',
+      help: '1 when this copy of the staging area takes writes, 0 when it failed (run ferry staging repair)',
+      labelNames: ['disk', 'copy'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of stagings()) for (const c of s.copies) this.set({ disk: s.disk, copy: c.path }, c.healthy ? 1 : 0);
+      },
+    });
   }
 
   private mirrorGauges(daemon: Daemon): void {
@@ -65,6 +116,18 @@ export class Metrics {
         },
       });
     };
+    new client.Gauge({
+      name: 'ferry_mirror_state',
+      help: 'The state of each mirror as an enum: 1 for its current state, 0 for the others',
+      labelNames: ['disk', 'role', 'target', 'state'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of daemon.mirrors.status()) for (const state of MIRROR_STATES) this.set({ disk: s.disk, role: s.role, target: s.target, state }, s.state === state ? 1 : 0);
+      },
+    });
+    gauge('ferry_mirror_dirty_bytes', 'Bytes marked dirty while the mirror fell back to its bitmap, still to resync', (s) => s.dirtyBytes);
+    gauge('ferry_mirror_sync_bytes_per_second', 'Initial synchronization or resync rate', (s) => s.syncBytesPerSec);
     gauge('ferry_mirror_lag_records', 'Records written to the disk that the mirror does not hold yet', (s) => s.lagRecords);
     gauge('ferry_mirror_lag_bytes', 'Staged bytes the mirror does not hold yet', (s) => s.lagBytes);
     gauge('ferry_mirror_lag_seconds', 'Age of the oldest write the mirror does not hold yet', (s) => s.lagSeconds);

@@ -54,6 +54,7 @@ program
   .option('--tls-key <file>', 'PEM private key for NBD TLS')
   .option('--tls-ca <file>', 'PEM CA bundle: require NBD clients to present a certificate it signed')
   .option('--poll-us <us>', 'poll for the next NBD request this long (µs) after the last one replies, instead of sleeping; 0: never (default 200)')
+  .option('--metrics <host:port>', 'also serve GET /metrics here without the API token, for Prometheus (default: off; /metrics on the API needs the token)')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
   .action(async (opts, cmd: Command) => {
     // --data and --api are also global options of the client commands; take this command's own values.

@@ -5,6 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { pino } from 'pino';
 import { ApiServer } from '../api/server.js';
+import { MetricsServer } from '../api/metrics-server.js';
 import { Daemon } from '../control/daemon.js';
 import type { TlsMode } from '../nbd/handshake.js';
 import { DEFAULT_DATA } from './api-client.js';
@@ -21,6 +22,8 @@ export interface ServeOptions {
   tlsKey?: string;
   tlsCa?: string;
   pollUs?: string;
+  /** HOST:PORT of an unauthenticated GET /metrics listener (off when absent). */
+  metrics?: string;
   logLevel: string;
 }
 
@@ -63,6 +66,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   }
   const pollUsMax = opts.pollUs === undefined ? undefined : Number(opts.pollUs);
   if (opts.pollUs !== undefined && (!/^\d+$/.test(opts.pollUs) || pollUsMax! > 10_000)) throw new Error(`--poll-us must be a whole number of microseconds from 0 to 10000, got '${opts.pollUs}'`);
+  const metricsAt = opts.metrics === undefined ? null : parseHostPort(opts.metrics, '--metrics');
   const log = pino({ level: opts.logLevel, base: { svc: 'ferryd' } }, pino.destination({ fd: 2, sync: false }));
   const daemon = new Daemon({
     dataDir,
@@ -79,6 +83,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     ['--nbd', daemon.config.nbd],
     ['--api', daemon.config.api],
     ['--repl', daemon.config.repl],
+    ...(metricsAt ? [['--metrics', metricsAt] as [string, { host: string; port: number }]] : []),
   ]);
   // Every listener is bound before load() recovers a journal: a port taken since fails here.
   await daemon.open().catch(async (err) => {
@@ -86,13 +91,17 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw err;
   });
   const api = new ApiServer({ daemon, token: daemon.token, log });
+  const metrics = metricsAt ? new MetricsServer(daemon) : null;
   let apiAddress: { host: string; port: number };
+  let metricsAddress: { host: string; port: number } | null = null;
   try {
     apiAddress = await api.listen(daemon.config.api.host, daemon.config.api.port);
+    if (metrics && metricsAt) metricsAddress = await metrics.listen(metricsAt.host, metricsAt.port);
     await daemon.load();
     // What recovery logged reaches stderr before the lines that say ferryd is up.
     await new Promise<void>((resolve) => log.flush(() => resolve()));
   } catch (err) {
+    await metrics?.close().catch(() => undefined);
     await api.close().catch(() => undefined);
     await daemon.stop().catch(() => undefined);
     throw err;
@@ -103,6 +112,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   process.stdout.write(`ferryd: NBD listening on ${fmt(daemon.nbdAddress)}${opts.tls !== 'off' ? ` (TLS ${opts.tls})` : ''}\n`);
   process.stdout.write(`ferryd: replication listening on ${fmt(daemon.replAddress)} (site ${daemon.identity.siteName})\n`);
   process.stdout.write(`ferryd: API listening on http://${fmt(apiAddress)}\n`);
+  if (metricsAddress) process.stdout.write(`ferryd: metrics (GET /metrics, no token) on http://${fmt(metricsAddress)}/metrics\n`);
   process.stdout.write(`ferryd: API token in ${path.join(dataDir, 'api-token')}; Ctrl-C (SIGINT) or SIGTERM stops ferryd\n`);
   log.info({ dataDir, nbd: daemon.nbdAddress, api: apiAddress, repl: daemon.replAddress, site: daemon.identity.siteName, siteId: daemon.identity.siteId }, 'ferryd started');
 
@@ -114,8 +124,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     }
     stopping = true;
     log.info({ signal }, 'shutting down: finishing in-flight requests');
-    api
-      .close()
+    Promise.all([api.close(), metrics?.close()])
       .catch((err) => log.error({ err: String(err) }, 'closing the API failed'))
       .then(() => daemon.stop())
       .then(
