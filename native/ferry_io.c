@@ -11,7 +11,8 @@
  * job that writes them in order: one hop for hundreds of records, and the event loop
  * never waits for a pwrite. An advisory whole-file lock (flock) keeps a second ferryd off a
  * data directory, staging area or disk one already serves; the kernel drops it when the
- * process dies, kill -9 included.
+ * process dies, kill -9 included. And the one datagram systemd's readiness protocol needs
+ * (sd_notify: READY=1 to $NOTIFY_SOCKET), which Node cannot send to a unix socket.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,7 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -354,6 +358,37 @@ static napi_value lock_exclusive(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* notify(socketPath, message): one datagram to a unix socket ('@' at the start: abstract namespace). */
+static napi_value notify(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  struct sockaddr_un sa;
+  char msg[1024];
+  size_t plen = 0, mlen = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  CHECK(napi_get_value_string_utf8(env, argv[0], sa.sun_path, sizeof sa.sun_path, &plen));
+  CHECK(napi_get_value_string_utf8(env, argv[1], msg, sizeof msg, &mlen));
+  if (plen == 0 || plen >= sizeof sa.sun_path - 1 || mlen >= sizeof msg - 1) {
+    napi_throw(env, errno_error(env, EINVAL, "notify"));
+    return NULL;
+  }
+  if (sa.sun_path[0] == '@') sa.sun_path[0] = 0;
+  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    napi_throw(env, errno_error(env, errno, "socket"));
+    return NULL;
+  }
+  ssize_t n;
+  do n = sendto(fd, msg, mlen, MSG_NOSIGNAL, (struct sockaddr *)&sa, len); while (n < 0 && errno == EINTR);
+  int err = errno;
+  close(fd);
+  if (n < 0) napi_throw(env, errno_error(env, err, "sendto"));
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"space", NULL, space, NULL, NULL, NULL, napi_default, NULL},
@@ -362,6 +397,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"readCached", NULL, read_cached, NULL, NULL, NULL, napi_default, NULL},
     {"writeBatch", NULL, write_batch, NULL, NULL, NULL, napi_default, NULL},
     {"lockExclusive", NULL, lock_exclusive, NULL, NULL, NULL, napi_default, NULL},
+    {"notify", NULL, notify, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

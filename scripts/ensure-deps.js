@@ -33,7 +33,7 @@ function missing() {
   try {
     const addon = require('./build/Release/ferry_io.node');
     // An addon built before a function existed lacks it: rebuilt like a missing one.
-    for (const fn of ['space', 'seek', 'willNeed', 'readCached', 'writeBatch', 'lockExclusive']) if (typeof addon[fn] !== 'function') out.push(`native addon function ${fn}`);
+    for (const fn of ['space', 'seek', 'willNeed', 'readCached', 'writeBatch', 'lockExclusive', 'notify']) if (typeof addon[fn] !== 'function') out.push(`native addon function ${fn}`);
   } catch {
     out.push('native addon build/Release/ferry_io.node');
   }

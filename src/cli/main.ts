@@ -56,12 +56,16 @@ program
   .option('--poll-us <us>', 'poll for the next NBD request this long (µs) after the last one replies, instead of sleeping; 0: never (default 200)')
   .option('--metrics <host:port>', 'also serve GET /metrics here without the API token, for Prometheus (default: off; /metrics on the API needs the token)')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
+  .addOption(new Option('--log-format <format>', 'json (one object per line, ISO times) or text (readable, for a terminal)').choices(['json', 'text']).default('json'))
+  .option('--config <file>', 'a JSON file of these flags by camelCase name ({"data": "/var/lib/ferry", "logLevel": "info"}); flags on the command line win; SIGHUP reloads it')
   .action(async (opts, cmd: Command) => {
     // --data and --api are also global options of the client commands; take this command's own values.
     const own = cmd.opts();
     // Loaded only for `serve`: the daemon's modules (fastify, SQLite, the data path) cost a client command nothing.
     const { serve } = await import('./serve.js');
-    await serve({ ...opts, data: own.data ?? program.opts().data, api: cmd.getOptionValueSource('api') === 'default' && program.opts().api ? program.opts().api : own.api });
+    const globals = program.opts() as { data?: string; api?: string };
+    const fromCli = (key: string): boolean => cmd.getOptionValueSource(key) === 'cli' || ((key === 'data' || key === 'api') && globals[key] !== undefined);
+    await serve({ ...opts, data: own.data ?? globals.data, api: cmd.getOptionValueSource('api') === 'default' && globals.api ? globals.api : own.api }, fromCli);
   });
 
 const disk = program.command('disk').description('virtual and service-enabled (adopted) disks');

@@ -1,6 +1,8 @@
-// `ferry serve`: runs ferryd in the foreground with embedded defaults, prints where
-// it listens, and shuts down cleanly on SIGINT/SIGTERM (in-flight NBD requests are
-// answered, files synced, the metadata store closed).
+// `ferry serve`: runs ferryd in the foreground with embedded defaults (or a --config file,
+// serve-config.ts), prints where it listens, tells systemd when it is ready
+// (service-notify.ts), re-reads its configuration on SIGHUP, and shuts down cleanly on
+// SIGINT/SIGTERM (in-flight NBD requests are answered, files synced, the metadata store
+// closed), or when the npm/npx process that started it is gone.
 import net from 'node:net';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -10,6 +12,9 @@ import { Daemon } from '../control/daemon.js';
 import type { TlsMode } from '../nbd/handshake.js';
 import { DEFAULT_DATA } from './api-client.js';
 import { validateName } from '../names.js';
+import { RELOADABLE, changedKeys, mergeConfig, readConfigFile, type ConfigKey, type ServeConfig } from './serve-config.js';
+import { textDestination } from './log-text.js';
+import { notifyService } from './service-notify.js';
 
 export interface ServeOptions {
   data?: string;
@@ -25,7 +30,13 @@ export interface ServeOptions {
   /** HOST:PORT of an unauthenticated GET /metrics listener (off when absent). */
   metrics?: string;
   logLevel: string;
+  /** json (default: one object per line, ISO times) or text (readable, for a terminal). */
+  logFormat: string;
+  /** A JSON file of serve flags (serve-config.ts); flags given on the command line win. */
+  config?: string;
 }
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'];
 
 export function parseHostPort(value: string, what: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
@@ -53,7 +64,12 @@ async function probeAddresses(addresses: Array<[string, { host: string; port: nu
   }
 }
 
-export async function serve(opts: ServeOptions): Promise<void> {
+export async function serve(given: ServeOptions, fromCli: (key: ConfigKey) => boolean = () => true): Promise<void> {
+  const configFile = given.config === undefined ? null : path.resolve(given.config);
+  let fileConfig: ServeConfig = configFile ? readConfigFile(configFile) : {};
+  const opts = mergeConfig(given, fromCli, fileConfig);
+  if (!LOG_LEVELS.includes(opts.logLevel)) throw new Error(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got '${opts.logLevel}'`);
+  if (!['json', 'text'].includes(opts.logFormat)) throw new Error(`--log-format must be json or text, got '${opts.logFormat}'`);
   const dataDir = path.resolve(opts.data ?? process.env.FERRY_DATA ?? DEFAULT_DATA);
   if (!['off', 'on', 'require'].includes(opts.tls)) throw new Error(`--tls must be off, on or require, got '${opts.tls}'`);
   const repl = parseHostPort(opts.repl, '--repl');
@@ -67,7 +83,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const pollUsMax = opts.pollUs === undefined ? undefined : Number(opts.pollUs);
   if (opts.pollUs !== undefined && (!/^\d+$/.test(opts.pollUs) || pollUsMax! > 10_000)) throw new Error(`--poll-us must be a whole number of microseconds from 0 to 10000, got '${opts.pollUs}'`);
   const metricsAt = opts.metrics === undefined ? null : parseHostPort(opts.metrics, '--metrics');
-  const log = pino({ level: opts.logLevel, base: { svc: 'ferryd' } }, pino.destination({ fd: 2, sync: false }));
+  const log = pino(
+    { level: opts.logLevel, base: { svc: 'ferryd' }, timestamp: pino.stdTimeFunctions.isoTime },
+    opts.logFormat === 'text' ? textDestination(2) : pino.destination({ fd: 2, sync: false }),
+  );
   const daemon = new Daemon({
     dataDir,
     nbd: parseHostPort(opts.nbd, '--nbd'),
@@ -115,6 +134,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (metricsAddress) process.stdout.write(`ferryd: metrics (GET /metrics, no token) on http://${fmt(metricsAddress)}/metrics\n`);
   process.stdout.write(`ferryd: API token in ${path.join(dataDir, 'api-token')}; Ctrl-C (SIGINT) or SIGTERM stops ferryd\n`);
   log.info({ dataDir, nbd: daemon.nbdAddress, api: apiAddress, repl: daemon.replAddress, site: daemon.identity.siteName, siteId: daemon.identity.siteId }, 'ferryd started');
+  const notReady = notifyService(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving`);
+  if (notReady) log.warn({ err: notReady }, 'could not tell systemd that ferryd is ready ($NOTIFY_SOCKET)');
 
   let stopping = false;
   const stop = (signal: string): void => {
@@ -124,6 +145,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     }
     stopping = true;
     log.info({ signal }, 'shutting down: finishing in-flight requests');
+    notifyService('STOPPING=1');
     Promise.all([api.close(), metrics?.close()])
       .catch((err) => log.error({ err: String(err) }, 'closing the API failed'))
       .then(() => daemon.stop())
@@ -142,4 +164,38 @@ export async function serve(opts: ServeOptions): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGHUP', () => {
+    if (!configFile) {
+      log.info('SIGHUP: no --config file to reload');
+      return;
+    }
+    let next: ServeConfig;
+    try {
+      next = readConfigFile(configFile);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'SIGHUP: configuration not reloaded; ferryd goes on as it was');
+      return;
+    }
+    for (const key of changedKeys(fileConfig, next)) {
+      if (fromCli(key)) log.warn({ key }, 'SIGHUP: this setting was given on the command line, which wins over the file');
+      else if (key === 'logLevel' && next.logLevel !== undefined && LOG_LEVELS.includes(next.logLevel)) {
+        log.level = next.logLevel;
+        log.info({ logLevel: next.logLevel }, 'SIGHUP: log level changed');
+      } else if (RELOADABLE.includes(key)) log.error({ key, value: next[key] }, 'SIGHUP: invalid value, not applied');
+      else log.warn({ key, value: next[key] }, 'SIGHUP: this setting changes at the next start only');
+    }
+    fileConfig = next;
+    log.info({ config: configFile }, 'configuration reloaded');
+  });
+  // Started by npm or npx (`npm start`, `npx ferry serve`): when that parent is gone (killed
+  // without forwarding a signal), stop too instead of running on unattended.
+  if (process.env.npm_execpath !== undefined) {
+    const parent = process.ppid;
+    setInterval(() => {
+      if (process.ppid !== parent) stop('parent exited');
+    }, parentPollMs).unref();
+  }
 }
+
+/** How often a ferryd started by npm checks that npm still runs. */
+const parentPollMs = 1000;

@@ -1,7 +1,8 @@
 // Typed access to the ferry_io addon (native/ferry_io.c): fallocate modes,
 // block-device discard/zero-out ioctls, SEEK_DATA/SEEK_HOLE, read-ahead, and reads
 // served only from the page cache (inline, no thread-pool hop), and batches of writes
-// done in order by one thread-pool job, and an exclusive advisory file lock.
+// done in order by one thread-pool job, an exclusive advisory file lock, and a datagram to a
+// unix socket (systemd's readiness notification).
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { packageRoot } from '../package-root.js';
@@ -14,6 +15,7 @@ interface Addon {
   readCached?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   writeBatch(fd: number, buffers: Buffer[], offsets: number[], cb: (err: NodeJS.ErrnoException | null) => void): void;
   lockExclusive(fd: number): void;
+  notify(socketPath: string, message: string): void;
 }
 
 const addon = createRequire(import.meta.url)(path.join(packageRoot, 'build', 'Release', 'ferry_io.node')) as Addon;
@@ -68,4 +70,9 @@ export function writeBatch(fd: number, buffers: Buffer[], offsets: number[]): Pr
 /** flock(LOCK_EX | LOCK_NB) on `fd`; throws an error with code EWOULDBLOCK when another open file holds the lock. */
 export function lockExclusive(fd: number): void {
   addon.lockExclusive(fd);
+}
+
+/** Sends `message` as one datagram to the unix socket `socketPath` ('@' first: abstract). */
+export function notifySocket(socketPath: string, message: string): void {
+  addon.notify(socketPath, message);
 }
