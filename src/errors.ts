@@ -75,6 +75,7 @@ export const ERRORS = {
   // Faults.
   IO_ERROR: { http: 500, nbd: NbdErrno.EIO, summary: 'an I/O error occurred' },
   NO_SPACE: { http: 507, nbd: NbdErrno.ENOSPC, summary: 'no space left on the backing storage' },
+  SHUTTING_DOWN: { http: 503, nbd: NbdErrno.ESHUTDOWN, summary: 'ferryd is shutting down' },
   STARTING: { http: 503, nbd: NbdErrno.ESHUTDOWN, summary: 'ferryd is starting: its disks are being recovered' },
   INTERNAL: { http: 500, nbd: NbdErrno.EIO, summary: 'internal error' },
 } as const satisfies Record<string, ErrorSpec>;

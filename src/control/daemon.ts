@@ -10,6 +10,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FerryError } from '../errors.js';
 import type { Logger } from 'pino';
 import { MetadataStore } from './store.js';
 import { DiskRegistry } from './disk-registry.js';
@@ -39,6 +41,8 @@ export interface DaemonConfig {
 }
 
 export const TOKEN_FILE = 'api-token';
+/** How long a stop waits for in-flight NBD requests before refusing writes still waiting for space. */
+const stopGraceMs = 10_000;
 export const DB_FILE = 'ferry.db';
 export const LOCK_FILE = 'lock';
 
@@ -146,7 +150,20 @@ export class Daemon {
   }
 
   async stop(): Promise<void> {
-    await this.nbd?.close();
+    // In-flight NBD requests are answered first. A write waiting for staging space that may
+    // never come (its primary full, its mirror's link down) is refused after a grace period:
+    // it was never acknowledged, so nothing is lost, and the stop is bounded.
+    const nbdClosed = this.nbd?.close();
+    if (nbdClosed) {
+      const grace = new AbortController();
+      const ended = await Promise.race([nbdClosed.then(() => true), sleep(stopGraceMs, false, { signal: grace.signal }).catch(() => true)]);
+      grace.abort();
+      if (!ended) {
+        this.log.warn({ graceMs: stopGraceMs }, 'stopping: writes still waiting for staging space are refused (not acknowledged)');
+        this.disks?.refuseWaitingWrites(new FerryError('SHUTTING_DOWN', 'ferryd is stopping: this write waited for staging space too long and was not acknowledged'));
+        await nbdClosed;
+      }
+    }
     this.replicas?.close();
     await this.repl?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the replication listener failed'));
     await this.mirrors?.close();

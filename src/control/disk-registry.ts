@@ -347,6 +347,11 @@ export class DiskRegistry {
     return { ...this.poolInfo(p), disks: 0 };
   }
 
+  /** At shutdown: every disk's writes still waiting for staging space are refused with `err`. */
+  refuseWaitingWrites(err: FerryError): void {
+    for (const d of this.disks.values()) d.volume?.refuseWaitingWrites(err);
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.disks.values()].map((d) => d.volume?.close()));
   }

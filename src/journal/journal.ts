@@ -7,7 +7,8 @@
 // Invariants (asserted where data is written and read back):
 //  J1 Sequence numbers are dense and strictly increasing; record n+1 carries the crc
 //     of record n (hash chain), so recovery accepts exactly one successor per record.
-//     Asserted in writeBatch, readRecord (cached) and copy-set.ts readRecord, and recovery.ts.
+//     Asserted in writeBatch (batch-encoder.ts), readRecord (cached) and copy-set.ts
+//     readRecord, and recovery.ts.
 //  J2 A record is written only into free ring space: never over a record some
 //     consumer still needs according to the last DURABLE checkpoint, never over bytes
 //     an in-flight read may still be reading.
@@ -37,9 +38,7 @@ import type { Store } from '../disk/store.js';
 import {
   CHECKPOINT_OFFSETS,
   HEADER_AREA_BYTES,
-  RECORD_HEADER_BYTES,
   encodeCheckpoint,
-  encodeRecord,
   recordSpan,
   type ConsumerPosition,
 } from './format.js';
@@ -50,6 +49,7 @@ import type { AppendRequest, JournalListener, JournalStats, StagedRecord } from 
 import { outsideLiveRing, placeRecord } from './ring-space.js';
 import { STAGING_BYTES_MIN, formatStagingArea } from './staging-format.js';
 import { ConsumerPositions } from './consumer-positions.js';
+import { encodeBatch } from './batch-encoder.js';
 import { ReadTracker } from './read-tracker.js';
 import { RecentCache } from './recent-cache.js';
 import { recoverJournal, type RecoveryResult } from './recovery.js';
@@ -93,6 +93,8 @@ export class Journal extends EventEmitter {
   };
   private failure: FerryError | null = null;
   private spaceWaiters: Array<() => void> = [];
+  /** Set by refuseWaiting(): writes that find no space are refused with it instead of waiting. */
+  private refusal: FerryError | null = null;
   private checkpointChain: Promise<void> = Promise.resolve();
   private batchLock: Promise<void> = Promise.resolve();
   private readonly recent = new RecentCache(recentBytesMax);
@@ -284,7 +286,7 @@ export class Journal extends EventEmitter {
           count++;
         }
         if (count === 0) {
-          const refusal = this.listener.whenFull?.() ?? null;
+          const refusal = this.refusal ?? this.listener.whenFull?.() ?? null;
           if (refusal) {
             for (const p of this.queue.splice(0)) p.reject(refusal);
             break;
@@ -313,31 +315,17 @@ export class Journal extends EventEmitter {
         assert.ok(start >= 0 && start + bytes <= this.ringBytes, 'a batch never straddles the end of the ring (J6)');
         assert.ok(outsideLiveRing(start, start + bytes, this.tail.pos, this.headPos, this.tail.seq === this.nextSeq), 'a batch is written only into free ring space, never over a record a consumer still needs (J2)');
         assert.equal(this.nextSeq, this.marks.writtenSeq + 1, 'a batch continues the log right after the last written record (J1)');
-        const buf = Buffer.allocUnsafe(bytes);
-        const records: StagedRecord[] = [];
-        const now = Date.now();
-        let at = 0;
         // The head (sequence number, chain link, position) moves only once the whole batch is encoded.
-        let seq = this.nextSeq;
-        let prevCrc = this.lastCrc;
-        for (const p of batch) {
-          const { req } = p;
-          assert.ok(req.expectSeq === undefined || req.expectSeq === seq, 'a mirrored record keeps its sequence number');
-          // Record n: the one before in this batch, else the last one written (when still cached).
-          const prev = records.length > 0 ? records[records.length - 1]! : this.recent.get(seq - 1);
-          assert.ok(prev === undefined || (seq === prev.seq + 1 && prevCrc === prev.crc), 'record n+1 follows record n and carries its crc (J1)');
-          const timeMs = req.timeMs ?? now;
-          const crc = encodeRecord(buf, at, { type: req.type, flags: req.flags, seq, journalId: this.journalId, diskOffset: req.diskOffset, length: req.length, timeMs, prevCrc }, req.payload);
-          const span = recordSpan(req.payload?.length ?? 0);
-          const payload = req.payload ? buf.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + req.payload.length) : null;
-          records.push({ seq, pos: start + at, span, type: req.type, flags: req.flags, diskOffset: req.diskOffset, length: req.length, crc, timeMs, payload });
-          at += span;
-          prevCrc = crc;
-          seq++;
-        }
-        assert.equal(at, bytes);
-        this.nextSeq = seq;
-        this.lastCrc = prevCrc;
+        const { buf, records, nextSeq, lastCrc } = encodeBatch(
+          batch.map((p) => p.req),
+          start,
+          bytes,
+          this.journalId,
+          { seq: this.nextSeq, prevCrc: this.lastCrc },
+          (seq) => this.recent.get(seq),
+        );
+        this.nextSeq = nextSeq;
+        this.lastCrc = lastCrc;
         this.headPos = start + bytes;
         await this.copySet.writeAll(buf, HEADER_AREA_BYTES + start);
         if (this.failure) throw this.failure;
@@ -498,6 +486,15 @@ export class Journal extends EventEmitter {
 
   get hasWaitersForSpace(): boolean {
     return this.spaceWaiters.length > 0;
+  }
+
+  /**
+   * From now on a write that finds the ring full is refused with `err` (never acknowledged, so
+   * nothing is lost) instead of waiting: at shutdown, when space may never come back.
+   */
+  refuseWaiting(err: FerryError): void {
+    this.refusal = err;
+    for (const w of this.spaceWaiters.splice(0)) w();
   }
 
   /**

@@ -317,6 +317,11 @@ export class Volume {
     return old;
   }
 
+  /** Writes waiting for staging space are refused with `err` from now on (at shutdown: never acknowledged). */
+  refuseWaitingWrites(err: FerryError): void {
+    this.staged?.journal.refuseWaiting(err);
+  }
+
   async close(): Promise<void> {
     await this.gate.close();
     try {
