@@ -98,6 +98,9 @@ export class DiskRegistry {
 
   private open(row: DiskRow): OpenDisk {
     try {
+      // A disk registered before the path rules of path-guard.ts (e.g. a file of the data
+      // directory adopted through a pool inside it) is not served: unavailable, saying why.
+      assertNotReserved(this.dataDir, fs.realpathSync(row.path), fs.statSync(row.path));
       const device = BlockDevice.open(row.path, { readOnly: row.read_only === 1 });
       const volume = new Volume(row.name, device, row.read_only === 1);
       if (device.size > row.size) {

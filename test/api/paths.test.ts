@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startFerryd, tmpDir, type Ferryd } from '../harness.js';
+import { requireTool, run, startFerryd, tmpDir, type Ferryd } from '../harness.js';
 import { assertError, assertUnchanged, cleanup, rawApi, snapshot } from './helpers.js';
 
 describe('API: paths inside the data directory or the kernel’s file systems are refused', () => {
@@ -136,5 +136,26 @@ describe('API: paths inside the data directory or the kernel’s file systems ar
     // The same request with paths outside works.
     const r = await d.api('POST', '/v1/disks/mi/mirror', { to: goodTarget, staging: goodStaging, stagingSize: '64M' });
     assert.equal(r.status, 201, JSON.stringify(r.body));
+  });
+
+  test('a disk registered before these rules with a path in the data directory is not served after a restart', async () => {
+    const legit = path.join(ext, 'legit.img');
+    fs.writeFileSync(legit, Buffer.alloc(1024 * 1024));
+    const adopted = await d.api('POST', '/v1/disks/adopt', { name: 'old-key', path: legit, readOnly: true });
+    assert.equal(adopted.status, 201, JSON.stringify(adopted.body));
+    await d.stop();
+    // What an older ferryd could have registered: the disk's row naming the site's key.
+    const py = await run('/usr/bin/python3', ['-c', 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("update disks set path=? where name=?", (sys.argv[2], "old-key")); c.commit()', path.join(data, 'ferry.db'), key]);
+    assert.equal(py.code, 0, py.stderr);
+    await d.start();
+    const disk = await d.api('GET', '/v1/disks/old-key');
+    assert.equal(disk.status, 200, JSON.stringify(disk.body));
+    assert.equal(disk.body.state, 'unavailable');
+    assert.match(disk.body.error, /part of Ferry's own data directory/);
+    const info = await run(requireTool('nbdinfo'), [d.uri('old-key')]);
+    assert.notEqual(info.code, 0, 'the key is not served over NBD');
+    const removed = await d.api('DELETE', '/v1/disks/old-key');
+    assert.equal(removed.status, 200, JSON.stringify(removed.body));
+    assert.ok(fs.existsSync(key), 'removing the disk leaves the key where it was');
   });
 });
