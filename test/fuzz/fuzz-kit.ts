@@ -189,7 +189,8 @@ export async function runCases(
           if (lastInputs.length > 50) lastInputs.shift();
           for (const p of r.problems ?? []) problems.push(`${opts.name} seed ${cfg.seed} case #${i}: ${p}\n  input: ${input}`);
         } catch (err) {
-          problems.push(`${opts.name} seed ${cfg.seed} case #${i}: threw ${(err as Error).stack ?? String(err)}\n  input: ${input}`);
+          const cause = (err as Error).cause ? ` (cause: ${String((err as { cause: unknown }).cause)})` : '';
+          problems.push(`${opts.name} seed ${cfg.seed} case #${i}: threw ${(err as Error).stack ?? String(err)}${cause}\n  input: ${input}`);
         }
       }
     };
@@ -197,7 +198,8 @@ export async function runCases(
     try {
       await check(index);
     } catch (err) {
-      const msg = `${opts.name} seed ${cfg.seed}: check after case #${index - 1} failed: ${(err as Error).message}\n  the last cases of the batch:\n    ${lastInputs.slice(-20).join('\n    ')}`;
+      const cause = (err as Error).cause ? ` (cause: ${String((err as { cause: unknown }).cause)})` : '';
+      const msg = `${opts.name} seed ${cfg.seed}: check after case #${index - 1} failed: ${(err as Error).message}${cause}\n  the last cases of the batch:\n    ${lastInputs.slice(-20).join('\n    ')}`;
       problems.push(msg);
       break;
     }
