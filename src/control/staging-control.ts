@@ -120,7 +120,7 @@ export class StagingControl {
     if (copy && (copy.real === main.real || sameBlockDevice(copy.real, main.real))) throw new FerryError('PATH_IN_USE', 'the staging copy must be on a different path (and device) than the staging area');
     const deviceSizes = [main, ...(copy ? [copy] : [])].filter((x) => x.block).map((x) => deviceSize(x.real));
     let size = req.size ?? (deviceSizes.length ? Math.min(...deviceSizes) : NaN);
-    if (!Number.isFinite(size)) throw new FerryError('INVALID_SIZE', 'give the staging area size (--size) when it is a new file');
+    if (!Number.isFinite(size)) throw new FerryError('INVALID_SIZE', 'the staging area is a new file: give its size (--staging-size with mirror create, --size with staging attach; stagingSize or size in the API)');
     if (!Number.isSafeInteger(size) || size > sizeBytesMax) throw new FerryError('INVALID_SIZE', `staging size ${size} is not valid`);
     if (size < STAGING_BYTES_MIN) throw new FerryError('STAGING_TOO_SMALL', `a staging area needs at least ${STAGING_BYTES_MIN} bytes (64MiB); ${size} is too small`);
     size = Math.floor(size / 4096) * 4096;

@@ -71,6 +71,17 @@ describe('ferry CLI failures', () => {
     await assertUnchanged(d, before, 'refused CLI requests', [ext]);
   });
 
+  test('a new staging file without its size names the flag that gives it', async () => {
+    const before = await snapshot(d, [ext]);
+    const m = await cli(['mirror', 'create', 'existing', '--to', `local:${path.join(ext, 'm.img')}`, '--staging', path.join(ext, 'm.stg')]);
+    assert.equal(m.code, 1, m.stderr);
+    assert.match(m.stderr, /^ferry: INVALID_SIZE: .*--staging-size with mirror create/, m.stderr);
+    const a = await cli(['staging', 'attach', 'existing', '--path', path.join(ext, 's.stg')]);
+    assert.equal(a.code, 1, a.stderr);
+    assert.match(a.stderr, /^ferry: INVALID_SIZE: .*--size with staging attach/, a.stderr);
+    await assertUnchanged(d, before, 'refused staging sizes', [ext]);
+  });
+
   test('bad usage exits 2 and sends nothing', async () => {
     const cases: Array<[string[], RegExp]> = [
       [['disk', 'create', 'n1'], /required option '--size <size>'/],
