@@ -408,7 +408,13 @@ export const routes: RouteDef[] = [
     tag: 'mirrors',
     params: NameParam,
     querystring: Type.Object({ force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }),
-    response: MirrorSchema,
+    response: Type.Object({
+      ...MirrorSchema.properties,
+      copy: Type.Union([Type.Literal('up-to-date'), Type.Literal('as-of-pause'), Type.Literal('incomplete'), Type.Literal('unknown')], {
+        description: 'the copy left behind: every record, as of a pause, an unfinished sync, or unknown (forced while the mirror site did not confirm)',
+      }),
+      unconfirmed: Type.Union([Type.String(), Type.Null()], { description: 'why the mirror site did not confirm, when copy is unknown' }),
+    }),
     handler: (d, { params, query }) => d.mirrors.remove(params.name!, { force: query.force === 'true' }),
   },
   {

@@ -3,7 +3,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
 import type { MirrorStatus, VerifyReport } from '../mirror/mirror.js';
-import type { SwapReport } from '../control/mirror-control.js';
+import type { RemovedMirror, SwapReport } from '../control/mirror-control.js';
 import type { PromoteReport } from '../control/replica-control.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, table } from './output.js';
@@ -168,8 +168,13 @@ export function registerMirrorCommands(program: Command): void {
     .option('--force', 'abandon a mirror that is still syncing (its copy is incomplete)')
     .addOption(jsonOpt())
     .action(async (disk: string, opts, cmd: Command) => {
-      const m = await client(cmd).request<MirrorStatus>('DELETE', path(disk, opts.force ? '?force=true' : ''));
-      const copy = !m.consistent ? 'INCOMPLETE' : m.state === 'paused' ? 'a consistent copy as of the pause' : 'a consistent, up-to-date copy';
-      print(cmd, m, () => `removed the mirror of ${disk}; ${m.target.replace(/^local:/, '')} is ${copy} and no longer used by Ferry\n`);
+      const m = await client(cmd).request<RemovedMirror>('DELETE', path(disk, opts.force ? '?force=true' : ''));
+      const copy = {
+        'up-to-date': 'is a consistent, up-to-date copy',
+        'as-of-pause': 'is a consistent copy as of the pause',
+        incomplete: 'is INCOMPLETE (it never finished its first sync)',
+        unknown: `is in an UNKNOWN state: the mirror site did not confirm the last records (${m.unconfirmed ?? 'no answer'}); check it there`,
+      }[m.copy];
+      print(cmd, m, () => `removed the mirror of ${disk}; ${m.target.replace(/^local:/, '')} ${copy} and no longer used by Ferry\n`);
     });
 }

@@ -13,7 +13,8 @@ import { Mirror, MIRROR_CONSUMER, type MirrorStatus, type VerifyReport } from '.
 import type { SyncMode } from '../mirror/sync-engine.js';
 import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
-import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
+import { resolveTargetPath } from './path-guard.js';
+import { checkTarget, parseRemote, type Target } from './mirror-target.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, MirrorRow, PeerRow } from './store.js';
 import type { PromoteReport, ReplicaControl } from './replica-control.js';
@@ -21,7 +22,6 @@ import type { PeerSession } from '../replication/peer-session.js';
 import { RemoteStream } from '../replication/remote-stream.js';
 import { RemoteStore } from '../replication/remote-store.js';
 import type { DiskStore } from '../disk/store.js';
-import { validateName } from '../names.js';
 import { swapRoles, type SwapReport } from './mirror-swap.js';
 import { MirrorOpsQueue } from './mirror-ops-queue.js';
 
@@ -31,13 +31,19 @@ import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
+/** What `mirror remove` left behind. */
+export interface RemovedMirror extends MirrorStatus {
+  /** up-to-date: every record; as-of-pause; incomplete: never finished its sync; unknown: the mirror site did not confirm (forced). */
+  copy: 'up-to-date' | 'as-of-pause' | 'incomplete' | 'unknown';
+  /** Why the mirror site did not confirm, when copy is unknown. */
+  unconfirmed: string | null;
+}
+
 export interface RemoteSites {
   peer(name: string): PeerRow | undefined;
   connect(peer: PeerRow, hello: Record<string, unknown>): Promise<PeerSession>;
   replicas: ReplicaControl;
 }
-
-type Target = { kind: 'local'; real: string; exists: boolean } | { kind: 'remote'; peer: PeerRow; remoteDisk: string };
 
 const firstAttachMsMax = 30_000;
 /** How long removing a remote mirror waits for the mirror site to take the last records and release its replica. */
@@ -45,11 +51,6 @@ const removeWaitMs = 15_000;
 
 function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'resync'> {
   return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, resync: 0 };
-}
-
-function parseRemote(target: string): { peer: string; remoteDisk: string } {
-  const i = target.indexOf(':');
-  return { peer: target.slice(0, i), remoteDisk: target.slice(i + 1) };
 }
 
 export interface CreateMirrorRequest extends PolicyRequest {
@@ -224,38 +225,6 @@ export class MirrorControl {
     return m;
   }
 
-  /** Parses and checks a `local:PATH` target without changing anything. */
-  private checkTarget(to: unknown, row: DiskRow, size: number): Target {
-    if (typeof to !== 'string' || to.length === 0) throw new FerryError('INVALID_TARGET', 'give a target: local:PATH (or PEER:DISK for a remote mirror)');
-    if (!to.startsWith('local:')) {
-      if (!/^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(to)) throw new FerryError('INVALID_TARGET', `target '${to}' is neither local:PATH nor PEER:DISK`);
-      const { peer: name, remoteDisk } = parseRemote(to);
-      validateName('peer', name);
-      validateName('disk', remoteDisk);
-      const peer = this.remoteSites().peer(name);
-      if (!peer) throw new FerryError('PEER_NOT_FOUND', `no peer named '${name}' (pair one with ferry peer add)`);
-      if (!peer.address) throw new FerryError('INVALID_TARGET', `peer '${name}' paired with this site but has no address to dial; pair from this site (ferry peer add)`);
-      const other = this.store.mirrors().find((x) => x.target === to);
-      if (other) throw new FerryError('PATH_IN_USE', `${to} is already the mirror of disk '${other.disk}'`);
-      return { kind: 'remote', peer, remoteDisk };
-    }
-    const p = to.slice('local:'.length);
-    if (!path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `mirror target path '${p}' must be absolute`);
-    const { real, stat } = resolveTargetPath(p, 'mirror target');
-    assertNotReserved(this.dataDir, real, stat);
-    if (stat && !stat.isFile() && !stat.isBlockDevice()) throw new FerryError('INVALID_TARGET', `${real} is neither a regular file nor a block device`);
-    const exists = stat !== null;
-    if (real === row.path) throw new FerryError('PATH_IN_USE', `${real} is the disk itself`);
-    assertPathFree(this.store, this.dataDir, real);
-    if (exists) {
-      const d = BlockDevice.open(real, { readOnly: true });
-      const targetSize = d.size;
-      void d.close();
-      if (targetSize < size) throw new FerryError('TARGET_TOO_SMALL', `${real} holds ${targetSize} bytes; disk '${row.name}' needs ${size}`);
-    }
-    return { kind: 'local', real, exists };
-  }
-
   create(req: CreateMirrorRequest): Promise<MirrorStatus> {
     return this.ops.run(req.disk, 'create', () => this.createNow(req));
   }
@@ -266,7 +235,7 @@ export class MirrorControl {
     if (this.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `disk '${req.disk}' already has a mirror`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only`);
     const mode: SyncMode = req.sync ?? 'full';
-    const target = this.checkTarget(req.to, row, volume.size);
+    const target = checkTarget(req.to, row, volume.size, { store: this.store, dataDir: this.dataDir, peer: (name) => this.remoteSites().peer(name) });
     const policy = parsePolicy(req, target.kind === 'remote');
     const hasStaging = this.store.staging(req.disk) !== undefined;
     if (req.staging === undefined && (req.stagingSize !== undefined || req.stagingCopy !== undefined)) {
@@ -428,18 +397,23 @@ export class MirrorControl {
   }
 
   /** Detaches the mirror: it is brought up to date first, so the copy left behind is whole and consistent. */
-  remove(disk: string, opts: { force?: boolean }): Promise<MirrorStatus> {
+  remove(disk: string, opts: { force?: boolean }): Promise<RemovedMirror> {
     return this.ops.run(disk, 'remove', () => this.removeNow(disk, opts));
   }
 
-  private async removeNow(disk: string, opts: { force?: boolean }): Promise<MirrorStatus> {
+  private async removeNow(disk: string, opts: { force?: boolean }): Promise<RemovedMirror> {
     const m = this.mirror(disk);
     const { volume } = this.disks.entry(disk);
     if (!m.isSynced && !opts.force) {
       throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is still syncing: its copy is incomplete; remove it with --force to abandon it`);
     }
     const stream = this.streams.get(disk);
-    if (stream) {
+    /** Why the mirror site did not confirm the last records and the release (forced removal only). */
+    let unconfirmed: string | null = null;
+    if (stream && opts.force && stream.lastErrorCode === 'NO_MIRROR' && stream.state !== 'connected') {
+      // The mirror site already answered that it holds no such replica: nothing to wait for.
+      unconfirmed = stream.lastError ?? 'the mirror site holds no such replica';
+    } else if (stream) {
       // The mirror site gets every record, then releases its replica (a normal disk there from then on).
       // Bounded: a mirror site that is gone (or no longer holds the replica) must not hang the removal.
       let timer: NodeJS.Timeout | undefined;
@@ -461,6 +435,7 @@ export class MirrorControl {
         ]);
       } catch (err) {
         if (!opts.force) throw err;
+        unconfirmed = (err as Error).message;
         this.log.warn({ disk, err: (err as Error).message }, 'mirror removed without the mirror site: its replica stays held there until the peer is told');
       } finally {
         clearTimeout(timer);
@@ -475,8 +450,10 @@ export class MirrorControl {
     this.store.deleteMirror(disk);
     this.mirrors.delete(disk);
     await m.targetStore.close();
-    this.log.info({ disk, target: before.target, consistent: before.consistent }, 'mirror removed; its copy is no longer used by Ferry');
-    return before;
+    // What the copy left behind is, as far as this site knows; never "up-to-date" unconfirmed.
+    const copy: RemovedMirror['copy'] = unconfirmed !== null ? 'unknown' : !before.consistent ? 'incomplete' : before.state === 'paused' ? 'as-of-pause' : 'up-to-date';
+    this.log.info({ disk, target: before.target, consistent: before.consistent, copy }, 'mirror removed; its copy is no longer used by Ferry');
+    return { ...before, copy, unconfirmed };
   }
 
   /** Exchanges the roles of disk and mirror (see swapRoles); open NBD connections see no error. */

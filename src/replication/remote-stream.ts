@@ -105,6 +105,8 @@ export class RemoteStream implements JournalConsumer {
   private lastHeardMs = 0;
   state: LinkState = 'connecting';
   lastError: string | null = null;
+  /** The registry code of the last link failure, as the mirror site sent it when it refused (e.g. NO_MIRROR). */
+  lastErrorCode: string | null = null;
   /** Time of the newest record the mirror site acknowledged, for lag reporting. */
   appliedTimeMs = 0;
   shippedBytes = 0;
@@ -286,6 +288,7 @@ export class RemoteStream implements JournalConsumer {
         this.state = 'connected';
         this.connectedSinceMs = Date.now();
         this.lastError = null;
+        this.lastErrorCode = null;
         this.opts.log.info({ peer: this.opts.peer, remoteDisk: this.opts.remoteDisk, from: this.acked.nextSeq }, 'replication link up; shipping records');
         await Promise.race([this.ship(session, gen), closed]);
         // (A link we dropped ourselves, to detach or reattach, is not an error.)
@@ -320,6 +323,8 @@ export class RemoteStream implements JournalConsumer {
     const msg = (err as Error).message;
     if (this.lastError !== msg) this.opts.log.warn({ peer: this.opts.peer, err: msg, retryMs: backoffMs }, 'replication link down; retrying');
     this.lastError = msg;
+    const e = err as FerryError;
+    this.lastErrorCode = typeof e.details?.remoteCode === 'string' ? e.details.remoteCode : e instanceof FerryError ? e.code : null;
     this.state = 'down';
   }
 

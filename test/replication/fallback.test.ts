@@ -110,7 +110,10 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
   it('fail-back: site A returns, and the promoted disk at B is mirrored back to it', LONG, async (t) => {
     // At A: its mirror of 'lost' finds no replica any more; abandon it, free the disk.
     await waitStatus(s.a, 'lost', 'the link reports the missing replica', (st) => /no longer a replica|not a replica|NO_MIRROR/i.test(`${st.link?.lastError ?? ''} ${st.syncError ?? ''}`), 60_000);
-    await cliJson(s.a, ['mirror', 'remove', 'lost', '--force']);
+    const abandoned = await cliJson(s.a, ['mirror', 'remove', 'lost', '--force']);
+    // Never "up-to-date" when the mirror site did not confirm; its answer is the reason (no wait for a timeout).
+    assert.equal(abandoned.copy, 'unknown', JSON.stringify(abandoned));
+    assert.doesNotMatch(abandoned.unconfirmed ?? '', /within \d+ s/, `the peer's answer, not the removal deadline: ${abandoned.unconfirmed}`);
     await cliJson(s.a, ['staging', 'detach', 'lost']);
     // At B: A paired with B (it dialled), so B has no address for A until it is given one.
     const aPeer = await cliJson(s.b, ['peer', 'show', s.aName]);
@@ -168,6 +171,7 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     const m = await cliJson(s.a, ['mirror', 'remove', 'rm', '--force']);
     s.proxy.bytesPerSec = 0;
     assert.equal(m.consistent, false, 'removed mid-resync');
+    assert.equal(m.copy, 'incomplete');
     assert.equal((await s.b.api('GET', '/v1/disks/rm-dr/mirror')).status, 409, 'B holds a normal disk now');
     assert.equal(sha256(bFile), patternHash(0x11), 'the released disk is its last consistent image, not a half-resynced one');
     assert.ok(!fs.existsSync(path.join(s.b.dataDir, 'replica-staging', 'rm-dr.undo')));

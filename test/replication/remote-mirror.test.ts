@@ -117,6 +117,8 @@ describe('remote mirror between two sites', () => {
     await qemuIoOk(s.a.uri('app'), ['write -P 0x7a 2M 3M']);
     const removed = await cliJson(s.a, ['mirror', 'remove', 'app']);
     assert.equal(removed.consistent, true);
+    assert.equal(removed.copy, 'up-to-date', 'the mirror site confirmed every record and the release');
+    assert.equal(removed.unconfirmed, null);
     assert.deepEqual(await cliJson(s.b, ['mirror', 'status']), []);
     const aFile = await diskPath(s.a, 'app');
     await cliJson(s.a, ['staging', 'detach', 'app']);
