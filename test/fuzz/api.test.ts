@@ -372,6 +372,14 @@ function rawBytes(r: R, env: Env, q: Req): { bytes: Buffer; what: string } {
   return { bytes, what: `raw ${framing} ${show(bytes.toString('latin1'), 500)}` };
 }
 
+function safeDecode(p: string): string {
+  try {
+    return decodeURIComponent(p);
+  } catch {
+    return p;
+  }
+}
+
 interface Seen {
   accepted: string[];
   /** How many answers had each status and code (printed: what the run reached). */
@@ -429,7 +437,7 @@ async function fuzzCase(env: Env, r: R, trace: string[], seen: Seen): Promise<Ca
         seen.accepted.push(what);
       }
       // A pairing token lives in memory only: it changes no disk, pool or file.
-      else if (q.authorized && q.method !== 'GET' && q.method !== 'HEAD' && !/^\/v1\/peers\/tokens(\?|$)/.test(q.path)) seen.accepted.push(what);
+      else if (q.authorized && q.method !== 'GET' && q.method !== 'HEAD' && !/^\/v1\/peers\/tokens(\?|$)/.test(safeDecode(q.path))) seen.accepted.push(what);
     } else if (status >= 500) {
       if (code === 'INTERNAL' || !code || !DOCUMENTED_5XX.has(code)) problems.push(`answered ${status} ${code ?? ''}: ${show(body, 400)}`);
     } else if (status >= 400 && q.method !== 'HEAD' && body.length) {
