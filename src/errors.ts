@@ -29,6 +29,7 @@ export const ERRORS = {
   INVALID_SIZE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the size is not valid' },
   INVALID_PATH: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the path is not allowed' },
   OUT_OF_RANGE: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the range lies outside the disk' },
+  WRITE_PAST_END: { http: 400, nbd: NbdErrno.ENOSPC, summary: 'a write or zeroing past the end of the disk' },
   URL_TOO_LONG: { http: 414, nbd: NbdErrno.EINVAL, summary: 'a path segment of the URL is too long' },
   HEADERS_TOO_LARGE: { http: 431, nbd: NbdErrno.EINVAL, summary: 'the request line and headers are too large' },
   REQUEST_TIMEOUT: { http: 408, nbd: NbdErrno.EINVAL, summary: 'the request was not received in time' },

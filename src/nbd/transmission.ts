@@ -13,7 +13,7 @@
 // range, length) before it touches the volume; a request that fails validation gets
 // an NBD error and changes nothing. A bad magic means the stream is lost: disconnect.
 import type { Duplex } from 'node:stream';
-import { FerryError, NbdErrno, nbdErrnoOf } from '../errors.js';
+import { ERRORS, FerryError, nbdErrnoOf, type ErrorCode } from '../errors.js';
 import {
   BASE_ALLOCATION_ID,
   Cmd,
@@ -180,7 +180,7 @@ export class Transmission {
         // sending, and a reply arriving mid-payload kills their connection.
         const refused = this.drainedWrite!;
         this.drainedWrite = null;
-        this.reply(refused, NbdErrno.EINVAL, `write of ${refused.length} bytes exceeds the maximum payload ${Limits.payloadBytesMax}`);
+        this.refuse(refused, 'BAD_REQUEST', `write of ${refused.length} bytes exceeds the maximum payload ${Limits.payloadBytesMax}`);
         continue;
       }
       if (this.header !== null) {
@@ -275,8 +275,8 @@ export class Transmission {
 
   private start(req: Request, payload: Buffer | null): void {
     const allowed = allowedFlags[req.type];
-    if (allowed === undefined) return this.reply(req, NbdErrno.EINVAL, `unknown command ${req.type}`);
-    if (req.flags & ~allowed) return this.reply(req, NbdErrno.EINVAL, `flags 0x${req.flags.toString(16)} not valid for command ${req.type}`);
+    if (allowed === undefined) return this.refuse(req, 'BAD_REQUEST', `unknown command ${req.type}`);
+    if (req.flags & ~allowed) return this.refuse(req, 'BAD_REQUEST', `flags 0x${req.flags.toString(16)} not valid for command ${req.type}`);
     if (req.type === Cmd.DISC) {
       this.stopping = true;
       this.received.pause();
@@ -287,17 +287,18 @@ export class Transmission {
     const end = req.offset + req.length;
     const inRange = Number.isSafeInteger(end) && end <= size;
     const writes = req.type === Cmd.WRITE || req.type === Cmd.TRIM || req.type === Cmd.WRITE_ZEROES;
-    if (writes && this.volume.readOnly) return this.reply(req, NbdErrno.EPERM, `disk ${this.volume.name} is read-only`);
+    if (writes && this.volume.readOnly) return this.refuse(req, 'READ_ONLY', `disk ${this.volume.name} is read-only`);
     if (!inRange && req.type !== Cmd.FLUSH) {
-      const errno = req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
-      return this.reply(req, errno, `range ${req.offset}+${req.length} exceeds disk size ${size}`);
+      // doc/proto.md: ENOSPC for a write past the end, EINVAL for any other request.
+      const code = req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES ? 'WRITE_PAST_END' : 'OUT_OF_RANGE';
+      return this.refuse(req, code, `range ${req.offset}+${req.length} exceeds disk size ${size}`);
     }
     const fua = (req.flags & CmdFlag.FUA) !== 0;
     const cost = req.type === Cmd.READ || req.type === Cmd.WRITE ? req.length : 0;
     let op: Promise<unknown>;
     switch (req.type) {
       case Cmd.READ: {
-        if (req.length > Limits.payloadBytesMax) return this.reply(req, NbdErrno.EINVAL, `read of ${req.length} bytes exceeds the maximum payload`);
+        if (req.length > Limits.payloadBytesMax) return this.refuse(req, 'BAD_REQUEST', `read of ${req.length} bytes exceeds the maximum payload`);
         return this.doRead(req);
       }
       case Cmd.WRITE:
@@ -315,11 +316,11 @@ export class Transmission {
         op = Promise.resolve().then(() => this.volume.prefetch(req.offset, req.length));
         break;
       case Cmd.BLOCK_STATUS:
-        if (!this.baseAllocation) return this.reply(req, NbdErrno.EINVAL, 'no metadata context was negotiated');
-        if (req.length === 0) return this.reply(req, NbdErrno.EINVAL, 'block status of an empty range');
+        if (!this.baseAllocation) return this.refuse(req, 'BAD_REQUEST', 'no metadata context was negotiated');
+        if (req.length === 0) return this.refuse(req, 'BAD_REQUEST', 'block status of an empty range');
         return this.track(0, Promise.resolve().then(() => this.doBlockStatus(req)));
       default:
-        return this.reply(req, NbdErrno.EINVAL, `unknown command ${req.type}`);
+        return this.refuse(req, 'BAD_REQUEST', `unknown command ${req.type}`);
     }
     this.track(
       cost,
@@ -464,6 +465,11 @@ export class Transmission {
   }
 
   /** One reply, one write. Errors of READ and BLOCK_STATUS go as structured ERROR chunks when negotiated. */
+  /** Refuses a request with a registry code: its NBD errno is the registry's (errors.ts). */
+  private refuse(req: Request, code: ErrorCode, message: string): void {
+    this.reply(req, ERRORS[code].nbd, message);
+  }
+
   private reply(req: Request, errno: number, message = ''): void {
     if (this.closed) return;
     if (errno !== 0 && this.structured && (req.type === Cmd.READ || req.type === Cmd.BLOCK_STATUS)) {

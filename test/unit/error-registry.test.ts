@@ -53,3 +53,12 @@ test('a FerryError carries its registry status and errno', () => {
     assert.deepEqual(e.toJSON(), { code, message: ERRORS[code].summary });
   }
 });
+
+test('NBD error replies are chosen through the registry, not by errno literals', () => {
+  // The data path refuses with registry codes (transmission.ts refuse()); a raw errno there
+  // would be a second, undocumented mapping.
+  for (const file of ['transmission.ts', 'request-header.ts']) {
+    const text = fs.readFileSync(path.join(ROOT, 'src', 'nbd', file), 'utf8');
+    assert.doesNotMatch(text, /NbdErrno\./, `${file} replies with registry codes only`);
+  }
+});
