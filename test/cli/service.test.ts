@@ -106,4 +106,38 @@ while True:
     assert.equal(await s.exited, 0, s.err());
     py.kill('SIGKILL');
   });
+
+  test('a ferryd started by npm stops when that npm process is killed', async () => {
+    const dir = tmpDir('ferry-orphan-');
+    const out = path.join(dir, 'out');
+    // The parent stands in for npm (ferryd knows it by $npm_execpath): it starts ferryd with its
+    // output in a file, then waits to be killed with SIGKILL (no signal is forwarded).
+    const parent = spawn(process.execPath, ['-e', `
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const fd = fs.openSync(process.argv[1], 'w');
+const c = spawn(process.execPath, [process.argv[2], 'serve', '--data', process.argv[3], '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--repl', '127.0.0.1:0'], { stdio: ['ignore', fd, fd] });
+console.log(c.pid);
+setInterval(() => {}, 1000);
+`, out, FERRY_BIN, path.join(dir, 'data')], { env: { ...process.env, npm_execpath: '/usr/lib/node_modules/npm/bin/npm-cli.js' }, stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(parent);
+    let pidText = '';
+    parent.stdout!.on('data', (b: Buffer) => (pidText += b.toString()));
+    await waitFor('ferryd to start under its parent', () => fs.existsSync(out) && fs.readFileSync(out, 'utf8').includes('API listening'), 30_000);
+    const pid = Number(pidText.trim());
+    assert.ok(pid > 0, pidText);
+    const alive = (): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    assert.ok(alive());
+    parent.kill('SIGKILL');
+    await waitFor('ferryd to stop once its parent is gone', () => !alive() || /ferryd: stopped/.test(fs.readFileSync(out, 'utf8')), 30_000);
+    await waitFor('the process to be gone', () => !alive(), 30_000);
+    assert.match(fs.readFileSync(out, 'utf8'), /parent exited/, 'it stopped cleanly, saying why');
+  });
 });
