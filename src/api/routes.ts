@@ -5,6 +5,12 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
 import { peerRoutes } from './peer-routes.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import { packageRoot } from '../package-root.js';
+
+/** The version GET /v1/server reports: package.json's, read once. */
+const packageVersion = (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
 export interface RouteInput {
   params: Record<string, string>;
@@ -143,6 +149,48 @@ export const StagingDiscardSchema = Type.Object({
   message: Type.String(),
 });
 
+/** GET /v1/server. */
+export const ServerSchema = Type.Object({
+      version: Type.String(),
+      dataDir: Type.String(),
+      nbd: Type.String(),
+      api: Type.String(),
+      startedAt: Type.String(),
+      nbdConnections: Type.Integer(),
+    });
+
+/** POST /v1/disks/{name}/mirror/verify. */
+export const VerifySchema = Type.Object({
+      disk: Type.String(),
+      bytesCompared: Type.Integer(),
+      regionsVerified: Type.Integer(),
+      regionsSkipped: Type.Integer({ description: 'regions written to during every attempt to compare them' }),
+      differences: Type.Array(Type.Object({ offset: Type.Integer(), length: Type.Integer() })),
+      seconds: Type.Number(),
+    });
+
+/** POST /v1/disks/{name}/mirror/swap. */
+export const SwapSchema = Type.Object({ disk: Type.String(), primary: Type.String(), mirror: Type.String(), pauseMs: Type.Number() });
+
+/** POST /v1/disks/{name}/mirror/promote. */
+export const PromoteSchema = Type.Object({
+      disk: Type.String(),
+      image: Type.Union([Type.Literal('newest'), Type.Literal('rolled-back'), Type.Literal('as-is')], {
+        description: 'newest: every record received was applied; rolled-back: the image from before the interrupted resync; as-is: forced, no consistent image existed',
+      }),
+      seq: Type.Integer({ description: "the newest record of the primary site's order the disk holds" }),
+      restoredBytes: Type.Integer({ description: 'bytes written back from the undo log' }),
+    });
+
+/** DELETE /v1/disks/{name}/mirror: the mirror as it was, and what the copy left behind is. */
+export const RemovedMirrorSchema = Type.Object({
+      ...MirrorSchema.properties,
+      copy: Type.Union([Type.Literal('up-to-date'), Type.Literal('as-of-pause'), Type.Literal('incomplete'), Type.Literal('unknown')], {
+        description: 'the copy left behind: every record, as of a pause, an unfinished sync, or unknown (forced while the mirror site did not confirm)',
+      }),
+      unconfirmed: Type.Union([Type.String(), Type.Null()], { description: 'why the mirror site did not confirm, when copy is unknown' }),
+    });
+
 export const routes: RouteDef[] = [
   {
     method: 'GET',
@@ -159,16 +207,9 @@ export const routes: RouteDef[] = [
     operationId: 'serverInfo',
     summary: 'Where the daemon listens, its data directory and uptime',
     tag: 'server',
-    response: Type.Object({
-      version: Type.String(),
-      dataDir: Type.String(),
-      nbd: Type.String(),
-      api: Type.String(),
-      startedAt: Type.String(),
-      nbdConnections: Type.Integer(),
-    }),
+    response: ServerSchema,
     handler: (d) => ({
-      version: process.env.npm_package_version ?? '0.1.0',
+      version: packageVersion,
       dataDir: d.config.dataDir,
       nbd: `${d.nbdAddress.host}:${d.nbdAddress.port}`,
       // Answered by the API server itself, so it is listening: its address is known.
@@ -362,14 +403,7 @@ export const routes: RouteDef[] = [
     summary: 'Compare disk and mirror online; report the ranges that differ',
     tag: 'mirrors',
     params: NameParam,
-    response: Type.Object({
-      disk: Type.String(),
-      bytesCompared: Type.Integer(),
-      regionsVerified: Type.Integer(),
-      regionsSkipped: Type.Integer({ description: 'regions written to during every attempt to compare them' }),
-      differences: Type.Array(Type.Object({ offset: Type.Integer(), length: Type.Integer() })),
-      seconds: Type.Number(),
-    }),
+    response: VerifySchema,
     handler: (d, { params }) => d.mirrors.verify(params.name!),
   },
   {
@@ -379,7 +413,7 @@ export const routes: RouteDef[] = [
     summary: 'Exchange the roles of disk and mirror (only in sync); open NBD connections see no error',
     tag: 'mirrors',
     params: NameParam,
-    response: Type.Object({ disk: Type.String(), primary: Type.String(), mirror: Type.String(), pauseMs: Type.Number() }),
+    response: SwapSchema,
     handler: (d, { params }) => d.mirrors.swap(params.name!),
   },
   {
@@ -390,14 +424,7 @@ export const routes: RouteDef[] = [
     tag: 'mirrors',
     params: NameParam,
     querystring: Type.Object({ force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }),
-    response: Type.Object({
-      disk: Type.String(),
-      image: Type.Union([Type.Literal('newest'), Type.Literal('rolled-back'), Type.Literal('as-is')], {
-        description: 'newest: every record received was applied; rolled-back: the image from before the interrupted resync; as-is: forced, no consistent image existed',
-      }),
-      seq: Type.Integer({ description: "the newest record of the primary site's order the disk holds" }),
-      restoredBytes: Type.Integer({ description: 'bytes written back from the undo log' }),
-    }),
+    response: PromoteSchema,
     handler: (d, { params, query }) => d.mirrors.promote(params.name!, { force: query.force === 'true' }),
   },
   {
@@ -408,13 +435,7 @@ export const routes: RouteDef[] = [
     tag: 'mirrors',
     params: NameParam,
     querystring: Type.Object({ force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }),
-    response: Type.Object({
-      ...MirrorSchema.properties,
-      copy: Type.Union([Type.Literal('up-to-date'), Type.Literal('as-of-pause'), Type.Literal('incomplete'), Type.Literal('unknown')], {
-        description: 'the copy left behind: every record, as of a pause, an unfinished sync, or unknown (forced while the mirror site did not confirm)',
-      }),
-      unconfirmed: Type.Union([Type.String(), Type.Null()], { description: 'why the mirror site did not confirm, when copy is unknown' }),
-    }),
+    response: RemovedMirrorSchema,
     handler: (d, { params, query }) => d.mirrors.remove(params.name!, { force: query.force === 'true' }),
   },
   {

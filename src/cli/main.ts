@@ -9,7 +9,7 @@ import { packageRoot } from '../package-root.js';
 import { ApiError } from './api-client.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
-import type { DiskInfo, PoolInfo } from '../control/disk-registry.js';
+import type { Disk as DiskInfo, Pool as PoolInfo } from '../api/types.js';
 import { registerStagingCommands } from './staging-commands.js';
 import { registerStatusCommand } from './status-command.js';
 import { registerMirrorCommands } from './mirror-commands.js';

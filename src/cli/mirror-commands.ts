@@ -2,9 +2,7 @@
 // pause, resume, verify, swap and remove.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
-import type { MirrorStatus, VerifyReport } from '../mirror/mirror.js';
-import type { RemovedMirror, SwapReport } from '../control/mirror-control.js';
-import type { PromoteReport } from '../control/replica-control.js';
+import type { Mirror as MirrorStatus, PromoteResult as PromoteReport, RemovedMirror, SwapResult as SwapReport, VerifyResult as VerifyReport } from '../api/types.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, table } from './output.js';
 import { linkText, mirrorStateText } from './mirror-state-text.js';

@@ -1,7 +1,7 @@
 // How the CLI names a mirror's state for people (`ferry status`, `ferry mirror status`): the
 // state the mirror reports, with what is wrong beside it, so a mirror whose link is down or
 // whose sync or target fails is never shown as plain `in-sync`.
-import type { MirrorStatus } from '../mirror/mirror.js';
+import type { Mirror as MirrorStatus } from '../api/types.js';
 
 export function mirrorStateText(m: MirrorStatus): string {
   const notes: string[] = [];

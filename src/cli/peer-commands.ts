@@ -3,8 +3,7 @@
 // 1 when a peer with an address cannot be reached or authenticated.
 import type { Command } from 'commander';
 import { ApiClient } from './api-client.js';
-import type { PeerDetails, PeerInfo } from '../control/peer-control.js';
-import type { IssuedToken } from '../replication/pairing.js';
+import type { PairingToken as IssuedToken, Peer as PeerInfo, PeerDetails } from '../api/types.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { keyValues, table } from './output.js';
 

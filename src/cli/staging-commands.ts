@@ -1,6 +1,6 @@
 // `ferry staging ...`: attach, show, detach (or, for one with no copy left, detach by force) and repair a disk's staging area.
 import type { Command } from 'commander';
-import type { StagingDiscardInfo, StagingInfo } from '../control/staging-control.js';
+import type { Staging as StagingInfo, StagingDiscard as StagingDiscardInfo } from '../api/types.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
 

@@ -6,29 +6,11 @@
 // Truthful states: a mirror whose link is down or whose sync failed is never shown as plain
 // `in-sync` (mirror-state-text.ts).
 import type { Command } from 'commander';
-import type { DiskInfo } from '../control/disk-registry.js';
-import type { StagingInfo } from '../control/staging-control.js';
-import type { MirrorStatus } from '../mirror/mirror.js';
+import type { Disk as DiskInfo, Mirror as MirrorStatus, ServerInfo, Site as SiteInfo, Staging as StagingInfo } from '../api/types.js';
 import { ApiError, type ApiClient } from './api-client.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
 import { mirrorStateText } from './mirror-state-text.js';
-
-interface ServerInfo {
-  version: string;
-  dataDir: string;
-  nbd: string;
-  api: string;
-  startedAt: string;
-  nbdConnections: number;
-}
-
-interface SiteInfo {
-  siteId: string;
-  name: string;
-  replication: string;
-  peers: number;
-}
 
 export interface DiskOverview {
   name: string;
