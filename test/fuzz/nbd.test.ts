@@ -198,6 +198,10 @@ function request(r: R, cookie: bigint): { bytes: Buffer; aligned: boolean; cooki
   return { bytes, aligned, cookie: sentCookie, type: sentType, length: sentLength, what: `cookie ${sentCookie} ` + `cmd ${type} flags 0x${flags.toString(16)} off ${offset} len ${length} payload ${payloadWhat}${magic !== undefined ? ` magic 0x${magic.toString(16)}` : ''}${mutated}` };
 }
 
+/** What the run reached: reply kinds and errnos, case kinds (printed at the end). */
+const reached = new Map<string, number>();
+const count = (k: string): void => void reached.set(k, (reached.get(k) ?? 0) + 1);
+
 /** Checks a transmission reply stream: every reply has a reply magic and a cookie we sent. */
 function parseReplies(buf: Buffer, sent: Map<bigint, { type: number; length: number }>, structured: boolean, desynced: boolean): string[] {
   const problems: string[] = [];
@@ -210,6 +214,7 @@ function parseReplies(buf: Buffer, sent: Map<bigint, { type: number; length: num
       const error = buf.readUInt32BE(at + 4);
       const cookie = buf.readBigUInt64BE(at + 8);
       const req = sent.get(cookie);
+      count(`simple reply errno ${error}`);
       if (!req) return desynced ? problems : [...problems, `simple reply for cookie ${cookie} that was never sent (at byte ${at})`];
       at += 16;
       if (error === 0 && req.type === Cmd.READ) {
@@ -220,6 +225,7 @@ function parseReplies(buf: Buffer, sent: Map<bigint, { type: number; length: num
       if (!structured) problems.push(`structured reply without STRUCTURED_REPLY negotiated (at byte ${at})`);
       if (buf.length - at < 20) return problems;
       const cookie = buf.readBigUInt64BE(at + 8);
+      count(`structured chunk type ${buf.readUInt16BE(at + 6)}`);
       if (!sent.has(cookie)) return desynced ? problems : [...problems, `structured reply for cookie ${cookie} that was never sent`];
       at += 20 + buf.readUInt32BE(at + 16);
     } else {
@@ -279,6 +285,7 @@ async function fuzzCase(d: Ferryd, r: R, what: string[]): Promise<CaseResult> {
     [6, 'transmission'],
   ]);
   what.push(kind);
+  count(`case ${kind}`);
   const problems: string[] = [];
   if (kind === 'random-bytes') {
     const readGreeting = r.chance(0.5);
@@ -443,7 +450,7 @@ describe('NBD fuzzer', { timeout: 30 * 60_000 }, () => {
       watch();
     };
     const stats = await runCases(cfg, { concurrency: 6, batch: 150, name: 'nbd', caseMs: 40_000 }, (rng, _i, trace) => fuzzCase(d, rng, trace), check);
-    console.log(`# fuzz nbd: peak RSS ${peakRssMiB(watch)} MiB, ${checks} checks`);
+    console.log(`# fuzz nbd: peak RSS ${peakRssMiB(watch)} MiB, ${checks} checks; reached: ${[...reached].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ×${n}`).join(', ')}`);
     assert.ok(stats.cases > 0);
     assert.deepEqual(stats.problems, [], stats.problems.join('\n\n'));
   });
