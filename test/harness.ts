@@ -227,6 +227,19 @@ export class Cleanup {
     this.hooks.push(fn);
   }
 
+  /**
+   * A small tmpfs mounted on a new directory `name` under a temp dir of this cleanup (a real
+   * ENOSPC from the kernel when full; the tests run as root), unmounted at cleanup.
+   */
+  async tmpfs(name: string, size: string): Promise<string> {
+    const dir = path.join(fs.realpathSync(this.dir()), name);
+    fs.mkdirSync(dir);
+    const mounted = await run('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
+    assert.equal(mounted.code, 0, `mount a tmpfs (the tests run as root): ${mounted.stderr}`);
+    this.defer(async () => void (await run('/usr/bin/umount', ['-l', dir])));
+    return dir;
+  }
+
   /** A child process killed at cleanup if it still runs. */
   track(child: ChildProcess): void {
     this.children.add(child);
@@ -252,6 +265,19 @@ export class Cleanup {
     }
     for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
     if (errors.length) throw errors[0];
+  }
+}
+
+/** Writes `file` until its file system is full (ENOSPC, asserted): nothing more fits there. */
+export function fillUntilFull(file: string): void {
+  const fd = fs.openSync(file, 'w');
+  try {
+    const chunk = Buffer.alloc(1024 * 1024, 1);
+    for (;;) fs.writeSync(fd, chunk);
+  } catch (err) {
+    assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC', `filling ${file}`);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

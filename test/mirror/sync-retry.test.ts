@@ -21,12 +21,8 @@ describe('a failed mirror sync retries by itself', () => {
     requireTool('qemu-io');
     d = await cleanup.ferryd();
     work = fs.realpathSync(cleanup.dir('ferry-sync-retry-'));
-    small = path.join(work, 'small');
-    fs.mkdirSync(small);
     // A file system with room for the mirror only once a filler file is gone: the sync meets a real ENOSPC.
-    const mounted = await run('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=80m', 'tmpfs', small]);
-    assert.equal(mounted.code, 0, `mount a tmpfs (the tests run as root): ${mounted.stderr}`);
-    cleanup.defer(async () => void (await run('/usr/bin/umount', ['-l', small])));
+    small = await cleanup.tmpfs('small', '80m');
   }, T);
   after(() => cleanup.run(), T);
 

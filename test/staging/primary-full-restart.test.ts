@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireTool, run, type Ferryd } from '../harness.js';
+import { fillUntilFull, requireTool, type Ferryd } from '../harness.js';
 import { qemuIoOk } from '../interop/clients.js';
 import { Cleanup, MiB, cliJson, stagingShow, waitFor } from './helpers.js';
 
@@ -37,11 +37,7 @@ describe('a disk whose primary is full at restart', () => {
     requireTool('qemu-io');
     d = await cleanup.ferryd();
     work = fs.realpathSync(cleanup.dir('ferry-primary-full-'));
-    small = path.join(work, 'small');
-    fs.mkdirSync(small);
-    const mounted = await run('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', small]);
-    assert.equal(mounted.code, 0, `mount a tmpfs (the tests run as root): ${mounted.stderr}`);
-    cleanup.defer(async () => void (await run('/usr/bin/umount', ['-l', small])));
+    small = await cleanup.tmpfs('small', '48m');
   }, T);
   after(() => cleanup.run(), T);
 
@@ -55,15 +51,7 @@ describe('a disk whose primary is full at restart', () => {
     await qemuIoOk(d.uri('full'), ['write -P 0x11 0 1M']);
     await waitFor('the first write on the primary', async () => (await stagingShow(d, 'full')).consumers.every((c: any) => c.pendingRecords === 0));
     const filler = path.join(small, 'filler');
-    const fd = fs.openSync(filler, 'w');
-    try {
-      const chunk = Buffer.alloc(MiB, 1);
-      for (;;) fs.writeSync(fd, chunk);
-    } catch (err) {
-      assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillUntilFull(filler);
 
     // Acknowledged from the staging area; the committer cannot apply them (ENOSPC).
     await qemuIoOk(d.uri('full'), ['write -P 0x5a 4M 8M', 'flush']);

@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireTool, run, type Ferryd } from '../harness.js';
+import { fillUntilFull, requireTool, type Ferryd } from '../harness.js';
 import { qemuIo, qemuIoOk } from '../interop/clients.js';
 import { Cleanup, MiB, cliJson, stagingShow, waitFor } from './helpers.js';
 
@@ -23,11 +23,7 @@ describe('a stop while writes wait for staging space', () => {
     requireTool('qemu-io');
     d = await cleanup.ferryd();
     work = fs.realpathSync(cleanup.dir('ferry-stop-full-'));
-    small = path.join(work, 'small');
-    fs.mkdirSync(small);
-    const mounted = await run('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', small]);
-    assert.equal(mounted.code, 0, `mount a tmpfs (the tests run as root): ${mounted.stderr}`);
-    cleanup.defer(async () => void (await run('/usr/bin/umount', ['-l', small])));
+    small = await cleanup.tmpfs('small', '16m');
   }, T);
   after(() => cleanup.run(), T);
 
@@ -38,14 +34,7 @@ describe('a stop while writes wait for staging space', () => {
     await cliJson(d, ['disk', 'adopt', 'p', '--path', primary]);
     await cliJson(d, ['staging', 'attach', 'p', '--path', path.join(work, 'p.stg'), '--size', '64M']);
     // Every block of the tmpfs taken: the primary cannot take a single new page.
-    const fd = fs.openSync(path.join(small, 'filler'), 'w');
-    try {
-      for (;;) fs.writeSync(fd, Buffer.alloc(MiB, 1));
-    } catch (err) {
-      assert.equal((err as NodeJS.ErrnoException).code, 'ENOSPC');
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillUntilFull(path.join(small, 'filler'));
     await qemuIoOk(d.uri('p'), ['write -P 0x21 0 16M', 'flush']);
     // More than the staging area holds: the last writes wait for space that never comes.
     const later: Array<[number, number]> = [
