@@ -187,7 +187,11 @@ function buildRequest(r: R, env: Env): Req {
   ]);
   const headers: Record<string, string> = {};
   if (auth === 'token') headers.authorization = `Bearer ${env.token}`;
-  else if (auth === 'wrong') headers.authorization = `Bearer ${r.mutate(Buffer.from(env.token), 1).toString('latin1').replace(/[^\x21-\x7e]/g, 'x')}`;
+  else if (auth === 'wrong') {
+    const wrong = r.mutate(Buffer.from(env.token), 1).toString('latin1').replace(/[^\x21-\x7e]/g, 'x');
+    // A mutation may leave the token as it was (a truncation to its full length): then it is not wrong.
+    headers.authorization = `Bearer ${wrong === env.token ? `${wrong}x` : wrong}`;
+  }
   else if (auth === 'odd') headers.authorization = r.pick(['Bearer', 'Bearer ', `Basic ${env.token}`, `Bearer ${env.token} x`, `Bearer ${env.token.slice(1)}`, `Bearer ${env.token}${env.token}`, 'x'.repeat(5000)]);
   const authorized = auth === 'token';
   let method: string = route?.method ?? 'GET';

@@ -211,6 +211,9 @@ function overTls(env: Env, creds: Creds | null, parts: Buffer[], closeMs = 20_00
   });
 }
 
+/** What B answered over the run (printed at the end). */
+const reachedCodes = new Map<string, number>();
+
 /** Frames B sent: each must parse; an ERROR frame must carry a code and a message. */
 function checkFrames(buf: Buffer): string[] {
   const problems: string[] = [];
@@ -230,6 +233,11 @@ function checkFrames(buf: Buffer): string[] {
     if (type === FrameType.ERROR && (typeof meta?.code !== 'string' || typeof meta?.message !== 'string')) problems.push(`ERROR frame without code and message: ${show(meta)}`);
     if (type === FrameType.ERROR && meta?.code === 'INTERNAL') problems.push(`ERROR frame INTERNAL: ${show(meta)}`);
     if (type === FrameType.RESPONSE && meta?.error?.code === 'INTERNAL') problems.push(`RESPONSE with error INTERNAL: ${show(meta)}`);
+    // No request of these cases reaches a disk (none can attach): an I/O error is an exception
+    // the receiver turned into IO_ERROR (its code for errors without one), i.e. a bug.
+    if (type === FrameType.RESPONSE && meta?.error?.code === 'IO_ERROR') problems.push(`RESPONSE with error IO_ERROR where no I/O can happen: ${show(meta)}`);
+    if (type === FrameType.RESPONSE || type === FrameType.ERROR) reachedCodes.set(`${type === FrameType.ERROR ? 'ERROR' : 'RESPONSE'} ${meta?.code ?? meta?.error?.code ?? 'ok'}`, (reachedCodes.get(`${type === FrameType.ERROR ? 'ERROR' : 'RESPONSE'} ${meta?.code ?? meta?.error?.code ?? 'ok'}`) ?? 0) + 1);
+    else reachedCodes.set(`frame ${type}`, (reachedCodes.get(`frame ${type}`) ?? 0) + 1);
     at += 20 + metaLen + payloadLen;
   }
   return problems;
@@ -376,6 +384,7 @@ describe('replication listener fuzzer', { timeout: 30 * 60_000 }, () => {
       watchA();
     };
     const stats = await runCases(cfg, { concurrency: 3, batch: 100, name: 'repl', caseMs: 60_000 }, (rng, _i, trace) => fuzzCase(env, rng, trace), check);
+    console.log(`# fuzz repl: B answered: ${[...reachedCodes].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ×${n}`).join(', ')}`);
     console.log(`# fuzz repl: peak RSS of B ${peakRssMiB(watchB)} MiB${slowChecks.length ? `; ${slowChecks.length} checks where A's peer show of B first failed: ${slowChecks.join(', ')}` : ''}`);
     assert.ok(stats.cases > 0);
     assert.deepEqual(stats.problems, [], stats.problems.join('\n\n'));
