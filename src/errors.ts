@@ -61,6 +61,7 @@ export const ERRORS = {
   NO_MIRROR: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk has no mirror' },
   MIRROR_BUSY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'another operation on the mirror of the disk is running' },
   MIRROR_NOT_IN_SYNC: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the mirror is not in sync' },
+  TARGET_HOLDS_DATA: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the mirror target holds data a full sync would overwrite' },
   TARGET_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is smaller than the disk' },
   INVALID_TARGET: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is not valid' },
   // Peers and the replication link.

@@ -69,9 +69,11 @@ export function registerMirrorCommands(program: Command): void {
     .option('--bandwidth <rate>', 'rate limit of the replication link in bytes per second (e.g. 100M)')
     .addOption(new Option('--compress <codec>', 'compression on the replication link (default zstd)').choices(['zstd', 'none']))
     .option('--wait', 'wait (with a progress bar in a terminal) until the mirror is in sync')
+    .option('--force', 'overwrite an existing local target that holds data (a full sync does)')
     .addOption(jsonOpt())
     .action(async (disk: string, opts, cmd: Command) => {
       let m = await client(cmd).request<MirrorStatus>('POST', path(disk), {
+        ...(opts.force ? { force: true } : {}),
         to: opts.to,
         staging: opts.staging,
         stagingSize: opts.stagingSize,

@@ -60,6 +60,8 @@ export interface CreateMirrorRequest extends PolicyRequest {
   stagingSize?: number;
   stagingCopy?: string;
   sync?: SyncMode;
+  /** Overwrite an existing local target that holds data (a full sync). */
+  force?: boolean;
 }
 
 export class MirrorControl {
@@ -235,7 +237,7 @@ export class MirrorControl {
     if (this.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `disk '${req.disk}' already has a mirror`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only`);
     const mode: SyncMode = req.sync ?? 'full';
-    const target = checkTarget(req.to, row, volume.size, { store: this.store, dataDir: this.dataDir, peer: (name) => this.remoteSites().peer(name) });
+    const target = checkTarget(req.to, row, volume.size, { store: this.store, dataDir: this.dataDir, peer: (name) => this.remoteSites().peer(name) }, { fullSync: mode === 'full', force: req.force === true });
     const policy = parsePolicy(req, target.kind === 'remote');
     const hasStaging = this.store.staging(req.disk) !== undefined;
     if (req.staging === undefined && (req.stagingSize !== undefined || req.stagingCopy !== undefined)) {

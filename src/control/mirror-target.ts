@@ -1,8 +1,10 @@
 // Mirror targets: `local:PATH` (a file or block device, new or existing, at least the disk's
 // size) or `PEER:DISK` (a disk to create at a paired site). Parsing and every check happen
-// here, before a mirror is created, and change nothing.
+// here, before a mirror is created, and change nothing. A full sync onto an existing target
+// that holds data (sampled, holdsData) needs --force.
 import { FerryError } from '../errors.js';
 import { BlockDevice } from '../disk/block-device.js';
+import fs from 'node:fs';
 import path from 'node:path';
 import { validateName } from '../names.js';
 import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
@@ -24,7 +26,7 @@ export function parseRemote(target: string): { peer: string; remoteDisk: string 
 }
 
 /** Parses and checks a mirror target (`local:PATH` or `PEER:DISK`) without changing anything. */
-export function checkTarget(to: unknown, row: DiskRow, size: number, ctx: TargetContext): Target {
+export function checkTarget(to: unknown, row: DiskRow, size: number, ctx: TargetContext, overwrite: { fullSync: boolean; force: boolean }): Target {
   if (typeof to !== 'string' || to.length === 0) throw new FerryError('INVALID_TARGET', 'give a target: local:PATH (or PEER:DISK for a remote mirror)');
   if (!to.startsWith('local:')) {
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/.test(to)) throw new FerryError('INVALID_TARGET', `target '${to}' is neither local:PATH nor PEER:DISK`);
@@ -48,9 +50,43 @@ export function checkTarget(to: unknown, row: DiskRow, size: number, ctx: Target
   assertPathFree(ctx.store, ctx.dataDir, real);
   if (exists) {
     const d = BlockDevice.open(real, { readOnly: true });
-    const targetSize = d.size;
-    void d.close();
-    if (targetSize < size) throw new FerryError('TARGET_TOO_SMALL', `${real} holds ${targetSize} bytes; disk '${row.name}' needs ${size}`);
+    try {
+      if (d.size < size) throw new FerryError('TARGET_TOO_SMALL', `${real} holds ${d.size} bytes; disk '${row.name}' needs ${size}`);
+      // A full sync overwrites the target: one that holds data is taken only when asked.
+      if (overwrite.fullSync && !overwrite.force && holdsData(d)) {
+        throw new FerryError('TARGET_HOLDS_DATA', `${real} holds data, which a full sync overwrites: give --force to overwrite it, or --sync checksum if it is an older copy of this disk`);
+      }
+    } finally {
+      void d.close();
+    }
   }
   return { kind: 'local', real, exists };
+}
+
+/** Bytes read from the start of each sampled region by holdsData. */
+const sampleBytes = 1024 * 1024;
+/** Data extents of a file sampled by holdsData. */
+const sampledExtentsMax = 16;
+
+/**
+ * Whether a device holds data, by sampling (bounded, not a scan of the whole device): the
+ * first MiB of each of the first data extents of a file (a sparse file with no data extent
+ * holds none), or the first and last MiB of a block device (partition tables, file-system
+ * and volume-manager labels live there). Any non-zero byte counts.
+ */
+function holdsData(d: BlockDevice): boolean {
+  const regions = d.kind === 'file'
+    ? d.extents(0, d.size, sampledExtentsMax).filter((e) => e.flags === 0).map((e) => ({ offset: e.offset, length: Math.min(e.length, sampleBytes) }))
+    : [{ offset: 0, length: Math.min(d.size, sampleBytes) }, { offset: Math.max(0, d.size - sampleBytes), length: Math.min(d.size, sampleBytes) }];
+  const buf = Buffer.alloc(sampleBytes);
+  const fd = fs.openSync(d.path, 'r');
+  try {
+    for (const r of regions) {
+      const n = fs.readSync(fd, buf, 0, r.length, r.offset);
+      if (buf.subarray(0, n).some((b) => b !== 0)) return true;
+    }
+    return false;
+  } finally {
+    fs.closeSync(fd);
+  }
 }

@@ -125,6 +125,26 @@ describe('mirror refusals change nothing', () => {
     assert.match(remote, /site2/);
   });
 
+  it('an existing target holding data needs --force for a full sync; a sparse one does not', T, async () => {
+    const used = path.join(work, 'holds-data.img');
+    fs.writeFileSync(used, Buffer.alloc(SIZE));
+    const fd = fs.openSync(used, 'r+');
+    fs.writeSync(fd, Buffer.from('an ext4 superblock, say'), 0, undefined, 1024);
+    fs.closeSync(fd);
+    const msg = await refused(create('r', `local:${used}`, ...withStaging('s40')), 'TARGET_HOLDS_DATA');
+    assert.match(msg, /--force/);
+    assert.match(msg, /--sync checksum/);
+    await d.createDisk('f1', SIZE);
+    const forced = await cliJson(d, [...create('f1', `local:${used}`, ...withStaging('s41')), '--force', '--wait']);
+    assert.equal(forced.consistent, true);
+    const sparse = path.join(work, 'sparse.img');
+    fs.writeFileSync(sparse, '');
+    fs.truncateSync(sparse, SIZE);
+    await d.createDisk('f2', SIZE);
+    const taken = await cliJson(d, [...create('f2', `local:${sparse}`, ...withStaging('s42')), '--wait']);
+    assert.equal(taken.consistent, true, 'a sparse file holds no data: taken without --force');
+  });
+
   it('staging: none and no --staging (NO_STAGING), --staging on a disk that has one (STAGING_EXISTS), a second mirror (MIRROR_EXISTS), checksum onto a new file', T, async () => {
     const none = await refused(create('r', `local:${path.join(work, 'new1.img')}`), 'NO_STAGING');
     assert.match(none, /--staging/);

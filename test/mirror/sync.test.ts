@@ -19,6 +19,7 @@ import {
   T,
   allocatedBytes,
   assertSameBytes,
+  cliFails,
   cliJson,
   diskShow,
   fillPattern,
@@ -263,7 +264,10 @@ describe('mirror initial synchronization', () => {
     // Old data all over a file 32 MiB larger than the disk; zeroes on the disk must become zeroes there.
     fillPattern(target, 0, 96 * MiB, 9);
     const tailBefore = await tailHash(target, 64 * MiB);
-    const m = await cliJson(d, ['mirror', 'create', 'big', '--to', `local:${target}`, '--staging', path.join(work, 'big-staging'), '--staging-size', '64M', '--wait']);
+    // Old data there: a full sync overwrites it only when asked (--force).
+    const refusedCreate = await cliFails(d, ['mirror', 'create', 'big', '--to', `local:${target}`, '--staging', path.join(work, 'big-staging'), '--staging-size', '64M'], 'TARGET_HOLDS_DATA');
+    assert.match(refusedCreate, /--force/);
+    const m = await cliJson(d, ['mirror', 'create', 'big', '--to', `local:${target}`, '--staging', path.join(work, 'big-staging'), '--staging-size', '64M', '--force', '--wait']);
     assert.equal(m.consistent, true);
     assert.equal(fs.statSync(target).size, 96 * MiB, 'the target is neither truncated nor extended');
     await assertSameBytes(info.path, target, 'the disk-sized part of the larger target', 64 * MiB);
