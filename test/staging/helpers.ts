@@ -4,6 +4,7 @@
 // through the real CLI.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describeRun, lastJson, requireTool, run, type Cleanup, type Ferryd, type RunResult } from '../harness.js';
@@ -152,3 +153,16 @@ export function assertHealthy(s: any, copies: number): void {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Asserts every byte of `file` in [offset, offset+length) is `value`. */
+export function assertFileBytes(file: string, offset: number, length: number, value: number, what: string): void {
+  const buf = Buffer.alloc(length);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, buf, 0, length, offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const bad = buf.findIndex((b) => b !== value);
+  assert.equal(bad, -1, `${what}: byte ${offset + bad} is ${buf[bad]}, expected ${value}`);
+}

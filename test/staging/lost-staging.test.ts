@@ -12,21 +12,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { requireTool, type Ferryd } from '../harness.js';
 import { qemuIoOk } from '../interop/clients.js';
-import { Cleanup, MiB, cliFails, cliJson, stagingShow, waitFor } from './helpers.js';
+import { Cleanup, MiB, assertFileBytes, cliFails, cliJson, stagingShow, waitFor } from './helpers.js';
 
 const T = { timeout: 300_000 };
-
-function assertFileBytes(file: string, offset: number, length: number, value: number, what: string): void {
-  const buf = Buffer.alloc(length);
-  const fd = fs.openSync(file, 'r');
-  try {
-    fs.readSync(fd, buf, 0, length, offset);
-  } finally {
-    fs.closeSync(fd);
-  }
-  const bad = buf.findIndex((b) => b !== value);
-  assert.equal(bad, -1, `${what}: byte ${offset + bad} is ${buf[bad]}, expected ${value}`);
-}
 
 describe('a single-copy staging area whose file is deleted', () => {
   const cleanup = new Cleanup();
