@@ -117,22 +117,34 @@ export class Ferryd {
     });
     this.proc = proc;
     this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-    proc.stderr!.on('data', (b: Buffer) => (this.stderr += b.toString()));
+    // stdout and stderr are two pipes, read in no set order: what recovery logged (stderr) may
+    // arrive after the 'listening' lines (stdout). ferryd logs "ferryd started" after those
+    // lines, so once it is read every earlier log line is too (unless the log level hides it).
+    const logsStart = !this.args.some((a) => a === '--log-level' || a === '--log-format' || a === '--config');
+    let onData = (): void => undefined;
+    proc.stderr!.on('data', (b: Buffer) => {
+      this.stderr += b.toString();
+      onData();
+    });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`ferryd did not start in 30 s\nstdout: ${this.stdout}\nstderr: ${this.stderr}`)), 30_000);
-      proc.stdout!.on('data', (b: Buffer) => {
-        this.stdout += b.toString();
+      onData = (): void => {
         const nbd = /NBD listening on (\S+):(\d+)/.exec(this.stdout);
         const api = /API listening on (http:\/\/\S+)/.exec(this.stdout);
         const repl = /replication listening on (\S+)/.exec(this.stdout);
-        if (nbd && api && repl) {
+        if (nbd && api && repl && (!logsStart || this.stderr.includes('"msg":"ferryd started"'))) {
           clearTimeout(timer);
           this.nbdHost = nbd[1]!;
           this.nbdPort = Number(nbd[2]);
           this.apiUrl = api[1]!;
           this.replAddress = repl[1]!;
+          onData = () => undefined;
           resolve();
         }
+      };
+      proc.stdout!.on('data', (b: Buffer) => {
+        this.stdout += b.toString();
+        onData();
       });
       proc.on('exit', (code) => {
         clearTimeout(timer);
