@@ -32,19 +32,33 @@ function statusTable(list: MirrorStatus[]): string {
 }
 
 
-/** Shows a progress bar until the mirror is in sync (or fails, or the user interrupts). */
+/** Without a terminal, one progress line this often (a log, not a bar). */
+const progressLineMs = 10_000;
+
+/**
+ * Waits until the mirror is in sync (or its sync fails): a progress bar on a terminal, else a
+ * line every progressLineMs on stderr. Rate and ETA are ferryd's (syncBytesPerSec,
+ * syncEtaSeconds), measured where the copy happens.
+ */
 async function waitInSync(cmd: Command, disk: string): Promise<MirrorStatus> {
   const api = client(cmd);
   const tty = process.stderr.isTTY;
   // Loaded only when a bar is drawn (a terminal): a short command does not pay for it.
   const cliProgress = tty ? (await import('cli-progress')).default : null;
-  const bar = cliProgress ? new cliProgress.SingleBar({ format: `sync ${disk} [{bar}] {percentage}% | {rate}/s | eta {eta_formatted}`, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
-  bar?.start(100, 0, { rate: '0B' });
+  const bar = cliProgress ? new cliProgress.SingleBar({ format: `sync ${disk} [{bar}] {percentage}% | {rate}/s | eta {eta}`, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  bar?.start(100, 0, { rate: '0B', eta: '-' });
+  let lineAtMs = Date.now();
   for (;;) {
     const m = await api.request<MirrorStatus>('GET', `/v1/disks/${encodeURIComponent(disk)}/mirror`);
-    bar?.update(Math.floor(m.syncProgress * 100), { rate: bytes(m.syncBytesPerSec) });
+    const pct = Math.floor(m.syncProgress * 100);
+    const rate = bytes(m.syncBytesPerSec);
+    bar?.update(pct, { rate, eta: duration(m.syncEtaSeconds) });
+    if (!bar && Date.now() - lineAtMs >= progressLineMs && !m.consistent) {
+      lineAtMs = Date.now();
+      process.stderr.write(`sync ${disk}: ${pct}% (${bytes(m.syncBytes)}), ${rate}/s, eta ${duration(m.syncEtaSeconds)}\n`);
+    }
     if (m.consistent || m.syncError) {
-      bar?.update(m.consistent ? 100 : Math.floor(m.syncProgress * 100));
+      bar?.update(m.consistent ? 100 : pct, { eta: m.consistent ? '0s' : '-' });
       bar?.stop();
       return m;
     }
