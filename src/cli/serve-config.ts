@@ -6,7 +6,27 @@
 // runs (RELOADABLE); the rest takes effect at the next start, and the log says so.
 import fs from 'node:fs';
 
-export const CONFIG_KEYS = ['data', 'nbd', 'api', 'repl', 'site', 'tls', 'tlsCert', 'tlsKey', 'tlsCa', 'pollUs', 'metrics', 'logLevel', 'logFormat'] as const;
+export const CONFIG_KEYS = [
+  'data',
+  'nbd',
+  'api',
+  'repl',
+  'site',
+  'tls',
+  'tlsCert',
+  'tlsKey',
+  'tlsCa',
+  'pollUs',
+  'metrics',
+  'logLevel',
+  'logFormat',
+  'nbdConnections',
+  'nbdConnectionsPerAddress',
+  'apiConnections',
+  'apiConnectionsPerAddress',
+  'replConnections',
+  'replConnectionsPerAddress',
+] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 export type ServeConfig = Partial<Record<ConfigKey, string>>;
 

@@ -15,6 +15,7 @@ import { validateName } from '../names.js';
 import { RELOADABLE, changedKeys, mergeConfig, readConfigFile, type ConfigKey, type ServeConfig } from './serve-config.js';
 import { textDestination } from './log-text.js';
 import { notifyService } from './service-notify.js';
+import type { ConnectionLimits } from '../net/connection-limiter.js';
 
 export interface ServeOptions {
   data?: string;
@@ -34,6 +35,29 @@ export interface ServeOptions {
   logFormat: string;
   /** A JSON file of serve flags (serve-config.ts); flags given on the command line win. */
   config?: string;
+  /** Listener connection limits (whole numbers as given); the defaults when absent. */
+  nbdConnections?: string;
+  nbdConnectionsPerAddress?: string;
+  apiConnections?: string;
+  apiConnectionsPerAddress?: string;
+  replConnections?: string;
+  replConnectionsPerAddress?: string;
+}
+
+/** `--X-connections` and `--X-connections-per-address` as limits over the listener's defaults. */
+function limitsOf(total: string | undefined, perAddress: string | undefined, flag: string): Partial<ConnectionLimits> {
+  const count = (v: string | undefined, f: string): number | undefined => {
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 100_000) throw new Error(`${f} must be a whole number from 1 to 100000, got '${v}'`);
+    return Number(v);
+  };
+  const out: Partial<ConnectionLimits> = {};
+  const t = count(total, `--${flag}-connections`);
+  const p = count(perAddress, `--${flag}-connections-per-address`);
+  if (t !== undefined) out.connectionsMax = t;
+  if (p !== undefined) out.perAddressMax = p;
+  if (t !== undefined && p !== undefined && p > t) throw new Error(`--${flag}-connections-per-address (${p}) cannot exceed --${flag}-connections (${t})`);
+  return out;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'];
@@ -82,6 +106,9 @@ export async function serve(given: ServeOptions, fromCli: (key: ConfigKey) => bo
   }
   const pollUsMax = opts.pollUs === undefined ? undefined : Number(opts.pollUs);
   if (opts.pollUs !== undefined && (!/^\d+$/.test(opts.pollUs) || pollUsMax! > 10_000)) throw new Error(`--poll-us must be a whole number of microseconds from 0 to 10000, got '${opts.pollUs}'`);
+  const nbdLimits = limitsOf(opts.nbdConnections, opts.nbdConnectionsPerAddress, 'nbd');
+  const apiLimits = limitsOf(opts.apiConnections, opts.apiConnectionsPerAddress, 'api');
+  const replLimits = limitsOf(opts.replConnections, opts.replConnectionsPerAddress, 'repl');
   const metricsAt = opts.metrics === undefined ? null : parseHostPort(opts.metrics, '--metrics');
   const log = pino(
     { level: opts.logLevel, base: { svc: 'ferryd' }, timestamp: pino.stdTimeFunctions.isoTime },
@@ -95,6 +122,7 @@ export async function serve(given: ServeOptions, fromCli: (key: ConfigKey) => bo
     siteName: opts.site,
     tls: { mode: opts.tls as TlsMode, certFile: opts.tlsCert, keyFile: opts.tlsKey, caFile: opts.tlsCa },
     pollUsMax,
+    limits: { nbd: nbdLimits, repl: replLimits },
     log,
   });
   // A taken address is found before anything is created (data directory, token, identity).
@@ -114,7 +142,7 @@ export async function serve(given: ServeOptions, fromCli: (key: ConfigKey) => bo
   let apiAddress: { host: string; port: number };
   let metricsAddress: { host: string; port: number } | null = null;
   try {
-    apiAddress = await api.listen(daemon.config.api.host, daemon.config.api.port);
+    apiAddress = await api.listen(daemon.config.api.host, daemon.config.api.port, apiLimits);
     if (metrics && metricsAt) metricsAddress = await metrics.listen(metricsAt.host, metricsAt.port);
     await daemon.load();
     // What recovery logged reaches stderr before the lines that say ferryd is up.

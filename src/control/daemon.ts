@@ -25,6 +25,7 @@ import { connectPeer } from '../replication/peer-connector.js';
 import { Receiver } from '../replication/receiver.js';
 import { ReplicaControl } from './replica-control.js';
 import { lockPath, type FileLock } from '../disk/file-lock.js';
+import type { ConnectionLimits } from '../net/connection-limiter.js';
 
 export interface DaemonConfig {
   dataDir: string;
@@ -37,6 +38,8 @@ export interface DaemonConfig {
   tls: NbdTlsConfig;
   /** NBD idle polling window, µs (nbd/idle-poller.ts); the NBD server's default when absent. */
   pollUsMax?: number;
+  /** Listener connection limits over the defaults (src/net/connection-limiter.ts). */
+  limits?: { nbd?: Partial<ConnectionLimits>; repl?: Partial<ConnectionLimits> };
   log: Logger;
 }
 
@@ -111,6 +114,7 @@ export class Daemon {
       port: this.config.nbd.port,
       tls: this.config.tls,
       pollUsMax: this.config.pollUsMax,
+      limits: this.config.limits?.nbd,
       log: this.log,
       catalog: { find: (name) => (this.ready ? this.disks.volume(name) : undefined), names: () => (this.ready ? this.disks.names() : []) },
     });
@@ -122,6 +126,7 @@ export class Daemon {
       identity: this.identity,
       peers: { byFingerprint: (fp) => this.peers.byFingerprint(fp) },
       pairing: this.peers.pairing,
+      limits: this.config.limits?.repl,
       onSession: (session) => {
         if (session.hello.purpose !== 'mirror' || !this.ready) {
           session.socket.destroy();
