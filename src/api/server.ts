@@ -1,7 +1,7 @@
 // The api layer: ferryd's management REST API (fastify, JSON, TypeBox schemas). It
 // owns authentication (a bearer token from the data directory), request validation,
-// the mapping of FerryError codes onto HTTP statuses, the OpenAPI description (built
-// from the same route table that registers the routes) and Prometheus metrics. It
+// the mapping of FerryError codes onto HTTP statuses, the OpenAPI description (@fastify/swagger,
+// from the schemas the route table registers) and Prometheus metrics. It
 // calls into the control layer and never touches disks or sockets itself.
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -12,7 +12,9 @@ import type { Logger } from 'pino';
 import { FerryError, type ErrorCode } from '../errors.js';
 import type { Daemon } from '../control/daemon.js';
 import { routes, type RouteDef } from './routes.js';
-import { buildOpenApi } from './openapi.js';
+import swagger from '@fastify/swagger';
+import { openApiOptions } from './openapi.js';
+import { ErrorSchema } from './routes.js';
 import { Metrics } from './metrics.js';
 import { ConnectionLimiter, fdBoundedMax, type Admission, type ConnectionLimits } from '../net/connection-limiter.js';
 
@@ -68,11 +70,18 @@ export class ApiServer {
       const e = new FerryError('NOT_FOUND', `no API route ${req.method} ${req.url.split('?')[0]}`);
       void reply.status(e.httpStatus).send({ error: e.toJSON() });
     });
-    for (const r of routes) this.register(r);
-    this.app.get('/openapi.json', async () => buildOpenApi(routes));
-    this.app.get('/metrics', async (_req, reply) => {
-      void reply.header('content-type', metrics.contentType);
-      return metrics.render();
+    // Response schemas describe (OpenAPI) and are checked by tests; bodies are sent as the
+    // handlers made them, never reshaped or coerced by a schema-based serializer.
+    this.app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+    // @fastify/swagger sees the routes registered after it (plugins load in order).
+    void this.app.register(swagger, openApiOptions);
+    void this.app.register(async (app) => {
+      for (const r of routes) this.register(app, r);
+      app.get('/openapi.json', { schema: { hide: true } }, async () => this.app.swagger());
+      app.get('/metrics', { schema: { operationId: 'metrics', summary: 'Prometheus metrics (text exposition format)', tags: ['server'] } }, async (_req, reply) => {
+        void reply.header('content-type', metrics.contentType);
+        return metrics.render();
+      });
     });
   }
 
@@ -87,11 +96,16 @@ export class ApiServer {
     }
   }
 
-  private register(r: RouteDef): void {
-    this.app.route({
+  private register(app: FastifyInstance, r: RouteDef): void {
+    app.route({
       method: r.method,
       url: r.url,
       schema: {
+        operationId: r.operationId,
+        summary: r.summary,
+        tags: [r.tag],
+        ...(r.url === '/v1/health' ? { security: [] } : {}),
+        response: { [String(r.status ?? 200)]: r.response, default: { description: 'error (see the error codes in docs/API.md)', ...ErrorSchema } },
         ...(r.params ? { params: r.params } : {}),
         ...(r.querystring ? { querystring: r.querystring } : {}),
         ...(r.body ? { body: r.body } : {}),
