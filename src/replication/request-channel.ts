@@ -1,13 +1,13 @@
 // The requests a remote stream (remote-stream.ts) makes on its link, next to the records it
 // ships: the attach that opens each link, and the sync engine's chunk writes, zeroes, disk
 // syncs and reads (remote-store.ts). Each request gets a growing id and waits here until
-// the mirror site's RESPONSE with that id settles it (an error in the reply rejects it as
-// REMOTE_ERROR). A request made while no link is attached waits for one, and a request lost
+// the mirror site's RESPONSE with that id settles it (an error in the reply rejects it with
+// the mirror site's code when this ferryd knows it, else REMOTE_ERROR). A request made while no link is attached waits for one, and a request lost
 // with a link is sent again, from the frame kept here, on the next link once it is attached,
 // in the order the requests were made: so every op must be idempotent. The attach belongs to
 // its one link and is never sent again.
 import assert from 'node:assert';
-import { FerryError } from '../errors.js';
+import { ERRORS, FerryError, type ErrorCode } from '../errors.js';
 import { encodeFrame, encodeFrameParts, frameBytes, FrameType, writeFrameParts, type Frame } from './frame.js';
 import type { LinkShaper } from './link-shaper.js';
 import type { PeerSession } from './peer-session.js';
@@ -91,7 +91,10 @@ export class RequestChannel {
     this.pending.delete(r.id);
     if (typeof f.meta.error === 'object' && f.meta.error !== null) {
       const e = f.meta.error as { code?: string; message?: string };
-      r.reject(new FerryError('REMOTE_ERROR', `${this.peer}: ${e.message ?? 'request failed'}${e.code ? ` (${e.code})` : ''}`, { remoteCode: e.code }));
+      // The mirror site's code is kept when this ferryd knows it (DISK_BUSY stays DISK_BUSY,
+      // named as the peer's); an unknown one is REMOTE_ERROR, with the code in the message.
+      const known = typeof e.code === 'string' && e.code in ERRORS;
+      r.reject(new FerryError(known ? (e.code as ErrorCode) : 'REMOTE_ERROR', `${this.peer}: ${e.message ?? 'request failed'}${e.code ? ` (${e.code})` : ''}`, { remoteCode: e.code, peer: this.peer }));
     } else r.resolve(f);
   }
 
