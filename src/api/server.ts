@@ -148,9 +148,16 @@ export class ApiServer {
 /** Every error of a request (ours, fastify's, a route's) as {error:{code,message}} with the code's status. */
 function sendError(err: unknown, req: FastifyRequest, reply: FastifyReply): void {
   const e = toFerryError(err, req);
-  if (e.httpStatus >= 500) req.log.error({ err: String(err), url: req.url }, 'API request failed');
+  // A refusal is the API working (a 4xx is not logged; a peer unreachable, a staging area with
+  // no copy, ferryd starting are warnings); an error-level line means a fault in ferryd or its
+  // storage, something an operator must look at.
+  if (FAULT_CODES.has(e.code)) req.log.error({ err: String(err), code: e.code, url: req.url }, 'API request failed');
+  else if (e.httpStatus >= 500) req.log.warn({ err: e.message, code: e.code, url: req.url }, 'API request refused');
   void reply.status(e.httpStatus).send({ error: e.toJSON() });
 }
+
+/** The codes logged at error level when a request fails with them: faults, not refusals. */
+const FAULT_CODES: ReadonlySet<ErrorCode> = new Set(['INTERNAL', 'IO_ERROR', 'STAGING_CORRUPT', 'UNDO_LOG_CORRUPT']);
 
 /**
  * Node's HTTP parser refused the request before fastify saw it (request line and headers
