@@ -138,6 +138,7 @@ export const StagingSchema = Type.Object({
   committerError: Type.Union([Type.String(), Type.Null()]),
   failed: Type.Boolean({ description: 'no copy is left: writes fail; POST .../staging/discard (`ferry staging detach --force`) serves the disk without it' }),
   unappliedRecords: Type.Integer({ description: 'acknowledged records not yet applied to the disk' }),
+  waitingForSpace: Type.Boolean({ description: 'writes are waiting for space: the staging area is full (the disk or a mirror is behind)' }),
 });
 
 export const StagingDiscardSchema = Type.Object({

@@ -67,6 +67,7 @@ export async function statusOverview(api: ApiClient): Promise<StatusOverview> {
     if (s?.failed) problems.push('staging area failed: every copy is lost (see `ferry staging show`)');
     else if (s?.degraded) problems.push('staging area degraded: a copy failed (run `ferry staging repair`)');
     if (s?.committerError) problems.push(`writes to the disk failing: ${s.committerError}`);
+    if (s?.waitingForSpace) problems.push('writes wait for staging space: the staging area is full (the disk or its mirror is behind)');
     if (m) problems.push(...mirrorProblems(m));
     const healthy = s ? s.copies.filter((c) => c.healthy).length : 0;
     return {

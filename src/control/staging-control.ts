@@ -37,6 +37,8 @@ export interface StagingInfo extends JournalStats {
   failed: boolean;
   /** Acknowledged records not yet applied to the disk (lost if the staging area is discarded). */
   unappliedRecords: number;
+  /** Writes are waiting for space in the staging area (it is full: the primary or a mirror is behind). */
+  waitingForSpace: boolean;
 }
 
 /** What `staging detach --force` did: the staging area is gone, the disk served without it. */
@@ -179,6 +181,7 @@ export class StagingControl {
       committerError: staged.committer.lastError,
       failed: staged.failure !== null,
       unappliedRecords: Math.max(0, staged.journal.writtenSeq - staged.committer.nextSeq + 1),
+      waitingForSpace: staged.journal.hasWaitersForSpace,
     };
   }
 
