@@ -25,12 +25,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { Cleanup, type Ferryd } from '../harness.js';
 import { snapshot, type Snapshot } from '../api/helpers.js';
 import { routes } from '../../src/api/routes.js';
-import { daemonWatch, fuzzConfig, peakRssMiB, runCases, show, type CaseResult, type R } from './fuzz-kit.js';
+import { daemonWatch, exchangeRaw, fuzzConfig, peakRssMiB, runCases, show, type CaseResult, type R } from './fuzz-kit.js';
 
 /** 5xx codes the registry documents for real faults; INTERNAL (and a 5xx in another format) is a failure. */
 const DOCUMENTED_5XX = new Set(['STAGING_CORRUPT', 'STAGING_FAILED', 'UNDO_LOG_CORRUPT', 'PEER_UNREACHABLE', 'REPL_PROTOCOL', 'REMOTE_ERROR', 'NO_SPACE', 'STARTING']);
@@ -319,28 +318,10 @@ async function viaFetch(env: Env, q: Req): Promise<{ status: number; text: strin
 }
 
 /** Raw HTTP: sends the bytes, half-closes, reads until the server closes. */
-function viaRaw(env: Env, bytes: Buffer): Promise<{ text: string; closed: boolean }> {
+async function viaRaw(env: Env, bytes: Buffer): Promise<{ text: string; closed: boolean }> {
   const u = new URL(env.d.apiUrl);
-  return new Promise((resolve) => {
-    const s = net.connect({ host: u.hostname, port: Number(u.port), noDelay: true });
-    const chunks: Buffer[] = [];
-    let timer: NodeJS.Timeout | undefined;
-    s.on('data', (b: Buffer) => chunks.push(b));
-    s.on('error', () => undefined);
-    s.on('close', () => {
-      clearTimeout(timer);
-      resolve({ text: Buffer.concat(chunks).toString('latin1'), closed: true });
-    });
-    s.once('connect', () => {
-      s.write(bytes, () => {
-        s.end();
-        timer = setTimeout(() => {
-          s.destroy();
-          resolve({ text: Buffer.concat(chunks).toString('latin1'), closed: false });
-        }, 20_000);
-      });
-    });
-  });
+  const out = await exchangeRaw({ host: u.hostname, port: Number(u.port) }, bytes);
+  return { text: out.received.toString('latin1'), closed: out.closedByServer };
 }
 
 function rawBytes(r: R, env: Env, q: Req): { bytes: Buffer; what: string } {

@@ -11,6 +11,7 @@
 // can be replayed alone: FERRY_FUZZ_SEED=<seed> FERRY_FUZZ_CASE=<index> (FERRY_FUZZ_DEBUG=1
 // also prints what the server sent, where a fuzzer supports it).
 import fs from 'node:fs';
+import net from 'node:net';
 import { seededRng, type Rng } from '../../src/testing/faulty-store.js';
 import type { Ferryd } from '../harness.js';
 
@@ -274,4 +275,31 @@ export function peakRssMiB(check: () => void): number {
 export function show(x: unknown, max = 600): string {
   const s = Buffer.isBuffer(x) ? `hex:${x.toString('hex')}` : typeof x === 'string' ? JSON.stringify(x) : JSON.stringify(x, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v));
   return s.length > max ? `${s.slice(0, max)}…(${s.length} chars)` : s;
+}
+
+/**
+ * One raw exchange over plain TCP: sends the bytes, half-closes, reads until the server closes
+ * (closedByServer) or closeMs pass (then the socket is destroyed: a bound, not an assertion).
+ */
+export function exchangeRaw(to: net.TcpNetConnectOpts, bytes: Buffer, closeMs = 20_000): Promise<{ received: Buffer; closedByServer: boolean }> {
+  return new Promise((resolve) => {
+    const s = net.connect({ ...to, noDelay: true });
+    const chunks: Buffer[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    s.on('data', (b: Buffer) => chunks.push(b));
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ received: Buffer.concat(chunks), closedByServer: true });
+    });
+    s.once('connect', () =>
+      s.write(bytes, () => {
+        s.end();
+        timer = setTimeout(() => {
+          s.destroy();
+          resolve({ received: Buffer.concat(chunks), closedByServer: false });
+        }, closeMs);
+      }),
+    );
+  });
 }

@@ -31,10 +31,10 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { crc32c } from '@node-rs/crc32';
-import { Cleanup, type Ferryd } from '../harness.js';
+import { Cleanup, waitFor, type Ferryd } from '../harness.js';
 import { snapshot, type Snapshot } from '../api/helpers.js';
 import { FRAME_MAGIC, FRAME_PAYLOAD_BYTES_MAX, FrameType } from '../../src/replication/frame.js';
-import { daemonWatch, fuzzConfig, peakRssMiB, runCases, show, type CaseResult, type R } from './fuzz-kit.js';
+import { daemonWatch, exchangeRaw, fuzzConfig, peakRssMiB, runCases, show, type CaseResult, type R } from './fuzz-kit.js';
 
 /**
  * The fuzzer's connections come from another loopback address than site A's (127.0.0.1): the
@@ -162,26 +162,7 @@ interface Outcome {
 
 /** Plain TCP: sends the bytes, half-closes, reads until the server closes. */
 function plain(env: Env, bytes: Buffer, closeMs = 20_000): Promise<Outcome> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: env.host, port: env.port, noDelay: true, localAddress: FUZZ_SOURCE });
-    const chunks: Buffer[] = [];
-    let timer: NodeJS.Timeout | undefined;
-    s.on('data', (b: Buffer) => chunks.push(b));
-    s.on('error', () => undefined);
-    s.on('close', () => {
-      clearTimeout(timer);
-      resolve({ received: Buffer.concat(chunks), closedByServer: true });
-    });
-    s.once('connect', () =>
-      s.write(bytes, () => {
-        s.end();
-        timer = setTimeout(() => {
-          s.destroy();
-          resolve({ received: Buffer.concat(chunks), closedByServer: false });
-        }, closeMs);
-      }),
-    );
-  });
+  return exchangeRaw({ host: env.host, port: env.port, localAddress: FUZZ_SOURCE }, bytes, closeMs);
 }
 
 /** TLS (optionally with a client certificate): writes each part in order, half-closes, reads until closed. */
@@ -365,14 +346,15 @@ describe('replication listener fuzzer', { timeout: 30 * 60_000 }, () => {
       // The paired site gets through: its live check succeeds (at once, normally; polled, bounded).
       let show: { status: number; body: any } = { status: 0, body: null };
       let tries = 0;
-      const deadline = Date.now() + 20_000;
-      for (;;) {
-        tries++;
-        show = await env.a.api('GET', '/v1/peers/site-b');
-        if (show.status === 200 && show.body.check?.reachable && show.body.check?.authenticated) break;
-        if (Date.now() > deadline) break;
-        await new Promise((r) => setTimeout(r, 200));
-      }
+      await waitFor(
+        'A to reach and authenticate site B',
+        async () => {
+          tries++;
+          show = await env.a.api('GET', '/v1/peers/site-b');
+          return show.status === 200 && show.body.check?.reachable && show.body.check?.authenticated;
+        },
+        20_000,
+      ).catch(() => undefined); // the assertions below say what was seen
       assert.equal(show.status, 200, `A: peer show site-b: ${JSON.stringify(show.body)}`);
       assert.ok(show.body.check?.reachable && show.body.check?.authenticated, `A: peer show site-b reports the link (after ${tries} tries): ${JSON.stringify(show.body.check)}`);
       if (tries > 1) slowChecks.push(`peer show needed ${tries} tries`);

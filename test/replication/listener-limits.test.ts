@@ -6,22 +6,13 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type net from 'node:net';
 import tls from 'node:tls';
-import { Cleanup, type Ferryd } from '../harness.js';
+import { Cleanup, waitFor, type Ferryd } from '../harness.js';
 import { cliJson } from '../mirror/helpers.js';
 import { connectFrom, logLines } from '../wire/source-address.js';
 
 function hostPort(a: string): { host: string; port: number } {
   const i = a.lastIndexOf(':');
   return { host: a.slice(0, i), port: Number(a.slice(i + 1)) };
-}
-
-/** Waits (bounded) for `check`, polling. */
-async function until(what: string, check: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 describe('replication listener limits', { timeout: 600_000 }, () => {
@@ -66,7 +57,7 @@ describe('replication listener limits', { timeout: 600_000 }, () => {
   test('60 plain TCP connections from one address: the paired peer still gets through, refusals are logged', { timeout: 120_000 }, async () => {
     await openFlood('127.0.0.2', 60);
     await peerReachable(5);
-    await until('a replication refusal line', () => logLines(b.stderr, /^replication connections refused/).length > 0, 15_000);
+    await waitFor('a replication refusal line', () => logLines(b.stderr, /^replication connections refused/).length > 0, 15_000);
     const lines = logLines(b.stderr, /^replication connections refused/);
     assert.ok(lines.some((l) => l.evicted > 0), JSON.stringify(lines));
     assert.ok(flood.filter((s) => !s.destroyed && !s.closed).length <= 8, 'the flood was cut to a few pending connections');
@@ -97,9 +88,9 @@ describe('replication listener limits', { timeout: 600_000 }, () => {
     head.writeUInt32LE(2, 8); // meta bytes
     head.writeUInt32LE(1024 * 1024, 12); // payload bytes: far more than any PAIR or HELLO
     socket.write(head);
-    await until('the listener to close the connection', () => closed, 30_000);
+    await waitFor('the listener to close the connection', () => closed, 30_000);
     // Refused for its size, not after the first-frame timeout with the payload still awaited.
-    await until('the refusal in the log', () => logLines(b.stderr, /refused/).some((l) => /first frame of \d+ bytes exceeds/.test(JSON.stringify(l))), 10_000);
+    await waitFor('the refusal in the log', () => logLines(b.stderr, /refused/).some((l) => /first frame of \d+ bytes exceeds/.test(JSON.stringify(l))), 10_000);
     assert.ok(!logLines(b.stderr, /no PAIR or HELLO/).length, 'not refused by the timeout');
   });
 });

@@ -8,7 +8,7 @@
 // still writes and reads meanwhile.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cleanup, describeRun, requireTool, run, type Ferryd } from '../harness.js';
+import { Cleanup, describeRun, requireTool, run, waitFor, type Ferryd } from '../harness.js';
 import { Cmd, encodeRequest, pattern, type RawNbd } from './raw-nbd.js';
 import { attachedFrom, inWaves, logLines, rssBytes } from './source-address.js';
 
@@ -72,16 +72,20 @@ describe('memory queued for all NBD clients together is bounded', { timeout: 600
         },
       );
       // Wait for ferryd to report every one of them paused: from then on it takes no new request from them.
-      const deadline = Date.now() + 240_000;
       let report: Record<string, any> | undefined;
-      for (;;) {
-        overBound();
-        assert.equal(d.proc.exitCode ?? d.proc.signalCode, null, 'ferryd is running');
-        report = logLines(d.stderr, /memory bound/).find((l) => l.paused >= HOSTILE);
-        if (report) break;
-        assert.ok(Date.now() < deadline, `ferryd never reported ${HOSTILE} connections paused; last report: ${JSON.stringify(logLines(d.stderr, /memory bound/).at(-1))}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await waitFor(
+        `ferryd to report ${HOSTILE} connections paused`,
+        () => {
+          overBound();
+          assert.equal(d.proc.exitCode ?? d.proc.signalCode, null, 'ferryd is running');
+          report = logLines(d.stderr, /memory bound/).find((l) => l.paused >= HOSTILE);
+          return report !== undefined;
+        },
+        240_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; last report: ${JSON.stringify(logLines(d.stderr, /memory bound/).at(-1))}`);
+      });
+      assert.ok(report !== undefined);
       assert.ok(report.queuedBytes <= 2 * report.queuedBytesMax, `queued ${report.queuedBytes} bytes, bound ${report.queuedBytesMax}`);
       const rssPaused = sample();
 
