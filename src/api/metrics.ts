@@ -1,7 +1,7 @@
 // Prometheus metrics, read from the daemon's state at scrape time (no background work):
 // disks (I/O counters, clients, online), staging areas (fill, free bytes, copy health,
 // records not yet applied), mirrors (state as an enum gauge, lag, sync progress, dirty bytes,
-// link). Served at /metrics on the API (with the token) and, with `serve --metrics`, on an
+// link, RPO target and whether it is met). Served at /metrics on the API (with the token) and, with `serve --metrics`, on an
 // address of its own without one (metrics-server.ts) for Prometheus to scrape.
 import client from 'prom-client';
 import type { Daemon } from '../control/daemon.js';
@@ -136,6 +136,19 @@ export class Metrics {
     gauge('ferry_mirror_link_up', '1 when the replication link of a remote mirror is connected', (s) => (s.link ? (s.link.state === 'connected' ? 1 : 0) : null));
     gauge('ferry_mirror_link_bytes_per_second', 'Replication link throughput (records shipped)', (s) => s.link?.bytesPerSec ?? null);
     gauge('ferry_mirror_link_bytes', 'Bytes shipped (primary) or received (replica) on the replication link', (s) => s.link?.shippedBytes ?? null);
+    gauge('ferry_mirror_rpo_target_seconds', 'The recovery point objective set on the mirror (--rpo)', (s) => s.rpo?.targetSeconds ?? null);
+    gauge('ferry_mirror_rpo_met', '1 while the mirror holds an image within its RPO target, 0 while it does not', (s) => (s.rpo && s.rpo.met !== null ? (s.rpo.met ? 1 : 0) : null));
+    gauge('ferry_mirror_rpo_exposure_seconds', 'Now minus the newest image the mirror holds: what a loss of the primary site now would lose', (s) => s.rpo?.exposureSeconds ?? null);
+    new client.Counter({
+      name: 'ferry_mirror_rpo_breaches_total',
+      help: 'Times the RPO target stopped being met since ferryd started (counted at the primary site)',
+      labelNames: ['disk', 'role', 'target'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of daemon.mirrors.status()) if (s.role === 'primary' && s.rpo && s.rpo.targetSeconds !== null) this.inc({ disk: s.disk, role: s.role, target: s.target }, s.rpo.breaches);
+      },
+    });
   }
 
   get contentType(): string {

@@ -5,6 +5,9 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
 import { peerRoutes } from './peer-routes.js';
+import { MirrorPolicyChange, MirrorPolicyFields, MirrorSchema, PromoteSchema, RemovedMirrorSchema, SwapSchema, VerifySchema } from './mirror-schemas.js';
+
+export { MirrorSchema, PromoteSchema, RemovedMirrorSchema, SwapSchema, VerifySchema } from './mirror-schemas.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { packageRoot } from '../package-root.js';
@@ -69,57 +72,6 @@ export const ErrorSchema = Type.Object({
 
 const NameParam = Type.Object({ name: Name });
 
-export const MirrorSchema = Type.Object({
-  disk: Type.String(),
-  target: Type.String(),
-  state: Type.Union([Type.Literal('syncing'), Type.Literal('in-sync'), Type.Literal('paused'), Type.Literal('bitmap'), Type.Literal('resyncing')], {
-    description: 'bitmap: the staging area overflowed and dirty regions are tracked until the link returns; resyncing: they are being copied',
-  }),
-  consistent: Type.Boolean({ description: 'the mirror holds an image the disk really had' }),
-  syncMode: Type.Union([Type.Literal('full'), Type.Literal('checksum')]),
-  syncProgress: Type.Number({ minimum: 0, maximum: 1 }),
-  syncBytes: Type.Integer(),
-  syncBytesPerSec: Type.Number(),
-  syncEtaSeconds: Type.Union([Type.Number(), Type.Null()]),
-  syncError: Type.Union([Type.String(), Type.Null()]),
-  lagRecords: Type.Integer(),
-  lagBytes: Type.Integer(),
-  lagSeconds: Type.Number(),
-  appliedSeq: Type.Integer(),
-  committerError: Type.Union([Type.String(), Type.Null()]),
-  lastSwapPauseMs: Type.Union([Type.Number(), Type.Null()]),
-  role: Type.Union([Type.Literal('primary'), Type.Literal('replica')], { description: "primary: this site holds the disk; replica: this site holds a peer's disk's mirror" }),
-  link: Type.Union([
-    Type.Object({
-      state: Type.Union([Type.Literal('connecting'), Type.Literal('connected'), Type.Literal('down')]),
-      peer: Type.String(),
-      lastError: Type.Union([Type.String(), Type.Null()]),
-      bytesPerSec: Type.Number(),
-      shippedBytes: Type.Integer(),
-      reconnects: Type.Integer(),
-    }),
-    Type.Null(),
-  ]),
-  policy: Type.Union([
-    Type.Object({
-      onFull: Type.Union([Type.Literal('bitmap'), Type.Literal('throttle'), Type.Literal('fail')]),
-      maxLagBytes: Type.Union([Type.Integer(), Type.Null()]),
-      maxLagMs: Type.Union([Type.Integer(), Type.Null()]),
-      bandwidth: Type.Integer({ description: 'bytes per second on the link; 0: unlimited' }),
-      compress: Type.Union([Type.Literal('zstd'), Type.Literal('none')]),
-    }),
-    Type.Null(),
-  ]),
-  dirtyBytes: Type.Integer({ description: 'bytes marked in the dirty-region bitmap, to resync (bitmap policy)' }),
-  fallback: Type.Union([
-    Type.Object({
-      seq: Type.Integer({ description: "the newest record (in the primary site's numbering) of the consistent image kept by the undo log" }),
-      undoBytes: Type.Integer({ description: 'size of the undo log' }),
-    }),
-    Type.Null(),
-  ], { description: 'a replica being resynced: the last consistent image `mirror promote` falls back to; null otherwise' }),
-});
-
 export const StagingSchema = Type.Object({
   disk: Type.String(),
   path: Type.String(),
@@ -158,38 +110,6 @@ export const ServerSchema = Type.Object({
       api: Type.String(),
       startedAt: Type.String(),
       nbdConnections: Type.Integer(),
-    });
-
-/** POST /v1/disks/{name}/mirror/verify. */
-export const VerifySchema = Type.Object({
-      disk: Type.String(),
-      bytesCompared: Type.Integer(),
-      regionsVerified: Type.Integer(),
-      regionsSkipped: Type.Integer({ description: 'regions written to during every attempt to compare them' }),
-      differences: Type.Array(Type.Object({ offset: Type.Integer(), length: Type.Integer() })),
-      seconds: Type.Number(),
-    });
-
-/** POST /v1/disks/{name}/mirror/swap. */
-export const SwapSchema = Type.Object({ disk: Type.String(), primary: Type.String(), mirror: Type.String(), pauseMs: Type.Number() });
-
-/** POST /v1/disks/{name}/mirror/promote. */
-export const PromoteSchema = Type.Object({
-      disk: Type.String(),
-      image: Type.Union([Type.Literal('newest'), Type.Literal('rolled-back'), Type.Literal('as-is')], {
-        description: 'newest: every record received was applied; rolled-back: the image from before the interrupted resync; as-is: forced, no consistent image existed',
-      }),
-      seq: Type.Integer({ description: "the newest record of the primary site's order the disk holds" }),
-      restoredBytes: Type.Integer({ description: 'bytes written back from the undo log' }),
-    });
-
-/** DELETE /v1/disks/{name}/mirror: the mirror as it was, and what the copy left behind is. */
-export const RemovedMirrorSchema = Type.Object({
-      ...MirrorSchema.properties,
-      copy: Type.Union([Type.Literal('up-to-date'), Type.Literal('as-of-pause'), Type.Literal('incomplete'), Type.Literal('unknown')], {
-        description: 'the copy left behind: every record, as of a pause, an unfinished sync, or unknown (forced while the mirror site did not confirm)',
-      }),
-      unconfirmed: Type.Union([Type.String(), Type.Null()], { description: 'why the mirror site did not confirm, when copy is unknown' }),
     });
 
 export const routes: RouteDef[] = [
@@ -344,10 +264,7 @@ export const routes: RouteDef[] = [
         stagingCopy: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
         sync: Type.Optional(Type.Union([Type.Literal('full'), Type.Literal('checksum')])),
         force: Type.Optional(Type.Boolean({ description: 'overwrite an existing local target that holds data (a full sync); without it such a target is TARGET_HOLDS_DATA' })),
-        onFull: Type.Optional(Type.Union([Type.Literal('bitmap'), Type.Literal('throttle'), Type.Literal('fail')], { description: 'a full staging area: fall back to a dirty bitmap (remote default), slow writes (local default), or fail them' })),
-        maxLag: Type.Optional(Type.String({ minLength: 1, maxLength: 32, description: 'slow writes so the mirror is never further behind: a duration (30s) or a size (64M)' })),
-        bandwidth: Type.Optional(Type.String({ minLength: 1, maxLength: 32, description: 'rate limit of the link, bytes per second (100M)' })),
-        compress: Type.Optional(Type.Union([Type.Literal('zstd'), Type.Literal('none')], { description: 'payload compression on the link (remote default zstd)' })),
+        ...MirrorPolicyFields,
       },
       { additionalProperties: false },
     ),
@@ -366,7 +283,19 @@ export const routes: RouteDef[] = [
         maxLag: body.maxLag,
         bandwidth: body.bandwidth,
         compress: body.compress,
+        rpo: body.rpo,
       }),
+  },
+  {
+    method: 'PATCH',
+    url: '/v1/disks/:name/mirror',
+    operationId: 'setMirror',
+    summary: "Change a mirror's policies (on-full, max-lag, bandwidth, compress, rpo) at once, without a restart",
+    tag: 'mirrors',
+    params: NameParam,
+    body: MirrorPolicyChange,
+    response: MirrorSchema,
+    handler: (d, { params, body }) => d.mirrors.set(params.name!, body),
   },
   {
     method: 'GET',

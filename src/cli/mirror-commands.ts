@@ -1,18 +1,12 @@
-// `ferry mirror ...`: create, status (with --watch and a progress bar in a terminal),
-// pause, resume, verify, swap and remove.
+// `ferry mirror ...`: create, set, status (with --watch and a progress bar in a terminal),
+// pause, resume, verify (with its progress), swap and remove.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
 import type { Mirror as MirrorStatus, PromoteResult as PromoteReport, RemovedMirror, SwapResult as SwapReport, VerifyResult as VerifyReport } from '../api/types.js';
 import { client, jsonOpt, print } from './command-kit.js';
-import { bytes, table } from './output.js';
-import { linkText, mirrorStateText } from './mirror-state-text.js';
-
-function duration(seconds: number | null): string {
-  if (seconds === null) return '-';
-  if (seconds < 1) return `${Math.round(seconds * 1000)}ms`;
-  if (seconds < 120) return `${seconds.toFixed(1)}s`;
-  return `${Math.floor(seconds / 60)}m${Math.round(seconds % 60)}s`;
-}
+import { bytes, duration, table } from './output.js';
+import { linkText, mirrorStateText, rpoText } from './mirror-state-text.js';
+import { watchProgress } from './progress-watch.js';
 
 function statusTable(list: MirrorStatus[]): string {
   return table(
@@ -25,63 +19,50 @@ function statusTable(list: MirrorStatus[]): string {
       consistent: m.consistent ? 'yes' : 'NO',
       sync: m.consistent ? 'done' : `${(m.syncProgress * 100).toFixed(1)}% ${bytes(m.syncBytesPerSec)}/s eta ${duration(m.syncEtaSeconds)}`,
       lag: `${m.lagRecords} rec ${bytes(m.lagBytes)} ${duration(m.lagSeconds)}`,
+      rpo: rpoText(m),
       error: m.syncError ?? m.committerError ?? m.link?.lastError ?? (m.fallback ? `fallback image: record ${m.fallback.seq}` : ''),
     })),
-    ['disk', 'role', 'target', 'state', 'link', 'consistent', 'sync', 'lag', 'error'],
+    ['disk', 'role', 'target', 'state', 'link', 'consistent', 'sync', 'lag', 'rpo', 'error'],
   );
 }
 
 
-/** Without a terminal, one progress line this often (a log, not a bar). */
-const progressLineMs = 10_000;
-
-/**
- * Waits until the mirror is in sync (or its sync fails): a progress bar on a terminal, else a
- * line every progressLineMs on stderr. Rate and ETA are ferryd's (syncBytesPerSec,
- * syncEtaSeconds), measured where the copy happens.
- */
-async function waitInSync(cmd: Command, disk: string): Promise<MirrorStatus> {
+/** Waits until the mirror is in sync (or its sync fails), showing its progress (progress-watch.ts). */
+function waitInSync(cmd: Command, disk: string): Promise<MirrorStatus> {
   const api = client(cmd);
-  const tty = process.stderr.isTTY;
-  // Loaded only when a bar is drawn (a terminal): a short command does not pay for it.
-  const cliProgress = tty ? (await import('cli-progress')).default : null;
-  const bar = cliProgress ? new cliProgress.SingleBar({ format: `sync ${disk} [{bar}] {percentage}% | {rate}/s | eta {eta}`, hideCursor: true }, cliProgress.Presets.shades_classic) : null;
-  bar?.start(100, 0, { rate: '0B', eta: '-' });
-  let lineAtMs = Date.now();
-  for (;;) {
+  return watchProgress(`sync ${disk}`, async () => {
     const m = await api.request<MirrorStatus>('GET', `/v1/disks/${encodeURIComponent(disk)}/mirror`);
-    const pct = Math.floor(m.syncProgress * 100);
-    const rate = bytes(m.syncBytesPerSec);
-    bar?.update(pct, { rate, eta: duration(m.syncEtaSeconds) });
-    if (!bar && Date.now() - lineAtMs >= progressLineMs && !m.consistent) {
-      lineAtMs = Date.now();
-      process.stderr.write(`sync ${disk}: ${pct}% (${bytes(m.syncBytes)}), ${rate}/s, eta ${duration(m.syncEtaSeconds)}\n`);
-    }
-    if (m.consistent || m.syncError) {
-      bar?.update(m.consistent ? 100 : pct, { eta: m.consistent ? '0s' : '-' });
-      bar?.stop();
-      return m;
-    }
-    await sleep(500);
-  }
+    const sample = { progress: m.syncProgress, bytesDone: m.syncBytes, bytesPerSec: m.syncBytesPerSec, etaSeconds: m.syncEtaSeconds };
+    return { sample, ...(m.consistent || m.syncError ? { result: m } : {}) };
+  });
 }
+
+/** The policy options of `mirror create` and `mirror set` (the API's MirrorPolicyFields). */
+function policyOptions(c: Command, set: boolean): Command {
+  const clear = set ? "; 'none' clears it" : '';
+  return c
+    .addOption(new Option('--on-full <policy>', 'when the staging area fills (link down too long): bitmap (remember dirty regions, resync them later; remote default), throttle (slow writes; local default) or fail (writes fail)').choices(['bitmap', 'throttle', 'fail']))
+    .option('--max-lag <limit>', `slow writes so the mirror never falls further behind: a duration (30s, 5m) or a size (64M)${clear}`)
+    .option('--bandwidth <rate>', `rate limit of the replication link in bytes per second (e.g. 100M)${clear}`)
+    .addOption(new Option('--compress <codec>', 'compression on the replication link (default zstd)').choices(['zstd', 'none']))
+    .option('--rpo <duration>', `recovery point objective (30s, 5m): status and metrics say whether the mirror holds an image that recent; never slows writes${clear}`);
+}
+
+const policyBody = (opts: Record<string, unknown>): Record<string, unknown> => ({ onFull: opts.onFull, maxLag: opts.maxLag, bandwidth: opts.bandwidth, compress: opts.compress, rpo: opts.rpo });
 
 export function registerMirrorCommands(program: Command): void {
   const mirror = program.command('mirror').description('mirrors: a second copy of a disk, kept write-order consistent through its staging area');
   const path = (disk: string, rest = ''): string => `/v1/disks/${encodeURIComponent(disk)}/mirror${rest}`;
 
-  mirror
+  const create = mirror
     .command('create <disk>')
     .description('create a mirror and sync it in the background while clients keep writing')
     .requiredOption('--to <target>', 'local:PATH (a new file, or an existing file or block device at least as large as the disk), or PEER:DISK (a disk at a paired site, created there if it does not exist)')
     .option('--staging <path>', 'staging area to attach if the disk has none (a new file or a block device)')
     .option('--staging-size <size>', 'size of that staging area, e.g. 4G')
     .option('--staging-copy <path>', 'a second copy of that staging area')
-    .addOption(new Option('--sync <mode>', 'full, or checksum: copy only chunks that differ on a target holding similar data').choices(['full', 'checksum']).default('full'))
-    .addOption(new Option('--on-full <policy>', 'when the staging area fills (link down too long): bitmap (remember dirty regions, resync them later; remote default), throttle (slow writes; local default) or fail (writes fail)').choices(['bitmap', 'throttle', 'fail']))
-    .option('--max-lag <limit>', 'slow writes so the mirror never falls further behind: a duration (30s, 5m) or a size (64M)')
-    .option('--bandwidth <rate>', 'rate limit of the replication link in bytes per second (e.g. 100M)')
-    .addOption(new Option('--compress <codec>', 'compression on the replication link (default zstd)').choices(['zstd', 'none']))
+    .addOption(new Option('--sync <mode>', 'full, or checksum: copy only chunks that differ on a target holding similar data').choices(['full', 'checksum']).default('full'));
+  policyOptions(create, false)
     .option('--wait', 'wait (with a progress bar in a terminal) until the mirror is in sync')
     .option('--force', 'overwrite an existing local target that holds data (a full sync does)')
     .addOption(jsonOpt())
@@ -93,14 +74,19 @@ export function registerMirrorCommands(program: Command): void {
         stagingSize: opts.stagingSize,
         stagingCopy: opts.stagingCopy,
         sync: opts.sync,
-        onFull: opts.onFull,
-        maxLag: opts.maxLag,
-        bandwidth: opts.bandwidth,
-        compress: opts.compress,
+        ...policyBody(opts),
       });
       if (opts.wait) m = await waitInSync(cmd, disk);
       if (m.syncError) process.exitCode = 1;
       print(cmd, m, () => (m.consistent ? `mirror of ${disk} on ${m.target} is in sync\n` : `mirror of ${disk} on ${m.target} created; syncing (ferry mirror status ${disk} --watch)\n`));
+    });
+
+  policyOptions(mirror.command('set <disk>').description("change a mirror's policies at once, without a restart (at the primary site)"), true)
+    .addOption(jsonOpt())
+    .action(async (disk: string, opts, cmd: Command) => {
+      const m = await client(cmd).request<MirrorStatus>('PATCH', path(disk), policyBody(opts));
+      const p = m.policy!;
+      print(cmd, m, () => `mirror of ${disk}: on-full ${p.onFull}, max-lag ${p.maxLagMs !== null ? duration(p.maxLagMs / 1000) : p.maxLagBytes !== null ? bytes(p.maxLagBytes) : 'none'}, bandwidth ${p.bandwidth ? `${bytes(p.bandwidth)}/s` : 'unlimited'}, compress ${p.compress}, rpo ${p.rpoMs !== null ? duration(p.rpoMs / 1000) : 'none'}\n`);
     });
 
   mirror
@@ -142,8 +128,20 @@ export function registerMirrorCommands(program: Command): void {
     .command('verify <disk>')
     .description('compare disk and mirror online and report the ranges that differ (exit 1 if any)')
     .addOption(jsonOpt())
-    .action(async (disk: string, _opts, cmd: Command) => {
-      const r = await client(cmd).request<VerifyReport>('POST', path(disk, '/verify'));
+    .action(async (disk: string, opts, cmd: Command) => {
+      const api = client(cmd);
+      const running = api.request<VerifyReport>('POST', path(disk, '/verify'));
+      let settled: { report: VerifyReport } | { err: unknown } | undefined;
+      running.then((report) => (settled = { report }), (err: unknown) => (settled = { err }));
+      // Its progress while it runs (ferryd's figures, from mirror status), unless --json.
+      if (!opts.json) {
+        await watchProgress(`verify ${disk}`, async () => {
+          if (settled) return { sample: 'report' in settled ? { progress: 1, bytesDone: settled.report.bytesCompared, bytesPerSec: 0, etaSeconds: 0 } : null, result: true };
+          const v = (await api.request<MirrorStatus>('GET', path(disk)).catch(() => null))?.verify ?? null;
+          return { sample: v ? { progress: v.progress, bytesDone: v.bytesDone, bytesPerSec: v.bytesPerSec, etaSeconds: v.etaSeconds } : null };
+        });
+      }
+      const r = await running;
       print(cmd, r, () => {
         const head = `compared ${bytes(r.bytesCompared)} in ${duration(r.seconds)}: ${r.regionsVerified} regions verified, ${r.regionsSkipped} skipped (written throughout)\n`;
         if (r.differences.length === 0) return head + 'disk and mirror are identical\n';

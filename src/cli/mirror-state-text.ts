@@ -9,10 +9,20 @@ export function mirrorStateText(m: MirrorStatus): string {
   if (m.syncError) notes.push('sync failing');
   if (m.committerError) notes.push('target failing');
   if (m.state === 'syncing') notes.push(`${Math.floor(m.syncProgress * 100)}%`);
+  if (m.rpo?.met === false) notes.push('RPO missed');
   return notes.length ? `${m.state} (${notes.join(', ')})` : m.state;
 }
 
 /** The link column: `local` for a local mirror, else the link's state. */
 export function linkText(m: MirrorStatus): string {
   return m.link ? m.link.state : 'local';
+}
+
+/** The RPO column: the exposure against the target (`12s/30s ok`, `45s/30s MISSED for 15s`), or '-'. */
+export function rpoText(m: MirrorStatus): string {
+  const r = m.rpo;
+  if (!r || r.targetSeconds === null) return '-';
+  const exposure = r.exposureSeconds === null ? 'no image' : `${Math.round(r.exposureSeconds)}s`;
+  if (r.met) return `${exposure}/${r.targetSeconds}s ok`;
+  return `${exposure}/${r.targetSeconds}s MISSED${r.breachSeconds !== null ? ` for ${Math.round(r.breachSeconds)}s` : ''}`;
 }

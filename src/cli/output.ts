@@ -16,3 +16,11 @@ export function keyValues(pairs: Array<[string, string]>): string {
 export function bytes(n: number | null | undefined): string {
   return n === null || n === undefined ? '-' : formatSize(n);
 }
+
+/** A duration for people: 250ms, 12.5s, 3m20s; '-' when unknown. */
+export function duration(seconds: number | null): string {
+  if (seconds === null) return '-';
+  if (seconds < 1) return `${Math.round(seconds * 1000)}ms`;
+  if (seconds < 120) return `${seconds.toFixed(1)}s`;
+  return `${Math.floor(seconds / 60)}m${Math.round(seconds % 60)}s`;
+}

@@ -23,21 +23,17 @@ import { RemoteStream } from '../replication/remote-stream.js';
 import { RemoteStore } from '../replication/remote-store.js';
 import type { DiskStore } from '../disk/store.js';
 import { swapRoles, type SwapReport } from './mirror-swap.js';
+import { removeMirror, type RemovedMirror } from './mirror-remove.js';
 import { MirrorOpsQueue } from './mirror-ops-queue.js';
 
 export type { SwapReport } from './mirror-swap.js';
 import { DirtyMap } from '../mirror/dirty-map.js';
 import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
-import { parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
+import { changePolicy, parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
+import { RpoWatch } from '../mirror/rpo-watch.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
-/** What `mirror remove` left behind. */
-export interface RemovedMirror extends MirrorStatus {
-  /** up-to-date: every record; as-of-pause; incomplete: never finished its sync; unknown: the mirror site did not confirm (forced). */
-  copy: 'up-to-date' | 'as-of-pause' | 'incomplete' | 'unknown';
-  /** Why the mirror site did not confirm, when copy is unknown. */
-  unconfirmed: string | null;
-}
+export type { RemovedMirror } from './mirror-remove.js';
 
 export interface RemoteSites {
   peer(name: string): PeerRow | undefined;
@@ -46,12 +42,13 @@ export interface RemoteSites {
 }
 
 const firstAttachMsMax = 30_000;
-/** How long removing a remote mirror waits for the mirror site to take the last records and release its replica. */
-const removeWaitMs = 15_000;
 
-function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'resync'> {
-  return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, resync: 0 };
+function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'rpo_ms'> {
+  return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, rpo_ms: p.rpoMs };
 }
+
+/** How often every mirror's RPO is observed (a breach is logged within this of its start). */
+const rpoObserveMs = 1000;
 
 export interface CreateMirrorRequest extends PolicyRequest {
   disk: string;
@@ -70,6 +67,11 @@ export class MirrorControl {
   /** Bitmaps loaded at start, handed to the mirror when it starts. */
   private readonly pendingDirty = new Map<string, DirtyMap | null>();
   private readonly ops = new MirrorOpsQueue();
+  /** Each mirror's RPO watch, observed every rpoObserveMs (breaches are logged once each). */
+  private readonly rpo = new Map<string, RpoWatch>();
+  private readonly rpoTimer = setInterval(() => {
+    for (const [disk, m] of this.mirrors) this.rpo.get(disk)?.observe(m.imageAtMs());
+  }, rpoObserveMs).unref();
   constructor(
     private readonly store: MetadataStore,
     private readonly disks: DiskRegistry,
@@ -197,7 +199,7 @@ export class MirrorControl {
       syncCursor: m.sync_cursor,
       targetIsZero: m.target_zero === 1,
       paused: m.paused === 1,
-      policy: { onFull: m.on_full, maxLagBytes: m.max_lag_bytes, maxLagMs: m.max_lag_ms, bandwidth: m.bandwidth, compress: m.compress },
+      policy: { onFull: m.on_full, maxLagBytes: m.max_lag_bytes, maxLagMs: m.max_lag_ms, bandwidth: m.bandwidth, compress: m.compress, rpoMs: m.rpo_ms },
       onSyncCheckpoint: (cursor, done) => {
         this.store.updateMirror(m.disk, { sync_cursor: cursor, sync_done: done ? 1 : 0 });
         // The mirror site learns it is consistent (R7); every attach repeats it, should this be lost.
@@ -213,6 +215,8 @@ export class MirrorControl {
       log: this.log.child({ disk: m.disk, mirror: m.target }),
     });
     this.mirrors.set(m.disk, mirror);
+    this.rpo.set(m.disk, new RpoWatch(m.rpo_ms, this.log.child({ disk: m.disk, mirror: m.target })));
+    if (stream) stream.rpoMs = m.rpo_ms;
     mirror.start();
     return mirror;
   }
@@ -296,13 +300,14 @@ export class MirrorControl {
       paused: 0,
       created_at: Date.now(),
       ...policyColumns(policy),
+      resync: 0,
     };
     // Row first, then the consumer: a crash in between is repaired at start (openAtStart).
     this.store.insertMirror(m);
     await volume.staging!.journal.addConsumer(MIRROR_CONSUMER);
     this.startMirror(m, volume, device);
     this.log.info({ disk: req.disk, target: m.target, sync: mode }, 'mirror created; syncing');
-    return this.mirror(req.disk).status();
+    return this.statusOf(this.mirror(req.disk));
   }
 
   /**
@@ -324,6 +329,7 @@ export class MirrorControl {
       paused: 0,
       created_at: Date.now(),
       ...policyColumns(policy),
+      resync: 0,
     };
     const journal = volume.staging!.journal;
     this.store.insertMirror(m);
@@ -352,7 +358,7 @@ export class MirrorControl {
     }
     this.startRemote(m, volume, { stream, holds });
     this.log.info({ disk: req.disk, target: label, sync: mode }, 'remote mirror created; syncing over the link');
-    return this.mirror(req.disk).status();
+    return this.statusOf(this.mirror(req.disk));
   }
 
   /** Mirrors of this site's disks, and replicas this site holds for peers (role 'replica'). */
@@ -360,11 +366,39 @@ export class MirrorControl {
     const replicas = this.remote?.replicas;
     if (disk !== undefined) {
       if (replicas?.isReplica(disk)) return replicas.status(disk);
-      return [this.mirror(disk).status()];
+      return [this.statusOf(this.mirror(disk))];
     }
-    const all = [...this.mirrors.values()].map((m) => m.status());
+    const all = [...this.mirrors.values()].map((m) => this.statusOf(m));
     if (replicas) all.push(...replicas.status());
     return all.sort((a, b) => a.disk.localeCompare(b.disk));
+  }
+
+  /** A mirror's status with its RPO (observed now). */
+  private statusOf(m: Mirror): MirrorStatus {
+    const watch = this.rpo.get(m.disk);
+    return { ...m.status(), rpo: watch ? watch.observe(m.imageAtMs()) : null };
+  }
+
+  /**
+   * `mirror set`: changes a mirror's policies (--on-full, --max-lag, --bandwidth, --compress,
+   * --rpo) at once, without a restart: checked as at creation, recorded, then applied (the
+   * write path, the link's shaper and the RPO watch read them from here on).
+   */
+  set(disk: string, req: PolicyRequest): Promise<MirrorStatus> {
+    return this.ops.run(disk, 'set', () => {
+      const m = this.mirror(disk);
+      const row = this.store.mirror(disk)!;
+      const remote = !row.target.startsWith('local:');
+      const policy = changePolicy(m.policy, req, remote);
+      m.setPolicy(policy);
+      this.store.updateMirror(disk, policyColumns(policy));
+      const stream = this.streams.get(disk);
+      stream?.reshape(policy.compress === 'zstd', policy.bandwidth);
+      if (stream) stream.rpoMs = policy.rpoMs;
+      this.rpo.get(disk)?.setTarget(policy.rpoMs);
+      this.log.info({ disk, policy }, 'mirror policies changed');
+      return this.statusOf(m);
+    });
   }
 
   pause(disk: string): Promise<MirrorStatus> {
@@ -381,7 +415,7 @@ export class MirrorControl {
     if (paused) m.pause();
     else m.resume();
     this.store.updateMirror(disk, { paused: paused ? 1 : 0 });
-    return m.status();
+    return this.statusOf(m);
   }
 
   /** Fail-over at the mirror site (see ReplicaControl.promote); a disk with a mirror here is already the primary. */
@@ -406,56 +440,12 @@ export class MirrorControl {
   private async removeNow(disk: string, opts: { force?: boolean }): Promise<RemovedMirror> {
     const m = this.mirror(disk);
     const { volume } = this.disks.entry(disk);
-    if (!m.isSynced && !opts.force) {
-      throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is still syncing: its copy is incomplete; remove it with --force to abandon it`);
-    }
-    const stream = this.streams.get(disk);
-    /** Why the mirror site did not confirm the last records and the release (forced removal only). */
-    let unconfirmed: string | null = null;
-    if (stream && opts.force && stream.lastErrorCode === 'NO_MIRROR' && stream.state !== 'connected') {
-      // The mirror site already answered that it holds no such replica: nothing to wait for.
-      unconfirmed = stream.lastError ?? 'the mirror site holds no such replica';
-    } else if (stream) {
-      // The mirror site gets every record, then releases its replica (a normal disk there from then on).
-      // Bounded: a mirror site that is gone (or no longer holds the replica) must not hang the removal.
-      let timer: NodeJS.Timeout | undefined;
-      const deadline = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          const why = m.status().link?.lastError;
-          reject(new FerryError('PEER_UNREACHABLE', `the mirror site did not take the last records and release its replica within ${removeWaitMs / 1000} s${why ? ` (${why})` : ''}; remove with --force to abandon it`));
-        }, removeWaitMs);
-      });
-      try {
-        await Promise.race([
-          (async () => {
-            // An abandoned (still syncing) mirror is released as it is: the mirror site falls
-            // back to its last consistent image, if it has one (its undo log).
-            if (m.state !== 'paused' && m.isSynced) await m.drain();
-            await stream.request({ op: 'release' });
-          })(),
-          deadline,
-        ]);
-      } catch (err) {
-        if (!opts.force) throw err;
-        unconfirmed = (err as Error).message;
-        this.log.warn({ disk, err: (err as Error).message }, 'mirror removed without the mirror site: its replica stays held there until the peer is told');
-      } finally {
-        clearTimeout(timer);
-      }
-    } else if (m.state !== 'paused') await m.drain();
-    const before = m.status();
-    this.streams.delete(disk);
-    fs.rmSync(this.bitmapFile(disk), { force: true });
-    await m.close();
-    // Consumer first, then the row: a crash in between is repaired at start (openAtStart).
-    await volume!.staging!.journal.removeConsumer(MIRROR_CONSUMER);
-    this.store.deleteMirror(disk);
-    this.mirrors.delete(disk);
-    await m.targetStore.close();
-    // What the copy left behind is, as far as this site knows; never "up-to-date" unconfirmed.
-    const copy: RemovedMirror['copy'] = unconfirmed !== null ? 'unknown' : !before.consistent ? 'incomplete' : before.state === 'paused' ? 'as-of-pause' : 'up-to-date';
-    this.log.info({ disk, target: before.target, consistent: before.consistent, copy }, 'mirror removed; its copy is no longer used by Ferry');
-    return { ...before, copy, unconfirmed };
+    const forget = (): void => {
+      this.streams.delete(disk);
+      this.mirrors.delete(disk);
+      this.rpo.delete(disk);
+    };
+    return removeMirror({ store: this.store, log: this.log }, { disk, mirror: m, volume: volume!, stream: this.streams.get(disk), bitmapFile: this.bitmapFile(disk), forget }, opts);
   }
 
   /** Exchanges the roles of disk and mirror (see swapRoles); open NBD connections see no error. */
@@ -478,6 +468,7 @@ export class MirrorControl {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.rpoTimer);
     for (const m of this.mirrors.values()) {
       await m.close().catch(() => undefined);
       await m.targetStore.close().catch(() => undefined);

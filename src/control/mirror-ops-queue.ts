@@ -2,16 +2,16 @@
 // pause and resume each run alone. Two of them interleaved broke each other (two swaps
 // closing one I/O gate twice, a pause under a swap's drain, a remove under a verify). A
 // request that arrives while another runs is refused with MIRROR_BUSY, naming the one that
-// runs, and changes nothing; only pause and resume (quick: no I/O, no drain) wait behind a
-// pause or resume, in order, and at most opsWaitingMax of them per disk.
+// runs, and changes nothing; only pause, resume and set (quick: no I/O, no drain) wait behind
+// one another, in order, and at most opsWaitingMax of them per disk.
 import { FerryError } from '../errors.js';
 
-export type MirrorOp = 'create' | 'remove' | 'swap' | 'verify' | 'promote' | 'pause' | 'resume';
+export type MirrorOp = 'create' | 'remove' | 'swap' | 'verify' | 'promote' | 'pause' | 'resume' | 'set';
 
 /** Pause and resume queued behind one another on one disk; more are refused as busy. */
 const opsWaitingMax = 8;
 
-const quickOps: ReadonlySet<MirrorOp> = new Set<MirrorOp>(['pause', 'resume']);
+const quickOps: ReadonlySet<MirrorOp> = new Set<MirrorOp>(['pause', 'resume', 'set']);
 
 interface Slot {
   op: MirrorOp;

@@ -18,6 +18,7 @@ import { UndoGuardStore } from '../replication/undo-guard-store.js';
 import { UndoLog, UndoState } from '../replication/undo-log.js';
 import type { Volume } from '../volume/volume.js';
 import type { MirrorStatus } from '../mirror/mirror.js';
+import type { RpoStatus } from '../mirror/rpo-watch.js';
 import type { DiskRegistry } from './disk-registry.js';
 import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
@@ -38,6 +39,24 @@ export interface PromoteReport {
   seq: number;
   /** Bytes written back from the undo log (rolled-back only). */
   restoredBytes: number;
+}
+
+/**
+ * The RPO as the mirror site sees it: the target the primary site last sent, and the newest
+ * image held here (every write the primary acknowledged before it). Breaches are counted and
+ * logged at the primary site, which watches the target (rpo-watch.ts).
+ */
+function replicaRpo(targetMs: number | null, imageAtMs: number | null): RpoStatus | null {
+  if (targetMs === null && imageAtMs === null) return null;
+  const exposureMs = imageAtMs === null ? null : Math.max(0, Date.now() - imageAtMs);
+  return {
+    targetSeconds: targetMs === null ? null : targetMs / 1000,
+    met: targetMs === null ? null : exposureMs !== null && exposureMs <= targetMs,
+    exposureSeconds: exposureMs === null ? null : exposureMs / 1000,
+    newestImageAt: imageAtMs === null ? null : new Date(imageAtMs).toISOString(),
+    breachSeconds: null,
+    breaches: 0,
+  };
 }
 
 export class ReplicaControl implements ReplicaHost {
@@ -111,7 +130,7 @@ export class ReplicaControl implements ReplicaHost {
       disk,
       volume,
       staged: volume.staging!,
-      link: { connected: false, peer, lastHeardMs: 0, originHeadSeq: 0, durableSeq: volume.staging!.journal.durableSeq, receivedBytes: 0, originLag: null },
+      link: { connected: false, peer, lastHeardMs: 0, originHeadSeq: 0, durableSeq: volume.staging!.journal.durableSeq, receivedBytes: 0, originLag: null, originRpoMs: null },
       dropSession: null,
       released: false,
     };
@@ -359,6 +378,8 @@ export class ReplicaControl implements ReplicaHost {
         policy: null,
         dirtyBytes: 0,
         fallback: guard ? { seq: guard.undo.baseSeq, undoBytes: guard.undo.stats().bytes } : null,
+        rpo: replicaRpo(h.link.originRpoMs, row.synced === 1 && !guard ? Date.now() - (behind ? lag.seconds + staleS : 0) * 1000 : null),
+        verify: null,
       });
     }
     return out;

@@ -87,6 +87,8 @@ const migrations: string[] = [
    ALTER TABLE mirrors ADD COLUMN bandwidth INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE mirrors ADD COLUMN compress TEXT NOT NULL DEFAULT 'none' CHECK (compress IN ('zstd', 'none'));
    ALTER TABLE mirrors ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;`,
+  // Recovery point objective of a mirror (`--rpo`), NULL: none.
+  `ALTER TABLE mirrors ADD COLUMN rpo_ms INTEGER;`,
 ];
 
 import type { OnFullPolicy } from '../mirror/mirror-policy.js';
@@ -122,6 +124,8 @@ export interface MirrorRow {
   bandwidth: number;
   compress: 'zstd' | 'none';
   resync: number;
+  /** Recovery point objective in ms (`--rpo`); null: none. */
+  rpo_ms: number | null;
 }
 
 export interface StagingRow {
@@ -226,12 +230,12 @@ export class MetadataStore {
   insertMirror(row: MirrorRow): void {
     this.db
       .prepare(
-        'INSERT INTO mirrors (disk, target, path, created_file, sync_mode, sync_cursor, sync_done, target_zero, paused, created_at, on_full, max_lag_bytes, max_lag_ms, bandwidth, compress, resync) VALUES (@disk, @target, @path, @created_file, @sync_mode, @sync_cursor, @sync_done, @target_zero, @paused, @created_at, @on_full, @max_lag_bytes, @max_lag_ms, @bandwidth, @compress, @resync)',
+        'INSERT INTO mirrors (disk, target, path, created_file, sync_mode, sync_cursor, sync_done, target_zero, paused, created_at, on_full, max_lag_bytes, max_lag_ms, bandwidth, compress, resync, rpo_ms) VALUES (@disk, @target, @path, @created_file, @sync_mode, @sync_cursor, @sync_done, @target_zero, @paused, @created_at, @on_full, @max_lag_bytes, @max_lag_ms, @bandwidth, @compress, @resync, @rpo_ms)',
       )
       .run(row);
   }
 
-  updateMirror(disk: string, fields: Partial<Pick<MirrorRow, 'sync_cursor' | 'sync_done' | 'paused' | 'target_zero' | 'resync'>>): void {
+  updateMirror(disk: string, fields: Partial<Pick<MirrorRow, 'sync_cursor' | 'sync_done' | 'paused' | 'target_zero' | 'resync' | 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'rpo_ms'>>): void {
     const sets = Object.keys(fields).map((k) => `${k} = @${k}`).join(', ');
     if (sets) this.db.prepare(`UPDATE mirrors SET ${sets} WHERE disk = @disk`).run({ ...fields, disk });
   }

@@ -1,7 +1,8 @@
-// A mirror's policies, as the administrator gives them at creation: what a full staging
-// area does (--on-full), how far behind the mirror may fall (--max-lag), and for a mirror
-// at a peer site the link's rate limit (--bandwidth) and compression (--compress).
-// Parsed and checked here, before anything is created.
+// A mirror's policies, as the administrator gives them at creation or changes them later
+// (`mirror set`): what a full staging area does (--on-full), how far behind the mirror may
+// fall (--max-lag), its recovery point objective (--rpo: a target, watched, never enforced),
+// and for a mirror at a peer site the link's rate limit (--bandwidth) and compression
+// (--compress). Parsed and checked here, before anything is created or changed.
 import { FerryError } from '../errors.js';
 import { parseSize } from '../disk/size.js';
 /** What a full staging area does to writes while the mirror is behind (see docs/ARCHITECTURE.md, "Policies"). */
@@ -13,6 +14,8 @@ export interface MirrorPolicy {
   maxLagMs: number | null;
   bandwidth: number;
   compress: 'zstd' | 'none';
+  /** Recovery point objective: how old the newest image at the mirror may be (null: none). */
+  rpoMs: number | null;
 }
 
 export interface PolicyRequest {
@@ -20,10 +23,27 @@ export interface PolicyRequest {
   maxLag?: unknown;
   bandwidth?: unknown;
   compress?: unknown;
+  rpo?: unknown;
 }
 
 const durationUnitsMs: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 const lagMsMax = 7 * 24 * 3_600_000;
+/** RPO targets: at least a second (status is computed once a second), at most a week. */
+const rpoMsMin = 1000;
+const rpoMsMax = 7 * 24 * 3_600_000;
+/** The words `mirror set` takes to clear a limit. */
+const noLimit = new Set(['none', 'off', 'unlimited']);
+
+/** `--rpo`: a duration (30s, 5m, 1h; lowercase units); 'none' clears it (mirror set). */
+export function parseRpo(value: unknown): number {
+  if (typeof value !== 'string' && typeof value !== 'number') throw new FerryError('BAD_REQUEST', '--rpo takes a duration such as 30s, 5m or 1h');
+  const text = String(value).trim();
+  const d = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text);
+  if (!d) throw new FerryError('BAD_REQUEST', `--rpo '${text}' is not a duration (30s, 5m, 1h)`);
+  const ms = Math.round(Number(d[1]) * durationUnitsMs[d[2]!]!);
+  if (!(ms >= rpoMsMin && ms <= rpoMsMax)) throw new FerryError('BAD_REQUEST', `--rpo ${text}: between 1s and 7 days`);
+  return ms;
+}
 
 /** `--max-lag`: a duration (500ms, 30s, 5m, 1h: lowercase units) or a size (64M, 2G: uppercase suffixes). */
 export function parseMaxLag(value: unknown): { bytes: number | null; ms: number | null } {
@@ -71,5 +91,38 @@ export function parsePolicy(req: PolicyRequest, remote: boolean): MirrorPolicy {
   const bandwidth = req.bandwidth === undefined ? 0 : parseBandwidth(req.bandwidth);
   const compress = req.compress ?? (remote ? 'zstd' : 'none');
   if (compress !== 'zstd' && compress !== 'none') throw new FerryError('BAD_REQUEST', `--compress must be zstd or none, not ${JSON.stringify(compress)}`);
-  return { onFull, maxLagBytes: lag.bytes, maxLagMs: lag.ms, bandwidth, compress };
+  const rpoMs = req.rpo === undefined ? null : parseRpo(req.rpo);
+  return { onFull, maxLagBytes: lag.bytes, maxLagMs: lag.ms, bandwidth, compress, rpoMs };
+}
+
+const isNoLimit = (v: unknown): boolean => typeof v === 'string' && noLimit.has(v.trim().toLowerCase());
+
+/**
+ * `mirror set`: the policy after a change, checked as at creation (the same rules for the
+ * kind of target); fields left out keep their value; `none` clears --max-lag, --bandwidth
+ * and --rpo. A request that changes nothing is refused, so a typo of a field name is seen.
+ */
+export function changePolicy(current: MirrorPolicy, req: PolicyRequest, remote: boolean): MirrorPolicy {
+  if (req.onFull === undefined && req.maxLag === undefined && req.bandwidth === undefined && req.compress === undefined && req.rpo === undefined) {
+    throw new FerryError('BAD_REQUEST', 'nothing to change: give at least one of --on-full, --max-lag, --bandwidth, --compress, --rpo');
+  }
+  if (!remote && (req.bandwidth !== undefined || req.compress !== undefined)) {
+    throw new FerryError('BAD_REQUEST', '--bandwidth and --compress apply to the link of a mirror at a peer site');
+  }
+  const next = parsePolicy(
+    {
+      onFull: req.onFull ?? current.onFull,
+      ...(req.maxLag !== undefined && !isNoLimit(req.maxLag) ? { maxLag: req.maxLag } : {}),
+      ...(remote ? { compress: req.compress ?? current.compress } : {}),
+      ...(req.bandwidth !== undefined && !isNoLimit(req.bandwidth) && req.bandwidth !== '0' ? { bandwidth: req.bandwidth } : {}),
+      ...(req.rpo !== undefined && !isNoLimit(req.rpo) ? { rpo: req.rpo } : {}),
+    },
+    remote,
+  );
+  return {
+    ...next,
+    ...(req.maxLag === undefined ? { maxLagBytes: current.maxLagBytes, maxLagMs: current.maxLagMs } : {}),
+    ...(req.bandwidth === undefined ? { bandwidth: current.bandwidth } : {}),
+    ...(req.rpo === undefined ? { rpoMs: current.rpoMs } : {}),
+  };
 }

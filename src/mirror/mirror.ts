@@ -10,23 +10,25 @@ import { FerryError } from '../errors.js';
 import type { DiskStore } from '../disk/store.js';
 import type { ConsumerPosition } from '../journal/format.js';
 import type { Journal } from '../journal/journal.js';
-import { readRecords } from '../journal/record-cursor.js';
 import type { MirrorGate } from '../volume/admission.js';
 import { Committer } from '../volume/committer.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
 import { SYNC_CHUNK_BYTES, SyncEngine, type SyncMode } from './sync-engine.js';
 import { DirtyMap, forEachChunk } from './dirty-map.js';
+import { indexPendingChunks } from './pending-chunks.js';
 import type { ChunkHolds } from './chunk-holds.js';
 import { MIRROR_CONSUMER, PRIMARY_CONSUMER, type JournalConsumer } from '../volume/consumer.js';
 import type { MirrorPolicy } from './mirror-policy.js';
-import { verifyMirror, type VerifyReport } from './verify.js';
+import { verifyMirror, VerifyProgress, type VerifyReport } from './verify.js';
+import type { LinkStatus, MirrorState, MirrorStatus } from './mirror-status.js';
 
 export type { VerifyReport } from './verify.js';
+export type { LinkStatus, MirrorStatus } from './mirror-status.js';
 
 export { MIRROR_CONSUMER };
 
-export type MirrorState = 'syncing' | 'in-sync' | 'paused' | 'bitmap' | 'resyncing';
+export type { MirrorState } from './mirror-status.js';
 
 /** What carries records to the mirror: a Committer (local target) or a RemoteStream (a peer site). */
 export type MirrorStream = JournalConsumer;
@@ -38,43 +40,6 @@ export interface MirrorLink {
   detach(): void;
   /** Ship again from the re-added consumer's position. */
   reattach(): void;
-}
-
-/** The replication link of a remote mirror, as status shows it. */
-export interface LinkStatus {
-  state: 'connecting' | 'connected' | 'down';
-  peer: string;
-  lastError: string | null;
-  bytesPerSec: number;
-  shippedBytes: number;
-  reconnects: number;
-}
-
-export interface MirrorStatus {
-  disk: string;
-  target: string;
-  state: MirrorState;
-  consistent: boolean;
-  syncMode: SyncMode;
-  syncProgress: number;
-  syncBytes: number;
-  syncBytesPerSec: number;
-  syncEtaSeconds: number | null;
-  syncError: string | null;
-  lagRecords: number;
-  lagBytes: number;
-  lagSeconds: number;
-  appliedSeq: number;
-  committerError: string | null;
-  lastSwapPauseMs: number | null;
-  /** primary: this site holds the disk; replica: this site holds the mirror of a peer's disk. */
-  role: 'primary' | 'replica';
-  link: LinkStatus | null;
-  policy: MirrorPolicy | null;
-  /** Bytes marked dirty while the mirror fell back to its bitmap, still to resync. */
-  dirtyBytes: number;
-  /** A replica being resynced: the consistent image `mirror promote` falls back to (its undo log). */
-  fallback: { seq: number; undoBytes: number } | null;
 }
 
 export interface MirrorOptions {
@@ -103,10 +68,6 @@ export interface MirrorOptions {
   onResync: (pending: boolean) => void;
   log: Logger;
 }
-
-/** The scan of records staged before a start reads this much at a time. */
-const scanRecordsMax = 512;
-const scanBytesMax = 8 * 1024 * 1024;
 
 /** How long writes wait for space before a `bitmap` mirror lets go of the staging area. */
 const fullGraceMs = 500;
@@ -139,6 +100,7 @@ export class Mirror {
   private chunkSeq: Float64Array | null = null;
   private scanned: Promise<void> = Promise.resolve();
   private switching = false;
+  private verifying: VerifyProgress | null = null;
 
   constructor(opts: MirrorOptions) {
     const staged = opts.volume.staging;
@@ -168,7 +130,7 @@ export class Mirror {
       this.chunkSeq = new Float64Array(Math.ceil(this.opts.volume.size / SYNC_CHUNK_BYTES) + 1);
       this.journal.on('space-needed', this.onSpaceNeeded);
       // Records already staged before this start (a restart) are marked through a scan.
-      this.scanned = this.scanPending();
+      this.scanned = indexPendingChunks(this.journal, this.chunkSeq, () => this.closed);
     }
     this.staged.mirrorSlot.attach(this.writePath);
   }
@@ -255,19 +217,6 @@ export class Mirror {
     };
     setTimeout(check, 100);
   };
-
-  /** Marks the chunks of every record the mirror has not acknowledged that were staged before this start. */
-  private async scanPending(): Promise<void> {
-    const chunkSeq = this.chunkSeq!;
-    if (!this.journal.hasConsumer(MIRROR_CONSUMER)) return;
-    let pos = this.journal.consumer(MIRROR_CONSUMER);
-    const upTo = this.journal.durableSeq;
-    while (pos.nextSeq <= upTo && !this.closed) {
-      const read = await readRecords(this.journal, pos, { upTo, recordsMax: scanRecordsMax, bytesMax: scanBytesMax }, 'mirror-scan');
-      for (const r of read.records) forEachChunk(r.diskOffset, Math.max(1, r.length), SYNC_CHUNK_BYTES, (c) => (chunkSeq[c] = Math.max(chunkSeq[c]!, r.seq)));
-      pos = read.end;
-    }
-  }
 
   /**
    * The staging area is full and the mirror holds it: remember the regions of every record the
@@ -465,6 +414,8 @@ export class Mirror {
       policy: this.opts.policy,
       dirtyBytes: this.dirty?.dirtyBytes ?? 0,
       fallback: null,
+      rpo: null,
+      verify: this.verifying?.status() ?? null,
     };
   }
 
@@ -494,11 +445,45 @@ export class Mirror {
     this.committer.retarget(target);
   }
 
-  /** Compares disk and mirror online (see verify.ts). */
-  verify(): Promise<VerifyReport> {
+  /** Compares disk and mirror online (see verify.ts); its progress shows in status meanwhile. */
+  async verify(): Promise<VerifyReport> {
     if (this.committer.isPaused) throw new FerryError('BAD_REQUEST', `resume the mirror of ${this.disk} before verifying it`);
     if (this.mode !== 'stream') throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of ${this.disk} is ${this.state}: it is not comparable until its resync completes`);
-    return verifyMirror({ disk: this.disk, volume: this.opts.volume, staged: this.staged, journal: this.journal, stream: this.committer, target: this.target });
+    const progress = new VerifyProgress(this.opts.volume.size);
+    this.verifying = progress;
+    try {
+      return await verifyMirror({ disk: this.disk, volume: this.opts.volume, staged: this.staged, journal: this.journal, stream: this.committer, target: this.target, progress });
+    } finally {
+      this.verifying = null;
+    }
+  }
+
+  /**
+   * `mirror set`: the new policies apply at once (the write path reads them at each write;
+   * a remote link's rate and compression are its stream's). Leaving the bitmap policy while
+   * the mirror depends on its bitmap is refused: the dirty regions must be resynced first.
+   */
+  setPolicy(policy: MirrorPolicy): void {
+    const was = this.opts.policy;
+    if (was.onFull === 'bitmap' && policy.onFull !== 'bitmap' && this.mode !== 'stream') {
+      throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of ${this.disk} is ${this.state}: it keeps --on-full bitmap until its dirty regions are resynced`);
+    }
+    this.opts.policy = policy;
+    if (was.onFull === policy.onFull) return;
+    // The bitmap policy's index of recent records (chunkSeq) is built, or dropped, with it.
+    this.uninstallPolicies();
+    this.chunkSeq = null;
+    this.installPolicies();
+  }
+
+  get policy(): MirrorPolicy {
+    return this.opts.policy;
+  }
+
+  /** The newest image the mirror holds, for its RPO: now less its lag while consistent and streaming; null otherwise. */
+  imageAtMs(): number | null {
+    if (!this.syncDone || this.mode !== 'stream') return null;
+    return Date.now() - this.lag().lagSeconds * 1000;
   }
 
   async close(): Promise<void> {

@@ -2,7 +2,8 @@
 // region by region, while clients keep writing. A region written to while it is being
 // compared is compared again (up to 5 times), then reported as skipped; a region that
 // differs once the mirror holds every write made before the comparison began is a real
-// difference. The write counters per region (staged-path.ts) tell the two apart.
+// difference. The write counters per region (staged-path.ts) tell the two apart. Its
+// progress (VerifyProgress) shows in mirror status while it runs.
 import { FerryError } from '../errors.js';
 import type { DiskStore } from '../disk/store.js';
 import type { Journal } from '../journal/journal.js';
@@ -19,10 +20,45 @@ export interface VerifyReport {
   seconds: number;
 }
 
+/** How far a running verify got, as mirror status shows it (the CLI draws its bar from it). */
+export interface VerifyProgressStatus {
+  bytes: number;
+  bytesDone: number;
+  progress: number;
+  bytesPerSec: number;
+  etaSeconds: number | null;
+  startedAt: string;
+}
+
+/** The progress of one verify: updated by verifyMirror, read by status. */
+export class VerifyProgress {
+  bytesDone = 0;
+  private readonly startedAtMs: number;
+  constructor(
+    readonly bytes: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.startedAtMs = now();
+  }
+
+  status(): VerifyProgressStatus {
+    const seconds = (this.now() - this.startedAtMs) / 1000;
+    const bytesPerSec = seconds > 0 ? this.bytesDone / seconds : 0;
+    return {
+      bytes: this.bytes,
+      bytesDone: this.bytesDone,
+      progress: this.bytes > 0 ? this.bytesDone / this.bytes : 1,
+      bytesPerSec,
+      etaSeconds: bytesPerSec > 0 ? (this.bytes - this.bytesDone) / bytesPerSec : null,
+      startedAt: new Date(this.startedAtMs).toISOString(),
+    };
+  }
+}
+
 const verifyAttemptsMax = 5;
 const compareBytes = 4096;
 
-export async function verifyMirror(m: { disk: string; volume: Volume; staged: StagedPath; journal: Journal; stream: JournalConsumer; target: DiskStore }): Promise<VerifyReport> {
+export async function verifyMirror(m: { disk: string; volume: Volume; staged: StagedPath; journal: Journal; stream: JournalConsumer; target: DiskStore; progress: VerifyProgress }): Promise<VerifyReport> {
   const started = Date.now();
   const size = m.volume.size;
   const region = m.staged.genRegionBytes;
@@ -56,6 +92,7 @@ export async function verifyMirror(m: { disk: string; volume: Volume; staged: St
     }
     if (verified) report.regionsVerified++;
     else report.regionsSkipped++;
+    m.progress.bytesDone = offset + length;
   }
   report.seconds = (Date.now() - started) / 1000;
   return report;

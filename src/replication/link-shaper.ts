@@ -11,6 +11,9 @@
 import { worthCompressing, zstdPool } from './zstd-pool.js';
 import { FrameFlag } from './frame.js';
 
+/** The longest single wait of the rate limit (a changed limit applies after at most this). */
+const paceSliceMs = 200;
+
 /** Payloads smaller than this are never compressed: a frame's header costs more than they save. */
 const compressBytesMin = 512;
 
@@ -21,10 +24,16 @@ export class LinkShaper {
   private readonly bucket = { tokens: 0, atMs: Date.now() };
 
   constructor(
-    private readonly compress: boolean,
+    private compress: boolean,
     /** Bytes per second on the link (0: no limit). */
-    private readonly bandwidthBytesPerSec: number,
+    private bandwidthBytesPerSec: number,
   ) {}
+
+  /** `mirror set`: a new rate and compression, from the next payload on (the bucket keeps its debt). */
+  reshape(compress: boolean, bandwidthBytesPerSec: number): void {
+    this.compress = compress;
+    this.bandwidthBytesPerSec = bandwidthBytesPerSec;
+  }
 
   /** Compresses a payload when that is on and it pays. */
   async pack(payload: Buffer | undefined): Promise<{ data: Buffer | undefined; flags: number }> {
@@ -41,15 +50,31 @@ export class LinkShaper {
     return { data: payload, flags: 0 };
   }
 
-  /** The rate limit: a token bucket (burst of 100 ms of the rate) that may go into debt by one frame. */
+  /**
+   * The rate limit: a token bucket (burst of 100 ms of the rate) that may go into debt by one
+   * frame. The debt is waited off in slices of at most paceSliceMs, at the rate of the moment:
+   * a limit raised or cleared by `mirror set` takes effect within a slice.
+   */
   async pace(bytes: number): Promise<void> {
+    if (this.bandwidthBytesPerSec <= 0) return;
+    this.refill();
+    this.bucket.tokens -= bytes;
+    while (this.bucket.tokens < 0) {
+      const rate = this.bandwidthBytesPerSec;
+      if (rate <= 0) {
+        this.bucket.tokens = 0;
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(paceSliceMs, (-this.bucket.tokens * 1000) / rate)));
+      this.refill();
+    }
+  }
+
+  private refill(): void {
     const rate = this.bandwidthBytesPerSec;
-    if (rate <= 0) return;
     const now = Date.now();
     const burst = Math.max(64 * 1024, rate / 10);
     this.bucket.tokens = Math.min(burst, this.bucket.tokens + ((now - this.bucket.atMs) * rate) / 1000);
     this.bucket.atMs = now;
-    this.bucket.tokens -= bytes;
-    if (this.bucket.tokens < 0) await new Promise((resolve) => setTimeout(resolve, (-this.bucket.tokens * 1000) / rate));
   }
 }

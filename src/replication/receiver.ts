@@ -35,6 +35,8 @@ export interface ReplicaLinkInfo {
   receivedBytes: number;
   /** The primary site's view of our lag, from its last frame. */
   originLag: { records: number; bytes: number; seconds: number } | null;
+  /** The mirror's RPO target (ms) as the primary site last told it; null: none. */
+  originRpoMs: number | null;
 }
 
 export interface ReplicaHandle {
@@ -284,6 +286,7 @@ export class Receiver {
     const list = m.records;
     if (typeof m.firstSeq !== 'number' || !Array.isArray(list)) throw new ProtocolError('malformed records frame');
     if (typeof m.headSeq === 'number') h.link.originHeadSeq = m.headSeq;
+    h.link.originRpoMs = typeof m.rpoMs === 'number' && m.rpoMs > 0 ? m.rpoMs : null;
     const lag = m.lag as Record<string, unknown> | undefined;
     if (lag && typeof lag.records === 'number' && typeof lag.bytes === 'number' && typeof lag.seconds === 'number') h.link.originLag = { records: lag.records, bytes: lag.bytes, seconds: lag.seconds };
     h.link.receivedBytes += f.payload.length;

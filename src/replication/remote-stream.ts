@@ -113,6 +113,8 @@ export class RemoteStream implements JournalConsumer {
   private readonly rate = new ThroughputMeter();
   /** Compression and the rate limit. */
   private readonly shaper: LinkShaper;
+  /** The mirror's RPO target (ms, null: none), told to the mirror site in every frame for its status. */
+  rpoMs: number | null = null;
   connectedSinceMs: number | null = null;
   reconnects = 0;
   /** Settles at the first attach: resolved with the mirror site's reply, or rejected with the first failure. */
@@ -196,6 +198,11 @@ export class RemoteStream implements JournalConsumer {
   }
 
   /** Resolves at the next acknowledgement from the mirror site. */
+  /** `mirror set`: the link's new rate limit and compression, from the next frame on. */
+  reshape(compress: boolean, bandwidthBytesPerSec: number): void {
+    this.shaper.reshape(compress, bandwidthBytesPerSec);
+  }
+
   progress(): Promise<void> {
     return new Promise((resolve) => this.progressWaiters.push(resolve));
   }
@@ -478,6 +485,7 @@ export class RemoteStream implements JournalConsumer {
       lag: this.lag(),
       headSeq: j.writtenSeq,
       sentMs: Date.now(),
+      rpoMs: this.rpoMs,
       records: records.map((r) => [r.type, r.flags, r.diskOffset, r.length, r.timeMs]),
     };
     const { data, flags } = await this.shaper.pack(payloads.length === 1 ? payloads[0] : payloads.length ? Buffer.concat(payloads) : undefined);

@@ -362,7 +362,7 @@ test('the mirror site: acknowledged only when durable, staged and applied in ord
     disk: 'r',
     volume,
     staged,
-    link: { connected: false, peer: 'a', lastHeardMs: 0, originHeadSeq: 0, durableSeq: j.durableSeq, receivedBytes: 0, originLag: null },
+    link: { connected: false, peer: 'a', lastHeardMs: 0, originHeadSeq: 0, durableSeq: j.durableSeq, receivedBytes: 0, originLag: null, originRpoMs: null },
     dropSession: null,
     released: false,
   };
