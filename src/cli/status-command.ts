@@ -47,6 +47,9 @@ function mirrorProblems(m: MirrorStatus): string[] {
   if (m.link && m.link.state !== 'connected') out.push(`link to ${m.link.peer} ${m.link.state}${m.link.lastError ? `: ${m.link.lastError}` : ''}`);
   if (m.state === 'bitmap' || m.state === 'resyncing') out.push(`mirror ${m.state}: ${bytes(m.dirtyBytes)} to resync (the staging area overflowed or the link was down)`);
   if (m.state === 'paused') out.push('mirror paused');
+  if (m.rpo?.met === false && m.consistent) {
+    out.push(`RPO missed: newest image at the mirror ${m.rpo.exposureSeconds === null ? 'unknown' : `${Math.round(m.rpo.exposureSeconds)}s old`} (target ${m.rpo.targetSeconds}s)${m.rpo.breachSeconds !== null ? `, for ${Math.round(m.rpo.breachSeconds)}s` : ''}`);
+  }
   return out;
 }
 

@@ -83,6 +83,8 @@ describe('mirror set and RPO targets', () => {
     assert.equal(cli.code, 0, cli.stderr);
     assert.match(cli.stdout, /RPO missed/);
     assert.match(cli.stdout, /\/2s MISSED for \d+s/);
+    const overview = await cliJson(s.a, ['status']);
+    assert.ok(overview.problems.some((p: string) => /^app: RPO missed: newest image at the mirror \d+s old \(target 2s\)/.test(p)), JSON.stringify(overview.problems));
     s.proxy.restore();
     const met = await waitStatus(s.a, 'app', 'the RPO met again', (st) => st.rpo?.met === true);
     assert.equal(met.rpo.breaches, 1, 'one breach counted');
