@@ -5,6 +5,7 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
 import { peerRoutes } from './peer-routes.js';
+import { drillRoutes, TestFailoverSchema } from './drill-routes.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { packageRoot } from '../package-root.js';
@@ -118,6 +119,7 @@ export const MirrorSchema = Type.Object({
     }),
     Type.Null(),
   ], { description: 'a replica being resynced: the last consistent image `mirror promote` falls back to; null otherwise' }),
+  test: Type.Union([TestFailoverSchema, Type.Null()], { description: 'a test failover (DR drill) of the replica at the mirror site, as that site reports it (on both sites); null when none' }),
 });
 
 export const StagingSchema = Type.Object({
@@ -472,4 +474,5 @@ export const routes: RouteDef[] = [
     handler: (d, { params }) => d.disks.removePool(params.name!),
   },
   ...peerRoutes,
+  ...drillRoutes,
 ];

@@ -50,6 +50,19 @@ export interface LinkStatus {
   reconnects: number;
 }
 
+/** A test failover (DR drill) of a replica at the mirror site (src/control/drill-control.ts); the primary site learns it over the link. */
+export interface TestFailoverStatus {
+  export: string;
+  startedAt: string;
+  /** The newest record (in the primary site's numbering) of the image the test started from. */
+  seq: number;
+  /** running; lost: the scratch area could not preserve what replication overwrote (reason); ended: a restart of the mirror site ended it (reason). */
+  state: 'running' | 'lost' | 'ended';
+  reason: string | null;
+  scratchBytes: number;
+  scratchUsedBytes: number;
+}
+
 export interface MirrorStatus {
   disk: string;
   target: string;
@@ -75,6 +88,8 @@ export interface MirrorStatus {
   dirtyBytes: number;
   /** A replica being resynced: the consistent image `mirror promote` falls back to (its undo log). */
   fallback: { seq: number; undoBytes: number } | null;
+  /** A test failover of the replica at the mirror site, as that site reported it; null when none. */
+  test: TestFailoverStatus | null;
 }
 
 export interface MirrorOptions {
@@ -93,6 +108,8 @@ export interface MirrorOptions {
   /** A remote mirror's stream, built with `holds` (default: a committer applying records to `target`). */
   stream?: MirrorStream;
   linkStatus?: () => LinkStatus;
+  /** A remote mirror: the test failover the mirror site last reported. */
+  testStatus?: () => TestFailoverStatus | null;
   /** The link of a remote mirror (its bitmap fallback detaches and reattaches it). */
   remote?: MirrorLink;
   policy: MirrorPolicy;
@@ -465,6 +482,7 @@ export class Mirror {
       policy: this.opts.policy,
       dirtyBytes: this.dirty?.dirtyBytes ?? 0,
       fallback: null,
+      test: this.opts.testStatus?.() ?? null,
     };
   }
 
