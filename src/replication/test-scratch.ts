@@ -31,7 +31,7 @@
 import assert from 'node:assert';
 import fs from 'node:fs';
 import type { DiskStore } from '../disk/store.js';
-import { FerryError } from '../errors.js';
+import { FerryError, fromSystemError } from '../errors.js';
 
 export const TEST_GRANULE_BYTES = 64 * 1024;
 /** The smallest scratch area: 16 granules (1 MiB). */
@@ -107,13 +107,13 @@ export class TestScratch {
 
   private readScratch(buf: Buffer, at: number, length: number, pos: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      fs.read(this.fd, buf, at, length, pos, (err, n) => (err ? reject(err) : n !== length ? reject(new Error(`short read of the scratch file at ${pos}`)) : resolve()));
+      fs.read(this.fd, buf, at, length, pos, (err, n) => (err ? reject(fromSystemError(err, `reading the scratch file ${this.file}`)) : n !== length ? reject(new FerryError('IO_ERROR', `short read of the scratch file ${this.file} at ${pos}`)) : resolve()));
     });
   }
 
   private writeScratch(buf: Buffer, at: number, length: number, pos: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      fs.write(this.fd, buf, at, length, pos, (err, n) => (err ? reject(err) : n !== length ? reject(new Error(`short write to the scratch file at ${pos}`)) : resolve()));
+      fs.write(this.fd, buf, at, length, pos, (err, n) => (err ? reject(fromSystemError(err, `writing the scratch file ${this.file}`)) : n !== length ? reject(new FerryError('IO_ERROR', `short write to the scratch file ${this.file} at ${pos}`)) : resolve()));
     });
   }
 
@@ -269,7 +269,7 @@ export class TestScratch {
   }
 
   sync(): Promise<void> {
-    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(fromSystemError(err, `syncing the scratch file ${this.file}`)) : resolve())));
   }
 
   /** Ends the test: nothing is preserved any more, the image refuses I/O; waits for copies in flight. */

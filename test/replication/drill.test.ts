@@ -7,20 +7,25 @@
 //    many more records at B, the same bytes (the image stays fixed while the replica moves);
 //    the test's writes (a region A never writes) read back from the export and never appear in
 //    the replica's file; A's applied position advances during the test and its lag stays
-//    bounded; both sites' status show the test. After test-end the export is gone, the scratch
-//    file deleted, and once caught up the replica reads identical to A (qemu-img compare);
+//    bounded; both sites' status show the test (responses checked against the route schemas).
+//    test-end disconnects a client still attached, the export is gone, the scratch file
+//    deleted, and once caught up the replica reads identical to A (qemu-img compare);
 //  - a scratch area of 2 MiB: the test's writes past it fail with ENOSPC; then A writes regions
 //    whose old contents cannot be preserved: the image is lost (EIO, state `lost` with the
 //    reason on both sites), replication goes on and the replica equals A;
 //  - kill -9 of B during a test: at restart the test is ended (a log line, state `ended` on both
 //    sites, scratch file deleted, export gone), the replica catches up and equals A; test-end
 //    clears the note;
+//  - `mirror remove` at A during a test: B ends the test first, then releases the disk, which
+//    reads identical to A's;
 //  - every refusal (not a replica, unknown disk, mid-resync, a test running, export name taken,
 //    bad or too small scratch, test-end with no test) answers its registry code and changes
-//    nothing (no export, no scratch file, no marker, status without a test).
+//    nothing (no export, no scratch file, no marker, status without a test); the mid-sync
+//    replica is taken once in sync.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { requireTool, run, waitFor, type RunResult } from '../harness.js';
@@ -82,6 +87,43 @@ async function exportServed(uri: string): Promise<boolean> {
 function assertExactly(schema: TObject, value: Record<string, unknown>, what: string): void {
   assertSchema(schema, value, what);
   assert.deepEqual(Object.keys(value).filter((k) => !(k in schema.properties)), [], `${what}: fields the schema does not declare`);
+}
+
+/** An NBD client (libnbd in Python) that reads once, then stays attached until told to read again. */
+function attachedClient(uri: string): { ready: Promise<void>; readAgain: () => Promise<string> } {
+  const script = [
+    'import nbd, sys',
+    'h = nbd.NBD()',
+    'h.connect_uri(sys.argv[1])',
+    'h.pread(4096, 0)',
+    'print("ready", flush=True)',
+    'sys.stdin.readline()',
+    'try:',
+    '    h.pread(4096, 0)',
+    '    print("still-connected", flush=True)',
+    'except Exception as e:',
+    '    print("disconnected", str(e).replace("\\n", " "), flush=True)',
+  ].join('\n');
+  const child = spawn(PYTHON, ['-c', script, uri], { env: SYSTEM_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  const ready = new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      if (out.includes('ready\n')) resolve();
+    });
+    void exited.then(() => reject(new Error(`the NBD client exited: ${out}${err}`)));
+  });
+  return {
+    ready,
+    async readAgain() {
+      child.stdin!.end('\n');
+      await exited;
+      return out.replace(/^ready\n/, '');
+    },
+  };
 }
 
 async function compareSites(s: Sites, disk: string, replica: string): Promise<void> {
@@ -184,9 +226,14 @@ describe('test failover (DR drill) at the mirror site', () => {
     assert.ok(c.highestSurvivor > 0, 'the test image holds some of the workload');
     assert.ok(c.highestSurvivor <= issuedAtStart, `the test image holds write ${c.highestSurvivor}, issued after the test started (${issuedAtStart})`);
 
+    // A client still attached at test-end is disconnected.
+    const client = attachedClient(`nbd://127.0.0.1:${s.b.nbdPort}/dr-test`);
+    await client.ready;
     const ended = await cliJson(s.b, ['mirror', 'test-end', 'dr-r']);
     assert.equal(ended.endedBy, 'test-end');
     assertExactly(TestEndSchema, ended, 'DELETE .../mirror/test');
+    assert.equal(ended.clientsDisconnected, 1);
+    assert.match(await client.readAgain(), /^disconnected/, 'the attached client was disconnected');
     assert.equal(ended.lostReason, null);
     assert.ok(!fs.existsSync(scratch), 'the scratch file is deleted');
     assert.equal(await exportServed(`nbd://127.0.0.1:${s.b.nbdPort}/dr-test`), false, 'the export is gone');
@@ -244,6 +291,24 @@ describe('test failover (DR drill) at the mirror site', () => {
     assert.equal((await mirrorStatus(s.b, 'dr-r')).test, null);
     await waitStatus(s.a, 'dr', 'A sees no test', (x) => x.test === null);
     t.diagnostic('B restarted during a test: ended at start, replica identical to A');
+  });
+
+  it('a release by the primary site (mirror remove) ends a running test first; the disk it leaves is A\'s', LONG, async () => {
+    await s.a.createDisk('rel', 16 * MiB);
+    await qemuIoOk(s.a.uri('rel'), ['write -P 0x61 0 16M']);
+    await cliJson(s.a, ['mirror', 'create', 'rel', '--to', `${s.peer}:rel-r`, '--staging', path.join(work, 'rel.stg'), '--staging-size', '64M']);
+    await waitCaughtUp(s, 'rel', 'rel-r');
+    const scratch = path.join(work, 'rel.scratch');
+    await cliJson(s.b, ['mirror', 'test', 'rel-r', '--export', 'rel-test', '--scratch', scratch, '--scratch-size', '8M']);
+    await qemuIoOk(`nbd://127.0.0.1:${s.b.nbdPort}/rel-test`, ['write -P 0x62 0 1M']);
+    await qemuIoOk(s.a.uri('rel'), ['write -P 0x63 4M 1M', 'flush']);
+    await cliJson(s.a, ['mirror', 'remove', 'rel']);
+    assert.match(s.b.stdout + s.b.stderr, /its test failover ends first/);
+    assert.ok(!fs.existsSync(scratch), 'the scratch file is deleted');
+    assert.equal(await exportServed(`nbd://127.0.0.1:${s.b.nbdPort}/rel-test`), false, 'the export is gone');
+    assert.equal((await s.b.api('GET', '/v1/disks/rel-r/mirror')).status, 409, 'rel-r is no replica any more');
+    const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.a.uri('rel'), s.b.uri('rel-r')], { timeoutMs: 120_000 });
+    assert.equal(cmp.code, 0, `the released disk differs from A's: ${cmp.stdout}${cmp.stderr}`);
   });
 
   it('refusals answer registry codes and change nothing', LONG, async () => {
