@@ -182,6 +182,9 @@ export class DrillControl {
 
     let fd = -1;
     let created: Marker | null = null;
+    let heldMs = 0;
+    let pauseStarted = 0n;
+    let applyPausedMs = 0;
     try {
       try {
         fd = fs.openSync(real, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
@@ -196,6 +199,7 @@ export class DrillControl {
       const c = h.staged.committer;
       const wasPaused = c.isPaused;
       // The image of the test: the replica once the group being applied is complete (a write-order prefix of the primary's).
+      pauseStarted = process.hrtime.bigint();
       await c.pauseSettled();
       try {
         this.assertConsistent(disk); // a resync may have begun while the apply settled
@@ -205,13 +209,14 @@ export class DrillControl {
         this.writeMarker(created);
         const scratch = new TestScratch(real, fd, h.volume.primaryStore, h.volume.size, scratchBytes);
         const cow = new CowGuardStore(h.volume.primaryStore, scratch);
-        await h.volume.exclusive(async () => void h.volume.replacePrimary(cow));
+        heldMs = await h.volume.exclusive(async () => void h.volume.replacePrimary(cow));
         const volume = new Volume(exportName, new TestImageStore(scratch), false);
         this.tests.set(disk, { marker: created, scratch, cow, volume, handle: h });
         this.ended.delete(disk);
         h.test = () => this.status(disk)!;
       } finally {
         if (!wasPaused) c.resume();
+        applyPausedMs = Number(process.hrtime.bigint() - pauseStarted) / 1e6;
       }
     } catch (err) {
       if (!this.tests.has(disk)) {
@@ -221,7 +226,7 @@ export class DrillControl {
       }
       throw err;
     }
-    this.log.info({ disk, export: exportName, scratch: real, scratchBytes, seq: created.seq }, 'test failover started: the export serves a writable image of the replica as of now; replication goes on underneath');
+    this.log.info({ disk, export: exportName, scratch: real, scratchBytes, seq: created.seq, applyPausedMs, readsHeldMs: heldMs }, 'test failover started: the export serves a writable image of the replica as of now; replication goes on underneath');
     return this.status(disk)!;
   }
 

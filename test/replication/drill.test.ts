@@ -210,6 +210,18 @@ describe('test failover (DR drill) at the mirror site', () => {
     t.diagnostic(`during the test B applied ${moved.appliedSeq - bAtSnap1} more records, A's applied position moved ${aMoved.appliedSeq - aAtStart.appliedSeq}; A's lag up to ${Math.max(...lagSeen).toFixed(2)} s`);
     const during = await cliJson(s.b, ['mirror', 'test-status', 'dr-r']);
     assertExactly(TestFailoverDetailsSchema, during, 'GET .../mirror/test');
+    // The human forms of test-status and mirror status say it too.
+    const shown = await s.b.cli(['mirror', 'test-status', 'dr-r']);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.match(shown.stdout, /export:\s+dr-test/);
+    assert.match(shown.stdout, /state:\s+running/);
+    for (const site of [s.a, s.b]) {
+      const table = await site.cli(['mirror', 'status']);
+      assert.match(table.stdout, /test failover on export dr-test/, `mirror status: ${table.stdout}`);
+    }
+    const pauseLine = (s.b.stdout + s.b.stderr).split('\n').find((l) => l.includes('test failover started'));
+    assert.ok(pauseLine, 'the start is logged');
+    t.diagnostic(`start: apply paused ${JSON.parse(pauseLine).applyPausedMs.toFixed(1)} ms, reads held ${JSON.parse(pauseLine).readsHeldMs.toFixed(1)} ms`);
     assert.ok(during.preservedBytes > 0, 'replication overwrote regions: their old contents were preserved');
     t.diagnostic(`scratch: ${during.scratchUsedBytes} bytes used, ${during.preservedBytes} preserved, ${during.writtenBytes} written by the test`);
 
