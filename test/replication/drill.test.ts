@@ -16,6 +16,9 @@
 //  - kill -9 of B during a test: at restart the test is ended (a log line, state `ended` on both
 //    sites, scratch file deleted, export gone), the replica catches up and equals A; test-end
 //    clears the note;
+//  - a resync during a test (A's staging area overflows during a cut, bitmap fallback): the
+//    test image reads the same before and during the resync (undo log's guard stacked on the
+//    test's), test-end mid-resync, the resync completes and the replica equals A;
 //  - `mirror remove` at A during a test: B ends the test first, then releases the disk, which
 //    reads identical to A's;
 //  - every refusal (not a replica, unknown disk, mid-resync, a test running, export name taken,
@@ -321,6 +324,44 @@ describe('test failover (DR drill) at the mirror site', () => {
     assert.equal((await s.b.api('GET', '/v1/disks/rel-r/mirror')).status, 409, 'rel-r is no replica any more');
     const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.a.uri('rel'), s.b.uri('rel-r')], { timeoutMs: 120_000 });
     assert.equal(cmp.code, 0, `the released disk differs from A's: ${cmp.stdout}${cmp.stderr}`);
+  });
+
+  it('a resync during a test (bitmap fallback at A): the test image stays fixed under the undo log; test-end mid-resync; the replica converges', LONG, async (t) => {
+    const size = 128 * MiB;
+    await s.a.createDisk('rs', size);
+    await cliJson(s.a, ['mirror', 'create', 'rs', '--to', `${s.peer}:rs-r`, '--staging', path.join(work, 'rs.stg'), '--staging-size', '64M', '--on-full', 'bitmap', '--compress', 'none']);
+    await qemuIoOk(s.a.uri('rs'), ['write -P 0x11 0 128M']);
+    await waitCaughtUp(s, 'rs', 'rs-r');
+    const scratch = path.join(work, 'rs.scratch');
+    await cliJson(s.b, ['mirror', 'test', 'rs-r', '--export', 'rs-test', '--scratch', scratch, '--scratch-size', '160M']);
+    const uri = `nbd://127.0.0.1:${s.b.nbdPort}/rs-test`;
+    await qemuIoOk(uri, ['write -P 0x5a 127M 1M']);
+    const img1 = path.join(work, 'rs1.img');
+    await copyExport(uri, img1);
+    // Cut the link, overflow A's staging area: A falls back to its bitmap, then resyncs B.
+    s.proxy.cut();
+    await qemuIoOk(s.a.uri('rs'), Array.from({ length: 12 }, (_, i) => `write -P 0x22 ${i * 8}M 8M`));
+    await waitStatus(s.a, 'rs', "state 'bitmap'", (st) => st.state === 'bitmap');
+    s.proxy.bytesPerSec = 8 * MiB;
+    s.proxy.restore();
+    try {
+      const mid = await waitStatus(s.b, 'rs-r', 'a resync with its undo log', (x) => x.fallback !== null && x.consistent === false, 60_000);
+      assert.equal(mid.test?.state, 'running', 'the test runs on through the resync');
+      const img2 = path.join(work, 'rs2.img');
+      await copyExport(uri, img2);
+      assert.equal(sha256FromBuffer(fs.readFileSync(img2)), sha256FromBuffer(fs.readFileSync(img1)), 'the test image changed during the resync');
+      const stillResyncing = (await mirrorStatus(s.b, 'rs-r')).consistent === false;
+      const ended = await cliJson(s.b, ['mirror', 'test-end', 'rs-r']);
+      t.diagnostic(`test-end ${stillResyncing ? 'mid-resync' : 'after the resync'}: ${ended.preservedBytes} bytes preserved, undo log ${mid.fallback.undoBytes}+ bytes`);
+      assert.equal(ended.lostReason, null);
+      assert.ok(!fs.existsSync(scratch));
+    } finally {
+      s.proxy.bytesPerSec = 0;
+    }
+    await compareSites(s, 'rs', 'rs-r');
+    const after = await mirrorStatus(s.b, 'rs-r');
+    assert.equal(after.fallback, null, 'the undo log is gone once the resync completed');
+    assert.equal(after.test, null);
   });
 
   it('refusals answer registry codes and change nothing', LONG, async () => {
