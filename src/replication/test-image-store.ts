@@ -5,6 +5,7 @@
 // TEST_IMAGE_LOST (EIO). Closing it closes nothing: the drill control owns the scratch area.
 import type { Extent } from '../disk/block-device.js';
 import type { DiskStore } from '../disk/store.js';
+import { FerryError } from '../errors.js';
 import type { TestScratch } from './test-scratch.js';
 
 export class TestImageStore implements DiskStore {
@@ -34,7 +35,9 @@ export class TestImageStore implements DiskStore {
     return this.scratch.write(buf, bufOffset, length, offset);
   }
 
-  zero(offset: number, length: number): Promise<void> {
+  /** Zeroes are written to scratch slots: never fast (`fastOnly` fails with NOT_SUPPORTED, as the NBD FAST_ZERO flag asks). */
+  async zero(offset: number, length: number, _mayDeallocate: boolean, fastOnly: boolean): Promise<void> {
+    if (fastOnly) throw new FerryError('NOT_SUPPORTED', 'the test image cannot zero a range quickly');
     return this.scratch.zero(offset, length);
   }
 

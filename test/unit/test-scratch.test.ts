@@ -153,6 +153,22 @@ describe('test failover copy-on-write', () => {
     await scratch.close();
   });
 
+  it('the test image zeroes into its own slots, never fast (FAST_ZERO answers NOT_SUPPORTED); the replica is not touched', async () => {
+    const { replica, scratch, image } = setup(12, 32 * G);
+    const before = Buffer.from(replica.current);
+    await assert.rejects(image.zero(G + 512, 4096, true, true), (e: unknown) => e instanceof FerryError && e.code === 'NOT_SUPPORTED');
+    await image.zero(G + 512, 4096, true, false);
+    await image.trim(3 * G, 2 * G);
+    const back = Buffer.alloc(6 * G);
+    await image.read(back, 0, back.length, 0);
+    const want = Buffer.from(before.subarray(0, 6 * G));
+    want.fill(0, G + 512, G + 512 + 4096);
+    want.fill(0, 3 * G, 5 * G);
+    assert.ok(back.equals(want));
+    assert.ok(replica.current.equals(before), 'the replica is never written by the test (T1)');
+    await scratch.close();
+  });
+
   it('after detach the guard passes every write through and preserves nothing', async () => {
     const { replica, scratch, guard } = setup(11, 32 * G);
     guard.detach();
