@@ -24,8 +24,9 @@
 //   T3  A granule is preserved at most once per test, so its slot holds the granule as of the
 //       start: nothing overwrote it before the copy completed (T2).
 //   T4  A slot is used by one granule of one map; slots in use never exceed the scratch size.
-//   T5  A read of the test image that went to the replica is redone from the preserved slot
-//       when the granule was preserved meanwhile (a replication write may have landed under it).
+//   T5  A read of the test image that went to the replica is redone from the granule's
+//       preserved slot, or its test slot, when one appeared meanwhile (replication may then have
+//       written under the read: a granule with a test slot is no longer preserved).
 // Crash: nothing here is durable on purpose. A restart of the mirror site ends the test
 // (src/control/drill-control.ts): the replica is correct whatever the scratch file holds.
 import assert from 'node:assert';
@@ -186,9 +187,11 @@ export class TestScratch {
     let slot = this.preserved[g]!;
     if (slot < 0) {
       await this.replica.read(buf, bufOffset, length, base + at);
-      slot = this.preserved[g]!;
+      // Preserved while we read, or given the test's own slot (replication then stops preserving
+      // it): a replication write may have landed under the read. Both slots hold the snapshot's
+      // bytes outside what the test wrote (T5).
+      slot = this.preserved[g]! >= 0 ? this.preserved[g]! : this.written[g]!;
       if (slot < 0) return;
-      // Preserved while we read: a replication write may have landed under the read (T5).
     }
     await this.readScratch(buf, bufOffset, length, slot * TEST_GRANULE_BYTES + at);
   }

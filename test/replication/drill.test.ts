@@ -404,6 +404,9 @@ describe('test failover (DR drill) at the mirror site', () => {
     const other = path.join(work, 'running.scratch');
     await cliJson(s.b, ['mirror', 'test', 'dr-r', '--export', 'run-test', '--scratch', other, '--scratch-size', '16M']);
     await cliFails(s.b, args('dr-r'), 'TEST_RUNNING');
+    // Its export name is taken for another replica's test (rs-r, from the resync test above).
+    await cliFails(s.b, ['mirror', 'test', 'rs-r', '--export', 'run-test', '--scratch', scratch, '--scratch-size', '16M'], 'EXPORT_EXISTS');
+    assert.equal((await mirrorStatus(s.b, 'rs-r')).test, null);
     assert.ok(!fs.existsSync(scratch));
     assert.equal(await exportServed(`nbd://127.0.0.1:${s.b.nbdPort}/r-test`), false);
     assert.equal((await mirrorStatus(s.b, 'dr-r')).test.export, 'run-test');

@@ -2,8 +2,9 @@
 // test-image-store.ts) in-process, against byte models: a replica written by "replication"
 // through the guard while "the test" reads and writes its image at the same time, on a
 // replica store that delays every call a random number of turns (so reads of the replica
-// race writes under them: T5). The test image always reads as the snapshot plus the test's
-// own writes; the replica always ends as replication wrote it (T1); a full scratch area
+// race writes under them: T5; and one such race forced step by step: a read held while the
+// granule gets the test's own slot and replication rewrites it unpreserved). The test image
+// always reads as the snapshot plus the test's own writes; the replica always ends as replication wrote it (T1); a full scratch area
 // fails the test's writes (SCRATCH_FULL) and, when a preservation cannot fit, loses the
 // image (TEST_IMAGE_LOST) without failing replication.
 import { after, describe, it } from 'node:test';
@@ -23,17 +24,17 @@ const DISK = 48 * G + 12 * 1024; // a short last granule
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-scratch-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-/** A replica whose every call waits 0-3 event-loop turns first. */
-function slow(inner: FaultyStore, rng: Rng): DiskStore {
-  const turns = async (): Promise<void> => {
-    for (let i = Math.floor(rng() * 4); i > 0; i--) await new Promise((r) => setImmediate(r));
+/** A replica whose every call waits 0-3 event-loop turns first (a read up to `readTurnsMax`). */
+function slow(inner: FaultyStore, rng: Rng, readTurnsMax = 3): DiskStore {
+  const turns = async (max: number): Promise<void> => {
+    for (let i = Math.floor(rng() * (max + 1)); i > 0; i--) await new Promise((r) => setImmediate(r));
   };
   return new Proxy(inner, {
     get(target, prop, recv) {
       const v = Reflect.get(target, prop, recv);
       if (typeof v !== 'function' || !['read', 'write', 'zero', 'trim'].includes(String(prop))) return v;
       return async (...args: unknown[]) => {
-        await turns();
+        await turns(prop === 'read' ? readTurnsMax : 3);
         return (v as (...a: unknown[]) => Promise<void>).apply(target, args);
       };
     },
@@ -41,7 +42,7 @@ function slow(inner: FaultyStore, rng: Rng): DiskStore {
 }
 
 let n = 0;
-function setup(seed: number, scratchBytes: number): { replica: FaultyStore; scratch: TestScratch; guard: CowGuardStore; image: TestImageStore; rng: Rng } {
+function setup(seed: number, scratchBytes: number, readTurnsMax = 3): { replica: FaultyStore; scratch: TestScratch; guard: CowGuardStore; image: TestImageStore; rng: Rng } {
   const rng = seededRng(seed);
   const init = Buffer.alloc(DISK);
   for (let i = 0; i < DISK; i += 512) init.fill(Math.floor(rng() * 256), i, i + 512);
@@ -49,7 +50,7 @@ function setup(seed: number, scratchBytes: number): { replica: FaultyStore; scra
   const file = path.join(dir, `scratch-${++n}`);
   const fd = fs.openSync(file, 'w+');
   fs.ftruncateSync(fd, scratchBytes);
-  const raw = slow(replica, rng);
+  const raw = slow(replica, rng, readTurnsMax);
   const scratch = new TestScratch(file, fd, raw, DISK, scratchBytes);
   return { replica, scratch, guard: new CowGuardStore(raw, scratch), image: new TestImageStore(scratch), rng };
 }
@@ -115,6 +116,88 @@ describe('test failover copy-on-write', () => {
       await scratch.close();
     });
   }
+
+  for (const seed of [21, 22, 23, 24]) {
+    it(`a test read of a granule the test is writing elsewhere at the same time reads the snapshot there (seed ${seed})`, async () => {
+      // The test writes first halves of granules while it reads second halves, and replication
+      // rewrites everything: second halves must always read as the snapshot, although the
+      // granule gets the test's own slot (and replication stops preserving it) during the read.
+      const { replica, scratch, guard, image, rng } = setup(seed, DISK * 3, 60);
+      const snapshot = Buffer.from(replica.current);
+      const H = G / 2;
+      const granules = Math.floor(DISK / G);
+      let stop = false;
+      const replication = (async () => {
+        for (let i = 0; i < 400; i++) {
+          const { offset, length } = range(rng);
+          await guard.write(Buffer.alloc(length, 1 + (i % 250)), 0, length, offset);
+        }
+        stop = true;
+      })();
+      const writer = (async () => {
+        while (!stop) {
+          const g = Math.floor(rng() * granules);
+          await image.write(Buffer.alloc(512, 0xee), 0, 512, g * G + Math.floor(rng() * (H / 512)) * 512);
+        }
+      })();
+      let reads = 0;
+      while (!stop) {
+        const batch = Array.from({ length: 4 }, async () => {
+          const g = Math.floor(rng() * granules);
+          const at = g * G + H;
+          const buf = Buffer.alloc(H);
+          await image.read(buf, 0, H, at);
+          assert.ok(buf.equals(snapshot.subarray(at, at + H)), `second half of granule ${g} is not the snapshot`);
+          reads++;
+        });
+        await Promise.all(batch);
+      }
+      await Promise.all([replication, writer]);
+      assert.ok(reads > 20, `${reads} reads`);
+      await scratch.close();
+    });
+  }
+
+  it('a test read that went to the replica is redone from the test\'s own slot when one appeared under it (T5)', async () => {
+    // Deterministic: the test reads the second half of granule 5 and its replica read is held;
+    // meanwhile the test writes the first half (the granule gets its own slot, filled from the
+    // snapshot) and replication then rewrites the whole granule without preserving it (the
+    // test's slot covers it); only then does the held read copy the replica's bytes.
+    const replica = new FaultyStore('replica', Buffer.alloc(DISK, 0x11));
+    let held: { at: number; go: Promise<void>; release: () => void } | null = null;
+    const gated = new Proxy(replica, {
+      get(target, prop, recv) {
+        const v = Reflect.get(target, prop, recv);
+        if (prop !== 'read') return typeof v === 'function' ? v.bind(target) : v;
+        return async (buf: Buffer, bufOffset: number, length: number, offset: number) => {
+          if (held && offset === held.at) {
+            const h = held;
+            held = null;
+            await h.go;
+          }
+          return target.read(buf, bufOffset, length, offset);
+        };
+      },
+    }) as DiskStore;
+    const file = path.join(dir, `scratch-${++n}`);
+    const fd = fs.openSync(file, 'w+');
+    fs.ftruncateSync(fd, 32 * G);
+    const scratch = new TestScratch(file, fd, gated, DISK, 32 * G);
+    const guard = new CowGuardStore(gated, scratch);
+    const image = new TestImageStore(scratch);
+    let release!: () => void;
+    const go = new Promise<void>((r) => (release = r));
+    held = { at: 5 * G + G / 2, go, release };
+    const buf = Buffer.alloc(G / 2);
+    const reading = image.read(buf, 0, G / 2, 5 * G + G / 2);
+    await image.write(Buffer.alloc(512, 0xee), 0, 512, 5 * G);
+    await guard.write(Buffer.alloc(G, 0x99), 0, G, 5 * G);
+    assert.equal(replica.current[5 * G + G / 2], 0x99, 'replication rewrote the granule');
+    release();
+    await reading;
+    assert.ok(buf.every((b) => b === 0x11), `the test read ${buf[0]!.toString(16)}, not the snapshot's 11`);
+    await scratch.close();
+  });
 
   it('a full scratch area fails the test\'s writes, then loses the image, never replication', async () => {
     const { replica, scratch, guard, image } = setup(9, 16 * G);
