@@ -7,6 +7,7 @@
 // resync began during the test), it stays under that guard as a plain pass-through until
 // the guard goes. It never fails a write for the test's sake: a preservation that cannot be
 // made loses the test image instead (test-scratch.ts).
+import assert from 'node:assert';
 import type { Extent } from '../disk/block-device.js';
 import { writeInOrder, type DiskStore } from '../disk/store.js';
 import type { TestScratch } from './test-scratch.js';
@@ -47,34 +48,32 @@ export class CowGuardStore implements DiskStore {
   }
 
   async write(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
-    const saving = this.scratch?.preserve(offset, length);
-    if (saving) await saving;
+    await this.preserved(offset, length);
     return this.raw.write(buf, bufOffset, length, offset);
+  }
+
+  /** Resolves once [offset, offset+length) may be overwritten: its old contents kept for the test, or nothing to keep (T2). */
+  private async preserved(offset: number, length: number): Promise<void> {
+    const s = this.scratch;
+    if (!s) return;
+    const saving = s.preserve(offset, length);
+    if (saving) await saving;
+    assert.ok(s.covers(offset, length), 'a replica granule is overwritten only once its contents as of the test start are kept, or the image is lost (T2)');
   }
 
   /** Every granule the batch touches is preserved (one wait for all), then the batch goes to the disk in order. */
   async writeBatch(buffers: Buffer[], offsets: number[]): Promise<void> {
-    const s = this.scratch;
-    if (s) {
-      const savings: Promise<void>[] = [];
-      for (let i = 0; i < buffers.length; i++) {
-        const saving = s.preserve(offsets[i]!, buffers[i]!.length);
-        if (saving) savings.push(saving);
-      }
-      await Promise.all(savings);
-    }
+    await Promise.all(buffers.map((b, i) => this.preserved(offsets[i]!, b.length)));
     return writeInOrder(this.raw, buffers, offsets);
   }
 
   async zero(offset: number, length: number, mayDeallocate: boolean, fastOnly: boolean): Promise<void> {
-    const saving = this.scratch?.preserve(offset, length);
-    if (saving) await saving;
+    await this.preserved(offset, length);
     return this.raw.zero(offset, length, mayDeallocate, fastOnly);
   }
 
   async trim(offset: number, length: number): Promise<void> {
-    const saving = this.scratch?.preserve(offset, length);
-    if (saving) await saving;
+    await this.preserved(offset, length);
     return this.raw.trim(offset, length);
   }
 

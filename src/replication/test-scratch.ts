@@ -157,6 +157,14 @@ export class TestScratch {
     return Promise.all(waits).then(() => undefined);
   }
 
+  /** Whether replication may now write [offset, offset+length) of the replica: every granule kept for the test, or nothing to keep (T2). */
+  covers(offset: number, length: number): boolean {
+    if (this.lost || this.closed || length <= 0) return true;
+    const last = Math.floor((offset + length - 1) / TEST_GRANULE_BYTES);
+    for (let g = Math.floor(offset / TEST_GRANULE_BYTES); g <= last; g++) if (this.preserved[g]! < 0 && this.written[g]! < 0) return false;
+    return true;
+  }
+
   /** Copies granules [g, g+n) of the replica into slots [slot, slot+n); marks them preserved (T3). */
   private async copyRun(g: number, slot: number, n: number): Promise<void> {
     try {
