@@ -19,6 +19,7 @@
 //  - a resync during a test (A's staging area overflows during a cut, bitmap fallback): the
 //    test image reads the same before and during the resync (undo log's guard stacked on the
 //    test's), test-end mid-resync, the resync completes and the replica equals A;
+//  - a graceful restart of B during a test ends it the same way (its attached client dropped);
 //  - `mirror remove` at A during a test: B ends the test first, then releases the disk, which
 //    reads identical to A's;
 //  - every refusal (not a replica, unknown disk, mid-resync, a test running, export name taken,
@@ -306,6 +307,20 @@ describe('test failover (DR drill) at the mirror site', () => {
     assert.equal((await mirrorStatus(s.b, 'dr-r')).test, null);
     await waitStatus(s.a, 'dr', 'A sees no test', (x) => x.test === null);
     t.diagnostic('B restarted during a test: ended at start, replica identical to A');
+  });
+
+  it('a graceful restart of the mirror site during a test (a client attached) ends it the same way', LONG, async () => {
+    const scratch = path.join(work, 'stop.scratch');
+    await cliJson(s.b, ['mirror', 'test', 'dr-r', '--export', 'dr-stop', '--scratch', scratch, '--scratch-size', '16M']);
+    const client = attachedClient(`nbd://127.0.0.1:${s.b.nbdPort}/dr-stop`);
+    await client.ready;
+    await s.b.restart();
+    assert.match(await client.readAgain(), /^disconnected/);
+    assert.match(s.b.stdout + s.b.stderr, /test failover ended at start/);
+    assert.ok(!fs.existsSync(scratch), 'the scratch file is deleted at start');
+    assert.equal((await mirrorStatus(s.b, 'dr-r')).test?.state, 'ended');
+    assert.equal((await cliJson(s.b, ['mirror', 'test-end', 'dr-r'])).endedBy, 'restart');
+    await compareSites(s, 'dr', 'dr-r');
   });
 
   it('a release by the primary site (mirror remove) ends a running test first; the disk it leaves is A\'s', LONG, async () => {
