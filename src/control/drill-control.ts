@@ -7,7 +7,7 @@
 //
 // | state            | event                                   | next             | what happens |
 // |------------------|-----------------------------------------|------------------|--------------|
-// | none             | test (replica, consistent, names free)  | running          | scratch file created (O_EXCL, sized), marker `<data>/drills/DISK.json` synced, apply paused at a whole group, guard put on the replica's disk, apply resumed, export served |
+// | none             | test (replica, consistent, names free)  | running          | scratch file created (O_EXCL, sized), records received so far applied, apply paused at a whole group, marker `<data>/drills/DISK.json` synced, guard put on the replica's disk, apply resumed, export served |
 // | none             | test refused                            | none             | nothing created: NO_MIRROR, DISK_NOT_FOUND, MIRROR_NOT_IN_SYNC, TEST_RUNNING, EXPORT_EXISTS, INVALID_NAME, INVALID_PATH, PATH_IN_USE, PATH_NOT_FOUND, SCRATCH_TOO_SMALL, INVALID_SIZE |
 // | running          | a preservation finds no slot (or fails) | lost             | the export answers EIO; replication goes on unpreserved |
 // | running, lost    | test-end                                | none             | export dropped (clients disconnected), guard taken off, scratch file and marker deleted |
@@ -198,7 +198,9 @@ export class DrillControl {
       const st = fs.fstatSync(fd);
       const c = h.staged.committer;
       const wasPaused = c.isPaused;
-      // The image of the test: the replica once the group being applied is complete (a write-order prefix of the primary's).
+      // The image of the test: every record received when the command came applied (unless an
+      // operator holds the apply: then the held image), up to a whole group: a prefix of the primary's order.
+      if (!wasPaused) await h.staged.drain();
       pauseStarted = process.hrtime.bigint();
       await c.pauseSettled();
       try {

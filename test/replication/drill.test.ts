@@ -159,9 +159,12 @@ describe('test failover (DR drill) at the mirror site', () => {
     await waitStatus(s.b, 'dr-r', 'B applied some of the workload', (st) => st.appliedSeq > 300);
 
     const scratch = path.join(work, 'dr.scratch');
+    const bReceived = (await s.b.api('GET', '/v1/disks/dr-r/staging')).body.writtenSeq as number;
     const started = await cliJson(s.b, ['mirror', 'test', 'dr-r', '--export', 'dr-test', '--scratch', scratch, '--scratch-size', '256M']);
     const issuedAtStart = issuedMax(log);
     assert.equal(started.state, 'running');
+    // The latest consistent point: at least every record B had received when the command came.
+    assert.ok(started.seq >= bReceived, `the image ends at record ${started.seq}, before ${bReceived} that B had received`);
     assertExactly(TestFailoverDetailsSchema, started, 'POST .../mirror/test');
     assert.equal(started.export, 'dr-test');
     assert.ok(fs.existsSync(scratch), 'the scratch file exists');
