@@ -64,6 +64,13 @@ export const ERRORS = {
   TARGET_HOLDS_DATA: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the mirror target holds data a full sync would overwrite' },
   TARGET_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is smaller than the disk' },
   INVALID_TARGET: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is not valid' },
+  // Test failovers (DR drills) at the mirror site.
+  TEST_RUNNING: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a test failover of the replica is already running' },
+  NO_TEST: { http: 409, nbd: NbdErrno.EINVAL, summary: 'no test failover of the replica is running' },
+  EXPORT_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'an NBD export with that name exists' },
+  SCRATCH_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the scratch area is too small' },
+  SCRATCH_FULL: { http: 507, nbd: NbdErrno.ENOSPC, summary: 'the scratch area of the test failover is full' },
+  TEST_IMAGE_LOST: { http: 409, nbd: NbdErrno.EIO, summary: 'the test image is lost' },
   // Peers and the replication link.
   PEER_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no peer has that name' },
   PEER_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a peer with that name or identity exists' },

@@ -3,6 +3,19 @@
 // OpenAPI and the CLI's types (types.ts) come from them.
 import { Type } from '@sinclair/typebox';
 
+/** A test failover (DR drill) of a replica at the mirror site (drill-routes.ts), in the mirror status of both sites. */
+export const TestFailoverSchema = Type.Object({
+  export: Type.String({ description: 'the NBD export serving the test image' }),
+  startedAt: Type.String({ format: 'date-time' }),
+  seq: Type.Integer({ description: "the newest record (in the primary site's numbering) of the image the test started from" }),
+  state: Type.Union([Type.Literal('running'), Type.Literal('lost'), Type.Literal('ended')], {
+    description: 'lost: the scratch area could not preserve what replication overwrote, the export answers EIO (reason); ended: a restart of the mirror site ended the test (reason), cleared by test-end',
+  }),
+  reason: Type.Union([Type.String(), Type.Null()]),
+  scratchBytes: Type.Integer({ description: 'the bound of the scratch area' }),
+  scratchUsedBytes: Type.Integer({ description: "bytes of the scratch area in use: old contents preserved for the test and the test's own writes" }),
+});
+
 export const MirrorSchema = Type.Object({
   disk: Type.String(),
   target: Type.String(),
@@ -75,6 +88,7 @@ export const MirrorSchema = Type.Object({
     }),
     Type.Null(),
   ], { description: 'a `mirror verify` running now: how far it got' }),
+  test: Type.Union([TestFailoverSchema, Type.Null()], { description: 'a test failover (DR drill) of the replica at the mirror site, as that site reports it (on both sites); null when none' }),
 });
 
 /** The policies a mirror creation or `mirror set` gives (PATCH /v1/disks/{name}/mirror takes them alone). */

@@ -5,6 +5,7 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
 import { peerRoutes } from './peer-routes.js';
+import { drillRoutes } from './drill-routes.js';
 import { MirrorPolicyChange, MirrorPolicyFields, MirrorSchema, PromoteSchema, RemovedMirrorSchema, SwapSchema, VerifySchema } from './mirror-schemas.js';
 
 export { MirrorSchema, PromoteSchema, RemovedMirrorSchema, SwapSchema, VerifySchema } from './mirror-schemas.js';
@@ -401,4 +402,5 @@ export const routes: RouteDef[] = [
     handler: (d, { params }) => d.disks.removePool(params.name!),
   },
   ...peerRoutes,
+  ...drillRoutes,
 ];

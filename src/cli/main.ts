@@ -14,6 +14,7 @@ import { registerStagingCommands } from './staging-commands.js';
 import { registerStatusCommand } from './status-command.js';
 import { registerMirrorCommands } from './mirror-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
+import { registerDrillCommands } from './drill-commands.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -165,6 +166,7 @@ pool
 registerStatusCommand(program);
 registerStagingCommands(program);
 registerMirrorCommands(program);
+registerDrillCommands(program);
 registerPeerCommands(program);
 
 async function main(): Promise<void> {

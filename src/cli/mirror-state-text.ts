@@ -10,6 +10,7 @@ export function mirrorStateText(m: MirrorStatus): string {
   if (m.committerError) notes.push('target failing');
   if (m.state === 'syncing') notes.push(`${Math.floor(m.syncProgress * 100)}%`);
   if (m.rpo?.met === false) notes.push('RPO missed');
+  if (m.test) notes.push(m.test.state === 'running' ? `test failover on export ${m.test.export}` : `test failover ${m.test.state}`);
   return notes.length ? `${m.state} (${notes.join(', ')})` : m.state;
 }
 

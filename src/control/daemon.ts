@@ -24,6 +24,7 @@ import { ReplListener } from '../replication/repl-listener.js';
 import { connectPeer } from '../replication/peer-connector.js';
 import { Receiver } from '../replication/receiver.js';
 import { ReplicaControl } from './replica-control.js';
+import { DrillControl } from './drill-control.js';
 import { lockPath, type FileLock } from '../disk/file-lock.js';
 import type { ConnectionLimits } from '../net/connection-limiter.js';
 
@@ -57,6 +58,7 @@ export class Daemon {
   staging!: StagingControl;
   mirrors!: MirrorControl;
   replicas!: ReplicaControl;
+  drills!: DrillControl;
   identity!: SiteIdentity;
   peers!: PeerControl;
   repl!: ReplListener;
@@ -116,8 +118,13 @@ export class Daemon {
       pollUsMax: this.config.pollUsMax,
       limits: this.config.limits?.nbd,
       log: this.log,
-      catalog: { find: (name) => (this.ready ? this.disks.volume(name) : undefined), names: () => (this.ready ? this.disks.names() : []) },
+      catalog: {
+        find: (name) => (this.ready ? (this.disks.volume(name) ?? this.drills.exportVolume(name)) : undefined),
+        names: () => (this.ready ? [...this.disks.names(), ...this.drills.exportNames()].sort() : []),
+      },
     });
+    const nbd = this.nbd;
+    this.drills = new DrillControl({ store: this.store, disks: this.disks, replicas: this.replicas, disconnect: (v) => nbd.disconnect(v) }, dir, this.log);
     this.nbdAddress = await this.nbd.listen();
     const replicas = this.replicas;
     this.repl = new ReplListener({
@@ -147,6 +154,7 @@ export class Daemon {
       await this.mirrors.openAtStart(row, volume);
       this.replicas.openAtStart(row, volume);
     });
+    this.drills.recoverAtStart(); // a test failover a stop or crash interrupted is ended (drill-control.ts)
     this.ready = true;
   }
 
@@ -169,6 +177,7 @@ export class Daemon {
         await nbdClosed;
       }
     }
+    await this.drills?.close();
     this.replicas?.close();
     await this.repl?.close().catch((err) => this.log.error({ err: String(err) }, 'closing the replication listener failed'));
     await this.mirrors?.close();

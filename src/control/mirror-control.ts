@@ -210,6 +210,7 @@ export class MirrorControl {
         ? {
             stream,
             linkStatus: () => ({ state: stream.state, peer: parseRemote(m.target).peer, lastError: stream.lastError, bytesPerSec: stream.bytesPerSec, shippedBytes: stream.shippedBytes, reconnects: stream.reconnects }),
+            testStatus: () => stream.peerTest,
           }
         : {}),
       log: this.log.child({ disk: m.disk, mirror: m.target }),

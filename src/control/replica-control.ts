@@ -65,6 +65,8 @@ export class ReplicaControl implements ReplicaHost {
   /** Replicas whose undo log is active: their disk is wrapped in the guard (U1). */
   private readonly guards = new Map<string, UndoGuardStore>();
   private readonly promoting = new Set<string>();
+  /** Called before a replica becomes a normal disk (promote, release): a test failover of it ends first (drill-control.ts). */
+  beforeLeaving: ((disk: string) => Promise<void>) | null = null;
 
   constructor(
     private readonly store: MetadataStore,
@@ -121,6 +123,16 @@ export class ReplicaControl implements ReplicaHost {
     this.handles.set(row.name, this.newHandle(row.name, volume, r.peer));
   }
 
+  /** The replica's handle, when it is online here as a replica. */
+  handle(disk: string): ReplicaHandle | undefined {
+    return this.handles.get(disk);
+  }
+
+  /** Whether the replica's disk is wrapped in an undo log's guard (a resync runs: not consistent). */
+  resyncing(disk: string): boolean {
+    return this.guards.has(disk);
+  }
+
   isReplica(disk: string): boolean {
     return this.store.replica(disk) !== undefined;
   }
@@ -133,6 +145,7 @@ export class ReplicaControl implements ReplicaHost {
       link: { connected: false, peer, lastHeardMs: 0, originHeadSeq: 0, durableSeq: volume.staging!.journal.durableSeq, receivedBytes: 0, originLag: null, originRpoMs: null },
       dropSession: null,
       released: false,
+      test: null,
     };
   }
 
@@ -299,6 +312,7 @@ export class ReplicaControl implements ReplicaHost {
     this.promoting.add(disk);
     h.released = true; // before the session is dropped: a session attaching now stops (receiver.ts)
     try {
+      await this.beforeLeaving?.(disk);
       if (dropSession) await h.dropSession?.(); // no more frames from the primary site (a new attach is refused)
       const row = this.store.replica(disk)!;
       const guard = this.guards.get(disk);
@@ -380,6 +394,7 @@ export class ReplicaControl implements ReplicaHost {
         fallback: guard ? { seq: guard.undo.baseSeq, undoBytes: guard.undo.stats().bytes } : null,
         rpo: replicaRpo(h.link.originRpoMs, row.synced === 1 && !guard ? Date.now() - (behind ? lag.seconds + staleS : 0) * 1000 : null),
         verify: null,
+        test: h.test?.() ?? null,
       });
     }
     return out;

@@ -17,6 +17,19 @@ export interface LinkStatus {
   reconnects: number;
 }
 
+/** A test failover (DR drill) of a replica at the mirror site (src/control/drill-control.ts); the primary site learns it over the link. */
+export interface TestFailoverStatus {
+  export: string;
+  startedAt: string;
+  /** The newest record (in the primary site's numbering) of the image the test started from. */
+  seq: number;
+  /** running; lost: the scratch area could not preserve what replication overwrote (reason); ended: a restart of the mirror site ended it (reason). */
+  state: 'running' | 'lost' | 'ended';
+  reason: string | null;
+  scratchBytes: number;
+  scratchUsedBytes: number;
+}
+
 export interface MirrorStatus {
   disk: string;
   target: string;
@@ -46,5 +59,7 @@ export interface MirrorStatus {
   rpo: RpoStatus | null;
   /** A `mirror verify` running now: how far it got. */
   verify: VerifyProgressStatus | null;
+  /** A test failover of the replica at the mirror site, as that site reported it; null when none. */
+  test: TestFailoverStatus | null;
 }
 

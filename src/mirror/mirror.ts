@@ -21,10 +21,10 @@ import type { ChunkHolds } from './chunk-holds.js';
 import { MIRROR_CONSUMER, PRIMARY_CONSUMER, type JournalConsumer } from '../volume/consumer.js';
 import type { MirrorPolicy } from './mirror-policy.js';
 import { verifyMirror, VerifyProgress, type VerifyReport } from './verify.js';
-import type { LinkStatus, MirrorState, MirrorStatus } from './mirror-status.js';
+import type { LinkStatus, MirrorState, MirrorStatus, TestFailoverStatus } from './mirror-status.js';
 
 export type { VerifyReport } from './verify.js';
-export type { LinkStatus, MirrorStatus } from './mirror-status.js';
+export type { LinkStatus, MirrorStatus, TestFailoverStatus } from './mirror-status.js';
 
 export { MIRROR_CONSUMER };
 
@@ -58,6 +58,8 @@ export interface MirrorOptions {
   /** A remote mirror's stream, built with `holds` (default: a committer applying records to `target`). */
   stream?: MirrorStream;
   linkStatus?: () => LinkStatus;
+  /** A remote mirror: the test failover the mirror site last reported. */
+  testStatus?: () => TestFailoverStatus | null;
   /** The link of a remote mirror (its bitmap fallback detaches and reattaches it). */
   remote?: MirrorLink;
   policy: MirrorPolicy;
@@ -416,6 +418,7 @@ export class Mirror {
       fallback: null,
       rpo: null,
       verify: this.verifying?.status() ?? null,
+      test: this.opts.testStatus?.() ?? null,
     };
   }
 

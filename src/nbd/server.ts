@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { negotiate, type ExportCatalog, type TlsMode } from './handshake.js';
 import { Limits } from './protocol.js';
 import { Transmission } from './transmission.js';
+import type { Volume } from '../volume/volume.js';
 import { IdlePoller } from './idle-poller.js';
 import { QueuedBytes, queuedBytesMaxDefault } from './queued-bytes.js';
 import { ConnectionLimiter, fdBoundedMax, type ConnectionLimits } from '../net/connection-limiter.js';
@@ -170,6 +171,13 @@ export class NbdServer {
         log('negotiation failed', { err: String(err) });
         socket.destroy();
       });
+  }
+
+  /** Disconnects the clients of one export (in-flight requests finish and reply first); resolves with how many there were. */
+  async disconnect(volume: Volume): Promise<number> {
+    const ending = [...this.sessions].filter((s) => s.volume === volume);
+    await Promise.all(ending.map((s) => s.shutdown()));
+    return ending.length;
   }
 
   /** Stops accepting, lets every in-flight request finish and reply, then closes all connections. */

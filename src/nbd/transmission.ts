@@ -46,7 +46,7 @@ export interface TransmissionOptions {
 
 export class Transmission {
   private readonly stream: Duplex;
-  private readonly volume: Volume;
+  readonly volume: Volume;
   private readonly structured: boolean;
   private readonly baseAllocation: boolean;
   private readonly log: TransmissionOptions['log'];

@@ -15,6 +15,7 @@
 import type { Duplex } from 'node:stream';
 import { crc32c } from '@node-rs/crc32';
 import { FerryError } from '../errors.js';
+import type { TestFailoverStatus } from '../mirror/mirror.js';
 
 export const FRAME_MAGIC = 0x4c505246; // "FRPL" read as little-endian u32
 export const FRAME_HEADER_BYTES = 20;
@@ -36,7 +37,10 @@ export const FrameType = {
   RESPONSE: 9,
   /** Primary → mirror: a batch of records; meta { disk, firstSeq, records: [...] }. */
   RECORDS: 16,
-  /** Mirror → primary: every record up to meta.durableSeq is durable on the mirror site. */
+  /**
+   * Mirror → primary: every record up to meta.durableSeq is durable on the mirror site;
+   * meta.test: the replica's test failover (TestFailoverStatus) or null (see ackTestFailover).
+   */
   ACK: 17,
   /** Primary → mirror: sync data for one region; meta { disk, id, offset, length, zero }. */
   CHUNK: 18,
@@ -272,4 +276,19 @@ export class FrameReader {
     this.buffered -= n;
     return out;
   }
+}
+
+/**
+ * The test failover an ACK reports (meta.test), checked field by field: null when absent
+ * (a mirror site from before test failovers) or malformed; strings are cut to 200 characters.
+ */
+export function ackTestFailover(meta: Record<string, unknown>): TestFailoverStatus | null {
+  const t = meta.test as Record<string, unknown> | null | undefined;
+  if (!t || typeof t !== 'object') return null;
+  const str = (v: unknown): string | null => (typeof v === 'string' ? v.slice(0, 200) : null);
+  const int = (v: unknown): number | null => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : null);
+  const state = t.state === 'running' || t.state === 'lost' || t.state === 'ended' ? t.state : null;
+  const [exp, startedAt, seq, scratchBytes, scratchUsedBytes] = [str(t.export), str(t.startedAt), int(t.seq), int(t.scratchBytes), int(t.scratchUsedBytes)];
+  if (exp === null || startedAt === null || seq === null || state === null || scratchBytes === null || scratchUsedBytes === null) return null;
+  return { export: exp, startedAt, seq, state, reason: str(t.reason), scratchBytes, scratchUsedBytes };
 }

@@ -19,6 +19,7 @@ import { FerryError } from '../errors.js';
 import { RecordType, type RecordTypeValue } from '../journal/format.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
+import type { TestFailoverStatus } from '../mirror/mirror.js';
 import { encodeFrame, FRAME_PAYLOAD_BYTES_MAX, FrameFlag, FrameType, ProtocolError, type Frame } from './frame.js';
 import { zstdPool } from './zstd-pool.js';
 import type { PeerSession } from './peer-session.js';
@@ -48,6 +49,8 @@ export interface ReplicaHandle {
   dropSession: (() => Promise<void>) | null;
   /** Set (before the session is dropped) once the replica is promoted or released: no session may touch it again. */
   released: boolean;
+  /** The replica's test failover now, if any (src/control/drill-control.ts): sent to the primary site with every ACK. */
+  test: (() => TestFailoverStatus) | null;
 }
 
 export interface ReplicaHost {
@@ -150,7 +153,7 @@ export class Receiver {
   /** Acknowledges every record up to `seq`: only records durable in this site's staging area (R3). */
   private sendAck(h: ReplicaHandle, seq: number): void {
     assert.ok(seq <= h.staged.journal.durableSeq, 'the mirror site acknowledges only records durable in its own staging area (R3)');
-    this.send(encodeFrame(FrameType.ACK, { durableSeq: seq }));
+    this.send(encodeFrame(FrameType.ACK, { durableSeq: seq, test: h.test?.() ?? null }));
   }
 
   /**

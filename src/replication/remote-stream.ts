@@ -33,7 +33,8 @@ import type { ConsumerPosition } from '../journal/format.js';
 import type { Journal, StagedRecord } from '../journal/journal.js';
 import { readRecords } from '../journal/record-cursor.js';
 import { MIRROR_CONSUMER, type JournalConsumer } from '../volume/consumer.js';
-import { encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeFrameParts, type Frame } from './frame.js';
+import { ackTestFailover, encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeFrameParts, type Frame } from './frame.js';
+import type { TestFailoverStatus } from '../mirror/mirror.js';
 import { LinkShaper } from './link-shaper.js';
 import type { PeerSession } from './peer-session.js';
 import { RequestChannel } from './request-channel.js';
@@ -110,6 +111,8 @@ export class RemoteStream implements JournalConsumer {
   /** Time of the newest record the mirror site acknowledged, for lag reporting. */
   appliedTimeMs = 0;
   shippedBytes = 0;
+  /** The test failover the mirror site reported in its last acknowledgement (null: none). */
+  peerTest: TestFailoverStatus | null = null;
   private readonly rate = new ThroughputMeter();
   /** Compression and the rate limit. */
   private readonly shaper: LinkShaper;
@@ -369,6 +372,7 @@ export class RemoteStream implements JournalConsumer {
       this.lastHeardMs = Date.now();
       switch (f.type) {
         case FrameType.ACK:
+          this.peerTest = ackTestFailover(f.meta);
           this.onAck(f.meta.durableSeq);
           break;
         case FrameType.RESPONSE:

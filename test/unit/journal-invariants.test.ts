@@ -365,6 +365,7 @@ test('the mirror site: acknowledged only when durable, staged and applied in ord
     link: { connected: false, peer: 'a', lastHeardMs: 0, originHeadSeq: 0, durableSeq: j.durableSeq, receivedBytes: 0, originLag: null, originRpoMs: null },
     dropSession: null,
     released: false,
+    test: null,
   };
   const told: boolean[] = [];
   const host: ReplicaHost = {
