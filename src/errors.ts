@@ -64,6 +64,8 @@ export const ERRORS = {
   TARGET_HOLDS_DATA: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the mirror target holds data a full sync would overwrite' },
   TARGET_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is smaller than the disk' },
   INVALID_TARGET: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the mirror target is not valid' },
+  FENCED: { http: 409, nbd: NbdErrno.EPERM, summary: 'the disk is fenced: its peer site was promoted past it, so it takes no writes' },
+  SPLIT_BRAIN: { http: 409, nbd: NbdErrno.EINVAL, summary: 'both sites took writes since they diverged; the administrator chooses the side to discard' },
   // Peers and the replication link.
   PEER_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no peer has that name' },
   PEER_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a peer with that name or identity exists' },

@@ -5,6 +5,7 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
 import { peerRoutes } from './peer-routes.js';
+import { DrSchema, drRoutes, withDr } from './dr-routes.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { packageRoot } from '../package-root.js';
@@ -59,6 +60,7 @@ export const DiskSchema = Type.Object({
   allocatedBytes: Type.Union([Type.Integer(), Type.Null()]),
   createdAt: Type.String({ format: 'date-time' }),
   stats: Type.Union([Stats, Type.Null()]),
+  dr: Type.Optional(DrSchema),
 });
 
 export const PoolSchema = Type.Object({ name: Type.String(), path: Type.String(), disks: Type.Integer(), createdAt: Type.String() });
@@ -118,6 +120,7 @@ export const MirrorSchema = Type.Object({
     }),
     Type.Null(),
   ], { description: 'a replica being resynced: the last consistent image `mirror promote` falls back to; null otherwise' }),
+  dr: Type.Optional(DrSchema),
 });
 
 export const StagingSchema = Type.Object({
@@ -226,7 +229,7 @@ export const routes: RouteDef[] = [
     summary: 'List disks',
     tag: 'disks',
     response: Type.Array(DiskSchema),
-    handler: (d) => d.disks.list(),
+    handler: (d) => d.disks.list().map((x) => withDr(d, x)),
   },
   {
     method: 'POST',
@@ -259,7 +262,7 @@ export const routes: RouteDef[] = [
     tag: 'disks',
     params: NameParam,
     response: DiskSchema,
-    handler: (d, { params }) => d.disks.get(params.name!),
+    handler: (d, { params }) => withDr(d, d.disks.get(params.name!)),
   },
   {
     method: 'DELETE',
@@ -375,7 +378,7 @@ export const routes: RouteDef[] = [
     summary: 'Status of every mirror: state, consistency, sync progress, lag',
     tag: 'mirrors',
     response: Type.Array(MirrorSchema),
-    handler: (d) => d.mirrors.status(),
+    handler: (d) => d.mirrors.status().map((x) => withDr(d, x)),
   },
   {
     method: 'GET',
@@ -385,7 +388,7 @@ export const routes: RouteDef[] = [
     tag: 'mirrors',
     params: NameParam,
     response: MirrorSchema,
-    handler: (d, { params }) => d.mirrors.status(params.name!)[0],
+    handler: (d, { params }) => withDr(d, d.mirrors.status(params.name!)[0]!),
   },
   ...(['pause', 'resume'] as const).map(
     (action): RouteDef => ({
@@ -472,4 +475,5 @@ export const routes: RouteDef[] = [
     handler: (d, { params }) => d.disks.removePool(params.name!),
   },
   ...peerRoutes,
+  ...drRoutes,
 ];

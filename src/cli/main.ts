@@ -14,6 +14,7 @@ import { registerStagingCommands } from './staging-commands.js';
 import { registerStatusCommand } from './status-command.js';
 import { registerMirrorCommands } from './mirror-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
+import { registerDrCommands } from './dr-commands.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -38,6 +39,7 @@ function diskDetails(d: DiskInfo): string {
     ['read-only', d.readOnly ? 'yes' : 'no'],
     ['clients', String(d.clients)],
     ['created', d.createdAt],
+    ...(d.dr ? ([['dr', `${d.dr.state}${d.dr.reason ? ` (${d.dr.reason})` : ''}, generation ${d.dr.generation ?? '-'}`]] as Array<[string, string]>) : []),
   ]);
 }
 
@@ -166,6 +168,7 @@ registerStatusCommand(program);
 registerStagingCommands(program);
 registerMirrorCommands(program);
 registerPeerCommands(program);
+registerDrCommands(program);
 
 async function main(): Promise<void> {
   try {

@@ -24,6 +24,7 @@ import { ReplListener } from '../replication/repl-listener.js';
 import { connectPeer } from '../replication/peer-connector.js';
 import { Receiver } from '../replication/receiver.js';
 import { ReplicaControl } from './replica-control.js';
+import { DrControl } from './dr-control.js';
 import { lockPath, type FileLock } from '../disk/file-lock.js';
 import type { ConnectionLimits } from '../net/connection-limiter.js';
 
@@ -57,6 +58,7 @@ export class Daemon {
   staging!: StagingControl;
   mirrors!: MirrorControl;
   replicas!: ReplicaControl;
+  dr!: DrControl;
   identity!: SiteIdentity;
   peers!: PeerControl;
   repl!: ReplListener;
@@ -99,13 +101,15 @@ export class Daemon {
     this.store = new MetadataStore(path.join(dir, DB_FILE));
     this.disks = new DiskRegistry(this.store, dir, this.log);
     this.staging = new StagingControl(this.store, this.disks, dir, this.log);
-    this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log);
+    this.dr = new DrControl(this.store, this.log);
+    this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log, this.dr);
     const identity = this.identity;
     const store = this.store;
     this.mirrors = new MirrorControl(this.store, this.disks, this.staging, dir, this.log, {
       peer: (name) => store.peer(name),
       connect: (peer, hello) => connectPeer(identity, peer, hello),
       replicas: this.replicas,
+      dr: this.dr,
     });
     const mirrors = this.mirrors;
     this.peers = new PeerControl(this.store, this.identity, this.log, { inUse: (name) => mirrors.usesPeer(name) });
@@ -142,6 +146,7 @@ export class Daemon {
   /** Opens every registered disk, recovering its staging area and mirror (after open()). */
   async load(): Promise<void> {
     await this.disks.load(async (row, volume) => {
+      this.dr.openAtStart(row.name, volume); // a fenced disk refuses writes before any client is served
       await this.replicas.guardAtStart(row, volume); // before the staging area replays (U1)
       await this.staging.openAtStart(row, volume);
       await this.mirrors.openAtStart(row, volume);

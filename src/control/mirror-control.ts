@@ -18,6 +18,7 @@ import { checkTarget, parseRemote, type Target } from './mirror-target.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, MirrorRow, PeerRow } from './store.js';
 import type { PromoteReport, ReplicaControl } from './replica-control.js';
+import type { DrControl } from './dr-control.js';
 import type { PeerSession } from '../replication/peer-session.js';
 import { RemoteStream } from '../replication/remote-stream.js';
 import { RemoteStore } from '../replication/remote-store.js';
@@ -43,6 +44,7 @@ export interface RemoteSites {
   peer(name: string): PeerRow | undefined;
   connect(peer: PeerRow, hello: Record<string, unknown>): Promise<PeerSession>;
   replicas: ReplicaControl;
+  dr: DrControl;
 }
 
 const firstAttachMsMax = 30_000;
@@ -132,7 +134,7 @@ export class MirrorControl {
     const { peer, remoteDisk } = parseRemote(m.target);
     const sites = this.remoteSites();
     const journal = volume.staging!.journal;
-    return new RemoteStream({
+    const stream: RemoteStream = new RemoteStream({
       disk: m.disk,
       peer,
       remoteDisk,
@@ -147,14 +149,19 @@ export class MirrorControl {
         const fresh = row !== undefined && row.sync_cursor === 0 && row.sync_done === 0 && row.resync === 0;
         // While the mirror site's copy is being rewritten anyway (a sync, a resync), it may restart its numbering here (rebase).
         const rebase = row !== undefined && (row.resync === 1 || row.sync_done === 0);
-        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase };
+        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase, generations: sites.dr.history(m.disk) };
       },
+      held: () => sites.dr.held(m.disk),
+      onAttached: (reply) => sites.dr.primaryAttached(m.disk, peer, reply.meta.generations),
+      onFailed: (err) => sites.dr.primaryFailed(m.disk, peer, err),
       admit: (r) => holds.admit(r.diskOffset, r.length),
       onLinkUp: () => this.mirrors.get(m.disk)?.linkBack(),
       bandwidthBytesPerSec: m.bandwidth,
       compress: m.compress === 'zstd',
       log: this.log.child({ disk: m.disk, mirror: m.target }),
     });
+    sites.dr.watchPrimary(m.disk, volume, () => (stream.isStopped ? null : stream.state === 'connected'));
+    return stream;
   }
 
   private remoteSites(): RemoteSites {
@@ -185,6 +192,7 @@ export class MirrorControl {
       bitmapFile: this.bitmapFile(m.disk),
       onResync: (pending) => {
         this.store.updateMirror(m.disk, pending ? { resync: 1, sync_done: 0 } : { resync: 0 });
+        if (pending && stream) this.remote?.dr.rotate(m.disk, 'resync');
         if (pending && stream) stream.request({ op: 'synced', synced: false }).catch(() => undefined);
       },
       remote: stream,
@@ -327,6 +335,7 @@ export class MirrorControl {
     };
     const journal = volume.staging!.journal;
     this.store.insertMirror(m);
+    this.remoteSites().dr.ensureHistory(req.disk);
     await journal.addConsumer(MIRROR_CONSUMER);
     const holds = new ChunkHolds();
     const stream = this.remoteStream(m, volume, holds);
@@ -412,7 +421,7 @@ export class MirrorControl {
     const stream = this.streams.get(disk);
     /** Why the mirror site did not confirm the last records and the release (forced removal only). */
     let unconfirmed: string | null = null;
-    if (stream && opts.force && stream.lastErrorCode === 'NO_MIRROR' && stream.state !== 'connected') {
+    if (stream && opts.force && ['NO_MIRROR', 'FENCED', 'SPLIT_BRAIN'].includes(stream.lastErrorCode ?? '') && stream.state !== 'connected') {
       // The mirror site already answered that it holds no such replica: nothing to wait for.
       unconfirmed = stream.lastError ?? 'the mirror site holds no such replica';
     } else if (stream) {

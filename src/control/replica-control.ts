@@ -22,6 +22,7 @@ import type { DiskRegistry } from './disk-registry.js';
 import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, ReplicaRow } from './store.js';
+import type { DrControl } from './dr-control.js';
 
 /** The staging area of a replica: as large as the primary site's, within these bounds. */
 const replicaStagingBytesMax = 64 * 1024 * 1024 * 1024;
@@ -53,7 +54,13 @@ export class ReplicaControl implements ReplicaHost {
     private readonly staging: StagingControl,
     private readonly dataDir: string,
     private readonly log: Logger,
+    /** Generation histories and fencing (dr-control.ts). */
+    private readonly dr: DrControl,
   ) {}
+
+  generations(disk: string): unknown[] {
+    return this.dr.history(disk);
+  }
 
   private undoFile(disk: string): string {
     return path.join(this.dataDir, REPLICA_STAGING_DIR, `${disk}.undo`);
@@ -133,8 +140,11 @@ export class ReplicaControl implements ReplicaHost {
       const h = this.handles.get(disk);
       if (!h) throw new FerryError('DISK_UNAVAILABLE', `replica '${disk}' is not online here`);
       if (this.promoting.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being promoted at this site`);
+      this.dr.replicaAttach(disk, peer, meta.generations);
       return { handle: h, created: false };
     }
+    // A disk promoted from this very peer's disk answers from its history (the peer is stale: FENCED, or split brain).
+    this.dr.formerReplicaAttach(disk, peer, originDisk, meta.generations);
     if (meta.create !== true) throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica of ${peer}:${originDisk} here (was the mirror removed at this site?)`);
     if (this.creating.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being created`);
     this.creating.add(disk);
@@ -176,6 +186,7 @@ export class ReplicaControl implements ReplicaHost {
     }
     const row: ReplicaRow = { disk, peer, origin_disk: originDisk, synced: 0, created_disk: createdDisk ? 1 : 0, created_at: Date.now() };
     this.store.insertReplica(row);
+    this.dr.replicaCreated(disk, meta.generations);
     const { volume } = this.disks.entry(disk);
     volume!.setReplicaHold(true);
     const h = this.newHandle(disk, volume!, peer);
@@ -299,7 +310,9 @@ export class ReplicaControl implements ReplicaHost {
         await guard.undo.remove();
         report = { disk, image: 'rolled-back', seq: guard.undo.baseSeq, restoredBytes: bytes };
       }
-      this.store.deleteReplica(disk);
+      // A promote ends the replica and starts the disk's new generation in one transaction.
+      if (dropSession) this.dr.promoted(disk, row.peer, row.origin_disk, () => this.store.deleteReplica(disk));
+      else this.store.deleteReplica(disk);
       this.handles.delete(disk);
       h.volume.setReplicaHold(false);
       return report;

@@ -87,6 +87,18 @@ const migrations: string[] = [
    ALTER TABLE mirrors ADD COLUMN bandwidth INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE mirrors ADD COLUMN compress TEXT NOT NULL DEFAULT 'none' CHECK (compress IN ('zstd', 'none'));
    ALTER TABLE mirrors ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;`,
+  // Disaster recovery state of a disk in a mirror relationship (control/dr-store.ts): its
+  // generation history, fenced or split brain, and, after a promote, the former primary.
+  `CREATE TABLE dr_disks (
+     disk TEXT PRIMARY KEY REFERENCES disks(name) ON DELETE CASCADE,
+     generations TEXT NOT NULL,
+     state TEXT NOT NULL DEFAULT 'normal' CHECK (state IN ('normal', 'fenced', 'split-brain')),
+     state_reason TEXT,
+     state_at INTEGER,
+     diverged INTEGER NOT NULL DEFAULT 0,
+     peer TEXT,
+     peer_disk TEXT
+   );`,
 ];
 
 import type { OnFullPolicy } from '../mirror/mirror-policy.js';

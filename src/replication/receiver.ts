@@ -57,6 +57,8 @@ export interface ReplicaHost {
   beginResync(disk: string): Promise<void>;
   /** The primary site removed the mirror: drain, release the disk (it becomes a normal disk). */
   release(disk: string): Promise<void>;
+  /** The replica's generation history (replication/generations.ts), sent back with every attach. */
+  generations(disk: string): unknown[];
 }
 
 const recordTypes = new Set<number>([RecordType.WRITE, RecordType.ZERO, RecordType.TRIM]);
@@ -167,7 +169,8 @@ export class Receiver {
 
   /** A request that failed here: the primary site gets its code (IO_ERROR when it has none) and message. */
   private respondError(id: unknown, err: Error): void {
-    this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message } });
+    const details = err instanceof FerryError && err.details ? { details: err.details } : {};
+    this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message, ...details } });
   }
 
   private bound(): ReplicaHandle {
@@ -249,7 +252,7 @@ export class Receiver {
     handle.link.peer = this.session.peer.name;
     handle.link.durableSeq = j.durableSeq;
     this.log.info({ peer: this.session.peer.name, disk: handle.disk, durableSeq: j.durableSeq, created }, 'replication session attached');
-    this.respond(f.meta.id, { durableSeq: j.durableSeq, created, size: handle.volume.size });
+    this.respond(f.meta.id, { durableSeq: j.durableSeq, created, size: handle.volume.size, generations: this.host.generations(handle.disk) });
   }
 
   /** Every sync chunk write started so far has completed and been answered. */

@@ -372,6 +372,7 @@ test('the mirror site: acknowledged only when durable, staged and applied in ord
     markSynced: async (_disk, synced) => void told.push(synced),
     beginResync: async () => undefined,
     release: async () => undefined,
+    generations: () => [],
   };
   const toB = new PassThrough();
   const fromB = new PassThrough();
