@@ -18,8 +18,8 @@ export const GenerationSchema = Type.Object({
 });
 
 export const DrSchema = Type.Object({
-  state: Type.Union([Type.Literal('normal'), Type.Literal('fenced'), Type.Literal('split-brain')], {
-    description: 'fenced: the peer site was promoted past this disk, which refuses writes (FENCED); split-brain: both sites took writes since they diverged, nothing is resynced',
+  state: Type.Union([Type.Literal('normal'), Type.Literal('fenced'), Type.Literal('split-brain'), Type.Literal('switching')], {
+    description: "fenced: the peer site was promoted past this disk, which refuses writes (FENCED); split-brain: both sites took writes since they diverged, nothing is resynced; switching: a switchover began here and has not completed (writes refused; 'mirror switchover' again completes it)",
   }),
   generation: Type.Union([Type.String(), Type.Null()], { description: "the disk's current generation id" }),
   generations: Type.Array(GenerationSchema, { description: 'oldest first, at most 32' }),
@@ -50,7 +50,29 @@ export function withDr<T extends { disk?: string; name?: string }>(d: Daemon, it
   return view ? { ...item, dr: view } : item;
 }
 
+export const SwitchoverSchema = Type.Object({
+  disk: Type.String(),
+  primary: Type.String({ description: 'the primary now, PEER:DISK; this site holds the replica' }),
+  generation: Type.String({ description: 'the generation the reversed roles start' }),
+  seq: Type.Integer({ description: "the last record of this site's order; the new primary ships from the next" }),
+  pauseMs: Type.Number({ description: 'how long writes were refused here' }),
+  disconnected: Type.Integer({ description: 'NBD connections closed (force)' }),
+  drainedRecords: Type.Integer({ description: 'records staged here and not yet acknowledged by the peer when writes stopped: all the data the switchover sent' }),
+  drainedBytes: Type.Integer({ description: 'their bytes in the staging area' }),
+});
+
 export const drRoutes: RouteDef[] = [
+  {
+    method: 'POST',
+    url: '/v1/disks/:name/mirror/switchover',
+    operationId: 'switchoverMirror',
+    summary: 'Planned switchover of a remote mirror, at the primary site: writes stop, every staged record reaches the replica, the roles reverse (a new generation on both sites) and this disk becomes the replica of the other; no data is copied. force=true disconnects NBD clients attached here',
+    tag: 'mirrors',
+    params: Type.Object({ name: Name }),
+    querystring: Type.Object({ force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }),
+    response: SwitchoverSchema,
+    handler: (d, { params, query }) => d.switchovers.run(params.name!, { force: query.force === 'true' }),
+  },
   {
     method: 'GET',
     url: '/v1/disks/:name/dr',

@@ -15,7 +15,7 @@ import type {
   VerifySchema,
 } from './routes.js';
 import type { PeerDetailsSchema, PeerSchema, SiteSchema, TokenSchema } from './peer-routes.js';
-import type { DrSchema } from './dr-routes.js';
+import type { DrSchema, SwitchoverSchema } from './dr-routes.js';
 
 export type Disk = Static<typeof DiskSchema>;
 export type Pool = Static<typeof PoolSchema>;
@@ -32,3 +32,4 @@ export type Peer = Static<typeof PeerSchema>;
 export type PeerDetails = Static<typeof PeerDetailsSchema>;
 export type PairingToken = Static<typeof TokenSchema>;
 export type DiskDr = Static<typeof DrSchema>;
+export type SwitchoverResult = Static<typeof SwitchoverSchema>;

@@ -22,9 +22,10 @@ import { PeerControl } from './peer-control.js';
 import { loadOrCreateIdentity, type SiteIdentity } from '../replication/identity.js';
 import { ReplListener } from '../replication/repl-listener.js';
 import { connectPeer } from '../replication/peer-connector.js';
-import { Receiver } from '../replication/receiver.js';
+import { Receiver, type ReplicaHost } from '../replication/receiver.js';
 import { ReplicaControl } from './replica-control.js';
 import { DrControl } from './dr-control.js';
+import { SwitchoverControl } from './switchover.js';
 import { lockPath, type FileLock } from '../disk/file-lock.js';
 import type { ConnectionLimits } from '../net/connection-limiter.js';
 
@@ -59,6 +60,7 @@ export class Daemon {
   mirrors!: MirrorControl;
   replicas!: ReplicaControl;
   dr!: DrControl;
+  switchovers!: SwitchoverControl;
   identity!: SiteIdentity;
   peers!: PeerControl;
   repl!: ReplListener;
@@ -123,7 +125,29 @@ export class Daemon {
       catalog: { find: (name) => (this.ready ? this.disks.volume(name) : undefined), names: () => (this.ready ? this.disks.names() : []) },
     });
     this.nbdAddress = await this.nbd.listen();
+    this.switchovers = new SwitchoverControl({
+      store: this.store,
+      disks: this.disks,
+      mirrors,
+      replicas: this.replicas,
+      dr: this.dr,
+      disconnectClients: (disk) => this.nbd.disconnect(disk),
+      replPort: () => this.replAddress.port,
+      siteName: this.identity.siteName,
+      connect: (peer) => connectPeer(identity, peer, { purpose: 'control' }),
+      log: this.log,
+    });
     const replicas = this.replicas;
+    const switchovers = this.switchovers;
+    // What a replication session asks of this site: its replicas, and a switchover's take-over.
+    const replicaHost: ReplicaHost = {
+      attach: (peer, meta) => replicas.attach(peer, meta),
+      markSynced: (disk, synced) => replicas.markSynced(disk, synced),
+      beginResync: (disk) => replicas.beginResync(disk),
+      release: (disk) => replicas.release(disk),
+      generations: (disk) => replicas.generations(disk),
+      switchover: (disk, meta, from) => switchovers.takeOver(disk, meta, from),
+    };
     this.repl = new ReplListener({
       host: this.config.repl.host,
       port: this.config.repl.port,
@@ -132,11 +156,15 @@ export class Daemon {
       pairing: this.peers.pairing,
       limits: this.config.limits?.repl,
       onSession: (session) => {
+        if (session.hello.purpose === 'control' && this.ready) {
+          void switchovers.serveControl(session);
+          return;
+        }
         if (session.hello.purpose !== 'mirror' || !this.ready) {
           session.socket.destroy();
           return;
         }
-        void new Receiver(session, replicas, this.log.child({ peer: session.peer.name })).run();
+        void new Receiver(session, replicaHost, this.log.child({ peer: session.peer.name })).run();
       },
       log: this.log,
     });

@@ -18,15 +18,23 @@
 //                a common ancestor (relate(): split-brain); at  overwritten; the      overwritten                  replica, or is removed
 //                the primary site and at the promoted one       data stays as is)
 //
+//   switching    `mirror switchover` at the primary, before it  refused: FENCED       ships (drains to the         the roles are reversed: the disk
+//                drains (control/switchover.ts), with the       (durable, before the  replica)                     is the replica of its former mirror
+//                switchover's generation pending                drain)                                             (switchover.ts, steps table)
+//
 //   any state    the peer cannot be reached                     as before             redials with backoff         -
 //
 // Where generations start (each one durable before what it stands for is acknowledged):
 //   create     the primary's first mirror of the disk (mirror create), when it has no history;
 //   resync     the primary starts a bitmap resync (its replica is rewritten out of order);
-//   diverged   a primary's first write while its mirror's link is not connected (after the
-//              last accepted attach): from that write on it may hold data its peer never has.
-//              Records shipped while connected and lost with the link are not a divergence;
+//   diverged   a primary's first write while its mirror's link is not connected, or silent for
+//              over 5 s (the mirror site answers every 2 s), after the last accepted attach: from
+//              that write on it may hold data its peer never has. Records shipped while
+//              connected and lost with the link are not a divergence (a failback discards them);
 //   promote    `mirror promote` at the replica, in the same transaction that ends the replica;
+//   switchover drawn at the primary when the switchover begins (pending), recorded by the replica
+//              in the transaction that makes it the primary, then by the old primary in the one
+//              that makes it the replica;
 //   (adopted)  a replica takes its primary's history at every accepted attach.
 //
 // The reaction to each relation (relate() decides it, one table, at the head of generations.ts):
@@ -67,6 +75,8 @@ export class DrControl {
   /** In-memory copies of the rows (the write path asks on every write while a link is down). */
   private readonly cache = new Map<string, DrRow | null>();
   private readonly volumes = new Map<string, Volume>();
+  /** Called when this site, switching over, learns the peer already took the primary role. */
+  private peerSwitched: (disk: string) => void = () => undefined;
 
   constructor(
     store: MetadataStore,
@@ -106,10 +116,71 @@ export class DrControl {
   openAtStart(disk: string, volume: Volume): void {
     this.volumes.set(disk, volume);
     const r = this.row(disk);
-    if (r?.state === 'fenced') {
+    if (r?.state === 'fenced' || r?.state === 'switching') {
       volume.setFence(r.stateReason ?? 'its peer site was promoted past it');
-      this.log.warn({ disk, reason: r.stateReason }, 'disk fenced: it takes no writes (its peer site was promoted past it)');
+      this.log.warn({ disk, state: r.state, reason: r.stateReason }, 'disk fenced: it takes no writes');
     }
+  }
+
+  // ---- planned switchover (control/switchover.ts) ----
+
+  /** Registers what completes a switchover here once the peer is found to have taken the primary role. */
+  whenPeerSwitched(handler: (disk: string) => void): void {
+    this.peerSwitched = handler;
+  }
+
+  /** The primary begins a switchover: durable state 'switching' with its generation pending, writes refused. Idempotent. */
+  beginSwitchover(disk: string, peer: string): Generation {
+    const r = this.row(disk) ?? DrStore.empty(disk);
+    if (r.state === 'switching' && r.pending) return r.pending;
+    assert.ok(r.state === 'normal', 'only a disk in the normal state switches over');
+    const g = newGeneration('switchover');
+    const reason = `switchover to ${peer} in progress (generation ${g.id}): writes are refused until it completes; run 'ferry mirror switchover ${disk}' again to complete it`;
+    this.put({ ...r, state: 'switching', stateReason: reason, stateAtMs: Date.now(), pending: g });
+    assert.ok(this.row(disk)?.state === 'switching', 'the switchover is durable before writes are refused');
+    this.volumes.get(disk)?.setFence(reason);
+    this.log.warn({ disk, peer, generation: g.id }, 'switchover begins: writes refused');
+    return g;
+  }
+
+  /** The history the reversed roles start with (the pending generation appended). */
+  switchoverHistory(disk: string): Generation[] {
+    const r = this.row(disk);
+    assert.ok(r?.state === 'switching' && r.pending, 'a switchover history exists only while switching');
+    return appendGeneration(r.generations, r.pending);
+  }
+
+  isSwitching(disk: string): boolean {
+    return this.row(disk)?.state === 'switching';
+  }
+
+  /** The old primary becomes the replica: `end` (mirror row → replica row) and the generation, one transaction. */
+  completeSwitchover(disk: string, end: () => void): void {
+    const r = this.row(disk);
+    assert.ok(r?.state === 'switching' && r.pending, 'a switchover completes only while switching');
+    const generations = appendGeneration(r.generations, r.pending);
+    this.rows.transaction(() => {
+      end();
+      this.rows.put({ ...r, generations, state: 'normal', stateReason: null, stateAtMs: null, pending: null, diverged: false, peer: null, peerDisk: null });
+    });
+    this.cache.delete(disk);
+    this.log.warn({ disk, generation: r.pending.id }, 'switchover complete here: the disk is the replica of its former mirror');
+  }
+
+  /** The replica becomes the primary: `end` (replica row → mirror row) and the primary's switchover history, one transaction. */
+  tookOver(disk: string, peer: string, originDisk: string, history: Generation[], end: () => void): void {
+    this.rows.transaction(() => {
+      end();
+      const r = this.rows.get(disk) ?? DrStore.empty(disk);
+      this.rows.put({ ...r, generations: history, state: 'normal', stateReason: null, stateAtMs: null, pending: null, diverged: false, peer, peerDisk: originDisk });
+    });
+    this.cache.delete(disk);
+    this.log.warn({ disk, generation: currentGeneration(history)?.id, formerPrimary: `${peer}:${originDisk}` }, 'switchover: this disk is the primary now');
+  }
+
+  /** This site is switching over and the peer's current generation is the pending one: the peer took over. */
+  private peerTookOver(r: DrRow | undefined, theirs: Generation[] | null): boolean {
+    return r?.state === 'switching' && r.pending !== null && theirs !== null && currentGeneration(theirs)?.id === r.pending.id;
   }
 
   // ---- the primary site ----
@@ -174,6 +245,7 @@ export class DrControl {
     const remote = err.details?.remote as Record<string, unknown> | undefined;
     const theirs = parseHistory(remote?.generations);
     if (!theirs) return;
+    if (this.peerTookOver(this.row(disk), theirs)) return this.peerSwitched(disk);
     this.react(disk, peer, theirs);
   }
 
@@ -231,6 +303,11 @@ export class DrControl {
   formerReplicaAttach(disk: string, peer: string, originDisk: string, peerGenerations: unknown): void {
     const r = this.row(disk);
     const theirs = parseHistory(peerGenerations);
+    if (this.peerTookOver(r, theirs)) {
+      // The peer took the primary role and dials us as its replica: complete the switchover here first.
+      this.peerSwitched(disk);
+      throw new FerryError('DISK_BUSY', `disk '${disk}' is completing its switchover to ${peer}; attach again`);
+    }
     if (!r || !theirs || r.peer !== peer || r.peerDisk !== originDisk) return;
     const rel = relate(r.generations, theirs);
     const mine = currentGeneration(r.generations)?.id;

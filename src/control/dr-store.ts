@@ -7,7 +7,7 @@
 import { parseHistory, type Generation } from '../replication/generations.js';
 import type { MetadataStore } from './store.js';
 
-export type DrState = 'normal' | 'fenced' | 'split-brain';
+export type DrState = 'normal' | 'fenced' | 'split-brain' | 'switching';
 
 export interface DrRow {
   disk: string;
@@ -16,6 +16,8 @@ export interface DrRow {
   stateReason: string | null;
   stateAtMs: number | null;
   diverged: boolean;
+  /** While switching over: the generation the reversed roles start (JSON), else null. */
+  pending: Generation | null;
   peer: string | null;
   peerDisk: string | null;
 }
@@ -27,6 +29,7 @@ interface RawRow {
   state_reason: string | null;
   state_at: number | null;
   diverged: number;
+  pending: string | null;
   peer: string | null;
   peer_disk: string | null;
 }
@@ -37,12 +40,7 @@ export class DrStore {
   get(disk: string): DrRow | undefined {
     const r = this.store.db.prepare('SELECT * FROM dr_disks WHERE disk = ?').get(disk) as RawRow | undefined;
     if (!r) return undefined;
-    let parsed: unknown = null;
-    try {
-      parsed = JSON.parse(r.generations);
-    } catch {
-      parsed = null;
-    }
+    const parsed = safeJson(r.generations);
     return {
       disk: r.disk,
       // A history that cannot be read is an empty one: the relation is then 'none' and nothing is decided from it.
@@ -51,6 +49,7 @@ export class DrStore {
       stateReason: r.state_reason,
       stateAtMs: r.state_at,
       diverged: r.diverged === 1,
+      pending: r.pending !== null ? (parseHistory(safeJson(`[${r.pending}]`))?.[0] ?? null) : null,
       peer: r.peer,
       peerDisk: r.peer_disk,
     };
@@ -60,10 +59,10 @@ export class DrStore {
   put(row: DrRow): void {
     this.store.db
       .prepare(
-        `INSERT INTO dr_disks (disk, generations, state, state_reason, state_at, diverged, peer, peer_disk)
-         VALUES (@disk, @generations, @state, @state_reason, @state_at, @diverged, @peer, @peer_disk)
+        `INSERT INTO dr_disks (disk, generations, state, state_reason, state_at, diverged, pending, peer, peer_disk)
+         VALUES (@disk, @generations, @state, @state_reason, @state_at, @diverged, @pending, @peer, @peer_disk)
          ON CONFLICT(disk) DO UPDATE SET generations = excluded.generations, state = excluded.state, state_reason = excluded.state_reason,
-           state_at = excluded.state_at, diverged = excluded.diverged, peer = excluded.peer, peer_disk = excluded.peer_disk`,
+           state_at = excluded.state_at, diverged = excluded.diverged, pending = excluded.pending, peer = excluded.peer, peer_disk = excluded.peer_disk`,
       )
       .run({
         disk: row.disk,
@@ -72,6 +71,7 @@ export class DrStore {
         state_reason: row.stateReason,
         state_at: row.stateAtMs,
         diverged: row.diverged ? 1 : 0,
+        pending: row.pending ? JSON.stringify(row.pending) : null,
         peer: row.peer,
         peer_disk: row.peerDisk,
       });
@@ -83,6 +83,14 @@ export class DrStore {
   }
 
   static empty(disk: string): DrRow {
-    return { disk, generations: [], state: 'normal', stateReason: null, stateAtMs: null, diverged: false, peer: null, peerDisk: null };
+    return { disk, generations: [], state: 'normal', stateReason: null, stateAtMs: null, diverged: false, pending: null, peer: null, peerDisk: null };
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
   }
 }

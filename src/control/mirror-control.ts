@@ -48,6 +48,8 @@ export interface RemoteSites {
 }
 
 const firstAttachMsMax = 30_000;
+/** A write while the mirror site has been silent this long may be one it never gets: a new generation (dr-control.ts). */
+const DIVERGENCE_SILENCE_MS = 5_000;
 /** How long removing a remote mirror waits for the mirror site to take the last records and release its replica. */
 const removeWaitMs = 15_000;
 
@@ -134,6 +136,7 @@ export class MirrorControl {
     const { peer, remoteDisk } = parseRemote(m.target);
     const sites = this.remoteSites();
     const journal = volume.staging!.journal;
+    sites.dr.ensureHistory(m.disk); // a new mirror, or one from before generations: its first
     const stream: RemoteStream = new RemoteStream({
       disk: m.disk,
       peer,
@@ -160,7 +163,7 @@ export class MirrorControl {
       compress: m.compress === 'zstd',
       log: this.log.child({ disk: m.disk, mirror: m.target }),
     });
-    sites.dr.watchPrimary(m.disk, volume, () => (stream.isStopped ? null : stream.state === 'connected'));
+    sites.dr.watchPrimary(m.disk, volume, () => (stream.isStopped ? null : stream.heardWithin(DIVERGENCE_SILENCE_MS)));
     return stream;
   }
 
@@ -335,7 +338,6 @@ export class MirrorControl {
     };
     const journal = volume.staging!.journal;
     this.store.insertMirror(m);
-    this.remoteSites().dr.ensureHistory(req.disk);
     await journal.addConsumer(MIRROR_CONSUMER);
     const holds = new ChunkHolds();
     const stream = this.remoteStream(m, volume, holds);
@@ -475,6 +477,37 @@ export class MirrorControl {
       if (!volume?.staging) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
       return swapRoles({ store: this.store, disks: this.disks, log: this.log }, disk, m, volume);
     });
+  }
+
+  // ---- for a planned switchover (switchover.ts) ----
+
+  /** Runs `fn` as the only operation on the mirror of `disk`. */
+  exclusive<T>(disk: string, op: 'switchover', fn: () => T | Promise<T>): Promise<T> {
+    return this.ops.run(disk, op, fn);
+  }
+
+  /** The running remote mirror of `disk` and its stream, if it has one. */
+  remoteOf(disk: string): { mirror: Mirror; stream: RemoteStream } | null {
+    const mirror = this.mirrors.get(disk);
+    const stream = this.streams.get(disk);
+    return mirror && stream ? { mirror, stream } : null;
+  }
+
+  /** Stops the remote mirror of `disk` (its row, consumer and the replica stay as they are). */
+  async stopRemote(disk: string): Promise<void> {
+    const m = this.mirrors.get(disk);
+    this.streams.delete(disk);
+    this.mirrors.delete(disk);
+    await m?.close();
+    await m?.targetStore.close();
+  }
+
+  /** Starts the remote mirror recorded for `disk` (a replica that just became the primary). */
+  startRecorded(disk: string): void {
+    const m = this.store.mirror(disk);
+    const { volume } = this.disks.entry(disk);
+    if (!m || !volume?.staging) throw new FerryError('NO_MIRROR', `disk '${disk}' has no recorded mirror to start`);
+    this.startRemote(m, volume);
   }
 
   /** Mirrors that use the peer (it is not removed while they do). */

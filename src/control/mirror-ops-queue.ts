@@ -6,7 +6,7 @@
 // pause or resume, in order, and at most opsWaitingMax of them per disk.
 import { FerryError } from '../errors.js';
 
-export type MirrorOp = 'create' | 'remove' | 'swap' | 'verify' | 'promote' | 'pause' | 'resume';
+export type MirrorOp = 'create' | 'remove' | 'swap' | 'verify' | 'promote' | 'pause' | 'resume' | 'switchover';
 
 /** Pause and resume queued behind one another on one disk; more are refused as busy. */
 const opsWaitingMax = 8;

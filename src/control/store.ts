@@ -88,11 +88,14 @@ const migrations: string[] = [
    ALTER TABLE mirrors ADD COLUMN compress TEXT NOT NULL DEFAULT 'none' CHECK (compress IN ('zstd', 'none'));
    ALTER TABLE mirrors ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;`,
   // Disaster recovery state of a disk in a mirror relationship (control/dr-store.ts): its
-  // generation history, fenced or split brain, and, after a promote, the former primary.
+  // generation history, fenced, split brain or switching over (with the switchover's
+  // generation, pending until the roles are reversed), and, after a promote or a switchover,
+  // the former primary.
   `CREATE TABLE dr_disks (
      disk TEXT PRIMARY KEY REFERENCES disks(name) ON DELETE CASCADE,
      generations TEXT NOT NULL,
-     state TEXT NOT NULL DEFAULT 'normal' CHECK (state IN ('normal', 'fenced', 'split-brain')),
+     state TEXT NOT NULL DEFAULT 'normal' CHECK (state IN ('normal', 'fenced', 'split-brain', 'switching')),
+     pending TEXT,
      state_reason TEXT,
      state_at INTEGER,
      diverged INTEGER NOT NULL DEFAULT 0,

@@ -69,6 +69,8 @@ export class NbdServer {
   private readonly server: net.Server;
   private readonly negotiating = new Set<net.Socket>();
   private readonly sessions = new Set<Transmission>();
+  /** The disk each session serves (disconnect()). */
+  private readonly sessionDisks = new Map<Transmission, string>();
   private readonly secureContext: tls.SecureContext | undefined;
   private readonly opts: NbdServerOptions;
   private readonly limiter: ConnectionLimiter;
@@ -159,8 +161,10 @@ export class NbdServer {
           log,
         });
         this.sessions.add(session);
+        this.sessionDisks.set(session, result.volume.name);
         void session.done.then(() => {
           this.sessions.delete(session);
+          this.sessionDisks.delete(session);
           this.opts.log.info({ remote, disk: result.volume.name }, 'NBD client detached');
         });
       })
@@ -170,6 +174,13 @@ export class NbdServer {
         log('negotiation failed', { err: String(err) });
         socket.destroy();
       });
+  }
+
+  /** Closes the connections to one disk, each after its in-flight requests are answered; resolves with how many. */
+  async disconnect(disk: string): Promise<number> {
+    const mine = [...this.sessions].filter((s) => this.sessionDisks.get(s) === disk);
+    await Promise.all(mine.map((s) => s.shutdown()));
+    return mine.length;
   }
 
   /** Stops accepting, lets every in-flight request finish and reply, then closes all connections. */

@@ -59,6 +59,8 @@ export interface ReplicaHost {
   release(disk: string): Promise<void>;
   /** The replica's generation history (replication/generations.ts), sent back with every attach. */
   generations(disk: string): unknown[];
+  /** A planned switchover: the replica becomes the primary (control/switchover.ts); the answer's fields. */
+  switchover(disk: string, meta: Record<string, unknown>, from: { peer: string; address: string | null }): Promise<Record<string, unknown>>;
 }
 
 const recordTypes = new Set<number>([RecordType.WRITE, RecordType.ZERO, RecordType.TRIM]);
@@ -210,6 +212,12 @@ export class Receiver {
         case 'synced':
           await this.recordSyncState(h.disk, f.meta);
           return this.respond(id);
+        case 'switchover': {
+          // Every record received first (the primary sent them all before asking).
+          await this.ackChain;
+          const out = await this.host.switchover(h.disk, f.meta, { peer: this.session.peer.name, address: this.session.socket.remoteAddress ?? null });
+          return this.respond(id, out);
+        }
         case 'release':
           await this.ackChain;
           await this.host.release(h.disk);

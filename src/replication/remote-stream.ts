@@ -180,6 +180,15 @@ export class RemoteStream implements JournalConsumer {
     return this.stopped;
   }
 
+  /**
+   * Connected and heard from within `ms`: the mirror site answers at least every 2 s while
+   * attached (acknowledgements, or its keepalive), so a link silent for longer is one this
+   * site has not yet declared dead (it does so only while it waits on an answer).
+   */
+  heardWithin(ms: number): boolean {
+    return this.state === 'connected' && Date.now() - this.lastHeardMs <= ms;
+  }
+
   get isDetached(): boolean {
     return this.detached;
   }

@@ -7,6 +7,7 @@
 //    resync began, although resync chunks and streamed records had overwritten parts of it;
 //  - fail-back: site A comes back fenced (B was promoted past it: writes refused), B is given
 //    A's address (`peer set`) and mirrors the promoted disk back to A, which ends the fence;
+//    A then takes the disk back with a promote, and B is fenced in turn;
 //  - a resync that completes deletes the undo log, and B equals A;
 //  - `mirror remove --force` at A mid-resync releases B at its last consistent image;
 //  - promoting an in-sync replica gives the newest image, and the primary site, still up,
@@ -139,6 +140,14 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     assert.equal(replicaAtA.dr.generation, (await mirrorStatus(s.b, 'lost-dr')).dr.generation);
     const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.b.uri('lost-dr'), s.a.uri('lost')], { timeoutMs: 120_000 });
     assert.equal(cmp.code, 0, `A's disk is B's again: ${cmp.stdout}${cmp.stderr}`);
+    // The last step of the round trip (docs/CLI.md): A takes the disk back with a promote; B,
+    // still up and mirroring to it, learns at its next attach and is fenced in turn.
+    await cliJson(s.a, ['mirror', 'promote', 'lost']);
+    const bFenced = await waitStatus(s.b, 'lost-dr', 'B fenced by the promote at A', (x) => x.dr?.state === 'fenced', 60_000);
+    assert.match(bFenced.dr.reason, new RegExp(`${s.aName} was promoted past this site`));
+    const refusedAtB = await qemuIo(s.b.uri('lost-dr'), ['write -P 0x55 0 4k']);
+    assert.match(refusedAtB.stdout + refusedAtB.stderr, /Operation not permitted/, 'B refuses writes now');
+    await qemuIoOk(s.a.uri('lost'), ['write -P 0x66 0 64k', 'read -P 0x66 0 64k']);
   });
 
   it('a resync that completes deletes the undo log; promote in sync gives the newest image', LONG, async () => {

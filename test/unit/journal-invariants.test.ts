@@ -373,6 +373,7 @@ test('the mirror site: acknowledged only when durable, staged and applied in ord
     beginResync: async () => undefined,
     release: async () => undefined,
     generations: () => [],
+    switchover: async () => ({}),
   };
   const toB = new PassThrough();
   const fromB = new PassThrough();
