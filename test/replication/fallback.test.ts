@@ -7,7 +7,8 @@
 //    resync began, although resync chunks and streamed records had overwritten parts of it;
 //  - fail-back: site A comes back fenced (B was promoted past it: writes refused), B is given
 //    A's address (`peer set`) and mirrors the promoted disk back to A, which ends the fence;
-//    A then takes the disk back with a promote, and B is fenced in turn;
+//    a switchover run at A then makes A the primary again and B its replica (the round trip
+//    of docs/CLI.md, command for command);
 //  - a resync that completes deletes the undo log, and B equals A;
 //  - `mirror remove --force` at A mid-resync releases B at its last consistent image;
 //  - promoting an in-sync replica gives the newest image, and the primary site, still up,
@@ -114,6 +115,7 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     // At A: its mirror of 'lost' learns B was promoted past it (A is fenced); abandon it, free the disk.
     const fenced = await waitStatus(s.a, 'lost', 'the link reports the promoted replica', (st) => st.dr?.state === 'fenced' && /fenced/i.test(st.link?.lastError ?? ''), 60_000);
     assert.match(fenced.dr.reason, /site-b was promoted past this site/);
+    assert.equal((await cliJson(s.a, ['mirror', 'generations', 'lost'])).state, 'fenced');
     const refused = await qemuIo(s.a.uri('lost'), ['write -P 0x55 0 4k']);
     assert.match(refused.stdout + refused.stderr, /Operation not permitted/, 'a fenced disk refuses writes');
     const abandoned = await cliJson(s.a, ['mirror', 'remove', 'lost', '--force']);
@@ -131,7 +133,7 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     assert.equal(set.address, aSite.replication);
     assert.equal((await cliJson(s.b, ['peer', 'show', s.aName])).check.authenticated, true, 'B reaches A, both identities pinned');
     // B's disk (its rolled-back image plus what was written since) goes back to A's disk, checksum sync.
-    await cliJson(s.b, ['mirror', 'create', 'lost-dr', '--to', `${s.aName}:lost`, '--staging', path.join(work, 'back.stg'), '--staging-size', '64M', '--sync', 'checksum', '--compress', 'none']);
+    await cliJson(s.b, ['mirror', 'create', 'lost-dr', '--to', `${s.aName}:lost`, '--staging', path.join(work, 'back.stg'), '--staging-size', '64M', '--sync', 'checksum', '--compress', 'none', '--wait']);
     const st = await waitStatus(s.b, 'lost-dr', 'in sync with A', (x) => x.state === 'in-sync' && x.consistent && x.lagRecords === 0, 120_000);
     t.diagnostic(`fail-back in sync: ${JSON.stringify(st.link)}`);
     const replicaAtA = await waitStatus(s.a, 'lost', 'A holds the replica', (x) => x.role === 'replica' && x.consistent && x.lagRecords === 0, 60_000);
@@ -140,14 +142,18 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     assert.equal(replicaAtA.dr.generation, (await mirrorStatus(s.b, 'lost-dr')).dr.generation);
     const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.b.uri('lost-dr'), s.a.uri('lost')], { timeoutMs: 120_000 });
     assert.equal(cmp.code, 0, `A's disk is B's again: ${cmp.stdout}${cmp.stderr}`);
-    // The last step of the round trip (docs/CLI.md): A takes the disk back with a promote; B,
-    // still up and mirroring to it, learns at its next attach and is fenced in turn.
-    await cliJson(s.a, ['mirror', 'promote', 'lost']);
-    const bFenced = await waitStatus(s.b, 'lost-dr', 'B fenced by the promote at A', (x) => x.dr?.state === 'fenced', 60_000);
-    assert.match(bFenced.dr.reason, new RegExp(`${s.aName} was promoted past this site`));
-    const refusedAtB = await qemuIo(s.b.uri('lost-dr'), ['write -P 0x55 0 4k']);
-    assert.match(refusedAtB.stdout + refusedAtB.stderr, /Operation not permitted/, 'B refuses writes now');
+    // The last step of the round trip (docs/CLI.md), run at A, the replica: a switchover makes
+    // A the primary again and B its replica, with nothing copied.
+    const back = await cliJson(s.a, ['mirror', 'switchover', 'lost', '--force']);
+    t.diagnostic(`switched back: ${JSON.stringify(back)}`);
+    assert.equal(back.primary, `${s.aName}:lost`);
     await qemuIoOk(s.a.uri('lost'), ['write -P 0x66 0 64k', 'read -P 0x66 0 64k']);
+    const bNow = await waitStatus(s.b, 'lost-dr', 'B follows A again', (x) => x.role === 'replica' && x.consistent && x.lagRecords === 0, 60_000);
+    assert.equal(bNow.target, `${s.aName}:lost`);
+    const refusedAtB = await qemuIo(s.b.uri('lost-dr'), ['write -P 0x55 0 4k']);
+    assert.match(refusedAtB.stdout + refusedAtB.stderr, /Operation not permitted|Permission denied/, 'B, a replica again, refuses writes');
+    const cmp2 = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.a.uri('lost'), s.b.uri('lost-dr')], { timeoutMs: 120_000 });
+    assert.equal(cmp2.code, 0, `B is A's again: ${cmp2.stdout}${cmp2.stderr}`);
   });
 
   it('a resync that completes deletes the undo log; promote in sync gives the newest image', LONG, async () => {
