@@ -10,6 +10,7 @@
 //    under the workload, once the client is stopped, no more than the records staged and not
 //    yet acknowledged then (the link is held cut meanwhile so that there are some); an idle
 //    switchover back is run at the replica site (it asks the primary site);
+//  - refusals (no mirror, a local mirror, a sync not complete, the link down) change nothing;
 //  - kill -9 at each step (FERRY_FAILPOINT, src/control/failpoint.ts) of either site, then a
 //    restart: never two writable primaries, exactly one once the site that status names
 //    `switching` runs `mirror switchover` again (or by itself when the peer had taken over),
@@ -147,6 +148,37 @@ describe('planned switchover of a remote mirror', () => {
       next = wr.next;
       await identical(site(to), toDisk, site(from), fromDisk, `after ${from} → ${to}`);
     }
+  });
+
+  it('refusals change nothing: no mirror, a local mirror, not in sync, link down', LONG, async () => {
+    await s.a.createDisk('plain', 16 * MiB);
+    await cliFails(s.a, ['mirror', 'switchover', 'plain'], 'NO_MIRROR');
+    await cliFails(s.a, ['mirror', 'switchover', 'nosuch'], 'DISK_NOT_FOUND');
+    await s.a.createDisk('loc', 16 * MiB);
+    await cliJson(s.a, ['mirror', 'create', 'loc', '--to', `local:${path.join(work, 'loc-mirror.img')}`, '--staging', path.join(work, 'loc.stg'), '--staging-size', '64M']);
+    await cliFails(s.a, ['mirror', 'switchover', 'loc'], 'BAD_REQUEST');
+    // Still syncing (a slow link holds the first sync open).
+    s.proxy.bytesPerSec = 256 * 1024;
+    await s.a.createDisk('slow', DISK);
+    await qemuIoOk(s.a.uri('slow'), [`write -P 0x5a 0 ${DISK}`]);
+    await cliJson(s.a, ['mirror', 'create', 'slow', '--to', `${s.peer}:slow-dr`, '--staging', path.join(work, 'slow.stg'), '--staging-size', '64M', '--compress', 'none']);
+    await cliFails(s.a, ['mirror', 'switchover', 'slow'], 'MIRROR_NOT_IN_SYNC');
+    s.proxy.bytesPerSec = 0;
+    await waitStatus(s.a, 'slow', 'in sync', (x) => x.state === 'in-sync' && x.lagRecords === 0 && x.link?.state === 'connected', 120_000);
+    // The link down.
+    s.proxy.cut();
+    try {
+      await qemuIoOk(s.a.uri('slow'), ['write -P 0x5b 0 64k']);
+      await waitStatus(s.a, 'slow', 'link down', (x) => x.link?.state !== 'connected', 60_000);
+      await cliFails(s.a, ['mirror', 'switchover', 'slow'], 'PEER_UNREACHABLE');
+    } finally {
+      s.proxy.restore();
+    }
+    const st = await waitStatus(s.a, 'slow', 'in sync again', (x) => x.state === 'in-sync' && x.lagRecords === 0 && x.link?.state === 'connected', 60_000);
+    assert.equal(st.role, 'primary');
+    assert.equal(st.dr.state, 'normal', 'nothing changed');
+    await qemuIoOk(s.a.uri('slow'), ['write -P 0x5c 0 64k']);
+    assert.equal((await mirrorStatus(s.b, 'slow-dr')).role, 'replica');
   });
 
   it('kill -9 at each step of a switchover, either site: never two primaries, one after a restart, and the pair converges', LONG, async (t) => {
