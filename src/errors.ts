@@ -71,6 +71,8 @@ export const ERRORS = {
   SCRATCH_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the scratch area is too small' },
   SCRATCH_FULL: { http: 507, nbd: NbdErrno.ENOSPC, summary: 'the scratch area of the test failover is full' },
   TEST_IMAGE_LOST: { http: 409, nbd: NbdErrno.EIO, summary: 'the test image is lost' },
+  FENCED: { http: 409, nbd: NbdErrno.EPERM, summary: 'the disk is fenced: its peer site was promoted past it, so it takes no writes' },
+  SPLIT_BRAIN: { http: 409, nbd: NbdErrno.EINVAL, summary: 'both sites took writes since they diverged; the administrator chooses the side to discard' },
   // Peers and the replication link.
   PEER_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no peer has that name' },
   PEER_EXISTS: { http: 409, nbd: NbdErrno.EINVAL, summary: 'a peer with that name or identity exists' },

@@ -2,6 +2,7 @@
 // promote and remove, and the policies a request sets. Routes (routes.ts) declare them;
 // OpenAPI and the CLI's types (types.ts) come from them.
 import { Type } from '@sinclair/typebox';
+import { DrSchema } from './dr-routes.js';
 
 /** A test failover (DR drill) of a replica at the mirror site (drill-routes.ts), in the mirror status of both sites. */
 export const TestFailoverSchema = Type.Object({
@@ -89,6 +90,7 @@ export const MirrorSchema = Type.Object({
     Type.Null(),
   ], { description: 'a `mirror verify` running now: how far it got' }),
   test: Type.Union([TestFailoverSchema, Type.Null()], { description: 'a test failover (DR drill) of the replica at the mirror site, as that site reports it (on both sites); null when none' }),
+  dr: Type.Optional(DrSchema),
 });
 
 /** The policies a mirror creation or `mirror set` gives (PATCH /v1/disks/{name}/mirror takes them alone). */

@@ -6,6 +6,7 @@ import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
 import { peerRoutes } from './peer-routes.js';
 import { drillRoutes } from './drill-routes.js';
+import { DrSchema, drRoutes, withDr } from './dr-routes.js';
 import { MirrorPolicyChange, MirrorPolicyFields, MirrorSchema, PromoteSchema, RemovedMirrorSchema, SwapSchema, VerifySchema } from './mirror-schemas.js';
 
 export { MirrorSchema, PromoteSchema, RemovedMirrorSchema, SwapSchema, VerifySchema } from './mirror-schemas.js';
@@ -63,6 +64,7 @@ export const DiskSchema = Type.Object({
   allocatedBytes: Type.Union([Type.Integer(), Type.Null()]),
   createdAt: Type.String({ format: 'date-time' }),
   stats: Type.Union([Stats, Type.Null()]),
+  dr: Type.Optional(DrSchema),
 });
 
 export const PoolSchema = Type.Object({ name: Type.String(), path: Type.String(), disks: Type.Integer(), createdAt: Type.String() });
@@ -147,7 +149,7 @@ export const routes: RouteDef[] = [
     summary: 'List disks',
     tag: 'disks',
     response: Type.Array(DiskSchema),
-    handler: (d) => d.disks.list(),
+    handler: (d) => d.disks.list().map((x) => withDr(d, x)),
   },
   {
     method: 'POST',
@@ -180,7 +182,7 @@ export const routes: RouteDef[] = [
     tag: 'disks',
     params: NameParam,
     response: DiskSchema,
-    handler: (d, { params }) => d.disks.get(params.name!),
+    handler: (d, { params }) => withDr(d, d.disks.get(params.name!)),
   },
   {
     method: 'DELETE',
@@ -305,7 +307,7 @@ export const routes: RouteDef[] = [
     summary: 'Status of every mirror: state, consistency, sync progress, lag',
     tag: 'mirrors',
     response: Type.Array(MirrorSchema),
-    handler: (d) => d.mirrors.status(),
+    handler: (d) => d.mirrors.status().map((x) => withDr(d, x)),
   },
   {
     method: 'GET',
@@ -315,7 +317,7 @@ export const routes: RouteDef[] = [
     tag: 'mirrors',
     params: NameParam,
     response: MirrorSchema,
-    handler: (d, { params }) => d.mirrors.status(params.name!)[0],
+    handler: (d, { params }) => withDr(d, d.mirrors.status(params.name!)[0]!),
   },
   ...(['pause', 'resume'] as const).map(
     (action): RouteDef => ({
@@ -403,4 +405,5 @@ export const routes: RouteDef[] = [
   },
   ...peerRoutes,
   ...drillRoutes,
+  ...drRoutes,
 ];

@@ -16,6 +16,7 @@ import type {
 } from './routes.js';
 import type { PeerDetailsSchema, PeerSchema, SiteSchema, TokenSchema } from './peer-routes.js';
 import type { TestEndSchema, TestFailoverDetailsSchema } from './drill-routes.js';
+import type { DrSchema, SwitchoverSchema } from './dr-routes.js';
 
 export type Disk = Static<typeof DiskSchema>;
 export type Pool = Static<typeof PoolSchema>;
@@ -33,3 +34,5 @@ export type PeerDetails = Static<typeof PeerDetailsSchema>;
 export type PairingToken = Static<typeof TokenSchema>;
 export type TestFailover = Static<typeof TestFailoverDetailsSchema>;
 export type TestEnd = Static<typeof TestEndSchema>;
+export type DiskDr = Static<typeof DrSchema>;
+export type SwitchoverResult = Static<typeof SwitchoverSchema>;

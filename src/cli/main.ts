@@ -15,6 +15,7 @@ import { registerStatusCommand } from './status-command.js';
 import { registerMirrorCommands } from './mirror-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
 import { registerDrillCommands } from './drill-commands.js';
+import { registerDrCommands } from './dr-commands.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -39,6 +40,7 @@ function diskDetails(d: DiskInfo): string {
     ['read-only', d.readOnly ? 'yes' : 'no'],
     ['clients', String(d.clients)],
     ['created', d.createdAt],
+    ...(d.dr ? ([['dr', `${d.dr.state}${d.dr.reason ? ` (${d.dr.reason})` : ''}, generation ${d.dr.generation ?? '-'}`]] as Array<[string, string]>) : []),
   ]);
 }
 
@@ -168,6 +170,7 @@ registerStagingCommands(program);
 registerMirrorCommands(program);
 registerDrillCommands(program);
 registerPeerCommands(program);
+registerDrCommands(program);
 
 async function main(): Promise<void> {
   try {

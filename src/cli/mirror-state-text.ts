@@ -4,6 +4,8 @@
 import type { Mirror as MirrorStatus } from '../api/types.js';
 
 export function mirrorStateText(m: MirrorStatus): string {
+  // Fenced or split brain says more than any state of the stream (which is held).
+  if (m.dr && m.dr.state !== 'normal') return `${m.dr.state} (${m.state})`;
   const notes: string[] = [];
   if (m.link && m.link.state !== 'connected') notes.push(`link ${m.link.state}`);
   if (m.syncError) notes.push('sync failing');

@@ -22,9 +22,11 @@ import { PeerControl } from './peer-control.js';
 import { loadOrCreateIdentity, type SiteIdentity } from '../replication/identity.js';
 import { ReplListener } from '../replication/repl-listener.js';
 import { connectPeer } from '../replication/peer-connector.js';
-import { Receiver } from '../replication/receiver.js';
+import { Receiver, type ReplicaHost } from '../replication/receiver.js';
 import { ReplicaControl } from './replica-control.js';
 import { DrillControl } from './drill-control.js';
+import { DrControl } from './dr-control.js';
+import { SwitchoverControl } from './switchover.js';
 import { lockPath, type FileLock } from '../disk/file-lock.js';
 import type { ConnectionLimits } from '../net/connection-limiter.js';
 
@@ -59,6 +61,8 @@ export class Daemon {
   mirrors!: MirrorControl;
   replicas!: ReplicaControl;
   drills!: DrillControl;
+  dr!: DrControl;
+  switchovers!: SwitchoverControl;
   identity!: SiteIdentity;
   peers!: PeerControl;
   repl!: ReplListener;
@@ -101,13 +105,15 @@ export class Daemon {
     this.store = new MetadataStore(path.join(dir, DB_FILE));
     this.disks = new DiskRegistry(this.store, dir, this.log);
     this.staging = new StagingControl(this.store, this.disks, dir, this.log);
-    this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log);
+    this.dr = new DrControl(this.store, this.log);
+    this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log, this.dr);
     const identity = this.identity;
     const store = this.store;
     this.mirrors = new MirrorControl(this.store, this.disks, this.staging, dir, this.log, {
       peer: (name) => store.peer(name),
       connect: (peer, hello) => connectPeer(identity, peer, hello),
       replicas: this.replicas,
+      dr: this.dr,
     });
     const mirrors = this.mirrors;
     this.peers = new PeerControl(this.store, this.identity, this.log, { inUse: (name) => mirrors.usesPeer(name) });
@@ -126,7 +132,32 @@ export class Daemon {
     const nbd = this.nbd;
     this.drills = new DrillControl({ store: this.store, disks: this.disks, replicas: this.replicas, disconnect: (v) => nbd.disconnect(v) }, dir, this.log);
     this.nbdAddress = await this.nbd.listen();
+    this.switchovers = new SwitchoverControl({
+      store: this.store,
+      disks: this.disks,
+      mirrors,
+      replicas: this.replicas,
+      dr: this.dr,
+      disconnectClients: (disk) => {
+        const volume = this.disks.volume(disk);
+        return volume ? this.nbd.disconnect(volume) : Promise.resolve(0);
+      },
+      replPort: () => this.replAddress.port,
+      siteName: this.identity.siteName,
+      connect: (peer) => connectPeer(identity, peer, { purpose: 'control' }),
+      log: this.log,
+    });
     const replicas = this.replicas;
+    const switchovers = this.switchovers;
+    // What a replication session asks of this site: its replicas, and a switchover's take-over.
+    const replicaHost: ReplicaHost = {
+      attach: (peer, meta) => replicas.attach(peer, meta),
+      markSynced: (disk, synced) => replicas.markSynced(disk, synced),
+      beginResync: (disk) => replicas.beginResync(disk),
+      release: (disk) => replicas.release(disk),
+      generations: (disk) => replicas.generations(disk),
+      switchover: (disk, meta, from) => switchovers.takeOver(disk, meta, from),
+    };
     this.repl = new ReplListener({
       host: this.config.repl.host,
       port: this.config.repl.port,
@@ -135,11 +166,15 @@ export class Daemon {
       pairing: this.peers.pairing,
       limits: this.config.limits?.repl,
       onSession: (session) => {
+        if (session.hello.purpose === 'control' && this.ready) {
+          void switchovers.serveControl(session);
+          return;
+        }
         if (session.hello.purpose !== 'mirror' || !this.ready) {
           session.socket.destroy();
           return;
         }
-        void new Receiver(session, replicas, this.log.child({ peer: session.peer.name })).run();
+        void new Receiver(session, replicaHost, this.log.child({ peer: session.peer.name })).run();
       },
       log: this.log,
     });
@@ -149,6 +184,7 @@ export class Daemon {
   /** Opens every registered disk, recovering its staging area and mirror (after open()). */
   async load(): Promise<void> {
     await this.disks.load(async (row, volume) => {
+      this.dr.openAtStart(row.name, volume); // a fenced disk refuses writes before any client is served
       await this.replicas.guardAtStart(row, volume); // before the staging area replays (U1)
       await this.staging.openAtStart(row, volume);
       await this.mirrors.openAtStart(row, volume);

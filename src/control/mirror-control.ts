@@ -18,6 +18,7 @@ import { checkTarget, parseRemote, type Target } from './mirror-target.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, MirrorRow, PeerRow } from './store.js';
 import type { PromoteReport, ReplicaControl } from './replica-control.js';
+import type { DrControl } from './dr-control.js';
 import type { PeerSession } from '../replication/peer-session.js';
 import { RemoteStream } from '../replication/remote-stream.js';
 import { RemoteStore } from '../replication/remote-store.js';
@@ -39,9 +40,12 @@ export interface RemoteSites {
   peer(name: string): PeerRow | undefined;
   connect(peer: PeerRow, hello: Record<string, unknown>): Promise<PeerSession>;
   replicas: ReplicaControl;
+  dr: DrControl;
 }
 
 const firstAttachMsMax = 30_000;
+/** A write while the mirror site has been silent this long may be one it never gets: a new generation (dr-control.ts). */
+const DIVERGENCE_SILENCE_MS = 5_000;
 
 function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'rpo_ms'> {
   return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, rpo_ms: p.rpoMs };
@@ -134,7 +138,8 @@ export class MirrorControl {
     const { peer, remoteDisk } = parseRemote(m.target);
     const sites = this.remoteSites();
     const journal = volume.staging!.journal;
-    return new RemoteStream({
+    sites.dr.ensureHistory(m.disk); // a new mirror, or one from before generations: its first
+    const stream: RemoteStream = new RemoteStream({
       disk: m.disk,
       peer,
       remoteDisk,
@@ -149,14 +154,19 @@ export class MirrorControl {
         const fresh = row !== undefined && row.sync_cursor === 0 && row.sync_done === 0 && row.resync === 0;
         // While the mirror site's copy is being rewritten anyway (a sync, a resync), it may restart its numbering here (rebase).
         const rebase = row !== undefined && (row.resync === 1 || row.sync_done === 0);
-        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase };
+        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase, generations: sites.dr.history(m.disk) };
       },
+      held: () => sites.dr.held(m.disk),
+      onAttached: (reply) => sites.dr.primaryAttached(m.disk, peer, reply.meta.generations),
+      onFailed: (err) => sites.dr.primaryFailed(m.disk, peer, err),
       admit: (r) => holds.admit(r.diskOffset, r.length),
       onLinkUp: () => this.mirrors.get(m.disk)?.linkBack(),
       bandwidthBytesPerSec: m.bandwidth,
       compress: m.compress === 'zstd',
       log: this.log.child({ disk: m.disk, mirror: m.target }),
     });
+    sites.dr.watchPrimary(m.disk, volume, () => (stream.isStopped ? null : stream.heardWithin(DIVERGENCE_SILENCE_MS)));
+    return stream;
   }
 
   private remoteSites(): RemoteSites {
@@ -187,6 +197,7 @@ export class MirrorControl {
       bitmapFile: this.bitmapFile(m.disk),
       onResync: (pending) => {
         this.store.updateMirror(m.disk, pending ? { resync: 1, sync_done: 0 } : { resync: 0 });
+        if (pending && stream) this.remote?.dr.rotate(m.disk, 'resync');
         if (pending && stream) stream.request({ op: 'synced', synced: false }).catch(() => undefined);
       },
       remote: stream,
@@ -457,6 +468,38 @@ export class MirrorControl {
       if (!volume?.staging) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
       return swapRoles({ store: this.store, disks: this.disks, log: this.log }, disk, m, volume);
     });
+  }
+
+  // ---- for a planned switchover (switchover.ts) ----
+
+  /** Runs `fn` as the only operation on the mirror of `disk`. */
+  exclusive<T>(disk: string, op: 'switchover', fn: () => T | Promise<T>): Promise<T> {
+    return this.ops.run(disk, op, fn);
+  }
+
+  /** The running remote mirror of `disk` and its stream, if it has one. */
+  remoteOf(disk: string): { mirror: Mirror; stream: RemoteStream } | null {
+    const mirror = this.mirrors.get(disk);
+    const stream = this.streams.get(disk);
+    return mirror && stream ? { mirror, stream } : null;
+  }
+
+  /** Stops the remote mirror of `disk` (its row, consumer and the replica stay as they are). */
+  async stopRemote(disk: string): Promise<void> {
+    const m = this.mirrors.get(disk);
+    this.streams.delete(disk);
+    this.rpo.delete(disk);
+    this.mirrors.delete(disk);
+    await m?.close();
+    await m?.targetStore.close();
+  }
+
+  /** Starts the remote mirror recorded for `disk` (a replica that just became the primary). */
+  startRecorded(disk: string): void {
+    const m = this.store.mirror(disk);
+    const { volume } = this.disks.entry(disk);
+    if (!m || !volume?.staging) throw new FerryError('NO_MIRROR', `disk '${disk}' has no recorded mirror to start`);
+    this.startRemote(m, volume);
   }
 
   /** Mirrors that use the peer (it is not removed while they do). */

@@ -8,7 +8,8 @@
 // | still syncing        | MIRROR_NOT_IN_SYNC, nothing changed | removed, copy `incomplete`            |
 // | paused               | removed, copy `as-of-pause`        | same                                  |
 // | remote, site silent  | PEER_UNREACHABLE after removeWaitMs | removed, copy `unknown` (and why)     |
-// | remote, site says it holds no replica | (as silent)        | removed at once, copy `unknown`       |
+// | remote, site says it holds no replica, | (as silent)       | removed at once, copy `unknown`       |
+// |   or refuses us (FENCED, SPLIT_BRAIN)  |                   |                                       |
 // | otherwise            | drained, removed, `up-to-date`     | same                                  |
 import fs from 'node:fs';
 import type { Logger } from 'pino';
@@ -47,8 +48,8 @@ export async function removeMirror(ctx: { store: MetadataStore; log: Logger }, t
   }
   /** Why the mirror site did not confirm the last records and the release (forced removal only). */
   let unconfirmed: string | null = null;
-  if (stream && opts.force && stream.lastErrorCode === 'NO_MIRROR' && stream.state !== 'connected') {
-    // The mirror site already answered that it holds no such replica: nothing to wait for.
+  if (stream && opts.force && ['NO_MIRROR', 'FENCED', 'SPLIT_BRAIN'].includes(stream.lastErrorCode ?? '') && stream.state !== 'connected') {
+    // The mirror site already answered that it holds no such replica (or refuses this site): nothing to wait for.
     unconfirmed = stream.lastError ?? 'the mirror site holds no such replica';
   } else if (stream) {
     // The mirror site gets every record, then releases its replica (a normal disk there from then on).

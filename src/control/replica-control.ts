@@ -13,6 +13,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { STAGING_BYTES_MIN } from '../journal/journal.js';
+import { MIRROR_CONSUMER } from '../volume/consumer.js';
 import type { ReplicaHandle, ReplicaHost } from '../replication/receiver.js';
 import { UndoGuardStore } from '../replication/undo-guard-store.js';
 import { UndoLog, UndoState } from '../replication/undo-log.js';
@@ -23,6 +24,7 @@ import type { DiskRegistry } from './disk-registry.js';
 import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, ReplicaRow } from './store.js';
+import type { DrControl } from './dr-control.js';
 
 /** The staging area of a replica: as large as the primary site's, within these bounds. */
 const replicaStagingBytesMax = 64 * 1024 * 1024 * 1024;
@@ -59,7 +61,7 @@ function replicaRpo(targetMs: number | null, imageAtMs: number | null): RpoStatu
   };
 }
 
-export class ReplicaControl implements ReplicaHost {
+export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
   private readonly handles = new Map<string, ReplicaHandle>();
   private readonly creating = new Set<string>();
   /** Replicas whose undo log is active: their disk is wrapped in the guard (U1). */
@@ -74,7 +76,13 @@ export class ReplicaControl implements ReplicaHost {
     private readonly staging: StagingControl,
     private readonly dataDir: string,
     private readonly log: Logger,
+    /** Generation histories and fencing (dr-control.ts). */
+    private readonly dr: DrControl,
   ) {}
+
+  generations(disk: string): unknown[] {
+    return this.dr.history(disk);
+  }
 
   private undoFile(disk: string): string {
     return path.join(this.dataDir, REPLICA_STAGING_DIR, `${disk}.undo`);
@@ -165,8 +173,11 @@ export class ReplicaControl implements ReplicaHost {
       const h = this.handles.get(disk);
       if (!h) throw new FerryError('DISK_UNAVAILABLE', `replica '${disk}' is not online here`);
       if (this.promoting.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being promoted at this site`);
+      this.dr.replicaAttach(disk, peer, meta.generations);
       return { handle: h, created: false };
     }
+    // A disk promoted from this very peer's disk answers from its history (the peer is stale: FENCED, or split brain).
+    this.dr.formerReplicaAttach(disk, peer, originDisk, meta.generations);
     if (meta.create !== true) throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica of ${peer}:${originDisk} here (was the mirror removed at this site?)`);
     if (this.creating.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being created`);
     this.creating.add(disk);
@@ -208,6 +219,7 @@ export class ReplicaControl implements ReplicaHost {
     }
     const row: ReplicaRow = { disk, peer, origin_disk: originDisk, synced: 0, created_disk: createdDisk ? 1 : 0, created_at: Date.now() };
     this.store.insertReplica(row);
+    this.dr.replicaCreated(disk, meta.generations);
     const { volume } = this.disks.entry(disk);
     volume!.setReplicaHold(true);
     const h = this.newHandle(disk, volume!, peer);
@@ -332,13 +344,56 @@ export class ReplicaControl implements ReplicaHost {
         await guard.undo.remove();
         report = { disk, image: 'rolled-back', seq: guard.undo.baseSeq, restoredBytes: bytes };
       }
-      this.store.deleteReplica(disk);
+      // A promote ends the replica and starts the disk's new generation in one transaction.
+      if (dropSession) this.dr.promoted(disk, row.peer, row.origin_disk, () => this.store.deleteReplica(disk));
+      else this.store.deleteReplica(disk);
       this.handles.delete(disk);
       h.volume.setReplicaHold(false);
       return report;
     } finally {
       this.promoting.delete(disk);
     }
+  }
+
+  /**
+   * Switchover, at the replica (control/switchover.ts): every record received is applied,
+   * the journal gets the mirror consumer (at its head: the next record this site writes), and
+   * `commit` reverses the roles in one transaction (replica row → mirror row). Only then is
+   * the disk writable. Refused, changing nothing, unless in sync and holding every record up
+   * to `lastSeq` (what the primary wrote before it stopped writes).
+   */
+  async takeOver(disk: string, peer: string, lastSeq: number, commit: (row: ReplicaRow) => void): Promise<void> {
+    const row = this.store.replica(disk);
+    const h = this.handles.get(disk);
+    if (!row || !h) throw new FerryError('NO_MIRROR', `disk '${disk}' is not a replica at this site`);
+    if (row.peer !== peer) throw new FerryError('DISK_BUSY', `disk '${disk}' is the replica of ${row.peer}, not of ${peer}`);
+    if (row.synced !== 1 || this.guards.has(disk)) throw new FerryError('MIRROR_NOT_IN_SYNC', `replica '${disk}' is not in sync: it cannot take over`);
+    if (this.promoting.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being promoted`);
+    this.promoting.add(disk);
+    try {
+      const c = h.staged.committer;
+      if (c.isPaused) c.resume();
+      await h.staged.drain();
+      const j = h.staged.journal;
+      await j.sync();
+      if (j.writtenSeq !== lastSeq) throw new FerryError('MIRROR_NOT_IN_SYNC', `replica '${disk}' holds records up to ${j.writtenSeq}; the primary site wrote up to ${lastSeq}`);
+      // The consumer first: a mirror row without it would be taken at start for a new mirror (a full sync).
+      if (!j.hasConsumer(MIRROR_CONSUMER)) await j.addConsumer(MIRROR_CONSUMER);
+      h.released = true; // no frame of the old primary's session touches it again
+      commit(row);
+      this.handles.delete(disk);
+      h.volume.setReplicaHold(false);
+    } finally {
+      this.promoting.delete(disk);
+    }
+  }
+
+  /** Switchover, at the old primary: its disk, recorded as the replica of `peer` (switchover.ts), is held and receives again. */
+  adoptAfterSwitchover(disk: string, peer: string): void {
+    const { volume } = this.disks.entry(disk);
+    assert.ok(volume?.staging && this.store.replica(disk), 'a disk is adopted as a replica only once recorded as one, with its staging area');
+    volume.setReplicaHold(true);
+    this.handles.set(disk, this.newHandle(disk, volume, peer));
   }
 
   /** Status in the same shape as a mirror's, seen from this (the mirror) site: role 'replica', target = the source. */

@@ -89,6 +89,21 @@ const migrations: string[] = [
    ALTER TABLE mirrors ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;`,
   // Recovery point objective of a mirror (`--rpo`), NULL: none.
   `ALTER TABLE mirrors ADD COLUMN rpo_ms INTEGER;`,
+  // Disaster recovery state of a disk in a mirror relationship (control/dr-store.ts): its
+  // generation history, fenced, split brain or switching over (with the switchover's
+  // generation, pending until the roles are reversed), and, after a promote or a switchover,
+  // the former primary.
+  `CREATE TABLE dr_disks (
+     disk TEXT PRIMARY KEY REFERENCES disks(name) ON DELETE CASCADE,
+     generations TEXT NOT NULL,
+     state TEXT NOT NULL DEFAULT 'normal' CHECK (state IN ('normal', 'fenced', 'split-brain', 'switching')),
+     pending TEXT,
+     state_reason TEXT,
+     state_at INTEGER,
+     diverged INTEGER NOT NULL DEFAULT 0,
+     peer TEXT,
+     peer_disk TEXT
+   );`,
 ];
 
 import type { OnFullPolicy } from '../mirror/mirror-policy.js';

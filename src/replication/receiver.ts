@@ -62,6 +62,10 @@ export interface ReplicaHost {
   beginResync(disk: string): Promise<void>;
   /** The primary site removed the mirror: drain, release the disk (it becomes a normal disk). */
   release(disk: string): Promise<void>;
+  /** The replica's generation history (replication/generations.ts), sent back with every attach. */
+  generations(disk: string): unknown[];
+  /** A planned switchover: the replica becomes the primary (control/switchover.ts); the answer's fields. */
+  switchover(disk: string, meta: Record<string, unknown>, from: { peer: string; address: string | null }): Promise<Record<string, unknown>>;
 }
 
 const recordTypes = new Set<number>([RecordType.WRITE, RecordType.ZERO, RecordType.TRIM]);
@@ -172,7 +176,8 @@ export class Receiver {
 
   /** A request that failed here: the primary site gets its code (IO_ERROR when it has none) and message. */
   private respondError(id: unknown, err: Error): void {
-    this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message } });
+    const details = err instanceof FerryError && err.details ? { details: err.details } : {};
+    this.respond(id, { error: { code: err instanceof FerryError ? err.code : 'IO_ERROR', message: err.message, ...details } });
   }
 
   private bound(): ReplicaHandle {
@@ -212,6 +217,12 @@ export class Receiver {
         case 'synced':
           await this.recordSyncState(h.disk, f.meta);
           return this.respond(id);
+        case 'switchover': {
+          // Every record received first (the primary sent them all before asking).
+          await this.ackChain;
+          const out = await this.host.switchover(h.disk, f.meta, { peer: this.session.peer.name, address: this.session.socket.remoteAddress ?? null });
+          return this.respond(id, out);
+        }
         case 'release':
           await this.ackChain;
           await this.host.release(h.disk);
@@ -254,7 +265,7 @@ export class Receiver {
     handle.link.peer = this.session.peer.name;
     handle.link.durableSeq = j.durableSeq;
     this.log.info({ peer: this.session.peer.name, disk: handle.disk, durableSeq: j.durableSeq, created }, 'replication session attached');
-    this.respond(f.meta.id, { durableSeq: j.durableSeq, created, size: handle.volume.size });
+    this.respond(f.meta.id, { durableSeq: j.durableSeq, created, size: handle.volume.size, generations: this.host.generations(handle.disk) });
   }
 
   /** Every sync chunk write started so far has completed and been answered. */

@@ -77,6 +77,12 @@ export interface RemoteStreamOptions {
   compress: boolean;
   /** Called, while detached (the mirror fell back to its dirty bitmap), each time the peer answers: the link is back. */
   onLinkUp?: () => void;
+  /** Disaster recovery (control/dr-control.ts): why the stream must not dial now (the disk is fenced, or in split brain), else null. */
+  held?: () => FerryError | null;
+  /** Every attach the mirror site accepted, before shipping resumes; a throw fails the attach. */
+  onAttached?: (reply: Frame) => void;
+  /** Every failure of the link or of an attach (a refusal carries the mirror site's code and details). */
+  onFailed?: (err: unknown) => void;
   log: Logger;
 }
 
@@ -175,6 +181,19 @@ export class RemoteStream implements JournalConsumer {
     this.wake();
   }
 
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  /**
+   * Connected and heard from within `ms`: the mirror site answers at least every 2 s while
+   * attached (acknowledgements, or its keepalive), so a link silent for longer is one this
+   * site has not yet declared dead (it does so only while it waits on an answer).
+   */
+  heardWithin(ms: number): boolean {
+    return this.state === 'connected' && Date.now() - this.lastHeardMs <= ms;
+  }
+
   get isDetached(): boolean {
     return this.detached;
   }
@@ -257,6 +276,18 @@ export class RemoteStream implements JournalConsumer {
   private async run(): Promise<void> {
     let backoffMs = backoffMsMin;
     while (!this.stopped) {
+      const held = this.opts.held?.();
+      if (held) {
+        // Nothing is dialled or shipped while held; asked again every second.
+        if (this.lastError !== held.message) this.opts.log.warn({ peer: this.opts.peer, code: held.code, err: held.message }, 'mirror held: not shipping');
+        this.settleFirst?.reject(held);
+        this.settleFirst = null;
+        this.state = 'down';
+        this.lastError = held.message;
+        this.lastErrorCode = held.code;
+        await this.waitWake(heartbeatMs);
+        continue;
+      }
       this.state = 'connecting';
       let session: PeerSession;
       try {
@@ -328,6 +359,7 @@ export class RemoteStream implements JournalConsumer {
   }
 
   private linkFailed(err: unknown, backoffMs: number): void {
+    this.opts.onFailed?.(err);
     this.settleFirst?.reject(err as Error);
     this.settleFirst = null;
     const msg = (err as Error).message;
@@ -341,6 +373,7 @@ export class RemoteStream implements JournalConsumer {
   /** The attach: the mirror site's durable position decides where shipping resumes. */
   private async attach(session: PeerSession): Promise<void> {
     const reply = await this.requests.attach(session.socket, this.opts.attachMeta);
+    this.opts.onAttached?.(reply);
     const durableSeq = reply.meta.durableSeq;
     if (typeof durableSeq !== 'number' || !Number.isSafeInteger(durableSeq)) throw new FerryError('REPL_PROTOCOL', 'attach reply without durableSeq');
     const j = this.opts.journal;

@@ -90,11 +90,11 @@ export class RequestChannel {
     if (!r) return;
     this.pending.delete(r.id);
     if (typeof f.meta.error === 'object' && f.meta.error !== null) {
-      const e = f.meta.error as { code?: string; message?: string };
+      const e = f.meta.error as { code?: string; message?: string; details?: unknown };
       // The mirror site's code is kept when this ferryd knows it (DISK_BUSY stays DISK_BUSY,
       // named as the peer's); an unknown one is REMOTE_ERROR, with the code in the message.
       const known = typeof e.code === 'string' && e.code in ERRORS;
-      r.reject(new FerryError(known ? (e.code as ErrorCode) : 'REMOTE_ERROR', `${this.peer}: ${e.message ?? 'request failed'}${e.code ? ` (${e.code})` : ''}`, { remoteCode: e.code, peer: this.peer }));
+      r.reject(new FerryError(known ? (e.code as ErrorCode) : 'REMOTE_ERROR', `${this.peer}: ${e.message ?? 'request failed'}${e.code ? ` (${e.code})` : ''}`, { remoteCode: e.code, peer: this.peer, ...(typeof e.details === 'object' && e.details !== null ? { remote: e.details } : {}) }));
     } else r.resolve(f);
   }
 

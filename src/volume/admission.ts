@@ -8,6 +8,8 @@
 //   dirty-bitmap    (bitmap mode) the write's region is not yet        the mirror's persistent bitmap
 //                   durable in the dirty-region bitmap
 //   swap-pacing     a swap prepares and a committer is far behind      the swap (control/mirror-swap.ts)
+//   divergence      (never waits) a remote mirror's link is down and   disaster recovery (control/dr-control.ts):
+//                   no generation was started since: one is, durably   the write may be one the peer never has
 //
 // A step answers null when the write may go on now (the common case: no promise, no
 // allocation), else a promise that resolves when it may, or rejects with the error the
@@ -124,6 +126,25 @@ export class OverlayBoundStep implements AdmissionStep {
 
   private async waitWhileFull(): Promise<void> {
     while (this.full()) await this.progress();
+  }
+}
+
+/**
+ * Asks a hook, synchronously, before each write is appended: a primary whose link is down
+ * starts a new generation (durably) at the first write it may hold alone. Never waits; a
+ * throw fails the write.
+ */
+export class DivergenceStep implements AdmissionStep {
+  readonly name = 'divergence';
+  private hook: (() => void) | null = null;
+
+  watch(hook: (() => void) | null): void {
+    this.hook = hook;
+  }
+
+  admit(): null {
+    this.hook?.();
+    return null;
   }
 }
 

@@ -2,7 +2,7 @@
 // pipeline. One WRITE, in order (read the files in this order to follow it):
 //
 //   nbd/transmission.ts  → volume/volume.ts (I/O gate)
-//   → admission.ts       the admission chain: overlay bound, bounded lag, dirty bitmap, swap pacing
+//   → admission.ts       the admission chain: overlay bound, bounded lag, dirty bitmap, swap pacing, divergence
 //   → journal/journal.ts append: group commit, one pwrite per batch, durability marks
 //   → written(records)   indexed here in the read overlay (and told to the mirror), then acknowledged
 //   → consumers          volume/committer.ts applies records to the primary (and, for a local
@@ -22,7 +22,7 @@ import { ExtentFlag, type Extent } from '../disk/block-device.js';
 import type { DiskStore, Store } from '../disk/store.js';
 import { RECORD_HEADER_BYTES, RecordType, type RecordTypeValue } from '../journal/format.js';
 import { Journal, type StagedRecord } from '../journal/journal.js';
-import { AdmissionChain, BoundedLagStep, DirtyBitmapStep, MirrorSlot, OverlayBoundStep, SwapPacingStep } from './admission.js';
+import { AdmissionChain, BoundedLagStep, DirtyBitmapStep, DivergenceStep, MirrorSlot, OverlayBoundStep, SwapPacingStep } from './admission.js';
 import { Committer, FLAG_NO_HOLE, PRIMARY_CONSUMER } from './committer.js';
 import { ExtentKind, Overlay } from './overlay.js';
 
@@ -137,6 +137,7 @@ export class StagedPath {
       new BoundedLagStep(mirrorSlot),
       new DirtyBitmapStep(mirrorSlot),
       new SwapPacingStep(progressOrRecheck),
+      new DivergenceStep(),
     ]);
     return new StagedPath({ journal, primary, index, committer, admission, overlayBound, mirrorSlot, log });
   }
@@ -167,6 +168,11 @@ export class StagedPath {
   /** Paces new writes while `behind()` (a swap about to hold requests); until the returned function is called. */
   pace(behind: () => boolean): () => void {
     return this.admission.step<SwapPacingStep>('swap-pacing').pace(behind);
+  }
+
+  /** The write path's divergence hook (see DivergenceStep); null removes it. */
+  watchDivergence(hook: (() => void) | null): void {
+    this.admission.step<DivergenceStep>('divergence').watch(hook);
   }
 
   /** Points the data path at another primary (a swap of roles; the caller holds the I/O gate and has drained). */

@@ -29,6 +29,8 @@ export class Volume {
   private readonly readOnlyBase: boolean;
   /** Held read-only while the disk is a mirror site's replica: only the replication stream writes it. */
   private replicaHold = false;
+  /** Why the disk is fenced (its peer site was promoted past it: control/dr-control.ts), else null. */
+  private fenceReason: string | null = null;
   readonly stats: VolumeStats = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 };
   private primary: DiskStore;
   private staged: StagedPath | null = null;
@@ -51,6 +53,15 @@ export class Volume {
   /** A replica refuses client writes (new connections see READ_ONLY) until it is released. */
   setReplicaHold(on: boolean): void {
     this.replicaHold = on;
+  }
+
+  /** Fenced: client writes, zeroes and trims are refused with FENCED (reads go on); null lifts it. */
+  setFence(reason: string | null): void {
+    this.fenceReason = reason;
+  }
+
+  get fenced(): string | null {
+    return this.fenceReason;
   }
 
   get size(): number {
@@ -122,6 +133,7 @@ export class Volume {
 
   private writable(): void {
     if (this.readOnly) throw new FerryError('READ_ONLY', `disk ${this.name} is read-only`);
+    if (this.fenceReason !== null) throw new FerryError('FENCED', `disk ${this.name} is fenced: ${this.fenceReason}`);
   }
 
   read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
@@ -160,7 +172,7 @@ export class Volume {
    * `length` bytes of `data` from offset 0 (a payload buffer of the NBD receive path).
    */
   writeFrom(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
-    const dev = this.readOnly ? null : this.direct();
+    const dev = this.readOnly || this.fenceReason !== null ? null : this.direct();
     if (dev === null) {
       this.write(data, 0, length, offset, fua).then(() => done(null), done);
       return;

@@ -5,10 +5,14 @@
 //    and restarted too (its guard must be back before its staging area replays), and
 //    `mirror promote` at B rolls the disk back: byte for byte the image B held before the
 //    resync began, although resync chunks and streamed records had overwritten parts of it;
-//  - fail-back: B is given A's address (`peer set`) and mirrors the promoted disk back to A;
+//  - fail-back: site A comes back fenced (B was promoted past it: writes refused), B is given
+//    A's address (`peer set`) and mirrors the promoted disk back to A, which ends the fence;
+//    a switchover run at A then makes A the primary again and B its replica (the round trip
+//    of docs/CLI.md, command for command);
 //  - a resync that completes deletes the undo log, and B equals A;
 //  - `mirror remove --force` at A mid-resync releases B at its last consistent image;
-//  - promoting an in-sync replica gives the newest image; a replica that never completed
+//  - promoting an in-sync replica gives the newest image, and the primary site, still up,
+//    is fenced at its next attach (writes refused); a replica that never completed
 //    its first sync is refused unless forced; promote is refused on a primary and on a disk
 //    that is no replica, changing nothing.
 // The mirrors use --compress none so the WAN proxy's rate limit holds the resync open.
@@ -108,8 +112,12 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
   });
 
   it('fail-back: site A returns, and the promoted disk at B is mirrored back to it', LONG, async (t) => {
-    // At A: its mirror of 'lost' finds no replica any more; abandon it, free the disk.
-    await waitStatus(s.a, 'lost', 'the link reports the missing replica', (st) => /no longer a replica|not a replica|NO_MIRROR/i.test(`${st.link?.lastError ?? ''} ${st.syncError ?? ''}`), 60_000);
+    // At A: its mirror of 'lost' learns B was promoted past it (A is fenced); abandon it, free the disk.
+    const fenced = await waitStatus(s.a, 'lost', 'the link reports the promoted replica', (st) => st.dr?.state === 'fenced' && /fenced/i.test(st.link?.lastError ?? ''), 60_000);
+    assert.match(fenced.dr.reason, /site-b was promoted past this site/);
+    assert.equal((await cliJson(s.a, ['mirror', 'generations', 'lost'])).state, 'fenced');
+    const refused = await qemuIo(s.a.uri('lost'), ['write -P 0x55 0 4k']);
+    assert.match(refused.stdout + refused.stderr, /Operation not permitted/, 'a fenced disk refuses writes');
     const abandoned = await cliJson(s.a, ['mirror', 'remove', 'lost', '--force']);
     // Never "up-to-date" when the mirror site did not confirm; its answer is the reason (no wait for a timeout).
     assert.equal(abandoned.copy, 'unknown', JSON.stringify(abandoned));
@@ -125,12 +133,27 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     assert.equal(set.address, aSite.replication);
     assert.equal((await cliJson(s.b, ['peer', 'show', s.aName])).check.authenticated, true, 'B reaches A, both identities pinned');
     // B's disk (its rolled-back image plus what was written since) goes back to A's disk, checksum sync.
-    await cliJson(s.b, ['mirror', 'create', 'lost-dr', '--to', `${s.aName}:lost`, '--staging', path.join(work, 'back.stg'), '--staging-size', '64M', '--sync', 'checksum', '--compress', 'none']);
+    await cliJson(s.b, ['mirror', 'create', 'lost-dr', '--to', `${s.aName}:lost`, '--staging', path.join(work, 'back.stg'), '--staging-size', '64M', '--sync', 'checksum', '--compress', 'none', '--wait']);
     const st = await waitStatus(s.b, 'lost-dr', 'in sync with A', (x) => x.state === 'in-sync' && x.consistent && x.lagRecords === 0, 120_000);
     t.diagnostic(`fail-back in sync: ${JSON.stringify(st.link)}`);
-    await waitStatus(s.a, 'lost', 'A holds the replica', (x) => x.role === 'replica' && x.consistent && x.lagRecords === 0, 60_000);
+    const replicaAtA = await waitStatus(s.a, 'lost', 'A holds the replica', (x) => x.role === 'replica' && x.consistent && x.lagRecords === 0, 60_000);
+    // The fence ended when the disk became B's replica; it follows B's generation now.
+    assert.equal(replicaAtA.dr.state, 'normal');
+    assert.equal(replicaAtA.dr.generation, (await mirrorStatus(s.b, 'lost-dr')).dr.generation);
     const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.b.uri('lost-dr'), s.a.uri('lost')], { timeoutMs: 120_000 });
     assert.equal(cmp.code, 0, `A's disk is B's again: ${cmp.stdout}${cmp.stderr}`);
+    // The last step of the round trip (docs/CLI.md), run at A, the replica: a switchover makes
+    // A the primary again and B its replica, with nothing copied.
+    const back = await cliJson(s.a, ['mirror', 'switchover', 'lost', '--force']);
+    t.diagnostic(`switched back: ${JSON.stringify(back)}`);
+    assert.equal(back.primary, `${s.aName}:lost`);
+    await qemuIoOk(s.a.uri('lost'), ['write -P 0x66 0 64k', 'read -P 0x66 0 64k']);
+    const bNow = await waitStatus(s.b, 'lost-dr', 'B follows A again', (x) => x.role === 'replica' && x.consistent && x.lagRecords === 0, 60_000);
+    assert.equal(bNow.target, `${s.aName}:lost`);
+    const refusedAtB = await qemuIo(s.b.uri('lost-dr'), ['write -P 0x55 0 4k']);
+    assert.match(refusedAtB.stdout + refusedAtB.stderr, /Operation not permitted|Permission denied/, 'B, a replica again, refuses writes');
+    const cmp2 = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.a.uri('lost'), s.b.uri('lost-dr')], { timeoutMs: 120_000 });
+    assert.equal(cmp2.code, 0, `B is A's again: ${cmp2.stdout}${cmp2.stderr}`);
   });
 
   it('a resync that completes deletes the undo log; promote in sync gives the newest image', LONG, async () => {
@@ -156,9 +179,13 @@ describe('site B falls back to its last consistent image; mirror promote', () =>
     assert.equal(r.image, 'newest');
     const cmp2 = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', s.a.uri('done'), s.b.uri('done-dr')], { timeoutMs: 120_000 });
     assert.equal(cmp2.code, 0, `the promoted disk holds every record: ${cmp2.stdout}${cmp2.stderr}`);
-    // Site A's mirror now finds no replica at B: it says so and keeps the disk serving.
-    await waitStatus(s.a, 'done', 'the link reports the missing replica', (st) => /no longer a replica|not a replica|NO_MIRROR/i.test(`${st.link?.lastError ?? ''} ${st.syncError ?? ''}`), 30_000);
-    await qemuIoOk(s.a.uri('done'), ['write -P 0x66 0 64k']);
+    // Site A's mirror learns at its next attach that B was promoted past it: A is fenced (no
+    // two writable primaries), says so, and refuses writes; reads go on.
+    const st = await waitStatus(s.a, 'done', 'the link reports the promote', (x) => x.dr?.state === 'fenced' && /fenced/i.test(x.link?.lastError ?? ''), 30_000);
+    assert.notEqual(st.link.state, 'connected');
+    const refused = await qemuIo(s.a.uri('done'), ['write -P 0x66 0 64k']);
+    assert.match(refused.stdout + refused.stderr, /Operation not permitted/, 'the fenced disk refuses writes');
+    await qemuIoOk(s.a.uri('done'), ['read -P 0x55 4M 1M']);
   });
 
   it('mirror remove --force at site A mid-resync releases the replica at its last consistent image', LONG, async () => {

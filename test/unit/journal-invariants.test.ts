@@ -373,6 +373,8 @@ test('the mirror site: acknowledged only when durable, staged and applied in ord
     markSynced: async (_disk, synced) => void told.push(synced),
     beginResync: async () => undefined,
     release: async () => undefined,
+    generations: () => [],
+    switchover: async () => ({}),
   };
   const toB = new PassThrough();
   const fromB = new PassThrough();

@@ -517,7 +517,7 @@ test('a waiting mirror gate holds writes out of the journal; after the wait the 
   const journal = staged.journal;
   assert.deepEqual(
     staged.admission.steps.map((s) => s.name),
-    ['overlay-bound', 'bounded-lag', 'dirty-bitmap', 'swap-pacing'],
+    ['overlay-bound', 'bounded-lag', 'dirty-bitmap', 'swap-pacing', 'divergence'],
   );
   const gate = new HeldGate();
   staged.mirrorSlot.attach(gate);
