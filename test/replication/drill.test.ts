@@ -32,13 +32,13 @@ import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireTool, run, waitFor, type RunResult } from '../harness.js';
+import { requireTool, run, waitFor } from '../harness.js';
 import { Cleanup, HERE as STAGING_DIR, PYTHON, SYSTEM_ENV, describeRun, lastJson, runBounded, startWorkload, type CheckSummary } from '../staging/helpers.js';
 import { assertSchema } from '../api/helpers.js';
 import { MirrorSchema } from '../../src/api/routes.js';
 import { TestEndSchema, TestFailoverDetailsSchema, TestFailoverSchema } from '../../src/api/drill-routes.js';
 import type { TObject } from '@sinclair/typebox';
-import { MiB, cliFails, cliJson, diskPath, mirrorStatus, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, diskPath, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 64 * MiB;
 /** The workload writes the first 48 MiB; the test writes the last 16 MiB, which A never writes. */
@@ -47,16 +47,7 @@ const BLOCKS = WORKLOAD_BYTES / 4096;
 const TEST_REGION = 56 * MiB;
 const LONG = { timeout: 300_000 } as const;
 
-function qemuIo(uri: string, commands: string[]): Promise<RunResult> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 120_000 });
-}
 
-async function qemuIoOk(uri: string, commands: string[]): Promise<string> {
-  const r = await qemuIo(uri, commands);
-  const out = r.stdout + r.stderr;
-  assert.ok(r.code === 0 && !/failed|error/i.test(out), `qemu-io ${commands.join('; ')}: exit ${r.code}\n${out}`);
-  return out;
-}
 
 async function copyExport(uri: string, file: string): Promise<void> {
   const r = await run(requireTool('qemu-img'), ['convert', '-f', 'raw', '-O', 'raw', uri, file], { timeoutMs: 120_000 });

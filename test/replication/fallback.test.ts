@@ -21,21 +21,14 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireTool, run, type RunResult } from '../harness.js';
+import { requireTool, run } from '../harness.js';
 import { Cleanup } from '../staging/helpers.js';
-import { MiB, cliFails, cliJson, diskPath, mirrorStatus, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, diskPath, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 128 * MiB;
 const LONG = { timeout: 300_000 } as const;
 
-function qemuIo(uri: string, commands: string[]): Promise<RunResult> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 120_000 });
-}
 
-async function qemuIoOk(uri: string, commands: string[]): Promise<void> {
-  const r = await qemuIo(uri, commands);
-  assert.equal(r.code, 0, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
-}
 
 function sha256(file: string): string {
   return createHash('sha256').update(fs.readFileSync(file)).digest('hex');

@@ -12,25 +12,17 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { requireTool, run, waitFor, type Ferryd, type RunResult } from '../harness.js';
+import { requireTool, run, waitFor, type Ferryd } from '../harness.js';
 import { Cleanup } from '../staging/helpers.js';
 import { assertSchema } from '../api/helpers.js';
 import { DiskSchema, MirrorSchema } from '../../src/api/routes.js';
 import { DrSchema } from '../../src/api/dr-routes.js';
-import { MiB, cliJson, mirrorStatus, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+import { cliJson, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 16 * MiB;
 const LONG = { timeout: 240_000 } as const;
 
-function qemuIo(uri: string, commands: string[]): Promise<RunResult> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 60_000 });
-}
 
-async function qemuIoOk(uri: string, commands: string[]): Promise<void> {
-  const r = await qemuIo(uri, commands);
-  assert.equal(r.code, 0, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
-  assert.doesNotMatch(r.stdout + r.stderr, /failed|error|Pattern verification/i, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
-}
 
 async function diskDr(d: Ferryd, disk: string): Promise<any> {
   const r = await d.api('GET', `/v1/disks/${disk}`);

@@ -4,7 +4,7 @@
 // polling of mirror status on either site.
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import type { Ferryd } from '../harness.js';
+import { requireTool, run, type Ferryd, type RunResult } from '../harness.js';
 import type { Cleanup } from '../staging/helpers.js';
 import { WanProxy } from '../../src/testing/wan-proxy.js';
 import { cliJson, mirrorStatus } from '../mirror/helpers.js';
@@ -119,4 +119,17 @@ export function stopSitesBounded(cleanup: Cleanup, s: Sites, ms = 20_000): void 
     }
     if (problems.length) throw new Error(problems.join('\n'));
   });
+}
+
+/** qemu-io against an NBD URI: the commands in one run of the raw format. */
+export function qemuIo(uri: string, commands: string[], timeoutMs = 120_000): Promise<RunResult> {
+  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs });
+}
+
+/** qemu-io that must succeed: exit 0, and nothing failed (no error, no pattern mismatch) in its output, which it returns. */
+export async function qemuIoOk(uri: string, commands: string[], timeoutMs = 120_000): Promise<string> {
+  const r = await qemuIo(uri, commands, timeoutMs);
+  const out = r.stdout + r.stderr;
+  assert.ok(r.code === 0 && !/failed|error|Pattern verification/i.test(out), `qemu-io ${commands.join('; ')}: exit ${r.code}\n${out}`);
+  return out;
 }

@@ -12,13 +12,10 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { FERRY_BIN, requireTool, run, waitFor, type Ferryd } from '../harness.js';
 import { Cleanup } from '../staging/helpers.js';
-import { MiB, cliFails, cliJson, mirrorStatus, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, MiB, mirrorStatus, qemuIo, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const LONG = { timeout: 300_000 } as const;
 
-function qemuIo(uri: string, commands: string[]): Promise<{ code: number | null; stderr: string }> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 120_000 });
-}
 
 async function metrics(d: Ferryd): Promise<string> {
   const res = await fetch(`${d.apiUrl}/metrics`, { headers: { authorization: `Bearer ${d.token}` } });

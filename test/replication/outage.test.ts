@@ -9,16 +9,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { requireTool, run, type RunResult } from '../harness.js';
+import { requireTool, run } from '../harness.js';
 import { Cleanup } from '../staging/helpers.js';
-import { MiB, cliJson, mirrorStatus, startSites, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+import { cliJson, MiB, mirrorStatus, qemuIo, startSites, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 256 * MiB;
 const LONG = { timeout: 400_000 } as const;
 
-function qemuIo(uri: string, commands: string[]): Promise<RunResult> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 300_000 });
-}
 
 describe('a 30 s link cut with the staging area overflowing, under each --on-full policy', () => {
   const cleanup = new Cleanup();
@@ -44,15 +41,15 @@ describe('a 30 s link cut with the staging area overflowing, under each --on-ful
     // 96 MiB each, in 8 MiB writes: more than the 64 MiB staging area holds.
     const writes = Array.from({ length: 12 }, (_, i) => `write -P ${0x41 + i} ${i * 16}M 8M`);
 
-    const bitmap = await qemuIo(s.a.uri('bitmap'), writes);
+    const bitmap = await qemuIo(s.a.uri('bitmap'), writes, 300_000);
     assert.equal(bitmap.code, 0, `bitmap: writes must never stall or fail: ${bitmap.stderr}`);
     t.diagnostic(`bitmap: 96 MiB written ${((Date.now() - cutAt) / 1000).toFixed(1)} s into the cut`);
     const bm = await waitStatus(s.a, 'bitmap', "state 'bitmap'", (st) => st.state === 'bitmap');
     assert.equal(bm.consistent, false);
     assert.ok(bm.dirtyBytes > 0, 'dirty regions are tracked');
 
-    const throttle = qemuIo(s.a.uri('throttle'), writes);
-    const fail = await qemuIo(s.a.uri('fail'), writes);
+    const throttle = qemuIo(s.a.uri('throttle'), writes, 300_000);
+    const fail = await qemuIo(s.a.uri('fail'), writes, 300_000);
     assert.match(fail.stdout + fail.stderr, /No space left on device|ENOSPC/i, `fail: a write finds the staging area full: ${fail.stdout}${fail.stderr}`);
     t.diagnostic(`fail policy: ${(fail.stdout + fail.stderr).split('\n').find((l) => /space/i.test(l)) ?? ''}`);
 

@@ -23,22 +23,14 @@ import { Cleanup, checkDisk, startWorkload, type CheckSummary, type WorkloadSumm
 import { WanProxy } from '../../src/testing/wan-proxy.js';
 import { assertSchema } from '../api/helpers.js';
 import { SwitchoverSchema } from '../../src/api/dr-routes.js';
-import { MiB, cliFails, cliJson, freePort, mirrorStatus, startSites, stopSitesBounded, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, freePort, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 64 * MiB;
 /** The workload writes the first half (check.py reads it: blocks it never wrote must read as zeroes); the second half holds a pattern. */
 const BLOCKS = DISK / 2 / 4096;
 const LONG = { timeout: 600_000 } as const;
 
-function qemuIo(uri: string, commands: string[]): Promise<RunResult> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 60_000 });
-}
 
-async function qemuIoOk(uri: string, commands: string[]): Promise<void> {
-  const r = await qemuIo(uri, commands);
-  assert.equal(r.code, 0, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
-  assert.doesNotMatch(r.stdout + r.stderr, /failed|error|Pattern verification/i, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
-}
 
 function assertCheck(c: CheckSummary, w: WorkloadSummary, where: string): void {
   assert.deepEqual(c.errors, [], `${where}: ${JSON.stringify(c)}`);
