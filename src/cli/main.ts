@@ -14,6 +14,7 @@ import { registerStagingCommands } from './staging-commands.js';
 import { registerStatusCommand } from './status-command.js';
 import { registerMirrorCommands } from './mirror-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
+import { registerEventsCommand } from './events-command.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -166,6 +167,7 @@ registerStatusCommand(program);
 registerStagingCommands(program);
 registerMirrorCommands(program);
 registerPeerCommands(program);
+registerEventsCommand(program);
 
 async function main(): Promise<void> {
   try {
