@@ -1,4 +1,4 @@
-// The overview: every disk, worst first (unavailable, failing, link down, RPO missed, bitmap,
+// The overview: every disk, worst first (unavailable, link not connected, failing, RPO missed, bitmap,
 // paused, inconsistent, syncing, unmirrored, healthy), with role, mirror state, consistency,
 // lag (records, bytes, seconds), link and RPO; and the form to create a disk.
 import { useLayoutEffect, useState } from 'preact/hooks';

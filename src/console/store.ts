@@ -110,14 +110,18 @@ export function roleOf(m: Mirror | undefined): Role {
 
 /**
  * How bad a disk's situation is (higher first in the overview) and why, in words: an
- * unavailable disk, a failing mirror, a link down, a missed RPO, a bitmap or resync, a pause,
+ * unavailable disk, a link not connected, a failing mirror, a missed RPO, a bitmap or resync, a pause,
  * an inconsistent mirror, a sync; an unmirrored disk just above a healthy mirror.
  */
 export function severity(d: Disk, m: Mirror | undefined): { rank: number; problem: string | null } {
   if (d.state === 'unavailable') return { rank: 100, problem: `unavailable${d.error ? `: ${d.error}` : ''}` };
   if (!m) return { rank: 5, problem: null };
-  if (m.syncError || m.committerError) return { rank: 90, problem: `failing: ${m.syncError ?? m.committerError}` };
-  if (m.link && m.link.state !== 'connected') return { rank: 80, problem: `link ${m.link.state}${m.link.lastError ? `: ${m.link.lastError}` : ''}` };
+  // A link not connected first: a remote mirror's sync and committer errors are then the link's.
+  if (m.link && m.link.state !== 'connected') {
+    const why = m.link.lastError ?? m.syncError ?? m.committerError;
+    return { rank: 90, problem: `link ${m.link.state}${why ? `: ${why}` : ''}` };
+  }
+  if (m.syncError || m.committerError) return { rank: 80, problem: `failing: ${m.syncError ?? m.committerError}` };
   if (m.rpo?.met === false) return { rank: 70, problem: 'RPO missed' };
   if (m.state === 'bitmap' || m.state === 'resyncing') return { rank: 60, problem: m.state };
   if (m.state === 'paused') return { rank: 50, problem: 'paused' };
