@@ -2,7 +2,8 @@
 // the API address: GET / is its page, GET /console/* its script and style. These static
 // files need no token (they hold no data; the page asks for the token and sends it to the
 // API routes); they are hidden from the OpenAPI document. Nothing else is served from disk:
-// only the files named here, read once at first request.
+// only the files named here, read once at first request (a rebuilt console is served after a
+// restart).
 import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -31,11 +32,14 @@ export function isConsoleAsset(url: string): boolean {
 }
 
 export function registerConsoleRoutes(app: FastifyInstance): void {
+  const cache = new Map<string, Buffer>();
   for (const [url, asset] of Object.entries(assets)) {
     app.get(url, { schema: { hide: true } }, async (_req, reply) => {
-      let body: Buffer;
+      let body = cache.get(asset.file);
       try {
-        body = await fs.promises.readFile(path.join(consoleDir, asset.file));
+        // Read once, synchronously: an answer waiting on the thread pool was lost when the
+        // client half-closed its connection (Connection: close, then FIN) meanwhile.
+        if (!body) cache.set(asset.file, (body = fs.readFileSync(path.join(consoleDir, asset.file))));
       } catch {
         void reply.status(503).header('content-type', 'text/plain; charset=utf-8');
         return `the Ferry console is not built (${path.join(consoleDir, asset.file)} is missing): run 'npm run build'\n`;

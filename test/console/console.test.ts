@@ -25,7 +25,12 @@ describe('web console', () => {
   /** The text of the element matching `selector`, once `pred` holds for it. */
   const waitText = async (what: string, selector: string, pred: (t: string) => boolean, timeoutMs = 30_000): Promise<string> => {
     let text = '';
-    await waitFor(what + ` (${selector}: "${text.slice(0, 300)}")`, async () => pred((text = (await page.locator(selector).first().textContent().catch(() => null)) ?? '')), timeoutMs);
+    try {
+      await waitFor(`${what} (${selector})`, async () => pred((text = (await page.locator(selector).first().textContent().catch(() => null)) ?? '')), timeoutMs);
+    } catch (err) {
+      const alerts = await page.locator('[role=alert]').allTextContents();
+      throw new Error(`${(err as Error).message}; it shows "${text.slice(0, 300)}"; alerts: ${alerts.join(' | ')}`);
+    }
     return text;
   };
 
@@ -139,6 +144,25 @@ describe('web console', () => {
     await waitText('the mirror target is the old primary', '[data-testid=mirror-summary]', (t) => t.includes(before));
     const after = (await d.api('GET', '/v1/disks/web')).body.path as string;
     assert.equal(after, path.join(work, 'web.mirror'));
+  });
+
+  test('mirror set through the form: the RPO target changes at once', async () => {
+    const form = page.locator('form', { has: page.getByRole('heading', { name: /Change policies/ }) });
+    await form.getByLabel('RPO target').fill('2m');
+    await form.getByLabel('Max lag').fill('64M');
+    await form.getByRole('button', { name: 'Apply' }).click();
+    await waitText('applied', 'form:has(#set-mirror-title) [role=status]', (t) => t.includes('policies changed'));
+    const m = await d.api('GET', '/v1/disks/web/mirror');
+    assert.equal(m.body.policy.rpoMs, 120_000);
+    assert.equal(m.body.policy.maxLagBytes, 64 << 20);
+    await form.getByLabel('Max lag').fill('lots');
+    await form.getByLabel('RPO target').fill('');
+    await form.getByRole('button', { name: 'Apply' }).click();
+    await waitText('the refusal', 'form:has(#set-mirror-title) [role=alert]', (t) => /^[A-Z_]+: /.test(t));
+    assert.equal((await d.api('GET', '/v1/disks/web/mirror')).body.policy.maxLagBytes, 64 << 20, 'a refused change changes nothing');
+    await form.getByLabel('Max lag').fill('none');
+    await form.getByRole('button', { name: 'Apply' }).click();
+    await waitFor('max lag cleared', async () => (await d.api('GET', '/v1/disks/web/mirror')).body.policy.maxLagBytes === null);
   });
 
   test('200 disks: the overview renders them, worst first, and its render time is measured', async () => {
