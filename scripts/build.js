@@ -25,7 +25,8 @@ const out = path.join(ROOT, 'dist', 'src');
 const tmp = path.join(ROOT, 'dist', `src.tmp-${process.pid}`);
 fs.rmSync(tmp, { recursive: true, force: true });
 buildSync({
-  entryPoints: state.files.map((f) => path.join(ROOT, f)),
+  // The console runs in a browser: bundled below, not compiled file by file for Node.
+  entryPoints: state.files.filter((f) => f.endsWith('.ts') && !f.startsWith('src/console/')).map((f) => path.join(ROOT, f)),
   outdir: tmp,
   outbase: path.join(ROOT, 'src'),
   format: 'esm',
@@ -34,6 +35,7 @@ buildSync({
   sourcemap: 'linked',
   logLevel: 'warning',
 });
+buildConsole(tmp);
 fs.rmSync(path.join(ROOT, 'dist', 'stamp.json'), { force: true });
 const old = path.join(ROOT, 'dist', `src.old-${process.pid}`);
 if (fs.existsSync(out)) fs.renameSync(out, old);
@@ -42,3 +44,30 @@ fs.rmSync(old, { recursive: true, force: true });
 // package.json "type": "module" covers dist/ too: the .js files are ES modules.
 fs.writeFileSync(path.join(ROOT, 'dist', 'stamp.json'), JSON.stringify(state));
 console.error(`ferry: compiled ${state.files.length} sources into dist/src`);
+
+/**
+ * The web console (src/console, Preact + uPlot): one minified bundle, its CSS with uPlot's,
+ * and index.html, into dist/src/console/ (served by ferryd at / and /console/*). No CDN: the
+ * page loads nothing from elsewhere.
+ */
+function buildConsole(outRoot) {
+  const dir = path.join(outRoot, 'console');
+  fs.mkdirSync(dir, { recursive: true });
+  buildSync({
+    entryPoints: [path.join(ROOT, 'src', 'console', 'main.tsx')],
+    bundle: true,
+    outfile: path.join(dir, 'console.js'),
+    format: 'iife',
+    platform: 'browser',
+    target: ['chrome110', 'firefox110', 'safari16'],
+    jsx: 'automatic',
+    jsxImportSource: 'preact',
+    minify: true,
+    sourcemap: 'linked',
+    legalComments: 'linked',
+    logLevel: 'warning',
+  });
+  const uplotCss = fs.readFileSync(require.resolve('uplot/dist/uPlot.min.css'), 'utf8');
+  fs.writeFileSync(path.join(dir, 'console.css'), `${uplotCss}\n${fs.readFileSync(path.join(ROOT, 'src', 'console', 'style.css'), 'utf8')}`);
+  fs.copyFileSync(path.join(ROOT, 'src', 'console', 'index.html'), path.join(dir, 'index.html'));
+}

@@ -8,7 +8,7 @@ const path = require('node:path');
 
 const ROOT = path.resolve(__dirname, '..');
 
-/** Every src/**\/*.ts file (sorted, relative to the root) with its mtime in ms. */
+/** Every src/**\/*.ts file, and the console's sources (src/console: .tsx, .css, .html), sorted, relative to the root, with its mtime in ms. */
 function sourceState() {
   const files = [];
   const mtimes = [];
@@ -16,7 +16,7 @@ function sourceState() {
     for (const e of fs.readdirSync(path.join(ROOT, dir), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
       const rel = `${dir}/${e.name}`;
       if (e.isDirectory()) walk(rel);
-      else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) {
+      else if ((e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) || (rel.startsWith('src/console/') && /\.(tsx|css|html)$/.test(e.name))) {
         files.push(rel);
         mtimes.push(fs.statSync(path.join(ROOT, rel)).mtimeMs);
       }

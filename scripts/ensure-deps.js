@@ -20,8 +20,8 @@ if (!['server', 'test'].includes(want)) {
   process.exit(2);
 }
 
-/** Commands the test suite runs (Debian packages installed by install-deps.sh). */
-const testTools = ['qemu-io', 'qemu-img', 'qemu-nbd', 'nbdinfo', 'nbdcopy', 'nbdsh', 'nbdkit', 'nbdfuse', 'fio', 'mkfs.ext4', 'losetup', 'openssl', 'ip', 'nft'];
+/** Commands the test suite runs (Debian packages installed by install-deps.sh; chromium: the console's browser tests). */
+const testTools = ['qemu-io', 'qemu-img', 'qemu-nbd', 'nbdinfo', 'nbdcopy', 'nbdsh', 'nbdkit', 'nbdfuse', 'fio', 'mkfs.ext4', 'losetup', 'openssl', 'ip', 'nft', 'chromium'];
 const PATH = ['/usr/bin', '/usr/sbin', '/sbin', process.env.PATH ?? ''].join(delimiter);
 
 function missing() {

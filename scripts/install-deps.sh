@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Ferry needs on a fresh Debian machine: the NBD clients and tools the
 # test suite and benchmarks drive (qemu-utils, libnbd tools and python bindings, fio,
-# nbdkit, nbdfuse, e2fsprogs, openssl, iproute2, nftables), then the npm packages
+# nbdkit, nbdfuse, e2fsprogs, openssl, iproute2, nftables; chromium for the console's
+# browser tests, driven by playwright-core), then the npm packages
 # (which builds better-sqlite3 and Ferry's native I/O addon from source). `npm start` and
 # `npm test` run it through scripts/ensure-deps.js when something is missing.
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-all}" = server ]; then
   pkgs=(openssl)
 else
-  pkgs=(qemu-utils nbdkit libnbd-bin python3-libnbd fio nbdfuse fuse3 e2fsprogs util-linux openssl iproute2 nftables procps)
+  pkgs=(qemu-utils nbdkit libnbd-bin python3-libnbd fio nbdfuse fuse3 e2fsprogs util-linux openssl iproute2 nftables procps chromium)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

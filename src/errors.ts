@@ -88,6 +88,8 @@ export const ERRORS = {
   NO_SPACE: { http: 507, nbd: NbdErrno.ENOSPC, summary: 'no space left on the backing storage' },
   SHUTTING_DOWN: { http: 503, nbd: NbdErrno.ESHUTDOWN, summary: 'ferryd is shutting down' },
   STARTING: { http: 503, nbd: NbdErrno.ESHUTDOWN, summary: 'ferryd is starting: its disks are being recovered' },
+  // The API's own capacity.
+  EVENT_CLIENTS_FULL: { http: 503, nbd: NbdErrno.EINVAL, summary: 'too many event stream clients are connected' },
   INTERNAL: { http: 500, nbd: NbdErrno.EIO, summary: 'internal error' },
 } as const satisfies Record<string, ErrorSpec>;
 

@@ -16,6 +16,8 @@ import swagger from '@fastify/swagger';
 import { openApiOptions } from './openapi.js';
 import { ErrorSchema } from './routes.js';
 import { Metrics } from './metrics.js';
+import { EventService } from './event-routes.js';
+import { isConsoleAsset, registerConsoleRoutes } from './console-routes.js';
 import { ConnectionLimiter, fdBoundedMax, type Admission, type ConnectionLimits } from '../net/connection-limiter.js';
 
 export interface ApiServerOptions {
@@ -60,12 +62,14 @@ export class ApiServer {
       clientErrorHandler: answerClientError,
     });
     const metrics = new Metrics(opts.daemon);
+    const events = new EventService(opts.daemon, opts.log);
     this.app.addHook('onRequest', async (req) => {
-      if (req.url.split('?')[0] === '/v1/health') return;
+      if (req.url.split('?')[0] === '/v1/health' || isConsoleAsset(req.url)) return;
       this.authenticate(req);
       if (!opts.daemon.ready) throw new FerryError('STARTING', 'ferryd is starting: its disks are being recovered; retry shortly');
     });
     this.app.setErrorHandler(sendError);
+    events.hook(this.app);
     this.app.setNotFoundHandler((req, reply) => {
       const e = new FerryError('NOT_FOUND', `no API route ${req.method} ${req.url.split('?')[0]}`);
       void reply.status(e.httpStatus).send({ error: e.toJSON() });
@@ -77,6 +81,8 @@ export class ApiServer {
     void this.app.register(swagger, openApiOptions);
     void this.app.register(async (app) => {
       for (const r of routes) this.register(app, r);
+      events.route(app);
+      registerConsoleRoutes(app);
       app.get('/openapi.json', { schema: { hide: true } }, async () => this.app.swagger());
       app.get('/metrics', { schema: { operationId: 'metrics', summary: 'Prometheus metrics (text exposition format)', tags: ['server'] } }, async (_req, reply) => {
         void reply.header('content-type', metrics.contentType);

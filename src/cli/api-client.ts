@@ -64,6 +64,35 @@ export class ApiClient {
     }
     return parsed as T;
   }
+
+  /**
+   * A streaming GET (GET /v1/events): the response once its status is 200, its body unread;
+   * any other status is thrown as an ApiError like request()'s.
+   */
+  openStream(url: string, headers: Record<string, string>): Promise<http.IncomingMessage> {
+    const u = new URL(this.base + url);
+    if (u.protocol !== 'http:') return Promise.reject(new Error(`the API address must be http://HOST:PORT, got ${u.origin}`));
+    return new Promise((resolve, reject) => {
+      const req = http.get(u, { headers: { ...headers, ...(this.token ? { authorization: `Bearer ${this.token}` } : {}) } }, (res) => {
+        if (res.statusCode === 200) return resolve(res);
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let e: { code?: string; message?: string } | undefined;
+          try {
+            e = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
+          } catch {
+            e = undefined;
+          }
+          reject(new ApiError(res.statusCode ?? 0, e?.code ?? `HTTP_${res.statusCode}`, e?.message ?? text));
+        });
+      });
+      req.on('error', (err: NodeJS.ErrnoException) =>
+        reject(new ApiError(0, 'UNREACHABLE', `cannot reach ferryd at ${this.base} (${err.code ?? err.message}); is 'ferry serve' running? (set --api or FERRY_API)`)),
+      );
+    });
+  }
 }
 
 /**

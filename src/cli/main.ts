@@ -16,6 +16,7 @@ import { registerMirrorCommands } from './mirror-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
 import { registerDrillCommands } from './drill-commands.js';
 import { registerDrCommands } from './dr-commands.js';
+import { registerEventsCommand } from './events-command.js';
 
 const program = new Command('ferry')
   .description('Ferry: asynchronous block-device mirroring server (NBD) and its management CLI')
@@ -171,6 +172,7 @@ registerMirrorCommands(program);
 registerDrillCommands(program);
 registerPeerCommands(program);
 registerDrCommands(program);
+registerEventsCommand(program);
 
 async function main(): Promise<void> {
   try {

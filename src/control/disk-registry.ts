@@ -6,6 +6,7 @@
 // is committed, and rows are removed before files are deleted. A bad request throws a
 // FerryError before anything is changed.
 import fs from 'node:fs';
+import { drillMarkers } from './drill-markers.js';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { FerryError, fromSystemError } from '../errors.js';
@@ -190,6 +191,8 @@ export class DiskRegistry {
   private checkNewName(name: string): void {
     validateName('disk', name);
     if (this.disks.has(name)) throw new FerryError('DISK_EXISTS', `a disk named '${name}' already exists`);
+    const test = drillMarkers(this.dataDir).find((m) => m.export === name);
+    if (test) throw new FerryError('EXPORT_EXISTS', `'${name}' is the NBD export of the test failover of disk '${test.disk}'; end it (ferry mirror test-end ${test.disk}) or choose another name`);
   }
 
 

@@ -35,6 +35,7 @@ import { validateName } from '../names.js';
 import { CowGuardStore } from '../replication/cow-guard-store.js';
 import type { ReplicaHandle } from '../replication/receiver.js';
 import { TestImageStore } from '../replication/test-image-store.js';
+import { DRILL_DIR } from './drill-markers.js';
 import { SCRATCH_BYTES_MIN, TEST_GRANULE_BYTES, TestScratch } from '../replication/test-scratch.js';
 import { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
@@ -42,7 +43,7 @@ import { assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { ReplicaControl } from './replica-control.js';
 import type { MetadataStore } from './store.js';
 
-export const DRILL_DIR = 'drills';
+export { DRILL_DIR } from './drill-markers.js';
 
 export interface TestStartRequest {
   export: unknown;

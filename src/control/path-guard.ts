@@ -6,6 +6,7 @@
 // but a block device; and no disk, staging area or mirror uses it already, by name or as
 // the same file (hard link, symlink) or device.
 import fs from 'node:fs';
+import { drillMarkers } from './drill-markers.js';
 import path from 'node:path';
 import { FerryError, fromSystemError } from '../errors.js';
 import type { MetadataStore } from './store.js';
@@ -54,14 +55,15 @@ export function assertPathFree(store: MetadataStore, dataDir: string, real: stri
     st = null; // a new file: nothing can share it yet
   }
   assertNotReserved(dataDir, real, st, ownPath);
-  const user = store.pathUser(real);
+  const scratches = drillMarkers(dataDir).map((m) => ({ path: m.scratch, user: `the scratch area of the test failover of disk '${m.disk}'` }));
+  const user = store.pathUser(real) ?? scratches.find((u) => u.path === real)?.user;
   if (user) throw new FerryError('PATH_IN_USE', `${real} is already used by ${user}`);
   if (!st) return;
   const s = st;
   const same = (o: fs.Stats): boolean => (s.isBlockDevice() ? o.isBlockDevice() && o.rdev === s.rdev : o.isFile() && o.dev === s.dev && o.ino === s.ino);
   const twin = sameInDataDir(dataDir, same);
   if (twin) throw new FerryError('INVALID_PATH', `${real} is the same file as ${twin}, part of Ferry's own data directory`);
-  for (const u of store.usedPaths()) {
+  for (const u of [...store.usedPaths(), ...scratches]) {
     let o: fs.Stats;
     try {
       o = fs.statSync(u.path);

@@ -28,6 +28,7 @@
 // step (A refuses writes, durably, before B can become writable; B becomes writable only in
 // the transaction that records it the primary); B takes over only holding every record A
 // wrote (lastSeq); A completes only when B's current generation is the one A drew.
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
@@ -215,7 +216,7 @@ export class SwitchoverControl {
       const f = this.finishing.get(disk);
       if (f) return f;
       if (this.d.store.replica(disk)) return;
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
   }
 

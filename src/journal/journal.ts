@@ -30,6 +30,7 @@
 // Memory is bounded whatever the staging size: the write queue by the NBD layer's
 // in-flight limits, the batch by batchBytesMax, the cache of recent records by
 // recentBytesMax; records themselves live in the staging area, not in memory.
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
@@ -515,7 +516,7 @@ export class Journal extends EventEmitter {
   }
 
   async close(): Promise<void> {
-    while (this.writing) await new Promise((r) => setTimeout(r, 5));
+    while (this.writing) await sleep(5);
     await this.checkpointChain;
     if (!this.failure) await this.sync().catch(() => undefined);
     await this.copySet.closeAll();

@@ -4,6 +4,7 @@
 // State: syncing → in-sync; paused while the administrator holds it. The mirror is
 // consistent (an image the disk really had) once the sync is complete: from then on it
 // only ever receives whole records in order, and a crash replays from its checkpoint.
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
@@ -188,7 +189,7 @@ export class Mirror {
   /** Holds a write while the mirror is further behind than --max-lag (and its link is up: down, the on-full policy rules). */
   private async waitLag(): Promise<void> {
     while (!this.closed && this.mode !== 'bitmap' && !this.committer.isPaused && this.linkUp() && this.lagExceeded()) {
-      await Promise.race([this.committer.progress(), new Promise((r) => setTimeout(r, 50))]);
+      await Promise.race([this.committer.progress(), sleep(50)]);
     }
   }
 
@@ -345,8 +346,8 @@ export class Mirror {
       const upTo = this.journal.writtenSeq;
       while (this.committer.position.nextSeq <= upTo) {
         if (this.closed) return;
-        if (this.committer.isPaused) await new Promise((res) => setTimeout(res, 200));
-        else await Promise.race([this.committer.progress(), new Promise((res) => setTimeout(res, 50))]);
+        if (this.committer.isPaused) await sleep(200);
+        else await Promise.race([this.committer.progress(), sleep(50)]);
       }
       // Once the target is synced the mirror is consistent.
       await this.target.sync();

@@ -4,6 +4,7 @@
 // differs once the mirror holds every write made before the comparison began is a real
 // difference. The write counters per region (staged-path.ts) tell the two apart. Its
 // progress (VerifyProgress) shows in mirror status while it runs.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../errors.js';
 import type { DiskStore } from '../disk/store.js';
 import type { Journal } from '../journal/journal.js';
@@ -75,7 +76,7 @@ export async function verifyMirror(m: { disk: string; volume: Volume; staged: St
       await m.volume.readInternal(ours, 0, length, offset);
       while (m.stream.position.nextSeq <= seq) {
         if (m.stream.lastError) throw new FerryError('IO_ERROR', `the mirror cannot keep up: ${m.stream.lastError}`);
-        await Promise.race([m.stream.progress(), new Promise((res) => setTimeout(res, 20))]);
+        await Promise.race([m.stream.progress(), sleep(20)]);
       }
       await m.target.read(theirs, 0, length, offset);
       if (m.staged.writeGen[r] !== gen) continue;

@@ -8,6 +8,7 @@
 // small slices, compressed here in well under a millisecond) and goes as it is when the sample
 // does not shrink. A payload the sample judged wrongly costs what it cost before this check,
 // no more: one that does not shrink when compressed whole still goes as it is.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { worthCompressing, zstdPool } from './zstd-pool.js';
 import { FrameFlag } from './frame.js';
 
@@ -65,7 +66,7 @@ export class LinkShaper {
         this.bucket.tokens = 0;
         return;
       }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(paceSliceMs, (-this.bucket.tokens * 1000) / rate)));
+      await sleep(Math.min(paceSliceMs, (-this.bucket.tokens * 1000) / rate));
       this.refill();
     }
   }

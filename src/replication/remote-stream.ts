@@ -26,6 +26,7 @@
 //   R7  The mirror site reports itself consistent only after this site told it that the
 //       sync completed; every attach repeats that state. Asserted in receiver.ts
 //       recordSyncState().
+import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
@@ -542,8 +543,4 @@ function drained(socket: PeerSession['socket']): Promise<void> {
     socket.on('drain', done);
     socket.on('close', done);
   });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -419,6 +419,11 @@ describe('test failover (DR drill) at the mirror site', () => {
     assert.ok(!fs.existsSync(scratch));
     assert.equal(await exportServed(`nbd://127.0.0.1:${s.b.nbdPort}/r-test`), false);
     assert.equal((await mirrorStatus(s.b, 'dr-r')).test.export, 'run-test');
+    // While it runs, its scratch file is a path in use and its export name no disk's name.
+    const disksBefore = (await s.b.api('GET', '/v1/disks')).body.length;
+    assert.match(await cliFails(s.b, ['disk', 'adopt', 'stolen', '--path', other], 'PATH_IN_USE'), /scratch area of the test failover of disk 'dr-r'/);
+    assert.match(await cliFails(s.b, ['disk', 'create', 'run-test', '--size', '8M'], 'EXPORT_EXISTS'), /test failover of disk 'dr-r'/);
+    assert.equal((await s.b.api('GET', '/v1/disks')).body.length, disksBefore, 'no disk was created');
     await cliJson(s.b, ['mirror', 'test-end', 'dr-r']);
     await nothingChanged('after ending the running test');
 
