@@ -1,11 +1,12 @@
-// The overview: every disk, worst first (unavailable, link not connected, failing, RPO missed, bitmap,
+// The overview: every disk, worst first (unavailable, DR fenced/split-brain/switching, link not connected, failing, RPO missed, bitmap,
 // paused, inconsistent, syncing, unmirrored, healthy), with role, mirror state, consistency,
-// lag (records, bytes, seconds), link and RPO; and the form to create a disk.
+// lag (records, bytes, seconds), link and RPO (the DR state beside the role when not normal); and the form to create a disk.
 import { useLayoutEffect, useState } from 'preact/hooks';
 import type { Disk, Mirror } from '../api/types.js';
 import { api } from './api.js';
 import { bytes, duration } from './format.js';
 import { roleOf, severity, state } from './store.js';
+import { DrBadge } from './dr-panels.js';
 import { Badge, ErrorLine, useAction, useStore } from './ui.js';
 
 /** The last render time of the overview table, ms (shown, and read by the tests). */
@@ -19,12 +20,22 @@ function mirrorBadge(m: Mirror | undefined) {
 
 function Row({ d, m }: { d: Disk; m: Mirror | undefined }) {
   const sev = severity(d, m);
+  const dr = d.dr ?? m?.dr;
   return (
     <tr data-disk={d.name} class={sev.rank >= 45 ? 'problem' : ''}>
       <td>
         <a href={`#/disk/${encodeURIComponent(d.name)}`}>{d.name}</a>
       </td>
-      <td>{roleOf(m)}</td>
+      <td>
+        {roleOf(m)}
+        {dr && dr.state !== 'normal' && (
+          <>
+            {' '}
+            <DrBadge dr={dr} />
+          </>
+        )}
+        {m?.test && ` (test ${m.test.state})`}
+      </td>
       <td>{d.state === 'online' ? <Badge level="ok">online</Badge> : <Badge level="bad">unavailable</Badge>}</td>
       <td>{mirrorBadge(m)}</td>
       <td>{m ? m.consistent ? <Badge level="ok">consistent</Badge> : <Badge level="bad">not consistent</Badge> : '-'}</td>

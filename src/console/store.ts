@@ -110,11 +110,14 @@ export function roleOf(m: Mirror | undefined): Role {
 
 /**
  * How bad a disk's situation is (higher first in the overview) and why, in words: an
- * unavailable disk, a link not connected, a failing mirror, a missed RPO, a bitmap or resync, a pause,
+ * unavailable disk, a DR state not normal (fenced, split brain, switching), a link not connected, a failing mirror, a missed RPO, a bitmap or resync, a pause,
  * an inconsistent mirror, a sync; an unmirrored disk just above a healthy mirror.
  */
 export function severity(d: Disk, m: Mirror | undefined): { rank: number; problem: string | null } {
   if (d.state === 'unavailable') return { rank: 100, problem: `unavailable${d.error ? `: ${d.error}` : ''}` };
+  // A fenced, split-brain or switching disk refuses writes: above everything but unavailable.
+  const dr = d.dr ?? m?.dr;
+  if (dr && dr.state !== 'normal') return { rank: 95, problem: `DR ${dr.state}${dr.reason ? `: ${dr.reason}` : ''}` };
   if (!m) return { rank: 5, problem: null };
   // A link not connected first: a remote mirror's sync and committer errors are then the link's.
   if (m.link && m.link.state !== 'connected') {

@@ -2,7 +2,9 @@
 // B's console, entered on site A's), create a remote mirror through the form, then cut the
 // link in the WAN proxy between them and see, in site A's console, the link state change in
 // the overview (the disk first, its problem in words) and the mirror.link event; restore it
-// and see the link connected again.
+// and see the link connected again. Then the DR operations through the consoles: a test
+// failover started at site B (its figures on both sites' disk pages) and ended; a planned
+// switchover from site A's console (the roles reversed on both disk pages).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -108,5 +110,55 @@ describe('web console, two sites', () => {
     await waitText(pageA, 'the link back', 'tr[data-disk=far]', (t) => t.includes('connected (site-b)') && !/link (down|connecting)/.test(t), 120_000);
     await pageA.goto(a.apiUrl + '/#/events');
     await waitText(pageA, 'the link-up event', 'ol.events', (t) => /link to site-b: (down|connecting) → connected/.test(t), 60_000);
+  });
+
+  test("a test failover started in B's console: its figures on both sites' disk pages; ended", async () => {
+    await pageA.goto(a.apiUrl + '/#/disk/far');
+    await waitText(pageA, 'in sync again', '[data-testid=mirror-summary]', (t) => t.includes('in-sync') && t.includes('connected to site-b'), 120_000);
+    await pageB.goto(b.apiUrl + '/#/disk/far-dr');
+    await waitText(pageB, 'the replica page', '#disk-title', (t) => t.includes('(replica)'));
+    await waitText(pageB, 'the replica in sync', '[data-testid=mirror-summary]', (t) => t.includes('in-sync'), 60_000);
+    await pageB.getByLabel('Export name').fill('far-drill');
+    await pageB.getByLabel('Scratch path').fill(path.join(work, 'far.scratch'));
+    await pageB.getByLabel('Scratch size').fill('16M');
+    await pageB.getByRole('button', { name: 'Start test failover' }).click();
+    await waitText(pageB, 'started', '[role=status]', (t) => t.includes('test failover started: export far-drill'));
+    const figures = (t: string): boolean => t.includes('far-drill') && t.includes('running') && /at record \d+/.test(t) && t.includes('used of 16MiB');
+    await waitText(pageB, "the test's figures at B", '[data-testid=test-failover]', figures);
+    await waitText(pageA, "the test's figures at A", '[data-testid=test-failover]', figures, 60_000);
+    // Only the mirror site runs it: A's page shows the figures, no button to start or end one.
+    assert.equal(await pageA.getByRole('button', { name: 'End test failover' }).count(), 0);
+    assert.equal(await pageA.getByRole('button', { name: 'Start test failover' }).count(), 0);
+
+    await pageB.getByRole('button', { name: 'End test failover' }).click();
+    await waitText(pageB, 'ended', '[role=status]', (t) => t.includes('test failover far-drill ended (test-end)'));
+    await waitFor('the figures gone at B', async () => (await pageB.locator('[data-testid=test-failover]').count()) === 0, 30_000);
+    await waitFor('the figures gone at A', async () => (await pageA.locator('[data-testid=test-failover]').count()) === 0, 60_000);
+    await pageB.getByRole('button', { name: 'Start test failover' }).waitFor();
+  });
+
+  test("a planned switchover from A's console: force needs the typed name; the roles reverse on both pages", async () => {
+    await pageA.goto(a.apiUrl + '/#/disk/far');
+    await waitText(pageA, 'the primary page', '#disk-title', (t) => t.includes('(primary)'));
+    await waitText(pageA, 'DR normal', '[data-testid=dr-state]', (t) => t.includes('DR normal'));
+    // Force disconnects NBD clients: its confirmation stays disabled until the name is typed; Cancel does nothing.
+    await pageA.getByRole('button', { name: 'Switch over --force…' }).click();
+    const forceButton = pageA.getByRole('button', { name: 'Switch over, disconnecting NBD clients' });
+    assert.equal(await forceButton.isDisabled(), true);
+    await pageA.getByLabel('type the disk name to confirm').fill('fa');
+    assert.equal(await forceButton.isDisabled(), true);
+    await pageA.getByRole('button', { name: 'Cancel' }).click();
+    assert.equal(await forceButton.count(), 0);
+
+    await pageA.getByRole('button', { name: 'Switch over…' }).click();
+    await pageA.getByRole('button', { name: 'Switch over', exact: true }).click();
+    await waitText(pageA, 'the roles reversed at A', '#disk-title', (t) => t.includes('Disk far (replica)'), 120_000);
+    const dr = await waitText(pageA, "A's DR state", '[data-testid=dr-state]', (t) => t.includes('DR normal') && /generation [0-9a-f]{16}/.test(t));
+    const generation = /generation ([0-9a-f]{16})/.exec(dr)![1]!;
+    await pageB.goto(b.apiUrl + '/#/disk/far-dr');
+    await waitText(pageB, 'the roles reversed at B', '#disk-title', (t) => t.includes('Disk far-dr (primary)'), 60_000);
+    await waitText(pageB, "B's DR state, the same generation", '[data-testid=dr-state]', (t) => t.includes('DR normal') && t.includes(generation));
+    await pageB.goto(b.apiUrl + '/#/');
+    await waitText(pageB, 'the primary at B in the overview', 'tr[data-disk=far-dr]', (t) => t.includes('primary'));
   });
 });
