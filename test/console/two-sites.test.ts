@@ -4,7 +4,8 @@
 // the overview (the disk first, its problem in words) and the mirror.link event; restore it
 // and see the link connected again. Then the DR operations through the consoles: a test
 // failover started at site B (its figures on both sites' disk pages) and ended; a planned
-// switchover from site A's console (the roles reversed on both disk pages).
+// switchover from site A's console (the roles reversed on both disk pages); a second disk's
+// replica promoted in B's console while A is down, A restarted: fenced, first in its overview.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -160,5 +161,31 @@ describe('web console, two sites', () => {
     await waitText(pageB, "B's DR state, the same generation", '[data-testid=dr-state]', (t) => t.includes('DR normal') && t.includes(generation));
     await pageB.goto(b.apiUrl + '/#/');
     await waitText(pageB, 'the primary at B in the overview', 'tr[data-disk=far-dr]', (t) => t.includes('primary'));
+  });
+
+  test("a fenced disk stands out: B promoted (in B's console) while A was down; A's overview lists it first, fenced", async () => {
+    // A second mirrored disk (set up through the API: the console's part is what follows).
+    await a.createDisk('fx', '8M');
+    const created = await a.api('POST', '/v1/disks/fx/mirror', { to: 'site-b:fx-dr', staging: path.join(work, 'fx.stg'), stagingSize: '64M' });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    await waitFor('fx in sync at both sites', async () => {
+      const [ma, mb] = await Promise.all([a.api('GET', '/v1/disks/fx/mirror'), b.api('GET', '/v1/disks/fx-dr/mirror')]);
+      return ma.body?.state === 'in-sync' && mb.body?.state === 'in-sync' && ma.body?.dr?.generation === mb.body?.dr?.generation;
+    }, 60_000);
+
+    assert.equal((await a.kill9()).signal, 'SIGKILL');
+    await pageB.goto(b.apiUrl + '/#/disk/fx-dr');
+    await waitText(pageB, 'the replica page', '#disk-title', (t) => t.includes('(replica)'));
+    await pageB.getByRole('button', { name: 'Promote', exact: true }).click();
+    await waitText(pageB, 'promoted', '[role=status]', (t) => t.includes('promoted: image'), 60_000);
+    await waitText(pageB, 'the former primary named', '[data-testid=dr-state]', (t) => t.includes('promoted here from site-a:fx'));
+
+    await a.restart();
+    await logIn(pageA, a); // a new API port: a new origin
+    const first = await waitText(pageA, 'the fenced disk first in the overview', 'table.disks tbody tr', (t) => t.startsWith('fx') && t.includes('fenced'), 60_000);
+    assert.match(first, /DR fenced: site-b was promoted past this site/, `the problem in words: ${first}`);
+    assert.equal(await pageA.locator('tr[data-disk=fx]').getAttribute('class'), 'problem');
+    await pageA.goto(a.apiUrl + '/#/disk/fx');
+    await waitText(pageA, 'the disk page says fenced', '[data-testid=dr-state]', (t) => t.includes('fenced') && t.includes('writes refused (FENCED)'));
   });
 });
