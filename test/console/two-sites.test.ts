@@ -127,6 +127,7 @@ describe('web console, two sites', () => {
     const figures = (t: string): boolean => t.includes('far-drill') && t.includes('running') && /at record \d+/.test(t) && t.includes('used of 16MiB');
     await waitText(pageB, "the test's figures at B", '[data-testid=test-failover]', figures);
     await waitText(pageA, "the test's figures at A", '[data-testid=test-failover]', figures, 60_000);
+    await pageB.screenshot({ path: path.join(ROOT, 'docs', 'console', 'test-failover.png'), fullPage: true });
     // Only the mirror site runs it: A's page shows the figures, no button to start or end one.
     assert.equal(await pageA.getByRole('button', { name: 'End test failover' }).count(), 0);
     assert.equal(await pageA.getByRole('button', { name: 'Start test failover' }).count(), 0);
@@ -187,5 +188,8 @@ describe('web console, two sites', () => {
     assert.equal(await pageA.locator('tr[data-disk=fx]').getAttribute('class'), 'problem');
     await pageA.goto(a.apiUrl + '/#/disk/fx');
     await waitText(pageA, 'the disk page says fenced', '[data-testid=dr-state]', (t) => t.includes('fenced') && t.includes('writes refused (FENCED)'));
+    await pageA.goto(a.apiUrl + '/#/');
+    await pageA.locator('tr[data-disk=fx]').waitFor();
+    await pageA.screenshot({ path: path.join(ROOT, 'docs', 'console', 'fenced-overview.png') });
   });
 });
