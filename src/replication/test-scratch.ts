@@ -39,6 +39,22 @@ export const TEST_GRANULE_BYTES = 64 * 1024;
 export const SCRATCH_BYTES_MIN = 16 * TEST_GRANULE_BYTES;
 const zeroes = Buffer.alloc(TEST_GRANULE_BYTES);
 
+/**
+ * Runs `piece` for each granule a range touches, all at once: granule `g`, the offset `at`
+ * within it, `n` bytes, and `done`, the bytes of the range before this piece.
+ */
+function eachGranulePiece(offset: number, length: number, piece: (g: number, at: number, n: number, done: number) => Promise<void>): Promise<void> {
+  const parts: Promise<void>[] = [];
+  for (let pos = offset; pos < offset + length; ) {
+    const g = Math.floor(pos / TEST_GRANULE_BYTES);
+    const at = pos - g * TEST_GRANULE_BYTES;
+    const n = Math.min(TEST_GRANULE_BYTES - at, offset + length - pos);
+    parts.push(piece(g, at, n, pos - offset));
+    pos += n;
+  }
+  return Promise.all(parts).then(() => undefined);
+}
+
 export interface TestScratchStats {
   scratchBytes: number;
   usedBytes: number;
@@ -207,17 +223,11 @@ export class TestScratch {
   /** Reads the test image: the test's writes, else the preserved old contents, else the replica. */
   async read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
     this.usable();
-    const parts: Promise<void>[] = [];
-    for (let pos = offset; pos < offset + length; ) {
-      const g = Math.floor(pos / TEST_GRANULE_BYTES);
-      const at = pos - g * TEST_GRANULE_BYTES;
-      const n = Math.min(TEST_GRANULE_BYTES - at, offset + length - pos);
-      const into = bufOffset + (pos - offset);
+    await eachGranulePiece(offset, length, (g, at, n, done) => {
+      const into = bufOffset + done;
       const slot = this.written[g]!;
-      parts.push(slot >= 0 ? this.readScratch(buf, into, n, slot * TEST_GRANULE_BYTES + at) : this.readBase(g, buf, into, at, n));
-      pos += n;
-    }
-    await Promise.all(parts);
+      return slot >= 0 ? this.readScratch(buf, into, n, slot * TEST_GRANULE_BYTES + at) : this.readBase(g, buf, into, at, n);
+    });
     // A preservation that failed during the read may have let the replica change under it.
     this.usable();
   }
@@ -225,29 +235,13 @@ export class TestScratch {
   /** Writes to the test image: only scratch slots (T1); SCRATCH_FULL when no slot is left. */
   async write(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
     this.usable();
-    const parts: Promise<void>[] = [];
-    for (let pos = offset; pos < offset + length; ) {
-      const g = Math.floor(pos / TEST_GRANULE_BYTES);
-      const at = pos - g * TEST_GRANULE_BYTES;
-      const n = Math.min(TEST_GRANULE_BYTES - at, offset + length - pos);
-      parts.push(this.writePiece(g, buf.subarray(bufOffset + (pos - offset), bufOffset + (pos - offset) + n), at));
-      pos += n;
-    }
-    await Promise.all(parts);
+    await eachGranulePiece(offset, length, (g, at, n, done) => this.writePiece(g, buf.subarray(bufOffset + done, bufOffset + done + n), at));
   }
 
   /** Zeroes (or trims: the test image reads zeroes there) a range of the test image. */
   async zero(offset: number, length: number): Promise<void> {
     this.usable();
-    const parts: Promise<void>[] = [];
-    for (let pos = offset; pos < offset + length; ) {
-      const g = Math.floor(pos / TEST_GRANULE_BYTES);
-      const at = pos - g * TEST_GRANULE_BYTES;
-      const n = Math.min(TEST_GRANULE_BYTES - at, offset + length - pos);
-      parts.push(this.writePiece(g, zeroes.subarray(0, n), at));
-      pos += n;
-    }
-    await Promise.all(parts);
+    await eachGranulePiece(offset, length, (g, at, n) => this.writePiece(g, zeroes.subarray(0, n), at));
   }
 
   private async writePiece(g: number, data: Buffer, at: number): Promise<void> {
