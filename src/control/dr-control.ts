@@ -222,13 +222,15 @@ export class DrControl {
     writeBaseSeq(file, baseSeq);
     void DivergenceMap.create(file, volume.size)
       .then(async (map) => {
-        this.track(disk, volume, map);
+        // Installed with no write in flight: every write before it is staged, hence in the scan below; every one after is marked (D1).
+        await volume.exclusive(async () => this.track(disk, volume, map));
         await this.markOldPrimary(disk, volume, map);
       })
       .catch((err) => this.log.error({ disk, err: (err as Error).message }, 'could not record the changed regions; they are recorded again at the next start'));
   }
 
   private async markOldPrimary(disk: string, volume: Volume, map: DivergenceMap): Promise<void> {
+    await volume.staging?.journal.sync(); // every record written so far is durable, so the scan reads it
     const records = await markUnacknowledged(map, volume.staging?.journal ?? null, path.join(this.bitmapsDir, `${disk}.dirty`), SYNC_CHUNK_BYTES, readBaseSeq(map.file));
     await map.persist();
     this.log.warn({ disk, unacknowledgedRecords: records, changedBytes: map.changedBytes }, 'changed regions since divergence recorded');

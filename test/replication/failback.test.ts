@@ -4,7 +4,10 @@
 //  - site A lost mid-stream with records B never received (the link cut, writes at A, kill -9
 //    of A), B promoted and written (scattered 4 KiB writes): B's map holds exactly the
 //    granules it wrote, and keeps them across a kill -9 of B; A back, fenced: its map holds
-//    exactly the granules of the records B never acknowledged.
+//    exactly the granules of the records B never acknowledged;
+//  - split brain (A written after the link went down, B promoted and written, the link back):
+//    each side's map holds its own writes since divergence, and A's grows with every write
+//    it still takes (durably before the write: a kill -9 right after loses none).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -13,7 +16,7 @@ import { Cleanup } from '../staging/helpers.js';
 import { assertSchema } from '../api/helpers.js';
 import { DrSchema } from '../../src/api/dr-routes.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../../src/replication/divergence-map.js';
-import { MiB, cliJson, startSites, stopSitesBounded, waitCaughtUp, type Sites } from './helpers.js';
+import { MiB, cliJson, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 64 * MiB;
 const G = DIVERGENCE_GRANULE_BYTES;
@@ -92,5 +95,33 @@ describe('delta failback: changed regions since divergence', () => {
     await s.a.restart();
     await waitFor('A fenced again', async () => (await dr(s.a, 'fb')).state === 'fenced', 60_000);
     assert.deepEqual((await dr(s.a, 'fb')).changed, a.changed);
+  });
+
+  it('split brain: each side tracks its own writes since divergence, and A keeps tracking the writes it takes', LONG, async (t) => {
+    await s.a.createDisk('sb', DISK);
+    await cliJson(s.a, ['mirror', 'create', 'sb', '--to', `${s.peer}:sb-dr`, '--staging', path.join(work, 'sb.stg'), '--staging-size', '128M']);
+    await qemuIoOk(s.a.uri('sb'), [`write -P 0x33 0 ${DISK}`]);
+    await waitCaughtUp(s, 'sb', 'sb-dr');
+    s.proxy.cut();
+    await qemuIoOk(s.a.uri('sb'), ['write -P 0x66 2M 4k']); // shipped into the cut, never received
+    await waitStatus(s.a, 'sb', 'the link is down', (st) => st.link?.state !== 'connected', 60_000);
+    await qemuIoOk(s.a.uri('sb'), ['write -P 0x44 20M 4k', 'write -P 0x44 21M 4k']); // after divergence
+    await cliJson(s.b, ['mirror', 'promote', 'sb-dr']);
+    await qemuIoOk(s.b.uri('sb-dr'), ['write -P 0x55 1M 4k', 'write -P 0x55 40M 4k', 'write -P 0x55 50M 4k']);
+    s.proxy.restore();
+    await waitFor('split brain at A', async () => (await dr(s.a, 'sb')).state === 'split-brain', 60_000);
+    await waitFor("A's changed regions are recorded", async () => ((await dr(s.a, 'sb')).changed?.granules ?? 0) > 0, 60_000);
+    const a = await dr(s.a, 'sb');
+    const b = await dr(s.b, 'sb-dr');
+    t.diagnostic(`A: ${JSON.stringify(a.changed)}  B: ${JSON.stringify(b.changed)}`);
+    assert.equal(a.changed.granules, 3, "A: its record B never received and its two writes after divergence");
+    assert.equal(b.changed.granules, 3, "B: its three writes since the promote");
+    // A still takes writes in split brain; each is marked before it is taken.
+    await qemuIoOk(s.a.uri('sb'), ['write -P 0x77 60M 4k']);
+    assert.equal((await dr(s.a, 'sb')).changed.granules, 4);
+    assert.equal((await s.a.kill9()).signal, 'SIGKILL');
+    await s.a.restart();
+    await waitFor('A in split brain again', async () => (await dr(s.a, 'sb')).state === 'split-brain', 60_000);
+    assert.equal((await dr(s.a, 'sb')).changed.granules, 4, 'the map and the staged records agree after a kill -9');
   });
 });
