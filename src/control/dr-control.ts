@@ -182,7 +182,8 @@ export class DrControl {
       const map = (await DivergenceMap.open(file, volume.size, damaged)) ?? (await DivergenceMap.create(file, volume.size));
       this.track(disk, volume, map);
       await this.markOldPrimary(disk, volume, map);
-    } else if (this.promotedHere(r)) {
+    } else if (r.peer !== null && (DivergenceMap.exists(file) || this.promotedHere(r))) {
+      // Promoted here (a later generation, a resync of a new mirror say, does not end the tracking: only D2 does).
       let map = await DivergenceMap.open(file, volume.size, damaged);
       if (!map) {
         this.log.error({ disk }, 'the divergence map of a promoted disk is missing: every region counts as changed');
