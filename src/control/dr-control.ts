@@ -37,6 +37,14 @@
 //              that makes it the replica;
 //   (adopted)  a replica takes its primary's history at every accepted attach.
 //
+// Changed regions since divergence (replication/divergence-map.ts, its invariants D1-D3 at its head):
+//   map starts          promoted site: before the promote's transaction (empty; full when the promote took a
+//                       rolled-back or as-is image), with its base seq; old primary: when it learns it is
+//                       fenced or in split brain (its unacknowledged records past the base the peer sent, its
+//                       dirty regions), rebuilt by union at every start
+//   map marks           every client write of the disk, durably before the write is taken (Volume.trackChanges)
+//   map ends            the disk becomes its peer's replica (replicaCreated), or the disk is removed
+//
 // The reaction to each relation (relate() decides it, one table, at the head of generations.ts):
 //
 //   site                                relation                    does
