@@ -26,6 +26,19 @@ export const DrSchema = Type.Object({
   reason: Type.Union([Type.String(), Type.Null()], { description: 'why the disk is fenced or in split brain' }),
   since: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
   formerPrimary: Type.Union([Type.String(), Type.Null()], { description: 'after a promote at this site: the former primary, PEER:DISK' }),
+  changed: Type.Optional(
+    Type.Union(
+      [
+        Type.Object({
+          granuleBytes: Type.Integer({ description: 'the granule the regions are tracked at (64 KiB)' }),
+          granules: Type.Integer({ description: 'granules changed here since the sites diverged' }),
+          bytes: Type.Integer({ description: 'their bytes: what a failback resyncs from this side' }),
+        }),
+        Type.Null(),
+      ],
+      { description: "the regions this disk changed since the sites diverged (after a promote here: every write since; at a fenced or split-brain old primary: the records its peer never acknowledged and every write since); null when they are not tracked" },
+    ),
+  ),
 });
 
 export type DrView = {
@@ -35,6 +48,7 @@ export type DrView = {
   reason: string | null;
   since: string | null;
   formerPrimary: string | null;
+  changed?: DrStatus['changed'];
 };
 
 /** A disk's DR state as the API shows it, or null when the disk never was in a mirror relationship. */

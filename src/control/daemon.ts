@@ -105,7 +105,7 @@ export class Daemon {
     this.store = new MetadataStore(path.join(dir, DB_FILE));
     this.disks = new DiskRegistry(this.store, dir, this.log);
     this.staging = new StagingControl(this.store, this.disks, dir, this.log);
-    this.dr = new DrControl(this.store, this.log);
+    this.dr = new DrControl(this.store, this.log, path.join(dir, 'bitmaps'));
     this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log, this.dr);
     const identity = this.identity;
     const store = this.store;
@@ -189,6 +189,7 @@ export class Daemon {
       await this.staging.openAtStart(row, volume);
       await this.mirrors.openAtStart(row, volume);
       this.replicas.openAtStart(row, volume);
+      await this.dr.openChangeMap(row.name, volume); // the regions changed since divergence, before any client write
     });
     this.drills.recoverAtStart(); // a test failover a stop or crash interrupted is ended (drill-control.ts)
     this.ready = true;

@@ -37,6 +37,14 @@
 //              that makes it the replica;
 //   (adopted)  a replica takes its primary's history at every accepted attach.
 //
+// Changed regions since divergence (replication/divergence-map.ts, its invariants D1-D3 at its head):
+//   map starts          promoted site: before the promote's transaction (empty; full when the promote took a
+//                       rolled-back or as-is image), with its base seq; old primary: when it learns it is
+//                       fenced or in split brain (its unacknowledged records past the base the peer sent, its
+//                       dirty regions), rebuilt by union at every start
+//   map marks           every client write of the disk, durably before the write is taken (Volume.trackChanges)
+//   map ends            the disk becomes its peer's replica (replicaCreated), or the disk is removed
+//
 // The reaction to each relation (relate() decides it, one table, at the head of generations.ts):
 //
 //   site                                relation                    does
@@ -51,10 +59,14 @@
 //   from this very peer and disk)       split-brain                 split-brain here too, refuses: SPLIT_BRAIN
 //                                       other                       as any disk (NO_MIRROR)
 import assert from 'node:assert';
+import fs from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { appendGeneration, currentGeneration, newGeneration, parseHistory, relate, type Generation, type GenerationReason } from '../replication/generations.js';
 import type { Volume } from '../volume/volume.js';
+import { DIVERGENCE_GRANULE_BYTES, DivergenceMap, markUnacknowledged, readBaseSeq, writeBaseSeq } from '../replication/divergence-map.js';
+import { SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { DrStore, type DrRow, type DrState } from './dr-store.js';
 import type { MetadataStore } from './store.js';
 
@@ -68,6 +80,8 @@ export interface DrStatus {
   since: string | null;
   /** After a promote here: the former primary, PEER:DISK. */
   formerPrimary: string | null;
+  /** The regions this disk changed since the sites diverged (divergence-map.ts), while they are tracked. */
+  changed: { granuleBytes: number; granules: number; bytes: number } | null;
 }
 
 export class DrControl {
@@ -78,9 +92,14 @@ export class DrControl {
   /** Called when this site, switching over, learns the peer already took the primary role. */
   private peerSwitched: (disk: string) => void = () => undefined;
 
+  /** The divergence maps of the disks whose changed regions are tracked (promoted here, fenced, split brain). */
+  private readonly maps = new Map<string, DivergenceMap>();
+
   constructor(
     store: MetadataStore,
     private readonly log: Logger,
+    /** Where divergence maps (DISK.diverged) and mirrors' dirty bitmaps (DISK.dirty) are kept. */
+    private readonly bitmapsDir: string,
   ) {
     this.rows = new DrStore(store);
   }
@@ -109,7 +128,13 @@ export class DrControl {
       reason: r.stateReason,
       since: r.stateAtMs !== null ? new Date(r.stateAtMs).toISOString() : null,
       formerPrimary: r.peer !== null && r.peerDisk !== null ? `${r.peer}:${r.peerDisk}` : null,
+      changed: this.changed(disk),
     };
+  }
+
+  private changed(disk: string): DrStatus['changed'] {
+    const m = this.maps.get(disk);
+    return m ? { granuleBytes: DIVERGENCE_GRANULE_BYTES, granules: m.changedGranules, bytes: m.changedBytes } : null;
   }
 
   /** At daemon start, before clients are served: a fenced disk refuses writes again. */
@@ -120,6 +145,104 @@ export class DrControl {
       volume.setFence(r.stateReason ?? 'its peer site was promoted past it');
       this.log.warn({ disk, state: r.state, reason: r.stateReason }, 'disk fenced: it takes no writes');
     }
+  }
+
+  // ---- changed regions since divergence (replication/divergence-map.ts) ----
+
+  /** The divergence map of a disk, if its changed regions are tracked. */
+  changeMap(disk: string): DivergenceMap | null {
+    return this.maps.get(disk) ?? null;
+  }
+
+  private mapFile(disk: string): string {
+    fs.mkdirSync(this.bitmapsDir, { recursive: true, mode: 0o700 });
+    return path.join(this.bitmapsDir, `${disk}.diverged`);
+  }
+
+  /** Every client write waits until its granules are durable in the map (D1). */
+  private track(disk: string, volume: Volume, map: DivergenceMap): void {
+    this.maps.set(disk, map);
+    this.volumes.set(disk, volume);
+    volume.trackChanges((offset, length) => map.admit(offset, length));
+  }
+
+  private untrack(disk: string): void {
+    const m = this.maps.get(disk);
+    this.maps.delete(disk);
+    this.volumes.get(disk)?.trackChanges(null);
+    if (m) m.remove();
+    else fs.rmSync(this.mapFile(disk), { force: true });
+    writeBaseSeq(this.mapFile(disk), null);
+  }
+
+  /**
+   * At daemon start, once the disk's staging area and mirror are open and before clients are
+   * served: a disk promoted here reopens its map (a missing or damaged one becomes a full
+   * one); a fenced or split-brain disk reopens its map and marks its unacknowledged records
+   * again (a crash while the map was first built loses nothing: bits are only added, D2).
+   */
+  async openChangeMap(disk: string, volume: Volume): Promise<void> {
+    const r = this.row(disk);
+    if (!r) return;
+    const file = this.mapFile(disk);
+    const damaged = (err: Error): void => this.log.error({ disk, err: err.message }, 'the divergence map is damaged: every region counts as changed');
+    if (r.state === 'fenced' || r.state === 'split-brain') {
+      const map = (await DivergenceMap.open(file, volume.size, damaged)) ?? (await DivergenceMap.create(file, volume.size));
+      this.track(disk, volume, map);
+      await this.markOldPrimary(disk, volume, map);
+    } else if (r.peer !== null && (DivergenceMap.exists(file) || this.promotedHere(r))) {
+      // Promoted here (a later generation, a resync of a new mirror say, does not end the tracking: only D2 does).
+      let map = await DivergenceMap.open(file, volume.size, damaged);
+      if (!map) {
+        this.log.error({ disk }, 'the divergence map of a promoted disk is missing: every region counts as changed');
+        map = await DivergenceMap.full(file, volume.size);
+      }
+      this.track(disk, volume, map);
+    }
+  }
+
+  /** What a refusal tells the old primary: the last of its records this promoted disk holds (readBaseSeq). */
+  private baseOf(disk: string): { appliedSeq?: number } {
+    const seq = readBaseSeq(this.mapFile(disk));
+    return seq === null ? {} : { appliedSeq: seq };
+  }
+
+  private promotedHere(r: DrRow): boolean {
+    return r.peer !== null && currentGeneration(r.generations)?.reason === 'promote';
+  }
+
+  /**
+   * Before a promote: an empty map, durable, tracking writes (the disk is still a replica: it
+   * takes none until promoted), with its base: the last record of the old primary it holds.
+   * A promote that did not take the newest image (rolled back from the undo log, or taken as
+   * it is) starts a full map: which regions differ from the old primary is not known.
+   */
+  async preparePromote(disk: string, volume: Volume, image: 'newest' | 'rolled-back' | 'as-is', seq: number): Promise<void> {
+    const file = this.mapFile(disk);
+    writeBaseSeq(file, image === 'newest' ? seq : null);
+    this.track(disk, volume, image === 'newest' ? await DivergenceMap.create(file, volume.size) : await DivergenceMap.full(file, volume.size));
+  }
+
+  /** The old primary learns it diverged: its unacknowledged records and dirty regions are marked, then its later writes. */
+  private startOldPrimaryMap(disk: string, baseSeq: number | null): void {
+    const volume = this.volumes.get(disk);
+    if (!volume || this.maps.has(disk)) return;
+    const file = this.mapFile(disk);
+    writeBaseSeq(file, baseSeq);
+    void DivergenceMap.create(file, volume.size)
+      .then(async (map) => {
+        // Installed with no write in flight: every write before it is staged, hence in the scan below; every one after is marked (D1).
+        await volume.exclusive(async () => this.track(disk, volume, map));
+        await this.markOldPrimary(disk, volume, map);
+      })
+      .catch((err) => this.log.error({ disk, err: (err as Error).message }, 'could not record the changed regions; they are recorded again at the next start'));
+  }
+
+  private async markOldPrimary(disk: string, volume: Volume, map: DivergenceMap): Promise<void> {
+    await volume.staging?.journal.sync(); // every record written so far is durable, so the scan reads it
+    const records = await markUnacknowledged(map, volume.staging?.journal ?? null, path.join(this.bitmapsDir, `${disk}.dirty`), SYNC_CHUNK_BYTES, readBaseSeq(map.file));
+    await map.persist();
+    this.log.warn({ disk, unacknowledgedRecords: records, changedBytes: map.changedBytes }, 'changed regions since divergence recorded');
   }
 
   // ---- planned switchover (control/switchover.ts) ----
@@ -246,10 +369,11 @@ export class DrControl {
     const theirs = parseHistory(remote?.generations);
     if (!theirs) return;
     if (this.peerTookOver(this.row(disk), theirs)) return this.peerSwitched(disk);
-    this.react(disk, peer, theirs);
+    const base = remote?.appliedSeq;
+    this.react(disk, peer, theirs, typeof base === 'number' && Number.isSafeInteger(base) && base >= 0 ? base : null);
   }
 
-  private react(disk: string, peer: string, theirs: Generation[]): void {
+  private react(disk: string, peer: string, theirs: Generation[], baseSeq: number | null = null): void {
     const r = this.row(disk);
     if (!r || r.state !== 'normal') return;
     const rel = relate(r.generations, theirs);
@@ -257,8 +381,10 @@ export class DrControl {
     const their = currentGeneration(theirs)?.id;
     if (rel === 'peer-ahead') {
       this.setState(disk, 'fenced', `${peer} was promoted past this site (its generation ${their} follows this disk's ${mine})`);
+      this.startOldPrimaryMap(disk, baseSeq);
     } else if (rel === 'split-brain') {
       this.setState(disk, 'split-brain', `this site and ${peer} both took writes since generation ${commonAncestor(r.generations, theirs)} (here ${mine}, at ${peer} ${their}); nothing is resynced until the administrator chooses the side to discard`);
+      this.startOldPrimaryMap(disk, baseSeq);
     } else {
       this.log.warn({ disk, peer, relation: rel, mine, theirs: their }, 'the mirror site refused the attach; its history does not put this site behind it');
     }
@@ -297,6 +423,7 @@ export class DrControl {
     if (r && r.state !== 'normal') this.log.warn({ disk, state: r.state }, 'the disk becomes the replica of its peer: its disaster recovery state ends');
     this.put({ ...DrStore.empty(disk), generations: theirs });
     this.volumes.get(disk)?.setFence(null);
+    this.untrack(disk); // its data is rewritten to the peer's image: what it changed no longer matters (D2)
   }
 
   /** An attach for a disk that is no replica here: a disk promoted from this peer's answers from its history. */
@@ -312,11 +439,11 @@ export class DrControl {
     const rel = relate(r.generations, theirs);
     const mine = currentGeneration(r.generations)?.id;
     if (rel === 'local-ahead') {
-      throw new FerryError('FENCED', `disk '${disk}' was promoted at this site (generation ${mine}): ${peer}'s '${originDisk}' is stale and is no longer a replica here`, { generations: r.generations });
+      throw new FerryError('FENCED', `disk '${disk}' was promoted at this site (generation ${mine}): ${peer}'s '${originDisk}' is stale and is no longer a replica here`, { generations: r.generations, ...this.baseOf(disk) });
     }
     if (rel === 'split-brain') {
       if (r.state !== 'split-brain') this.setState(disk, 'split-brain', `${peer} took writes on '${originDisk}' after this disk was promoted from it (since generation ${commonAncestor(r.generations, theirs)}); nothing is resynced until the administrator chooses the side to discard`);
-      throw new FerryError('SPLIT_BRAIN', `disk '${disk}' was promoted at this site and ${peer} took writes on '${originDisk}' since: split brain`, { generations: r.generations });
+      throw new FerryError('SPLIT_BRAIN', `disk '${disk}' was promoted at this site and ${peer} took writes on '${originDisk}' since: split brain`, { generations: r.generations, ...this.baseOf(disk) });
     }
   }
 

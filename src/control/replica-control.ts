@@ -345,6 +345,7 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
         report = { disk, image: 'rolled-back', seq: guard.undo.baseSeq, restoredBytes: bytes };
       }
       // A promote ends the replica and starts the disk's new generation in one transaction.
+      if (dropSession) await this.dr.preparePromote(disk, h.volume, report.image, report.seq); // its writes from the promote on are tracked (divergence-map.ts)
       if (dropSession) this.dr.promoted(disk, row.peer, row.origin_disk, () => this.store.deleteReplica(disk));
       else this.store.deleteReplica(disk);
       this.handles.delete(disk);

@@ -41,6 +41,12 @@ export interface SyncOptions {
   onCheckpoint: (cursor: number) => void;
   /** A resync: only chunks for which this holds are copied (the dirty regions of a bitmap). */
   only?: (chunk: number) => boolean;
+  /**
+   * A delta resync (a failback: replication/divergence-map.ts): within each chunk only the
+   * granules for which `has` holds are read and written; a chunk with none is skipped.
+   * `bytes` divides SYNC_CHUNK_BYTES.
+   */
+  granules?: { bytes: number; has(granule: number): boolean };
   /** Called once a chunk is written on the target (durable at the next checkpoint). */
   onChunkCopied?: (chunk: number) => void;
   /** Where the chunks being copied are held against the mirror's stream (default: held nowhere else). */
@@ -96,6 +102,24 @@ export class SyncEngine {
     this.cursor = Math.min(opts.startCursor, source.size);
     this.startedCursor = this.cursor;
     this.holds = opts.holds ?? new ChunkHolds();
+    if (opts.granules) assert.ok(opts.granules.bytes > 0 && SYNC_CHUNK_BYTES % opts.granules.bytes === 0, 'granules divide a sync chunk');
+  }
+
+  /** The granule runs of a chunk to copy: the whole chunk without a granule filter. */
+  private runsOf(chunk: number): Array<{ offset: number; length: number }> {
+    const start = chunk * SYNC_CHUNK_BYTES;
+    const end = Math.min(this.source.size, start + SYNC_CHUNK_BYTES);
+    const g = this.opts.granules;
+    if (!g) return [{ offset: start, length: end - start }];
+    const runs: Array<{ offset: number; length: number }> = [];
+    for (let at = start; at < end; at += g.bytes) {
+      if (!g.has(at / g.bytes)) continue;
+      const len = Math.min(g.bytes, end - at);
+      const last = runs[runs.length - 1];
+      if (last && last.offset + last.length === at) last.length += len;
+      else runs.push({ offset: at, length: len });
+    }
+    return runs;
   }
 
   /** Bytes of the disk already synced (durable or in progress below the cursor). */
@@ -148,8 +172,10 @@ export class SyncEngine {
       try {
         while (!this.stopped && failure === null && this.checkpointError === null && next < chunks) {
           const chunk = next++;
-          if (!this.opts.only || this.opts.only(chunk)) {
-            await this.copyChunk(chunk, bufs);
+          const runs = this.opts.only && !this.opts.only(chunk) ? [] : this.runsOf(chunk);
+          if (runs.length > 0) {
+            if (this.opts.granules) await this.copyRuns(chunk, runs, bufs);
+            else await this.copyChunk(chunk, bufs);
             this.opts.onChunkCopied?.(chunk);
           }
           finished.add(chunk);
@@ -232,6 +258,22 @@ export class SyncEngine {
       await this.source.read(buf, 0, length, offset);
       if (this.opts.mode === 'checksum') await this.writeDiffering(buf, offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, length));
       else await this.writeData(buf, offset);
+    } finally {
+      release();
+    }
+  }
+
+  /** A delta resync's chunk: only its granule runs are read and written (held as a whole chunk). */
+  private async copyRuns(chunk: number, runs: Array<{ offset: number; length: number }>, bufs: ChunkBuffers): Promise<void> {
+    const release = this.holds.hold(chunk);
+    try {
+      for (const r of runs) {
+        assert.ok(Math.floor(r.offset / SYNC_CHUNK_BYTES) === chunk && r.offset + r.length <= (chunk + 1) * SYNC_CHUNK_BYTES, 'a granule run stays within its chunk');
+        const buf = bufs.ours.subarray(0, r.length);
+        await this.source.read(buf, 0, r.length, r.offset);
+        if (this.opts.mode === 'checksum') await this.writeDiffering(buf, r.offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, r.length));
+        else await this.writeData(buf, r.offset);
+      }
     } finally {
       release();
     }

@@ -31,6 +31,8 @@ export class Volume {
   private replicaHold = false;
   /** Why the disk is fenced (its peer site was promoted past it: control/dr-control.ts), else null. */
   private fenceReason: string | null = null;
+  /** Marks the regions a client write changes, durably, before it is taken (replication/divergence-map.ts), else null. */
+  private changeTracker: ((offset: number, length: number) => Promise<void> | null) | null = null;
   readonly stats: VolumeStats = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, zeroOps: 0, errors: 0 };
   private primary: DiskStore;
   private staged: StagedPath | null = null;
@@ -58,6 +60,15 @@ export class Volume {
   /** Fenced: client writes, zeroes and trims are refused with FENCED (reads go on); null lifts it. */
   setFence(reason: string | null): void {
     this.fenceReason = reason;
+  }
+
+  /** Every client write, zero and trim waits for `tracker` (the regions marked) before it is taken; null removes it. */
+  trackChanges(tracker: ((offset: number, length: number) => Promise<void> | null) | null): void {
+    this.changeTracker = tracker;
+  }
+
+  private tracked(offset: number, length: number): Promise<void> | null {
+    return this.changeTracker?.(offset, length) ?? null;
   }
 
   get fenced(): string | null {
@@ -172,7 +183,7 @@ export class Volume {
    * `length` bytes of `data` from offset 0 (a payload buffer of the NBD receive path).
    */
   writeFrom(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
-    const dev = this.readOnly || this.fenceReason !== null ? null : this.direct();
+    const dev = this.readOnly || this.fenceReason !== null || this.changeTracker !== null ? null : this.direct();
     if (dev === null) {
       this.write(data, 0, length, offset, fua).then(() => done(null), done);
       return;
@@ -207,6 +218,7 @@ export class Volume {
   write(buf: Buffer, bufOffset: number, length: number, offset: number, fua: boolean): Promise<void> {
     return this.io(async () => {
       this.writable();
+      await this.tracked(offset, length);
       if (this.staged) await this.staged.write(buf, bufOffset, length, offset, fua);
       else {
         await this.primary.write(buf, bufOffset, length, offset);
@@ -227,6 +239,7 @@ export class Volume {
   trim(offset: number, length: number, fua: boolean): Promise<void> {
     return this.io(async () => {
       this.writable();
+      await this.tracked(offset, length);
       if (this.staged) await this.staged.trim(offset, length, fua);
       else {
         await this.primary.trim(offset, length);
@@ -239,6 +252,7 @@ export class Volume {
   zero(offset: number, length: number, mayDeallocate: boolean, fastOnly: boolean, fua: boolean): Promise<void> {
     return this.io(async () => {
       this.writable();
+      await this.tracked(offset, length);
       if (this.staged) await this.staged.zero(offset, length, mayDeallocate, fua);
       else {
         await this.primary.zero(offset, length, mayDeallocate, fastOnly);

@@ -67,6 +67,8 @@ function fakeVolume(): { volume: Volume; fence: () => string | null; hook: () =>
   let hook: (() => void) | null = null;
   const volume = {
     setFence: (r: string | null) => void (fence = r),
+    size: 1 << 20,
+    trackChanges: () => undefined,
     staging: { watchDivergence: (h: (() => void) | null) => void (hook = h) },
   } as unknown as Volume;
   return { volume, fence: () => fence, hook: () => hook };
@@ -79,7 +81,7 @@ function rig(): { dir: string; open(): { store: MetadataStore; dr: DrControl } }
     open() {
       const store = new MetadataStore(path.join(dir, 'ferry.db'));
       store.insertDisk({ name: 'd', kind: 'virtual', pool: null, path: path.join(dir, 'd.img'), size: 1 << 20, read_only: 0, created_at: 1 });
-      return { store, dr: new DrControl(store, pino({ level: 'silent' })) };
+      return { store, dr: new DrControl(store, pino({ level: 'silent' }), path.join(dir, 'bitmaps')) };
     },
   };
 }
@@ -106,7 +108,7 @@ test('a primary fenced by its peer refuses writes, and stays fenced after a reop
   // Reopened (a restart): the fence is applied to the volume before anything is served.
   const v2 = fakeVolume();
   const store2 = new MetadataStore(path.join(r.dir, 'ferry.db'));
-  const dr2 = new DrControl(store2, pino({ level: 'silent' }));
+  const dr2 = new DrControl(store2, pino({ level: 'silent' }), path.join(r.dir, 'bitmaps'));
   dr2.openAtStart('d', v2.volume);
   assert.match(v2.fence()!, /promoted past this site/);
   // Becoming the peer's replica ends the fence and adopts the peer's history.
