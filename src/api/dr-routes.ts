@@ -75,7 +75,37 @@ export const SwitchoverSchema = Type.Object({
   drainedBytes: Type.Integer({ description: 'their bytes in the staging area' }),
 });
 
+export const ReconnectSchema = Type.Object({
+  disk: Type.String(),
+  primary: Type.String({ description: 'the survivor, PEER:DISK, whose replica this disk is now' }),
+  discardedAt: Type.String({ description: "the site whose writes since the sites diverged are discarded (this one)" }),
+  generation: Type.String({ description: 'the generation the survivor started for the resync' }),
+  changedHereBytes: Type.Integer({ description: 'bytes of the 64 KiB granules this site changed since the sites diverged (its records the survivor never had included)' }),
+  changedThereBytes: Type.Integer({ description: 'bytes of the granules the survivor changed since' }),
+  resyncBytes: Type.Integer({ description: 'bytes of their union: what the survivor copies to this site (the rest of the disk is not sent)' }),
+  diskBytes: Type.Integer(),
+  disconnected: Type.Integer({ description: 'NBD connections closed (force)' }),
+});
+
 export const drRoutes: RouteDef[] = [
+  {
+    method: 'POST',
+    url: '/v1/disks/:name/mirror/reconnect',
+    operationId: 'reconnectMirror',
+    summary:
+      'After a failover, at the site whose disk is fenced (or in split brain): this disk becomes the replica of the other site, which resyncs only the regions changed on either side since they diverged; its last image is kept by an undo log until the resync completes. In split brain, discardChangesAt must name this site. force=true disconnects NBD clients attached here',
+    tag: 'mirrors',
+    params: Type.Object({ name: Name }),
+    querystring: Type.Object(
+      {
+        force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])),
+        discardChangesAt: Type.Optional(Type.String({ minLength: 1, maxLength: 63, description: "the site whose writes since the sites diverged are thrown away: this site (required in split brain)" })),
+      },
+      { additionalProperties: false },
+    ),
+    response: ReconnectSchema,
+    handler: (d, { params, query }) => d.reconnects.run(params.name!, { force: query.force === 'true', ...(typeof query.discardChangesAt === 'string' ? { discardChangesAt: query.discardChangesAt } : {}) }),
+  },
   {
     method: 'POST',
     url: '/v1/disks/:name/mirror/switchover',

@@ -16,7 +16,7 @@ import type {
 } from './routes.js';
 import type { PeerDetailsSchema, PeerSchema, SiteSchema, TokenSchema } from './peer-routes.js';
 import type { TestEndSchema, TestFailoverDetailsSchema } from './drill-routes.js';
-import type { DrSchema, SwitchoverSchema } from './dr-routes.js';
+import type { DrSchema, ReconnectSchema, SwitchoverSchema } from './dr-routes.js';
 
 export type Disk = Static<typeof DiskSchema>;
 export type Pool = Static<typeof PoolSchema>;
@@ -36,3 +36,4 @@ export type TestFailover = Static<typeof TestFailoverDetailsSchema>;
 export type TestEnd = Static<typeof TestEndSchema>;
 export type DiskDr = Static<typeof DrSchema>;
 export type SwitchoverResult = Static<typeof SwitchoverSchema>;
+export type ReconnectResult = Static<typeof ReconnectSchema>;

@@ -27,6 +27,8 @@ import { ReplicaControl } from './replica-control.js';
 import { DrillControl } from './drill-control.js';
 import { DrControl } from './dr-control.js';
 import { SwitchoverControl } from './switchover.js';
+import { ReconnectControl } from './reconnect.js';
+import { serveControl, type ControlHandlers } from './control-session.js';
 import { lockPath, type FileLock } from '../disk/file-lock.js';
 import type { ConnectionLimits } from '../net/connection-limiter.js';
 
@@ -63,6 +65,7 @@ export class Daemon {
   drills!: DrillControl;
   dr!: DrControl;
   switchovers!: SwitchoverControl;
+  reconnects!: ReconnectControl;
   identity!: SiteIdentity;
   peers!: PeerControl;
   repl!: ReplListener;
@@ -147,8 +150,31 @@ export class Daemon {
       connect: (peer) => connectPeer(identity, peer, { purpose: 'control' }),
       log: this.log,
     });
+    this.reconnects = new ReconnectControl({
+      store: this.store,
+      disks: this.disks,
+      staging: this.staging,
+      mirrors,
+      replicas: this.replicas,
+      dr: this.dr,
+      dataDir: dir,
+      disconnectClients: (disk) => {
+        const volume = this.disks.volume(disk);
+        return volume ? this.nbd.disconnect(volume) : Promise.resolve(0);
+      },
+      replPort: () => this.replAddress.port,
+      siteName: this.identity.siteName,
+      connect: (peer) => connectPeer(identity, peer, { purpose: 'control' }),
+      log: this.log,
+    });
     const replicas = this.replicas;
     const switchovers = this.switchovers;
+    const reconnects = this.reconnects;
+    // What a peer may ask of this site over a 'control' session (control-session.ts).
+    const controlOps: ControlHandlers = {
+      switchover: (from, meta) => switchovers.serveRequest(from, meta),
+      reconnect: (from, meta, payload) => reconnects.serveRequest(from, meta, payload),
+    };
     // What a replication session asks of this site: its replicas, and a switchover's take-over.
     const replicaHost: ReplicaHost = {
       attach: (peer, meta) => replicas.attach(peer, meta),
@@ -167,7 +193,7 @@ export class Daemon {
       limits: this.config.limits?.repl,
       onSession: (session) => {
         if (session.hello.purpose === 'control' && this.ready) {
-          void switchovers.serveControl(session);
+          void serveControl(session, controlOps, this.log);
           return;
         }
         if (session.hello.purpose !== 'mirror' || !this.ready) {
@@ -187,9 +213,9 @@ export class Daemon {
       this.dr.openAtStart(row.name, volume); // a fenced disk refuses writes before any client is served
       await this.replicas.guardAtStart(row, volume); // before the staging area replays (U1)
       await this.staging.openAtStart(row, volume);
+      await this.dr.openChangeMap(row.name, volume); // the regions changed since divergence: before any client write, and before a reconnect's delta sync resumes
       await this.mirrors.openAtStart(row, volume);
       this.replicas.openAtStart(row, volume);
-      await this.dr.openChangeMap(row.name, volume); // the regions changed since divergence, before any client write
     });
     this.drills.recoverAtStart(); // a test failover a stop or crash interrupted is ended (drill-control.ts)
     this.ready = true;

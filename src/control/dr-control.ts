@@ -94,6 +94,8 @@ export class DrControl {
 
   /** The divergence maps of the disks whose changed regions are tracked (promoted here, fenced, split brain). */
   private readonly maps = new Map<string, DivergenceMap>();
+  /** Old primaries' maps being built (their unacknowledged records scanned), per disk. */
+  private readonly building = new Map<string, Promise<void>>();
 
   constructor(
     store: MetadataStore,
@@ -190,8 +192,9 @@ export class DrControl {
       const map = (await DivergenceMap.open(file, volume.size, damaged)) ?? (await DivergenceMap.create(file, volume.size));
       this.track(disk, volume, map);
       await this.markOldPrimary(disk, volume, map);
-    } else if (r.peer !== null && (DivergenceMap.exists(file) || this.promotedHere(r))) {
-      // Promoted here (a later generation, a resync of a new mirror say, does not end the tracking: only D2 does).
+    } else if (DivergenceMap.exists(file) || this.promotedHere(r)) {
+      // Promoted here, or the survivor of a reconnect whose delta sync is not complete (a later
+      // generation, a resync of a new mirror say, does not end the tracking: only D2 does).
       let map = await DivergenceMap.open(file, volume.size, damaged);
       if (!map) {
         this.log.error({ disk }, 'the divergence map of a promoted disk is missing: every region counts as changed');
@@ -229,13 +232,15 @@ export class DrControl {
     if (!volume || this.maps.has(disk)) return;
     const file = this.mapFile(disk);
     writeBaseSeq(file, baseSeq);
-    void DivergenceMap.create(file, volume.size)
+    const built = DivergenceMap.create(file, volume.size)
       .then(async (map) => {
         // Installed with no write in flight: every write before it is staged, hence in the scan below; every one after is marked (D1).
         await volume.exclusive(async () => this.track(disk, volume, map));
         await this.markOldPrimary(disk, volume, map);
       })
-      .catch((err) => this.log.error({ disk, err: (err as Error).message }, 'could not record the changed regions; they are recorded again at the next start'));
+      .catch((err) => this.log.error({ disk, err: (err as Error).message }, 'could not record the changed regions; they are recorded again at the next start'))
+      .finally(() => this.building.delete(disk));
+    this.building.set(disk, built);
   }
 
   private async markOldPrimary(disk: string, volume: Volume, map: DivergenceMap): Promise<void> {
@@ -243,6 +248,83 @@ export class DrControl {
     const records = await markUnacknowledged(map, volume.staging?.journal ?? null, path.join(this.bitmapsDir, `${disk}.dirty`), SYNC_CHUNK_BYTES, readBaseSeq(map.file));
     await map.persist();
     this.log.warn({ disk, unacknowledgedRecords: records, changedBytes: map.changedBytes }, 'changed regions since divergence recorded');
+  }
+
+  // ---- reconnect (control/reconnect.ts) ----
+
+  /**
+   * The site reconnecting as its peer's replica: fenced (its writes since divergence are to be
+   * discarded), durably, with the survivor it waits for, before its mirror and staging area go.
+   */
+  beginReconnect(disk: string, peer: string, peerDisk: string, reason: string): void {
+    const r = this.row(disk) ?? DrStore.empty(disk);
+    this.put({ ...r, state: 'fenced', stateReason: reason, stateAtMs: Date.now(), reconnect: { peer, peerDisk } });
+    assert.ok(this.row(disk)?.state === 'fenced', 'a reconnecting disk is fenced durably before its writes are refused');
+    this.volumes.get(disk)?.setFence(reason);
+    this.log.warn({ disk, survivor: `${peer}:${peerDisk}` }, 'reconnecting as the replica of the survivor: writes refused');
+  }
+
+  /** The survivor this disk reconnects to, while it does. */
+  reconnecting(disk: string): { peer: string; peerDisk: string } | null {
+    return this.row(disk)?.reconnect ?? null;
+  }
+
+  /** Its changed regions, as the peer takes them (snapshot()); every granule when they were not tracked (more is resynced, never less). */
+  async changesToSend(disk: string, size: number): Promise<{ bits: Buffer; bytes: number }> {
+    await this.building.get(disk);
+    const m = this.maps.get(disk);
+    if (m) return { bits: m.snapshot(), bytes: m.changedBytes };
+    const granules = Math.ceil(size / DIVERGENCE_GRANULE_BYTES);
+    const bits = Buffer.alloc(Math.ceil(granules / 8), 0xff);
+    if (granules % 8 !== 0) bits[bits.length - 1] = (1 << (granules % 8)) - 1;
+    this.log.warn({ disk }, 'no changed regions were tracked here: every region counts as changed');
+    return { bits, bytes: size };
+  }
+
+  /**
+   * At the survivor: its own changed regions (a full map when none were tracked) united with
+   * the reconnecting peer's, durable before its delta sync may start; tracking goes on (its
+   * writes until the sync completes are marked too).
+   */
+  async uniteChanges(disk: string, volume: Volume, peerBits: Buffer): Promise<{ map: DivergenceMap; ownBytes: number }> {
+    await this.building.get(disk);
+    let map = this.maps.get(disk);
+    if (!map) {
+      const file = this.mapFile(disk);
+      map = (await DivergenceMap.open(file, volume.size, () => undefined)) ?? (await DivergenceMap.full(file, volume.size));
+      if (map.changedGranules === map.granules) this.log.warn({ disk }, 'no changed regions were tracked at this site: every region counts as changed');
+      this.track(disk, volume, map);
+    }
+    const ownBytes = map.changedBytes;
+    map.unionBits(peerBits);
+    await map.persist();
+    return { map, ownBytes };
+  }
+
+  /**
+   * The survivor accepts the reconnect: `commit` (its mirror row to the peer) and a new 'resync'
+   * generation, its split brain (if any) ended, in one transaction. The peer adopts the history
+   * at its first attach.
+   */
+  reconnected(disk: string, commit: () => void): Generation {
+    const g = newGeneration('resync');
+    this.rows.transaction(() => {
+      commit();
+      const r = this.rows.get(disk) ?? DrStore.empty(disk);
+      this.rows.put({ ...r, generations: appendGeneration(r.generations, g), state: 'normal', stateReason: null, stateAtMs: null, diverged: false });
+    });
+    this.cache.delete(disk);
+    this.volumes.get(disk)?.setFence(null);
+    this.log.warn({ disk, generation: g.id }, 'reconnect accepted: the peer becomes the replica of this disk; only the changed regions are resynced');
+    return g;
+  }
+
+  /** The survivor's delta sync completed: both sides hold the same image, the changed regions no longer matter (D2). */
+  deltaSynced(disk: string): void {
+    const r = this.row(disk);
+    if (r && (r.peer !== null || r.peerDisk !== null)) this.put({ ...r, peer: null, peerDisk: null });
+    this.untrack(disk);
+    this.log.info({ disk }, 'the changed regions are resynced: the divergence map is deleted');
   }
 
   // ---- planned switchover (control/switchover.ts) ----
@@ -417,11 +499,16 @@ export class DrControl {
   }
 
   /** A replica created (or taken over) for the peer: its history is the primary's; a fence or split brain on it ends (it follows the peer now). */
-  replicaCreated(disk: string, peerGenerations: unknown): void {
+  replicaCreated(disk: string, peerGenerations: unknown, commit: () => void = () => undefined): void {
     const theirs = parseHistory(peerGenerations) ?? [];
     const r = this.row(disk);
     if (r && r.state !== 'normal') this.log.warn({ disk, state: r.state }, 'the disk becomes the replica of its peer: its disaster recovery state ends');
-    this.put({ ...DrStore.empty(disk), generations: theirs });
+    // `commit` (the replica row) in the same transaction: a crash never leaves a replica still fenced, or a fenced disk unrecorded.
+    this.rows.transaction(() => {
+      commit();
+      this.rows.put({ ...DrStore.empty(disk), generations: theirs });
+    });
+    this.cache.delete(disk);
     this.volumes.get(disk)?.setFence(null);
     this.untrack(disk); // its data is rewritten to the peer's image: what it changed no longer matters (D2)
   }
@@ -435,6 +522,7 @@ export class DrControl {
       this.peerSwitched(disk);
       throw new FerryError('DISK_BUSY', `disk '${disk}' is completing its switchover to ${peer}; attach again`);
     }
+    if (r?.reconnect && r.reconnect.peer === peer && r.reconnect.peerDisk === originDisk) return; // the survivor we asked: it creates the replica here
     if (!r || !theirs || r.peer !== peer || r.peerDisk !== originDisk) return;
     const rel = relate(r.generations, theirs);
     const mine = currentGeneration(r.generations)?.id;

@@ -20,6 +20,8 @@ export interface DrRow {
   pending: Generation | null;
   peer: string | null;
   peerDisk: string | null;
+  /** At a site reconnecting as the replica of its peer (control/reconnect.ts): the survivor's disk it waits for. */
+  reconnect: { peer: string; peerDisk: string } | null;
 }
 
 interface RawRow {
@@ -32,6 +34,7 @@ interface RawRow {
   pending: string | null;
   peer: string | null;
   peer_disk: string | null;
+  reconnect: string | null;
 }
 
 export class DrStore {
@@ -52,6 +55,7 @@ export class DrStore {
       pending: r.pending !== null ? (parseHistory(safeJson(`[${r.pending}]`))?.[0] ?? null) : null,
       peer: r.peer,
       peerDisk: r.peer_disk,
+      reconnect: parseReconnect(r.reconnect),
     };
   }
 
@@ -59,10 +63,11 @@ export class DrStore {
   put(row: DrRow): void {
     this.store.db
       .prepare(
-        `INSERT INTO dr_disks (disk, generations, state, state_reason, state_at, diverged, pending, peer, peer_disk)
-         VALUES (@disk, @generations, @state, @state_reason, @state_at, @diverged, @pending, @peer, @peer_disk)
+        `INSERT INTO dr_disks (disk, generations, state, state_reason, state_at, diverged, pending, peer, peer_disk, reconnect)
+         VALUES (@disk, @generations, @state, @state_reason, @state_at, @diverged, @pending, @peer, @peer_disk, @reconnect)
          ON CONFLICT(disk) DO UPDATE SET generations = excluded.generations, state = excluded.state, state_reason = excluded.state_reason,
-           state_at = excluded.state_at, diverged = excluded.diverged, pending = excluded.pending, peer = excluded.peer, peer_disk = excluded.peer_disk`,
+           state_at = excluded.state_at, diverged = excluded.diverged, pending = excluded.pending, peer = excluded.peer, peer_disk = excluded.peer_disk,
+           reconnect = excluded.reconnect`,
       )
       .run({
         disk: row.disk,
@@ -74,6 +79,7 @@ export class DrStore {
         pending: row.pending ? JSON.stringify(row.pending) : null,
         peer: row.peer,
         peer_disk: row.peerDisk,
+        reconnect: row.reconnect ? JSON.stringify(row.reconnect) : null,
       });
   }
 
@@ -83,8 +89,15 @@ export class DrStore {
   }
 
   static empty(disk: string): DrRow {
-    return { disk, generations: [], state: 'normal', stateReason: null, stateAtMs: null, diverged: false, pending: null, peer: null, peerDisk: null };
+    return { disk, generations: [], state: 'normal', stateReason: null, stateAtMs: null, diverged: false, pending: null, peer: null, peerDisk: null, reconnect: null };
   }
+}
+
+function parseReconnect(text: string | null): DrRow['reconnect'] {
+  const v = text === null ? null : safeJson(text);
+  if (typeof v !== 'object' || v === null) return null;
+  const { peer, peerDisk } = v as Record<string, unknown>;
+  return typeof peer === 'string' && typeof peerDisk === 'string' ? { peer, peerDisk } : null;
 }
 
 function safeJson(text: string): unknown {

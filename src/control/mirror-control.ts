@@ -4,6 +4,7 @@
 // Operations on one disk's mirror run one at a time (mirror-ops-queue.ts). Every refusal
 // happens before anything is created or changed. Crash safety of each step is in the
 // order of operations; see docs/ARCHITECTURE.md, "Mirrors".
+import assert from 'node:assert';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -32,6 +33,7 @@ import { DirtyMap } from '../mirror/dirty-map.js';
 import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { changePolicy, parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
+import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
 export type { RemovedMirror } from './mirror-remove.js';
@@ -154,7 +156,8 @@ export class MirrorControl {
         const fresh = row !== undefined && row.sync_cursor === 0 && row.sync_done === 0 && row.resync === 0;
         // While the mirror site's copy is being rewritten anyway (a sync, a resync), it may restart its numbering here (rebase).
         const rebase = row !== undefined && (row.resync === 1 || row.sync_done === 0);
-        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase, generations: sites.dr.history(m.disk) };
+        // reconnect: the mirror site's disk is the one that reconnected (reconnect.ts); its image is protected while the delta sync runs.
+        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase, reconnect: row?.delta === 1, generations: sites.dr.history(m.disk) };
       },
       held: () => sites.dr.held(m.disk),
       onAttached: (reply) => sites.dr.primaryAttached(m.disk, peer, reply.meta.generations),
@@ -211,8 +214,12 @@ export class MirrorControl {
       targetIsZero: m.target_zero === 1,
       paused: m.paused === 1,
       policy: { onFull: m.on_full, maxLagBytes: m.max_lag_bytes, maxLagMs: m.max_lag_ms, bandwidth: m.bandwidth, compress: m.compress, rpoMs: m.rpo_ms },
+      // A reconnect's sync copies only the regions changed on either side since divergence (every region if that map is gone).
+      granules: m.delta === 1 ? { bytes: DIVERGENCE_GRANULE_BYTES, has: (g) => this.remote?.dr.changeMap(m.disk)?.has(g) ?? true } : undefined,
       onSyncCheckpoint: (cursor, done) => {
-        this.store.updateMirror(m.disk, { sync_cursor: cursor, sync_done: done ? 1 : 0 });
+        const delta = done && this.store.mirror(m.disk)?.delta === 1;
+        this.store.updateMirror(m.disk, { sync_cursor: cursor, sync_done: done ? 1 : 0, ...(delta ? { delta: 0 } : {}) });
+        if (delta) this.remote?.dr.deltaSynced(m.disk); // after the row: a crash between keeps the map (more resynced later, never less)
         // The mirror site learns it is consistent (R7); every attach repeats it, should this be lost.
         if (done && stream) stream.request({ op: 'synced', synced: true }).catch((err) => this.log.warn({ disk: m.disk, err: (err as Error).message }, 'could not tell the mirror site that the sync completed; the next attach will'));
       },
@@ -313,6 +320,7 @@ export class MirrorControl {
       created_at: Date.now(),
       ...policyColumns(policy),
       resync: 0,
+      delta: 0,
     };
     // Row first, then the consumer: a crash in between is repaired at start (openAtStart).
     this.store.insertMirror(m);
@@ -342,6 +350,7 @@ export class MirrorControl {
       created_at: Date.now(),
       ...policyColumns(policy),
       resync: 0,
+      delta: 0,
     };
     const journal = volume.staging!.journal;
     this.store.insertMirror(m);
@@ -349,12 +358,8 @@ export class MirrorControl {
     const holds = new ChunkHolds();
     const stream = this.remoteStream(m, volume, holds);
     stream.start();
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const reply = await Promise.race([
-        stream.firstAttach,
-        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new FerryError('PEER_UNREACHABLE', `peer '${target.peer.name}' did not answer within ${firstAttachMsMax / 1000} s`)), firstAttachMsMax))),
-      ]);
+      const reply = await firstAttach(stream, target.peer.name);
       if (reply.meta.created === true) {
         this.store.updateMirror(req.disk, { target_zero: 1 });
         m.target_zero = 1;
@@ -365,8 +370,6 @@ export class MirrorControl {
       this.store.deleteMirror(req.disk);
       await undoStaging();
       throw err;
-    } finally {
-      clearTimeout(timer);
     }
     this.startRemote(m, volume, { stream, holds });
     this.log.info({ disk: req.disk, target: label, sync: mode }, 'remote mirror created; syncing over the link');
@@ -473,7 +476,7 @@ export class MirrorControl {
   // ---- for a planned switchover (switchover.ts) ----
 
   /** Runs `fn` as the only operation on the mirror of `disk`. */
-  exclusive<T>(disk: string, op: 'switchover', fn: () => T | Promise<T>): Promise<T> {
+  exclusive<T>(disk: string, op: 'switchover' | 'reconnect', fn: () => T | Promise<T>): Promise<T> {
     return this.ops.run(disk, op, fn);
   }
 
@@ -492,6 +495,45 @@ export class MirrorControl {
     this.mirrors.delete(disk);
     await m?.close();
     await m?.targetStore.close();
+  }
+
+  // ---- for a reconnect (reconnect.ts) ----
+
+  /**
+   * The site reconnecting as the replica lets go of its own remote mirror, without a word to
+   * the peer (which is ahead of it): the stream stops, then the row, then the consumer (a
+   * consumer without a row is removed at start), then a fallback's dirty bitmap.
+   */
+  async dropRemote(disk: string): Promise<void> {
+    const row = this.store.mirror(disk);
+    if (!row || row.target.startsWith('local:')) return;
+    await this.stopRemote(disk);
+    this.store.deleteMirror(disk);
+    const journal = this.disks.entry(disk).volume?.staging?.journal;
+    if (journal?.hasConsumer(MIRROR_CONSUMER)) await journal.removeConsumer(MIRROR_CONSUMER);
+    fs.rmSync(this.bitmapFile(disk), { force: true });
+    this.log.warn({ disk, target: row.target }, 'remote mirror dropped: this disk reconnects as the replica of its peer');
+  }
+
+  /**
+   * The survivor of a reconnect, with no mirror (dropRemote): `record` writes the delta
+   * mirror's row (in the caller's transaction); then a new consumer at the journal's head, the stream and its first attach,
+   * which creates the replica at the peer. A failed first attach leaves the mirror recorded:
+   * it redials, and its status says why it does not attach.
+   */
+  async startDelta(m: MirrorRow, volume: Volume, record: () => void): Promise<MirrorStatus> {
+    assert.ok(m.delta === 1 && m.sync_done === 0, 'a reconnect starts a delta sync');
+    const journal = volume.staging!.journal;
+    assert.ok(!journal.hasConsumer(MIRROR_CONSUMER) && !this.mirrors.has(m.disk), 'a reconnect starts from no mirror (dropRemote)');
+    record();
+    // Row first, then the consumer (at the head: the sync copies everything before it): a row without one gets it at start.
+    await journal.addConsumer(MIRROR_CONSUMER);
+    const holds = new ChunkHolds();
+    const stream = this.remoteStream(m, volume, holds);
+    stream.start();
+    const mirror = this.startRemote(m, volume, { stream, holds });
+    await firstAttach(stream, parseRemote(m.target).peer);
+    return this.statusOf(mirror);
   }
 
   /** Starts the remote mirror recorded for `disk` (a replica that just became the primary). */
@@ -518,5 +560,18 @@ export class MirrorControl {
       await m.targetStore.close().catch(() => undefined);
     }
     this.mirrors.clear();
+  }
+}
+
+/** The stream's first attach, within firstAttachMsMax. */
+async function firstAttach(stream: RemoteStream, peer: string): Promise<Awaited<RemoteStream['firstAttach']>> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      stream.firstAttach,
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new FerryError('PEER_UNREACHABLE', `peer '${peer}' did not answer within ${firstAttachMsMax / 1000} s`)), firstAttachMsMax))),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -217,14 +217,17 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
       if (createdDisk) await this.disks.remove(disk, { purge: true }).catch(() => undefined);
       throw err;
     }
-    const row: ReplicaRow = { disk, peer, origin_disk: originDisk, synced: 0, created_disk: createdDisk ? 1 : 0, created_at: Date.now() };
-    this.store.insertReplica(row);
-    this.dr.replicaCreated(disk, meta.generations);
+    // A reconnect this site asked for (control/reconnect.ts): the disk holds this site's last image, a consistent one; recorded
+    // as such, the primary's first attach (not synced) starts the undo log that keeps it while the delta sync rewrites regions.
+    const asked = this.dr.reconnecting(disk);
+    const reconnect = meta.reconnect === true && !createdDisk && asked?.peer === peer && asked.peerDisk === originDisk;
+    const row: ReplicaRow = { disk, peer, origin_disk: originDisk, synced: reconnect ? 1 : 0, created_disk: createdDisk ? 1 : 0, created_at: Date.now() };
+    this.dr.replicaCreated(disk, meta.generations, () => this.store.insertReplica(row));
     const { volume } = this.disks.entry(disk);
     volume!.setReplicaHold(true);
     const h = this.newHandle(disk, volume!, peer);
     this.handles.set(disk, h);
-    this.log.info({ disk, peer, originDisk, firstSeq, createdDisk }, 'replica created');
+    this.log.info({ disk, peer, originDisk, firstSeq, createdDisk, reconnect }, 'replica created');
     // A disk Ferry just created reads as zeroes: the sync need not write holes.
     return { handle: h, created: createdDisk };
   }

@@ -104,6 +104,11 @@ const migrations: string[] = [
      peer TEXT,
      peer_disk TEXT
    );`,
+  // A reconnect (control/reconnect.ts): at the survivor, delta = 1 while its mirror's sync copies
+  // only the granules of the disk's divergence map (replication/divergence-map.ts), not the whole disk;
+  // and, at the site reconnecting as the replica, the survivor it waits for (JSON {peer, peerDisk}).
+  `ALTER TABLE mirrors ADD COLUMN delta INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE dr_disks ADD COLUMN reconnect TEXT;`,
 ];
 
 import type { OnFullPolicy } from '../mirror/mirror-policy.js';
@@ -141,6 +146,8 @@ export interface MirrorRow {
   resync: number;
   /** Recovery point objective in ms (`--rpo`); null: none. */
   rpo_ms: number | null;
+  /** 1 while the sync copies only the regions changed since the sites diverged (a reconnect). */
+  delta: number;
 }
 
 export interface StagingRow {
@@ -245,12 +252,12 @@ export class MetadataStore {
   insertMirror(row: MirrorRow): void {
     this.db
       .prepare(
-        'INSERT INTO mirrors (disk, target, path, created_file, sync_mode, sync_cursor, sync_done, target_zero, paused, created_at, on_full, max_lag_bytes, max_lag_ms, bandwidth, compress, resync, rpo_ms) VALUES (@disk, @target, @path, @created_file, @sync_mode, @sync_cursor, @sync_done, @target_zero, @paused, @created_at, @on_full, @max_lag_bytes, @max_lag_ms, @bandwidth, @compress, @resync, @rpo_ms)',
+        'INSERT INTO mirrors (disk, target, path, created_file, sync_mode, sync_cursor, sync_done, target_zero, paused, created_at, on_full, max_lag_bytes, max_lag_ms, bandwidth, compress, resync, rpo_ms, delta) VALUES (@disk, @target, @path, @created_file, @sync_mode, @sync_cursor, @sync_done, @target_zero, @paused, @created_at, @on_full, @max_lag_bytes, @max_lag_ms, @bandwidth, @compress, @resync, @rpo_ms, @delta)',
       )
       .run(row);
   }
 
-  updateMirror(disk: string, fields: Partial<Pick<MirrorRow, 'sync_cursor' | 'sync_done' | 'paused' | 'target_zero' | 'resync' | 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'rpo_ms'>>): void {
+  updateMirror(disk: string, fields: Partial<Pick<MirrorRow, 'sync_cursor' | 'sync_done' | 'paused' | 'target_zero' | 'resync' | 'delta' | 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'rpo_ms'>>): void {
     const sets = Object.keys(fields).map((k) => `${k} = @${k}`).join(', ');
     if (sets) this.db.prepare(`UPDATE mirrors SET ${sets} WHERE disk = @disk`).run({ ...fields, disk });
   }

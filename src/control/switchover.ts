@@ -32,8 +32,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { ERRORS, FerryError, type ErrorCode } from '../errors.js';
-import { parsePolicy, type MirrorPolicy } from '../mirror/mirror-policy.js';
+import { FerryError } from '../errors.js';
+import { askPeer, type ControlCaller } from './control-session.js';
+import { hostPort, newPrimaryRow, policyOf, policyOfRow } from './remote-mirror-row.js';
 import { currentGeneration, parseHistory } from '../replication/generations.js';
 import type { DiskRegistry } from './disk-registry.js';
 import type { DrControl } from './dr-control.js';
@@ -42,7 +43,6 @@ import type { MirrorControl } from './mirror-control.js';
 import { parseRemote } from './mirror-target.js';
 import type { ReplicaControl } from './replica-control.js';
 import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
-import { encodeFrame, FrameType } from '../replication/frame.js';
 import type { PeerSession } from '../replication/peer-session.js';
 
 /** How long the replica may take to apply its backlog and take over. */
@@ -102,53 +102,20 @@ export class SwitchoverControl {
     const r = this.d.store.replica(disk)!;
     const peer = this.d.store.peer(r.peer);
     if (!peer) throw new FerryError('PEER_NOT_FOUND', `peer '${r.peer}' is no longer paired`);
-    if (!peer.address) throw new FerryError('PEER_UNREACHABLE', `this site has no address for ${r.peer} (it dialled this site): give it one with 'ferry peer set ${r.peer} --address HOST:PORT', or run the switchover at ${r.peer}`);
-    const session = await this.d.connect(peer);
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      session.socket.write(encodeFrame(FrameType.REQUEST, { id: 1, op: 'switchover', disk: r.origin_disk, force: opts.force }));
-      const f = await Promise.race([
-        session.reader.next(),
-        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new FerryError('PEER_UNREACHABLE', `${r.peer} did not complete the switchover within ${askedMsMax / 1000} s`)), askedMsMax))),
-      ]);
-      if (!f || f.type !== FrameType.RESPONSE) throw new FerryError('REPL_PROTOCOL', `${r.peer} closed the control session without an answer`);
-      const e = f.meta.error as { code?: string; message?: string } | undefined;
-      if (e) {
-        const known = typeof e.code === 'string' && e.code in ERRORS;
-        throw new FerryError(known ? (e.code as ErrorCode) : 'REMOTE_ERROR', `${r.peer}: ${e.message ?? 'switchover failed'}`);
-      }
-      const rep = f.meta.report as SwitchoverReport;
-      return { ...rep, disk, primary: `${this.d.siteName}:${disk}` };
-    } finally {
-      clearTimeout(timer);
-      session.socket.destroy();
-    }
+    const answer = await askPeer(this.d.connect, peer, { op: 'switchover', disk: r.origin_disk, force: opts.force }, askedMsMax, 'switchover');
+    const rep = answer.report as SwitchoverReport;
+    return { ...rep, disk, primary: `${this.d.siteName}:${disk}` };
   }
 
-  /** At the primary site: a 'control' session from the replica site asking for the switchover of the disk it mirrors. */
-  async serveControl(session: PeerSession): Promise<void> {
-    const { socket, reader, peer } = session;
-    try {
-      const f = await reader.next();
-      if (!f || f.type !== FrameType.REQUEST || f.meta.op !== 'switchover' || typeof f.meta.disk !== 'string') return;
-      const disk = f.meta.disk;
-      let answer: Record<string, unknown>;
-      try {
-        const row = this.d.store.mirror(disk);
-        // Only the site holding the replica may ask.
-        if (!row || row.target.startsWith('local:') || parseRemote(row.target).peer !== peer.name) throw new FerryError('NO_MIRROR', `disk '${disk}' has no mirror at ${peer.name} here`);
-        answer = { report: await this.run(disk, { force: f.meta.force === true }) };
-      } catch (err) {
-        const e = err as Error;
-        answer = { error: { code: err instanceof FerryError ? err.code : 'INTERNAL', message: e.message } };
-      }
-      socket.write(encodeFrame(FrameType.RESPONSE, { id: f.meta.id, ...answer }));
-      socket.end();
-    } catch (err) {
-      this.d.log.warn({ peer: peer.name, err: (err as Error).message }, 'control session ended with an error');
-    } finally {
-      setTimeout(() => socket.destroy(), 1000).unref();
-    }
+  /** At the primary site: the replica site (`peer`) asks for the switchover of the disk it mirrors (a 'control' request). */
+  async serveRequest(from: ControlCaller, meta: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const peer = from.peer;
+    const disk = meta.disk;
+    if (typeof disk !== 'string') throw new FerryError('BAD_REQUEST', 'switchover needs disk');
+    const row = this.d.store.mirror(disk);
+    // Only the site holding the replica may ask.
+    if (!row || row.target.startsWith('local:') || parseRemote(row.target).peer !== peer) throw new FerryError('NO_MIRROR', `disk '${disk}' has no mirror at ${peer} here`);
+    return { report: await this.run(disk, { force: meta.force === true }) };
   }
 
   private async runNow(disk: string, opts: { force: boolean }): Promise<SwitchoverReport> {
@@ -188,7 +155,7 @@ export class SwitchoverControl {
         failpoint('switchover-drained');
         // Step 4, at B.
         let timer: NodeJS.Timeout | undefined;
-        const policy = { onFull: row.on_full, maxLagBytes: row.max_lag_bytes, maxLagMs: row.max_lag_ms, bandwidth: row.bandwidth, compress: row.compress };
+        const policy = policyOfRow(row);
         const request = remote.stream.request({ op: 'switchover', generations: dr.switchoverHistory(disk), lastSeq, replPort: this.d.replPort(), policy });
         try {
           await Promise.race([request, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new FerryError('PEER_UNREACHABLE', `${peer} did not take over within ${takeOverMsMax / 1000} s`)), takeOverMsMax)))]);
@@ -277,49 +244,4 @@ export class SwitchoverControl {
     this.d.mirrors.startRecorded(disk);
     return { generations: dr.history(disk) };
   }
-}
-
-/** The old primary's mirror policy, as it sent it; the remote defaults for anything malformed. */
-function policyOf(v: unknown): MirrorPolicy {
-  const p = parsePolicy({}, true);
-  if (typeof v !== 'object' || v === null) return p;
-  const x = v as Record<string, unknown>;
-  const count = (n: unknown): number | null => (typeof n === 'number' && Number.isSafeInteger(n) && n > 0 ? n : null);
-  return {
-    onFull: x.onFull === 'bitmap' || x.onFull === 'throttle' || x.onFull === 'fail' ? x.onFull : p.onFull,
-    maxLagBytes: count(x.maxLagBytes),
-    maxLagMs: count(x.maxLagMs),
-    bandwidth: count(x.bandwidth) ?? 0,
-    compress: x.compress === 'none' || x.compress === 'zstd' ? x.compress : p.compress,
-    rpoMs: count(x.rpoMs),
-  };
-}
-
-/** The mirror row of a replica that became the primary: in sync (no copy), with the old primary's policy. */
-function newPrimaryRow(disk: string, peer: string, originDisk: string, p: MirrorPolicy): MirrorRow {
-  const label = `${peer}:${originDisk}`;
-  return {
-    disk,
-    target: label,
-    path: `remote:${label}`,
-    created_file: 0,
-    sync_mode: 'full',
-    sync_cursor: 0,
-    sync_done: 1,
-    target_zero: 0,
-    paused: 0,
-    created_at: Date.now(),
-    on_full: p.onFull,
-    max_lag_bytes: p.maxLagBytes,
-    max_lag_ms: p.maxLagMs,
-    bandwidth: p.bandwidth,
-    compress: p.compress,
-    resync: 0,
-    rpo_ms: p.rpoMs,
-  };
-}
-
-function hostPort(address: string, port: number): string {
-  const host = address.startsWith('::ffff:') ? address.slice(7) : address;
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

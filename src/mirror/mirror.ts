@@ -15,7 +15,7 @@ import type { MirrorGate } from '../volume/admission.js';
 import { Committer } from '../volume/committer.js';
 import type { StagedPath } from '../volume/staged-path.js';
 import type { Volume } from '../volume/volume.js';
-import { SYNC_CHUNK_BYTES, SyncEngine, type SyncMode } from './sync-engine.js';
+import { SYNC_CHUNK_BYTES, SyncEngine, type SyncMode, type SyncOptions } from './sync-engine.js';
 import { DirtyMap, forEachChunk } from './dirty-map.js';
 import { indexPendingChunks } from './pending-chunks.js';
 import type { ChunkHolds } from './chunk-holds.js';
@@ -67,6 +67,8 @@ export interface MirrorOptions {
   /** A resync pending from an earlier fallback (loaded at start), else null. */
   dirty: DirtyMap | null;
   bitmapFile: string;
+  /** A reconnect's delta sync: only these granules of each chunk are copied (sync-engine.ts). */
+  granules?: SyncOptions['granules'];
   /** Persists that a bitmap resync is pending (true: the mirror is not in sync) or done. */
   onResync: (pending: boolean) => void;
   log: Logger;
@@ -328,6 +330,7 @@ export class Mirror {
               mode: this.opts.syncMode,
               targetIsZero: this.opts.targetIsZero,
               startCursor: this.opts.syncCursor,
+              granules: this.opts.granules,
               onCheckpoint: (cursor) => this.opts.onSyncCheckpoint(cursor, false),
               holds: this.opts.holds,
               log: this.opts.log,

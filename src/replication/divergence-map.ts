@@ -32,6 +32,7 @@ import path from 'node:path';
 import type { Journal } from '../journal/journal.js';
 import { readRecords } from '../journal/record-cursor.js';
 import { DirtyMap } from '../mirror/dirty-map.js';
+import { FerryError } from '../errors.js';
 import { MIRROR_CONSUMER } from '../volume/consumer.js';
 
 export const DIVERGENCE_GRANULE_BYTES = 64 * 1024;
@@ -127,6 +128,37 @@ export class DivergenceMap {
   union(other: DivergenceMap): void {
     assert.equal(other.granules, this.granules, 'D3: maps of one disk have the same granules');
     for (let g = 0; g < other.granules; g++) if (other.has(g)) this.bits.markChunk(g);
+  }
+
+  /**
+   * The bits as they are now, one per granule, least significant bit first: what a site sends
+   * its peer at a reconnect (control/reconnect.ts), and what unionBits() takes.
+   */
+  snapshot(): Buffer {
+    const out = Buffer.alloc(Math.ceil(this.granules / 8));
+    for (let g = 0; g < this.granules; g++) if (this.has(g)) out[g >> 3]! |= 1 << (g & 7);
+    return out;
+  }
+
+  /** Marks every granule set in a peer's snapshot of the same disk (not persisted); how many it added. */
+  unionBits(bits: Buffer): number {
+    if (bits.length !== Math.ceil(this.granules / 8)) {
+      throw new FerryError('BAD_REQUEST', `a map of ${bits.length * 8} granules does not cover this disk's ${this.granules} (D3: both sides track one disk at ${DIVERGENCE_GRANULE_BYTES} bytes)`);
+    }
+    let added = 0;
+    for (let i = 0; i < bits.length; i++) {
+      const byte = bits[i]!;
+      if (byte === 0) continue;
+      for (let b = 0; b < 8; b++) {
+        const g = i * 8 + b;
+        if ((byte & (1 << b)) === 0 || g >= this.granules) continue;
+        if (!this.has(g)) {
+          this.bits.markChunk(g);
+          added++;
+        }
+      }
+    }
+    return added;
   }
 
   /** The marked granules as runs of bytes, in order, clipped to the disk's size. */

@@ -121,14 +121,14 @@ export function stopSitesBounded(cleanup: Cleanup, s: Sites, ms = 20_000): void 
   });
 }
 
-/** qemu-io against an NBD URI: the commands in one run of the raw format. */
-export function qemuIo(uri: string, commands: string[], timeoutMs = 120_000): Promise<RunResult> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs });
+/** qemu-io against an NBD URI: the commands in one run of the raw format (`readOnly`: opened read-only, as a replica must be). */
+export function qemuIo(uri: string, commands: string[], timeoutMs = 120_000, readOnly = false): Promise<RunResult> {
+  return run(requireTool('qemu-io'), [...(readOnly ? ['-r'] : []), '-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs });
 }
 
 /** qemu-io that must succeed: exit 0, and nothing failed (no error, no pattern mismatch) in its output, which it returns. */
-export async function qemuIoOk(uri: string, commands: string[], timeoutMs = 120_000): Promise<string> {
-  const r = await qemuIo(uri, commands, timeoutMs);
+export async function qemuIoOk(uri: string, commands: string[], timeoutMs = 120_000, readOnly = false): Promise<string> {
+  const r = await qemuIo(uri, commands, timeoutMs, readOnly);
   const out = r.stdout + r.stderr;
   assert.ok(r.code === 0 && !/failed|error|Pattern verification/i.test(out), `qemu-io ${commands.join('; ')}: exit ${r.code}\n${out}`);
   return out;
