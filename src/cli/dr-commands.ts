@@ -3,7 +3,8 @@
 // `ferry mirror reconnect DISK` (after a failover: the stale site becomes the survivor's replica,
 // resyncing only the changed regions) and `ferry mirror generations DISK` (the generation history; fenced, split brain, switching).
 import type { Command } from 'commander';
-import type { DiskDr, ReconnectResult, SwitchoverResult } from '../api/types.js';
+import type { DiskDr, Mirror as MirrorStatus, ReconnectResult, SwitchoverResult } from '../api/types.js';
+import { watchProgress } from './progress-watch.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
 
@@ -31,13 +32,16 @@ export function registerDrCommands(program: Command): void {
     .description('after a failover, at the site whose disk is fenced (or in split brain): this disk becomes the replica of the other site, which resyncs only the regions changed on either side since they diverged')
     .option('--discard-changes-at <site>', "the site whose writes since the sites diverged are thrown away: this site (required in split brain)")
     .option('--force', 'disconnect the NBD clients attached here (without it, attached clients refuse the reconnect: DISK_BUSY)')
+    .option('--wait', 'wait (with a progress bar in a terminal) until the changed regions are resynced and this disk is a consistent replica')
     .addOption(jsonOpt())
-    .action(async (disk: string, opts: { force?: boolean; discardChangesAt?: string }, cmd: Command) => {
+    .action(async (disk: string, opts: { force?: boolean; discardChangesAt?: string; wait?: boolean }, cmd: Command) => {
       const q = new URLSearchParams();
       if (opts.force) q.set('force', 'true');
       if (opts.discardChangesAt !== undefined) q.set('discardChangesAt', opts.discardChangesAt);
       const qs = q.toString() ? `?${q.toString()}` : '';
-      const r = await client(cmd).request<ReconnectResult>('POST', `/v1/disks/${encodeURIComponent(disk)}/mirror/reconnect${qs}`);
+      const api = client(cmd);
+      const r = await api.request<ReconnectResult>('POST', `/v1/disks/${encodeURIComponent(disk)}/mirror/reconnect${qs}`);
+      if (opts.wait) await waitResynced(api, disk, r.resyncBytes);
       print(
         cmd,
         r,
@@ -67,4 +71,22 @@ export function registerDrCommands(program: Command): void {
           ]) + (dr.generations.length ? table(dr.generations.map((g) => ({ generation: g.id, reason: g.reason, at: g.at })), ['generation', 'reason', 'at']) : ''),
       );
     });
+}
+
+/**
+ * Until the replica is consistent again (the survivor's delta sync done, the undo log gone);
+ * progress: the bytes received here since the reconnect over the bytes it resyncs.
+ */
+async function waitResynced(api: ReturnType<typeof client>, disk: string, resyncBytes: number): Promise<void> {
+  const get = (): Promise<MirrorStatus> => api.request<MirrorStatus>('GET', `/v1/disks/${encodeURIComponent(disk)}/mirror`);
+  const startBytes = (await get()).link?.shippedBytes ?? 0;
+  const startMs = Date.now();
+  await watchProgress(`resync ${disk}`, async () => {
+    const m = await get();
+    const done = m.consistent && m.fallback === null;
+    const bytesDone = Math.min(resyncBytes, Math.max(0, (m.link?.shippedBytes ?? 0) - startBytes));
+    const bytesPerSec = bytesDone / Math.max(0.001, (Date.now() - startMs) / 1000);
+    const sample = { progress: done ? 1 : Math.min(0.99, bytesDone / Math.max(1, resyncBytes)), bytesDone, bytesPerSec, etaSeconds: bytesPerSec > 0 ? (resyncBytes - bytesDone) / bytesPerSec : null };
+    return done ? { sample, result: true } : { sample };
+  });
 }

@@ -10,13 +10,15 @@
 //   normal       the disk enters a mirror relationship          taken                 ships                        -
 //                (history created or adopted)
 //   fenced       an attach to the peer is refused and the       refused: FENCED       held: never dials again      the disk becomes the peer's replica
-//                peer's history is ahead of ours (relate():     (NBD EPERM), also     (status: link down, code     (mirror create from the peer onto
-//                peer-ahead): the peer was promoted past us;    on connections        FENCED)                      it), or the disk is removed
-//                kept across restarts (the row), applied to     already open
-//                the volume before any client is served
-//   split-brain  an attach finds both histories moved on from   taken (nothing is     held: nothing resynced or    the disk becomes the other side's
-//                a common ancestor (relate(): split-brain); at  overwritten; the      overwritten                  replica, or is removed
-//                the primary site and at the promoted one       data stays as is)
+//                peer's history is ahead of ours (relate():     (NBD EPERM), also     (status: link down, code     (`mirror reconnect` here, reconnect.ts,
+//                peer-ahead): the peer was promoted past us;    on connections        FENCED)                      or mirror create from the peer onto
+//                or `mirror reconnect` began here (the          already open                                       it), or the disk is removed
+//                survivor recorded: reconnect); kept across
+//                restarts (the row), applied to the volume
+//                before any client is served
+//   split-brain  an attach finds both histories moved on from   taken (nothing is     held: nothing resynced or    `mirror reconnect --discard-changes-at`
+//                a common ancestor (relate(): split-brain); at  overwritten; the      overwritten                  here (fenced, then a replica) or at the
+//                the primary site and at the promoted one       data stays as is)                                  peer (normal here: the survivor), or removed
 //
 //   switching    `mirror switchover` at the primary, before it  refused: FENCED       ships (drains to the         the roles are reversed: the disk
 //                drains (control/switchover.ts), with the       (durable, before the  replica)                     is the replica of its former mirror
@@ -43,7 +45,9 @@
 //                       fenced or in split brain (its unacknowledged records past the base the peer sent, its
 //                       dirty regions), rebuilt by union at every start
 //   map marks           every client write of the disk, durably before the write is taken (Volume.trackChanges)
-//   map ends            the disk becomes its peer's replica (replicaCreated), or the disk is removed
+//   map grows           a reconnect's survivor unites the reconnecting site's map with its own (uniteChanges)
+//   map ends            the disk becomes its peer's replica (replicaCreated), the survivor's delta sync
+//                       completes (deltaSynced: the union is copied), or the disk is removed
 //
 // The reaction to each relation (relate() decides it, one table, at the head of generations.ts):
 //

@@ -7,8 +7,9 @@
 //    resync began, although resync chunks and streamed records had overwritten parts of it;
 //  - fail-back: site A comes back fenced (B was promoted past it: writes refused), B is given
 //    A's address (`peer set`) and mirrors the promoted disk back to A, which ends the fence;
-//    a switchover run at A then makes A the primary again and B its replica (the round trip
-//    of docs/CLI.md, command for command);
+//    a switchover run at A then makes A the primary again and B its replica (the fail-back
+//    without `mirror reconnect`, for a disk whose mirror was removed: docs/CLI.md; the
+//    reconnect itself is test/replication/reconnect.test.ts);
 //  - a resync that completes deletes the undo log, and B equals A;
 //  - `mirror remove --force` at A mid-resync releases B at its last consistent image;
 //  - promoting an in-sync replica gives the newest image, and the primary site, still up,

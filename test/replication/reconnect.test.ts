@@ -6,7 +6,8 @@
 //    `mirror reconnect` at A makes it B's replica; the bytes on the links during the resync
 //    against the bytes of the granules changed on either side (target <= 1.1) and against
 //    the disk (target < 2%); the images are byte-identical, B's writes are kept, A's lost
-//    records are gone; then `mirror switchover` back: A is the primary again;
+//    records are gone; then `mirror switchover` back: A is the primary again (the fail-back
+//    of docs/CLI.md, command for command);
 //  - split brain: refused at both sites until the administrator names the side to discard
 //    (nothing changes meanwhile); `--discard-changes-at site-b` at B: A's writes win,
 //    byte-identical, generations agree;
@@ -116,7 +117,9 @@ describe('reconnect and delta failback', () => {
 
     const union = new Set([...granulesOf(written), ...granulesOf(lost)]);
     const bytes0 = linkBytes();
-    const rep = await cliJson(s.a, ['mirror', 'reconnect', 'fb']);
+    // The fail-back of docs/CLI.md, command for command (names aside).
+    assert.equal((await cliJson(s.a, ['mirror', 'generations', 'fb'])).state, 'fenced');
+    const rep = await cliJson(s.a, ['mirror', 'reconnect', 'fb', '--wait']);
     assertSchema(ReconnectSchema, rep, 'reconnect report');
     t.diagnostic(`reconnect: ${JSON.stringify(rep)}`);
     assert.equal(rep.primary, `${s.peer}:fb-dr`);
@@ -124,6 +127,8 @@ describe('reconnect and delta failback', () => {
     assert.equal(rep.changedHereBytes, granulesOf(lost).size * G, "A's map: the granules of its records B never received");
     assert.equal(rep.changedThereBytes, granulesOf(written).size * G, "B's map: the granules it wrote since the promote");
     assert.equal(rep.resyncBytes, union.size * G, 'the resync copies their union');
+    const resynced = await mirrorStatus(s.a, 'fb');
+    assert.ok(resynced.role === 'replica' && resynced.consistent && resynced.fallback === null, `--wait returns once A is a consistent replica: ${JSON.stringify(resynced)}`);
     await identical(s.b, 'fb-dr', s.a, 'fb', 'after the reconnect');
     const sent = linkBytes() - bytes0;
     const ratio = sent / rep.resyncBytes;
@@ -145,7 +150,7 @@ describe('reconnect and delta failback', () => {
     assert.match(refused.stdout + refused.stderr, /Operation not permitted|read-only|Permission denied/i, 'A is a replica: it refuses writes');
 
     // The round trip ends at A: a switchover back, no data copied.
-    const sw = await cliJson(s.a, ['mirror', 'switchover', 'fb']);
+    const sw = await cliJson(s.a, ['mirror', 'switchover', 'fb', '--force']);
     assert.equal(sw.primary, `${s.aName}:fb`);
     await identical(s.a, 'fb', s.b, 'fb-dr', 'after the switchover back');
     await qemuIoOk(s.a.uri('fb'), ['write -P 0x44 0 4k', 'read -P 0x44 0 4k']);
