@@ -228,4 +228,38 @@ describe('reconnect and delta failback', () => {
     assert.equal((await dr(s.b, 'kr-dr')).changed ?? null, null, "B's map is deleted once the resync completes");
     t.diagnostic('the resync resumed after each kill -9 and converged');
   });
+
+  it('the survivor lost mid-resync: a promote at the reconnecting site rolls back to its own last image; then the other way round', LONG, async (t) => {
+    const SIZE = 128 * MiB;
+    await mirrored('lr', SIZE, SIZE);
+    s.proxy.cut();
+    await qemuIoOk(s.a.uri('lr'), ['write -P 0x66 3M 4k']); // A's last write, never received by B
+    assert.equal((await s.a.kill9()).signal, 'SIGKILL');
+    await cliJson(s.b, ['mirror', 'promote', 'lr-dr']);
+    await qemuIoOk(s.b.uri('lr-dr'), ['write -P 0x22 64M 32M']);
+    s.proxy.restore();
+    await s.a.restart();
+    await waitFor('A fenced', async () => (await dr(s.a, 'lr')).state === 'fenced', 60_000);
+    back.bytesPerSec = 2 * MiB;
+    await cliJson(s.a, ['mirror', 'reconnect', 'lr']);
+    await waitStatus(s.b, 'lr-dr', 'the resync runs', (x) => x.state === 'syncing' && x.syncProgress > 0.05 && x.syncProgress < 0.9, 120_000);
+    assert.equal((await s.b.kill9()).signal, 'SIGKILL'); // the survivor is lost mid-resync
+
+    const promoted = await cliJson(s.a, ['mirror', 'promote', 'lr']);
+    t.diagnostic(`promote at A mid-resync: ${JSON.stringify(promoted)}`);
+    assert.equal(promoted.image, 'rolled-back', "A's undo log gives back the image it had before the reconnect");
+    assert.ok(promoted.restoredBytes > 0);
+    await qemuIoOk(s.a.uri('lr'), ['read -P 0x66 3M 4k', 'read -P 0x11 64M 32M', 'write -P 0x77 0 4k']);
+
+    // B comes back: A was promoted past it, so B is fenced, and reconnects as A's replica.
+    back.bytesPerSec = 0;
+    await s.b.restart();
+    await waitFor('B fenced', async () => (await dr(s.b, 'lr-dr')).state === 'fenced', 60_000);
+    const rep = await cliJson(s.b, ['mirror', 'reconnect', 'lr-dr', '--wait']);
+    t.diagnostic(`B reconnects to A: ${JSON.stringify(rep)}`);
+    assert.equal(rep.primary, `${s.aName}:lr`);
+    assert.equal(rep.resyncBytes, SIZE, 'a rolled-back promote does not know what differs: the whole disk');
+    await identical(s.a, 'lr', s.b, 'lr-dr', 'B follows A again');
+    await qemuIoOk(s.b.uri('lr-dr'), ['read -P 0x77 0 4k', 'read -P 0x66 3M 4k'], 120_000, true);
+  });
 });

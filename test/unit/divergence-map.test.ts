@@ -75,3 +75,25 @@ test('union of both sides, runs clipped to the disk size; a missing map is null,
   full!.remove();
   assert.equal(fs.existsSync(file), false, 'the map goes as a whole (D2)');
 });
+
+test("a reconnect's union: a peer's snapshot adds its granules, and a snapshot of another disk's size is refused (D3)", async () => {
+  const size = 10 * G + 4096; // the last granule is partial
+  const mine = await DivergenceMap.create(tmpFile(), size);
+  mine.mark(0, 4096);
+  mine.mark(5 * G, 2 * G);
+  const theirs = await DivergenceMap.create(tmpFile(), size);
+  theirs.mark(5 * G + 100, 1);
+  theirs.mark(10 * G, 4096);
+  const snap = theirs.snapshot();
+  assert.equal(snap.length, Math.ceil(theirs.granules / 8), 'one bit per granule');
+  assert.equal(mine.unionBits(snap), 1, 'only the granule not marked here is added');
+  assert.deepEqual(mine.runs(), [{ offset: 0, length: G }, { offset: 5 * G, length: 2 * G }, { offset: 10 * G, length: 4096 }]);
+  assert.equal(mine.unionBits(snap), 0, 'bits are only added, once (D2)');
+  // A snapshot round-trips: the same granules, whatever the map held before.
+  const copy = await DivergenceMap.create(tmpFile(), size);
+  copy.unionBits(mine.snapshot());
+  assert.deepEqual(copy.runs(), mine.runs());
+  const other = await DivergenceMap.create(tmpFile(), 64 * G);
+  assert.throws(() => mine.unionBits(other.snapshot()), /does not cover this disk/);
+  assert.equal(mine.changedGranules, 4, 'a refused snapshot changes nothing');
+});
