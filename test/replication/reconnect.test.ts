@@ -46,6 +46,16 @@ function scattered(count: number, size: number, seed: number): number[] {
   return [...out];
 }
 
+/** Waits until the site learns it diverged from its peer; the DR state it then has must be `state` (the figures in the message otherwise). */
+async function learns(d: Ferryd, disk: string, state: 'fenced' | 'split-brain'): Promise<void> {
+  let last: any = null;
+  try {
+    await waitFor(`${disk} ${state}`, async () => (last = await dr(d, disk)).state !== 'normal', 60_000);
+  } finally {
+    assert.equal(last?.state, state, `${disk}: ${JSON.stringify(last)}; mirror: ${JSON.stringify(await d.api('GET', `/v1/disks/${disk}/mirror`).then((r) => r.body))}`);
+  }
+}
+
 function granulesOf(offsets: number[], length = 4096): Set<number> {
   return new Set(offsets.flatMap((o) => [Math.floor(o / G), Math.floor((o + length - 1) / G)]));
 }
@@ -104,7 +114,7 @@ describe('reconnect and delta failback', () => {
     await qemuIoOk(s.b.uri('fb-dr'), written.map((o) => `write -P 0x22 ${o} 4k`));
     s.proxy.restore();
     await s.a.restart();
-    await waitFor('A learns B was promoted past it', async () => (await dr(s.a, 'fb')).state === 'fenced', 60_000);
+    await learns(s.a, 'fb', 'fenced'); // B was promoted past it
     await waitFor("A's changed regions are recorded", async () => ((await dr(s.a, 'fb')).changed?.granules ?? 0) >= granulesOf(lost).size, 60_000);
 
     // Refusals change nothing.
@@ -206,7 +216,7 @@ describe('reconnect and delta failback', () => {
     await qemuIoOk(s.b.uri('kr-dr'), ['write -P 0x22 100M 48M']);
     s.proxy.restore();
     await s.a.restart();
-    await waitFor('A fenced', async () => (await dr(s.a, 'kr')).state === 'fenced', 60_000);
+    await learns(s.a, 'kr', 'fenced');
     back.bytesPerSec = 4 * MiB;
     const rep = await cliJson(s.a, ['mirror', 'reconnect', 'kr']);
     assert.equal(rep.resyncBytes, 48 * MiB + G);
@@ -239,7 +249,7 @@ describe('reconnect and delta failback', () => {
     await qemuIoOk(s.b.uri('lr-dr'), ['write -P 0x22 64M 32M']);
     s.proxy.restore();
     await s.a.restart();
-    await waitFor('A fenced', async () => (await dr(s.a, 'lr')).state === 'fenced', 60_000);
+    await learns(s.a, 'lr', 'fenced');
     back.bytesPerSec = 2 * MiB;
     await cliJson(s.a, ['mirror', 'reconnect', 'lr']);
     await waitStatus(s.b, 'lr-dr', 'the resync runs', (x) => x.state === 'syncing' && x.syncProgress > 0.05 && x.syncProgress < 0.9, 120_000);
@@ -254,7 +264,7 @@ describe('reconnect and delta failback', () => {
     // B comes back: A was promoted past it, so B is fenced, and reconnects as A's replica.
     back.bytesPerSec = 0;
     await s.b.restart();
-    await waitFor('B fenced', async () => (await dr(s.b, 'lr-dr')).state === 'fenced', 60_000);
+    await learns(s.b, 'lr-dr', 'fenced');
     const rep = await cliJson(s.b, ['mirror', 'reconnect', 'lr-dr', '--wait']);
     t.diagnostic(`B reconnects to A: ${JSON.stringify(rep)}`);
     assert.equal(rep.primary, `${s.aName}:lr`);
