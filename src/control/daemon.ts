@@ -107,8 +107,9 @@ export class Daemon {
     this.identity = loadOrCreateIdentity(dir, this.config.siteName);
     this.store = new MetadataStore(path.join(dir, DB_FILE));
     this.disks = new DiskRegistry(this.store, dir, this.log);
-    this.staging = new StagingControl(this.store, this.disks, dir, this.log);
     this.dr = new DrControl(this.store, this.log, path.join(dir, 'bitmaps'));
+    const dr = this.dr;
+    this.staging = new StagingControl(this.store, this.disks, dir, this.log, (disk) => () => dr.beforeWrite(disk));
     this.replicas = new ReplicaControl(this.store, this.disks, this.staging, dir, this.log, this.dr);
     const identity = this.identity;
     const store = this.store;

@@ -63,14 +63,12 @@
 //   from this very peer and disk)       split-brain                 split-brain here too, refuses: SPLIT_BRAIN
 //                                       other                       as any disk (NO_MIRROR)
 import assert from 'node:assert';
-import fs from 'node:fs';
-import path from 'node:path';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { appendGeneration, currentGeneration, newGeneration, parseHistory, relate, type Generation, type GenerationReason } from '../replication/generations.js';
 import type { Volume } from '../volume/volume.js';
-import { DIVERGENCE_GRANULE_BYTES, DivergenceMap, markUnacknowledged, readBaseSeq, writeBaseSeq } from '../replication/divergence-map.js';
-import { SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
+import type { DivergenceMap } from '../replication/divergence-map.js';
+import { ChangeMaps, type ChangedStatus } from './change-maps.js';
 import { DrStore, type DrRow, type DrState } from './dr-store.js';
 import type { MetadataStore } from './store.js';
 
@@ -85,7 +83,7 @@ export interface DrStatus {
   /** After a promote here: the former primary, PEER:DISK. */
   formerPrimary: string | null;
   /** The regions this disk changed since the sites diverged (divergence-map.ts), while they are tracked. */
-  changed: { granuleBytes: number; granules: number; bytes: number } | null;
+  changed: ChangedStatus | null;
 }
 
 export class DrControl {
@@ -93,21 +91,22 @@ export class DrControl {
   /** In-memory copies of the rows (the write path asks on every write while a link is down). */
   private readonly cache = new Map<string, DrRow | null>();
   private readonly volumes = new Map<string, Volume>();
+  /** Per primary with a remote mirror: whether its link is connected now (null: its stream is stopped). */
+  private readonly links = new Map<string, () => boolean | null>();
   /** Called when this site, switching over, learns the peer already took the primary role. */
   private peerSwitched: (disk: string) => void = () => undefined;
 
-  /** The divergence maps of the disks whose changed regions are tracked (promoted here, fenced, split brain). */
-  private readonly maps = new Map<string, DivergenceMap>();
-  /** Old primaries' maps being built (their unacknowledged records scanned), per disk. */
-  private readonly building = new Map<string, Promise<void>>();
+  /** The regions changed since divergence of the disks that track them (promoted here, fenced, split brain, a reconnect's survivor). */
+  private readonly changes: ChangeMaps;
 
   constructor(
     store: MetadataStore,
     private readonly log: Logger,
     /** Where divergence maps (DISK.diverged) and mirrors' dirty bitmaps (DISK.dirty) are kept. */
-    private readonly bitmapsDir: string,
+    bitmapsDir: string,
   ) {
     this.rows = new DrStore(store);
+    this.changes = new ChangeMaps(bitmapsDir, log);
   }
 
   private row(disk: string): DrRow | undefined {
@@ -134,14 +133,10 @@ export class DrControl {
       reason: r.stateReason,
       since: r.stateAtMs !== null ? new Date(r.stateAtMs).toISOString() : null,
       formerPrimary: r.peer !== null && r.peerDisk !== null ? `${r.peer}:${r.peerDisk}` : null,
-      changed: this.changed(disk),
+      changed: this.changes.changed(disk),
     };
   }
 
-  private changed(disk: string): DrStatus['changed'] {
-    const m = this.maps.get(disk);
-    return m ? { granuleBytes: DIVERGENCE_GRANULE_BYTES, granules: m.changedGranules, bytes: m.changedBytes } : null;
-  }
 
   /** At daemon start, before clients are served: a fenced disk refuses writes again. */
   openAtStart(disk: string, volume: Volume): void {
@@ -153,105 +148,35 @@ export class DrControl {
     }
   }
 
-  // ---- changed regions since divergence (replication/divergence-map.ts) ----
+  // ---- changed regions since divergence (change-maps.ts) ----
 
   /** The divergence map of a disk, if its changed regions are tracked. */
   changeMap(disk: string): DivergenceMap | null {
-    return this.maps.get(disk) ?? null;
-  }
-
-  private mapFile(disk: string): string {
-    fs.mkdirSync(this.bitmapsDir, { recursive: true, mode: 0o700 });
-    return path.join(this.bitmapsDir, `${disk}.diverged`);
-  }
-
-  /** Every client write waits until its granules are durable in the map (D1). */
-  private track(disk: string, volume: Volume, map: DivergenceMap): void {
-    this.maps.set(disk, map);
-    this.volumes.set(disk, volume);
-    volume.trackChanges((offset, length) => map.admit(offset, length));
-  }
-
-  private untrack(disk: string): void {
-    const m = this.maps.get(disk);
-    this.maps.delete(disk);
-    this.volumes.get(disk)?.trackChanges(null);
-    if (m) m.remove();
-    else fs.rmSync(this.mapFile(disk), { force: true });
-    writeBaseSeq(this.mapFile(disk), null);
+    return this.changes.map(disk);
   }
 
   /**
-   * At daemon start, once the disk's staging area and mirror are open and before clients are
-   * served: a disk promoted here reopens its map (a missing or damaged one becomes a full
-   * one); a fenced or split-brain disk reopens its map and marks its unacknowledged records
-   * again (a crash while the map was first built loses nothing: bits are only added, D2).
+   * At daemon start, once the disk's staging area is open and before its mirror starts or
+   * clients are served: a fenced or split-brain disk reopens its map and marks its
+   * unacknowledged records again; a disk promoted here, or the survivor of a reconnect whose
+   * delta sync is not complete, reopens its map (a later generation does not end the
+   * tracking: only D2 does).
    */
   async openChangeMap(disk: string, volume: Volume): Promise<void> {
     const r = this.row(disk);
     if (!r) return;
-    const file = this.mapFile(disk);
-    const damaged = (err: Error): void => this.log.error({ disk, err: err.message }, 'the divergence map is damaged: every region counts as changed');
-    if (r.state === 'fenced' || r.state === 'split-brain') {
-      const map = (await DivergenceMap.open(file, volume.size, damaged)) ?? (await DivergenceMap.create(file, volume.size));
-      this.track(disk, volume, map);
-      await this.markOldPrimary(disk, volume, map);
-    } else if (DivergenceMap.exists(file) || this.promotedHere(r)) {
-      // Promoted here, or the survivor of a reconnect whose delta sync is not complete (a later
-      // generation, a resync of a new mirror say, does not end the tracking: only D2 does).
-      let map = await DivergenceMap.open(file, volume.size, damaged);
-      if (!map) {
-        this.log.error({ disk }, 'the divergence map of a promoted disk is missing: every region counts as changed');
-        map = await DivergenceMap.full(file, volume.size);
-      }
-      this.track(disk, volume, map);
-    }
-  }
-
-  /** What a refusal tells the old primary: the last of its records this promoted disk holds (readBaseSeq). */
-  private baseOf(disk: string): { appliedSeq?: number } {
-    const seq = readBaseSeq(this.mapFile(disk));
-    return seq === null ? {} : { appliedSeq: seq };
+    if (r.state === 'fenced' || r.state === 'split-brain') await this.changes.reopen(disk, volume, 'old-primary');
+    else if (this.changes.exists(disk) || this.promotedHere(r)) await this.changes.reopen(disk, volume, 'promoted');
   }
 
   private promotedHere(r: DrRow): boolean {
     return r.peer !== null && currentGeneration(r.generations)?.reason === 'promote';
   }
 
-  /**
-   * Before a promote: an empty map, durable, tracking writes (the disk is still a replica: it
-   * takes none until promoted), with its base: the last record of the old primary it holds.
-   * A promote that did not take the newest image (rolled back from the undo log, or taken as
-   * it is) starts a full map: which regions differ from the old primary is not known.
-   */
-  async preparePromote(disk: string, volume: Volume, image: 'newest' | 'rolled-back' | 'as-is', seq: number): Promise<void> {
-    const file = this.mapFile(disk);
-    writeBaseSeq(file, image === 'newest' ? seq : null);
-    this.track(disk, volume, image === 'newest' ? await DivergenceMap.create(file, volume.size) : await DivergenceMap.full(file, volume.size));
-  }
-
-  /** The old primary learns it diverged: its unacknowledged records and dirty regions are marked, then its later writes. */
-  private startOldPrimaryMap(disk: string, baseSeq: number | null): void {
-    const volume = this.volumes.get(disk);
-    if (!volume || this.maps.has(disk)) return;
-    const file = this.mapFile(disk);
-    writeBaseSeq(file, baseSeq);
-    const built = DivergenceMap.create(file, volume.size)
-      .then(async (map) => {
-        // Installed with no write in flight: every write before it is staged, hence in the scan below; every one after is marked (D1).
-        await volume.exclusive(async () => this.track(disk, volume, map));
-        await this.markOldPrimary(disk, volume, map);
-      })
-      .catch((err) => this.log.error({ disk, err: (err as Error).message }, 'could not record the changed regions; they are recorded again at the next start'))
-      .finally(() => this.building.delete(disk));
-    this.building.set(disk, built);
-  }
-
-  private async markOldPrimary(disk: string, volume: Volume, map: DivergenceMap): Promise<void> {
-    await volume.staging?.journal.sync(); // every record written so far is durable, so the scan reads it
-    const records = await markUnacknowledged(map, volume.staging?.journal ?? null, path.join(this.bitmapsDir, `${disk}.dirty`), SYNC_CHUNK_BYTES, readBaseSeq(map.file));
-    await map.persist();
-    this.log.warn({ disk, unacknowledgedRecords: records, changedBytes: map.changedBytes }, 'changed regions since divergence recorded');
+  /** Before a promote: the disk's writes from the promote on are tracked (ChangeMaps.startPromoted). */
+  preparePromote(disk: string, volume: Volume, image: 'newest' | 'rolled-back' | 'as-is', seq: number): Promise<void> {
+    this.volumes.set(disk, volume);
+    return this.changes.startPromoted(disk, volume, image, seq);
   }
 
   // ---- reconnect (control/reconnect.ts) ----
@@ -274,15 +199,8 @@ export class DrControl {
   }
 
   /** Its changed regions, as the peer takes them (snapshot()); every granule when they were not tracked (more is resynced, never less). */
-  async changesToSend(disk: string, size: number): Promise<{ bits: Buffer; bytes: number }> {
-    await this.building.get(disk);
-    const m = this.maps.get(disk);
-    if (m) return { bits: m.snapshot(), bytes: m.changedBytes };
-    const granules = Math.ceil(size / DIVERGENCE_GRANULE_BYTES);
-    const bits = Buffer.alloc(Math.ceil(granules / 8), 0xff);
-    if (granules % 8 !== 0) bits[bits.length - 1] = (1 << (granules % 8)) - 1;
-    this.log.warn({ disk }, 'no changed regions were tracked here: every region counts as changed');
-    return { bits, bytes: size };
+  changesToSend(disk: string, size: number): Promise<{ bits: Buffer; bytes: number }> {
+    return this.changes.toSend(disk, size);
   }
 
   /**
@@ -290,19 +208,9 @@ export class DrControl {
    * the reconnecting peer's, durable before its delta sync may start; tracking goes on (its
    * writes until the sync completes are marked too).
    */
-  async uniteChanges(disk: string, volume: Volume, peerBits: Buffer): Promise<{ map: DivergenceMap; ownBytes: number }> {
-    await this.building.get(disk);
-    let map = this.maps.get(disk);
-    if (!map) {
-      const file = this.mapFile(disk);
-      map = (await DivergenceMap.open(file, volume.size, () => undefined)) ?? (await DivergenceMap.full(file, volume.size));
-      if (map.changedGranules === map.granules) this.log.warn({ disk }, 'no changed regions were tracked at this site: every region counts as changed');
-      this.track(disk, volume, map);
-    }
-    const ownBytes = map.changedBytes;
-    map.unionBits(peerBits);
-    await map.persist();
-    return { map, ownBytes };
+  uniteChanges(disk: string, volume: Volume, peerBits: Buffer): Promise<{ map: DivergenceMap; ownBytes: number }> {
+    this.volumes.set(disk, volume);
+    return this.changes.unite(disk, volume, peerBits);
   }
 
   /**
@@ -327,7 +235,7 @@ export class DrControl {
   deltaSynced(disk: string): void {
     const r = this.row(disk);
     if (r && (r.peer !== null || r.peerDisk !== null)) this.put({ ...r, peer: null, peerDisk: null });
-    this.untrack(disk);
+    this.changes.end(disk);
     this.log.info({ disk }, 'the changed regions are resynced: the divergence map is deleted');
   }
 
@@ -416,13 +324,16 @@ export class DrControl {
    */
   watchPrimary(disk: string, volume: Volume, linkUp: () => boolean | null): void {
     this.volumes.set(disk, volume);
-    volume.staging?.watchDivergence(() => {
-      const up = linkUp();
-      if (up !== false) return;
-      const r = this.row(disk);
-      if (!r || r.diverged || r.state !== 'normal') return;
-      this.rotate(disk, 'diverged');
-    });
+    this.links.set(disk, linkUp);
+  }
+
+  /** Before each write staged on `disk` (its staging area's DivergenceStep, given at its opening). */
+  beforeWrite(disk: string): void {
+    const up = this.links.get(disk)?.();
+    if (up !== false) return;
+    const r = this.row(disk);
+    if (!r || r.diverged || r.state !== 'normal') return;
+    this.rotate(disk, 'diverged');
   }
 
   /** Why the disk's stream must not dial (fenced, split brain), else null. */
@@ -467,10 +378,10 @@ export class DrControl {
     const their = currentGeneration(theirs)?.id;
     if (rel === 'peer-ahead') {
       this.setState(disk, 'fenced', `${peer} was promoted past this site (its generation ${their} follows this disk's ${mine})`);
-      this.startOldPrimaryMap(disk, baseSeq);
+      this.changes.startOldPrimary(disk, this.volumes.get(disk), baseSeq);
     } else if (rel === 'split-brain') {
       this.setState(disk, 'split-brain', `this site and ${peer} both took writes since generation ${commonAncestor(r.generations, theirs)} (here ${mine}, at ${peer} ${their}); nothing is resynced until the administrator chooses the side to discard`);
-      this.startOldPrimaryMap(disk, baseSeq);
+      this.changes.startOldPrimary(disk, this.volumes.get(disk), baseSeq);
     } else {
       this.log.warn({ disk, peer, relation: rel, mine, theirs: their }, 'the mirror site refused the attach; its history does not put this site behind it');
     }
@@ -514,7 +425,7 @@ export class DrControl {
     });
     this.cache.delete(disk);
     this.volumes.get(disk)?.setFence(null);
-    this.untrack(disk); // its data is rewritten to the peer's image: what it changed no longer matters (D2)
+    this.changes.end(disk); // its data is rewritten to the peer's image: what it changed no longer matters (D2)
   }
 
   /** An attach for a disk that is no replica here: a disk promoted from this peer's answers from its history. */
@@ -531,11 +442,11 @@ export class DrControl {
     const rel = relate(r.generations, theirs);
     const mine = currentGeneration(r.generations)?.id;
     if (rel === 'local-ahead') {
-      throw new FerryError('FENCED', `disk '${disk}' was promoted at this site (generation ${mine}): ${peer}'s '${originDisk}' is stale and is no longer a replica here`, { generations: r.generations, ...this.baseOf(disk) });
+      throw new FerryError('FENCED', `disk '${disk}' was promoted at this site (generation ${mine}): ${peer}'s '${originDisk}' is stale and is no longer a replica here`, { generations: r.generations, ...this.changes.baseOf(disk) });
     }
     if (rel === 'split-brain') {
       if (r.state !== 'split-brain') this.setState(disk, 'split-brain', `${peer} took writes on '${originDisk}' after this disk was promoted from it (since generation ${commonAncestor(r.generations, theirs)}); nothing is resynced until the administrator chooses the side to discard`);
-      throw new FerryError('SPLIT_BRAIN', `disk '${disk}' was promoted at this site and ${peer} took writes on '${originDisk}' since: split brain`, { generations: r.generations, ...this.baseOf(disk) });
+      throw new FerryError('SPLIT_BRAIN', `disk '${disk}' was promoted at this site and ${peer} took writes on '${originDisk}' since: split brain`, { generations: r.generations, ...this.changes.baseOf(disk) });
     }
   }
 

@@ -1,6 +1,7 @@
-// The control layer's management of mirrors: one creation process for every kind of
-// target (`local:PATH`, or `PEER:DISK` for a disk at a paired site, carried by the
-// replication link), status, pause and resume, verify, remove, and the swap of roles.
+// The control layer's management of mirrors of every kind of target (`local:PATH`, or
+// `PEER:DISK` for a disk at a paired site, carried by the replication link): starting them
+// (at daemon start, after a creation: mirror-create.ts), status, policies, pause and resume,
+// verify, remove, the swap of roles, and the pieces a switchover and a reconnect use.
 // Operations on one disk's mirror run one at a time (mirror-ops-queue.ts). Every refusal
 // happens before anything is created or changed. Crash safety of each step is in the
 // order of operations; see docs/ARCHITECTURE.md, "Mirrors".
@@ -8,14 +9,12 @@ import assert from 'node:assert';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { FerryError, fromSystemError } from '../errors.js';
+import { FerryError } from '../errors.js';
 import { BlockDevice } from '../disk/block-device.js';
 import { Mirror, MIRROR_CONSUMER, type MirrorStatus, type VerifyReport } from '../mirror/mirror.js';
-import type { SyncMode } from '../mirror/sync-engine.js';
 import type { Volume } from '../volume/volume.js';
-import { syncDirectory, type DiskRegistry } from './disk-registry.js';
-import { resolveTargetPath } from './path-guard.js';
-import { checkTarget, parseRemote, type Target } from './mirror-target.js';
+import type { DiskRegistry } from './disk-registry.js';
+import { parseRemote } from './mirror-target.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, MirrorRow, PeerRow } from './store.js';
 import type { PromoteReport, ReplicaControl } from './replica-control.js';
@@ -27,11 +26,14 @@ import type { DiskStore } from '../disk/store.js';
 import { swapRoles, type SwapReport } from './mirror-swap.js';
 import { removeMirror, type RemovedMirror } from './mirror-remove.js';
 import { MirrorOpsQueue } from './mirror-ops-queue.js';
+import { MirrorCreator, policyColumns, type CreateMirrorRequest } from './mirror-create.js';
+export type { CreateMirrorRequest } from './mirror-create.js';
 
 export type { SwapReport } from './mirror-swap.js';
+
 import { DirtyMap } from '../mirror/dirty-map.js';
 import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
-import { changePolicy, parsePolicy, type MirrorPolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
+import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
 
@@ -45,27 +47,13 @@ export interface RemoteSites {
   dr: DrControl;
 }
 
-const firstAttachMsMax = 30_000;
 /** A write while the mirror site has been silent this long may be one it never gets: a new generation (dr-control.ts). */
 const DIVERGENCE_SILENCE_MS = 5_000;
 
-function policyColumns(p: MirrorPolicy): Pick<MirrorRow, 'on_full' | 'max_lag_bytes' | 'max_lag_ms' | 'bandwidth' | 'compress' | 'rpo_ms'> {
-  return { on_full: p.onFull, max_lag_bytes: p.maxLagBytes, max_lag_ms: p.maxLagMs, bandwidth: p.bandwidth, compress: p.compress, rpo_ms: p.rpoMs };
-}
 
 /** How often every mirror's RPO is observed (a breach is logged within this of its start). */
 const rpoObserveMs = 1000;
 
-export interface CreateMirrorRequest extends PolicyRequest {
-  disk: string;
-  to: string;
-  staging?: string;
-  stagingSize?: number;
-  stagingCopy?: string;
-  sync?: SyncMode;
-  /** Overwrite an existing local target that holds data (a full sync). */
-  force?: boolean;
-}
 
 export class MirrorControl {
   private readonly mirrors = new Map<string, Mirror>();
@@ -73,6 +61,8 @@ export class MirrorControl {
   /** Bitmaps loaded at start, handed to the mirror when it starts. */
   private readonly pendingDirty = new Map<string, DirtyMap | null>();
   private readonly ops = new MirrorOpsQueue();
+  /** The one creation process (mirror-create.ts). */
+  private readonly creator: MirrorCreator;
   /** Each mirror's RPO watch, observed every rpoObserveMs (breaches are logged once each). */
   private readonly rpo = new Map<string, RpoWatch>();
   private readonly rpoTimer = setInterval(() => {
@@ -81,12 +71,25 @@ export class MirrorControl {
   constructor(
     private readonly store: MetadataStore,
     private readonly disks: DiskRegistry,
-    private readonly staging: StagingControl,
+    staging: StagingControl,
     private readonly dataDir: string,
     private readonly log: Logger,
     /** How remote mirrors reach peer sites (null: this ferryd has none). */
     private readonly remote: RemoteSites | null = null,
-  ) {}
+  ) {
+    this.creator = new MirrorCreator({
+      store,
+      disks,
+      staging,
+      dataDir,
+      log,
+      remotePeer: (name) => this.remoteSites().peer(name),
+      startLocal: (m, volume, device) => void this.startMirror(m, volume, device),
+      remoteStream: (m, volume, holds) => this.remoteStream(m, volume, holds),
+      startRemote: (m, volume, started) => this.startRemote(m, volume, started),
+      statusOf: (disk) => this.statusOf(this.mirror(disk)),
+    });
+  }
 
   /** At daemon start, after the staging area is open: reconcile the journal's consumers with the metadata, start the mirror. */
   async openAtStart(row: DiskRow, volume: Volume): Promise<void> {
@@ -251,129 +254,7 @@ export class MirrorControl {
   }
 
   create(req: CreateMirrorRequest): Promise<MirrorStatus> {
-    return this.ops.run(req.disk, 'create', () => this.createNow(req));
-  }
-
-  private async createNow(req: CreateMirrorRequest): Promise<MirrorStatus> {
-    const { row, volume } = this.disks.entry(req.disk);
-    if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${req.disk}' is unavailable`);
-    if (this.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `disk '${req.disk}' already has a mirror`);
-    if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only`);
-    const mode: SyncMode = req.sync ?? 'full';
-    const target = checkTarget(req.to, row, volume.size, { store: this.store, dataDir: this.dataDir, peer: (name) => this.remoteSites().peer(name) }, { fullSync: mode === 'full', force: req.force === true });
-    const policy = parsePolicy(req, target.kind === 'remote');
-    const hasStaging = this.store.staging(req.disk) !== undefined;
-    if (req.staging === undefined && (req.stagingSize !== undefined || req.stagingCopy !== undefined)) {
-      throw new FerryError('BAD_REQUEST', '--staging-size and --staging-copy describe a staging area to attach: give --staging too');
-    }
-    if (hasStaging && req.staging !== undefined) throw new FerryError('STAGING_EXISTS', `disk '${req.disk}' already has a staging area; leave out --staging`);
-    if (!hasStaging && req.staging === undefined) {
-      throw new FerryError('NO_STAGING', `disk '${req.disk}' has no staging area: give --staging PATH --staging-size SIZE (every write to a mirrored disk goes through one)`);
-    }
-    if (mode === 'checksum' && target.kind === 'local' && !target.exists) throw new FerryError('BAD_REQUEST', '--sync=checksum compares with data already on the target; a new file holds none (use full)');
-    if (!hasStaging) {
-      // The staging area is created first: given the target's (new) path too, it would take it.
-      for (const [p, what] of [[req.staging, 'staging area'], [req.stagingCopy, 'staging copy']] as const) {
-        let real: string | null = null;
-        try {
-          real = typeof p === 'string' && path.isAbsolute(p) ? resolveTargetPath(p, what).real : null;
-        } catch {
-          real = null; // a bad staging path: attach() refuses it
-        }
-        if (target.kind === 'local' && real === target.real) throw new FerryError('PATH_IN_USE', `${real} cannot be both the mirror target and the ${what}`);
-      }
-      await this.staging.attach({ disk: req.disk, path: req.staging!, size: req.stagingSize, copy: req.stagingCopy });
-    }
-    // Nothing half-done: the staging area this request attached goes again.
-    const undoStaging = async (): Promise<void> => {
-      if (!hasStaging) await this.staging.detach(req.disk).catch((e) => this.log.error({ disk: req.disk, err: (e as Error).message }, 'could not detach the staging area of a failed mirror create'));
-    };
-    if (target.kind === 'remote') return this.createRemote(req, volume, target, mode, policy, undoStaging);
-
-    let device: BlockDevice;
-    let created = false;
-    try {
-      if (!target.exists) {
-        const fd = fs.openSync(target.real, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-        created = true;
-        fs.ftruncateSync(fd, volume.size);
-        fs.fsyncSync(fd);
-        fs.closeSync(fd);
-        syncDirectory(path.dirname(target.real));
-      }
-      device = BlockDevice.open(target.real);
-    } catch (err) {
-      if (created) fs.rmSync(target.real, { force: true });
-      await undoStaging();
-      throw fromSystemError(err, `mirror target ${target.real}`);
-    }
-    const m: MirrorRow = {
-      disk: req.disk,
-      target: `local:${target.real}`,
-      path: target.real,
-      created_file: created ? 1 : 0,
-      sync_mode: mode,
-      sync_cursor: 0,
-      sync_done: 0,
-      target_zero: created ? 1 : 0,
-      paused: 0,
-      created_at: Date.now(),
-      ...policyColumns(policy),
-      resync: 0,
-      delta: 0,
-    };
-    // Row first, then the consumer: a crash in between is repaired at start (openAtStart).
-    this.store.insertMirror(m);
-    await volume.staging!.journal.addConsumer(MIRROR_CONSUMER);
-    this.startMirror(m, volume, device);
-    this.log.info({ disk: req.disk, target: m.target, sync: mode }, 'mirror created; syncing');
-    return this.statusOf(this.mirror(req.disk));
-  }
-
-  /**
-   * A mirror on a peer site: the first attach happens before this returns, so every refusal
-   * at the peer (disk in use, too small, not paired) reaches the administrator, with nothing
-   * left behind on either site.
-   */
-  private async createRemote(req: CreateMirrorRequest, volume: Volume, target: Extract<Target, { kind: 'remote' }>, mode: SyncMode, policy: MirrorPolicy, undoStaging: () => Promise<void>): Promise<MirrorStatus> {
-    const label = `${target.peer.name}:${target.remoteDisk}`;
-    const m: MirrorRow = {
-      disk: req.disk,
-      target: label,
-      path: `remote:${label}`,
-      created_file: 0,
-      sync_mode: mode,
-      sync_cursor: 0,
-      sync_done: 0,
-      target_zero: 0,
-      paused: 0,
-      created_at: Date.now(),
-      ...policyColumns(policy),
-      resync: 0,
-      delta: 0,
-    };
-    const journal = volume.staging!.journal;
-    this.store.insertMirror(m);
-    await journal.addConsumer(MIRROR_CONSUMER);
-    const holds = new ChunkHolds();
-    const stream = this.remoteStream(m, volume, holds);
-    stream.start();
-    try {
-      const reply = await firstAttach(stream, target.peer.name);
-      if (reply.meta.created === true) {
-        this.store.updateMirror(req.disk, { target_zero: 1 });
-        m.target_zero = 1;
-      }
-    } catch (err) {
-      await stream.stop();
-      await journal.removeConsumer(MIRROR_CONSUMER);
-      this.store.deleteMirror(req.disk);
-      await undoStaging();
-      throw err;
-    }
-    this.startRemote(m, volume, { stream, holds });
-    this.log.info({ disk: req.disk, target: label, sync: mode }, 'remote mirror created; syncing over the link');
-    return this.statusOf(this.mirror(req.disk));
+    return this.ops.run(req.disk, 'create', () => this.creator.create(req));
   }
 
   /** Mirrors of this site's disks, and replicas this site holds for peers (role 'replica'). */
@@ -515,25 +396,10 @@ export class MirrorControl {
     this.log.warn({ disk, target: row.target }, 'remote mirror dropped: this disk reconnects as the replica of its peer');
   }
 
-  /**
-   * The survivor of a reconnect, with no mirror (dropRemote): `record` writes the delta
-   * mirror's row (in the caller's transaction); then a new consumer at the journal's head, the stream and its first attach,
-   * which creates the replica at the peer. A failed first attach leaves the mirror recorded:
-   * it redials, and its status says why it does not attach.
-   */
-  async startDelta(m: MirrorRow, volume: Volume, record: () => void): Promise<MirrorStatus> {
-    assert.ok(m.delta === 1 && m.sync_done === 0, 'a reconnect starts a delta sync');
-    const journal = volume.staging!.journal;
-    assert.ok(!journal.hasConsumer(MIRROR_CONSUMER) && !this.mirrors.has(m.disk), 'a reconnect starts from no mirror (dropRemote)');
-    record();
-    // Row first, then the consumer (at the head: the sync copies everything before it): a row without one gets it at start.
-    await journal.addConsumer(MIRROR_CONSUMER);
-    const holds = new ChunkHolds();
-    const stream = this.remoteStream(m, volume, holds);
-    stream.start();
-    const mirror = this.startRemote(m, volume, { stream, holds });
-    await firstAttach(stream, parseRemote(m.target).peer);
-    return this.statusOf(mirror);
+  /** The survivor of a reconnect (see MirrorCreator.startDelta). */
+  startDelta(m: MirrorRow, volume: Volume, record: () => void): Promise<MirrorStatus> {
+    assert.ok(!this.mirrors.has(m.disk), 'a reconnect starts from no mirror (dropRemote)');
+    return this.creator.startDelta(m, volume, record);
   }
 
   /** Starts the remote mirror recorded for `disk` (a replica that just became the primary). */
@@ -560,18 +426,5 @@ export class MirrorControl {
       await m.targetStore.close().catch(() => undefined);
     }
     this.mirrors.clear();
-  }
-}
-
-/** The stream's first attach, within firstAttachMsMax. */
-async function firstAttach(stream: RemoteStream, peer: string): Promise<Awaited<RemoteStream['firstAttach']>> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      stream.firstAttach,
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new FerryError('PEER_UNREACHABLE', `peer '${peer}' did not answer within ${firstAttachMsMax / 1000} s`)), firstAttachMsMax))),
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }

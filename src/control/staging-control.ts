@@ -60,6 +60,8 @@ export class StagingControl {
     private readonly disks: DiskRegistry,
     private readonly dataDir: string,
     private readonly log: Logger,
+    /** The check each write of a disk's staging area passes first (dr-control's divergence rule), if any. */
+    private readonly beforeWrite: (disk: string) => (() => void) | null = () => null,
   ) {}
 
   /** Opens the staging area of a disk at daemon start (recovery and replay happen here). */
@@ -79,7 +81,7 @@ export class StagingControl {
     }
     let staged;
     try {
-      staged = await volume.attachStaging(stores, this.log.child({ disk: row.name }));
+      staged = await volume.attachStaging(stores, this.log.child({ disk: row.name }), this.beforeWrite(row.name));
     } catch (err) {
       await Promise.all(stores.map((x) => x.close().catch(() => undefined)));
       throw err;
@@ -150,7 +152,7 @@ export class StagingControl {
       };
       this.store.insertStaging(srow);
       try {
-        await volume.attachStaging(stores, this.log.child({ disk: req.disk }));
+        await volume.attachStaging(stores, this.log.child({ disk: req.disk }), this.beforeWrite(req.disk));
       } catch (err) {
         this.store.deleteStaging(req.disk);
         throw err;

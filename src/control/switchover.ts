@@ -42,7 +42,7 @@ import { failpoint } from './failpoint.js';
 import type { MirrorControl } from './mirror-control.js';
 import { parseRemote } from './mirror-target.js';
 import type { ReplicaControl } from './replica-control.js';
-import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
+import type { MetadataStore, PeerRow } from './store.js';
 import type { PeerSession } from '../replication/peer-session.js';
 
 /** How long the replica may take to apply its backlog and take over. */

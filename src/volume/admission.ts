@@ -130,20 +130,18 @@ export class OverlayBoundStep implements AdmissionStep {
 }
 
 /**
- * Asks a hook, synchronously, before each write is appended: a primary whose link is down
- * starts a new generation (durably) at the first write it may hold alone. Never waits; a
- * throw fails the write.
+ * Calls `beforeWrite` (given when the staging area is opened: the control layer's divergence
+ * check), synchronously, before each write is appended: a primary whose link is down starts a
+ * new generation (durably) at the first write it may hold alone. Never waits; a throw fails
+ * the write.
  */
 export class DivergenceStep implements AdmissionStep {
   readonly name = 'divergence';
-  private hook: (() => void) | null = null;
 
-  watch(hook: (() => void) | null): void {
-    this.hook = hook;
-  }
+  constructor(private readonly beforeWrite: (() => void) | null) {}
 
   admit(): null {
-    this.hook?.();
+    this.beforeWrite?.();
     return null;
   }
 }

@@ -97,7 +97,8 @@ export class StagedPath {
    * The composition root of a staged disk: opens (and recovers) the journal on `stores` and
    * wires the overlay, the primary's committer and the admission chain. Not started.
    */
-  static async open(stores: Store[], primary: DiskStore, log: Logger, clock: Clock = systemClock): Promise<StagedPath> {
+  /** `beforeWrite`: the divergence check each write passes first (DivergenceStep), if any. */
+  static async open(stores: Store[], primary: DiskStore, log: Logger, clock: Clock = systemClock, beforeWrite: (() => void) | null = null): Promise<StagedPath> {
     const index = new StagedIndex(primary.size);
     const mirrorSlot = new MirrorSlot();
     let unappliedFrom: number | null = null;
@@ -137,7 +138,7 @@ export class StagedPath {
       new BoundedLagStep(mirrorSlot),
       new DirtyBitmapStep(mirrorSlot),
       new SwapPacingStep(progressOrRecheck),
-      new DivergenceStep(),
+      new DivergenceStep(beforeWrite),
     ]);
     return new StagedPath({ journal, primary, index, committer, admission, overlayBound, mirrorSlot, log });
   }
@@ -168,11 +169,6 @@ export class StagedPath {
   /** Paces new writes while `behind()` (a swap about to hold requests); until the returned function is called. */
   pace(behind: () => boolean): () => void {
     return this.admission.step<SwapPacingStep>('swap-pacing').pace(behind);
-  }
-
-  /** The write path's divergence hook (see DivergenceStep); null removes it. */
-  watchDivergence(hook: (() => void) | null): void {
-    this.admission.step<DivergenceStep>('divergence').watch(hook);
   }
 
   /** Points the data path at another primary (a swap of roles; the caller holds the I/O gate and has drained). */

@@ -62,16 +62,14 @@ test('parseHistory: a peer history is taken only when well formed and bounded', 
 });
 
 /** A volume stand-in that records the fence the control sets (the real Volume's setFence is a field write). */
-function fakeVolume(): { volume: Volume; fence: () => string | null; hook: () => (() => void) | null } {
+function fakeVolume(): { volume: Volume; fence: () => string | null } {
   let fence: string | null = null;
-  let hook: (() => void) | null = null;
   const volume = {
     setFence: (r: string | null) => void (fence = r),
     size: 1 << 20,
     trackChanges: () => undefined,
-    staging: { watchDivergence: (h: (() => void) | null) => void (hook = h) },
   } as unknown as Volume;
-  return { volume, fence: () => fence, hook: () => hook };
+  return { volume, fence: () => fence };
 }
 
 function rig(): { dir: string; open(): { store: MetadataStore; dr: DrControl } } {
@@ -102,7 +100,7 @@ test('a primary fenced by its peer refuses writes, and stays fenced after a reop
   assert.equal(first.dr.held('d')!.code, 'FENCED', 'the stream holds');
   // A fenced disk starts no generation at a write (its writes are refused anyway).
   up = false;
-  v.hook()!();
+  first.dr.beforeWrite('d');
   assert.equal(first.dr.history('d').length, 1);
   first.store.close();
   // Reopened (a restart): the fence is applied to the volume before anything is served.
@@ -125,19 +123,19 @@ test('a primary starts one diverged generation at its first write while its link
   const v = fakeVolume();
   let up: boolean | null = true;
   dr.watchPrimary('d', v.volume, () => up);
-  v.hook()!();
+  dr.beforeWrite('d');
   assert.equal(dr.history('d').length, 1, 'connected: no new generation');
   up = false;
-  v.hook()!();
-  v.hook()!();
+  dr.beforeWrite('d');
+  dr.beforeWrite('d');
   assert.deepEqual(dr.history('d').map((x) => x.reason), ['create', 'diverged'], 'one per outage');
   // An accepted attach (the replica adopted our history) ends the outage; the next one starts another.
   dr.primaryAttached('d', 'site-b', dr.history('d'));
-  v.hook()!();
+  dr.beforeWrite('d');
   assert.equal(dr.history('d').length, 3);
   up = null; // the stream stopped (mirror removed): no more generations
   dr.primaryAttached('d', 'site-b', dr.history('d'));
-  v.hook()!();
+  dr.beforeWrite('d');
   assert.equal(dr.history('d').length, 3);
   store.close();
 });
