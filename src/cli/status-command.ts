@@ -53,6 +53,16 @@ function mirrorProblems(m: MirrorStatus): string[] {
   return out;
 }
 
+/** A disk fenced, in split brain or switching over, with the command that ends it. */
+function drProblems(d: DiskInfo): string[] {
+  const dr = d.dr;
+  if (!dr || dr.state === 'normal') return [];
+  const why = dr.reason ? `: ${dr.reason}` : '';
+  if (dr.state === 'fenced') return [`fenced, writes refused${why} (\`ferry mirror reconnect ${d.name}\` makes it the replica of its peer)`];
+  if (dr.state === 'split-brain') return [`split brain${why} (\`ferry mirror reconnect ${d.name} --discard-changes-at SITE\` at the site whose writes are to be discarded)`];
+  return [`switchover not completed, writes refused${why}`];
+}
+
 export async function statusOverview(api: ApiClient): Promise<StatusOverview> {
   const [server, site, disks, mirrors] = await Promise.all([
     api.request<ServerInfo>('GET', '/v1/server'),
@@ -72,6 +82,7 @@ export async function statusOverview(api: ApiClient): Promise<StatusOverview> {
     if (s?.committerError) problems.push(`writes to the disk failing: ${s.committerError}`);
     if (s?.waitingForSpace) problems.push('writes wait for staging space: the staging area is full (the disk or its mirror is behind)');
     if (m) problems.push(...mirrorProblems(m));
+    problems.push(...drProblems(d));
     const healthy = s ? s.copies.filter((c) => c.healthy).length : 0;
     return {
       name: d.name,

@@ -1,15 +1,15 @@
 // A disk's page: live charts (write throughput, lag in seconds and bytes, link throughput;
 // the last 15 minutes, one point a second), sync progress with rate and ETA, the staging
 // area's use and its copies' health, the mirror's operations (pause, resume, verify, swap,
-// promote, remove; destructive ones behind a typed confirmation), its DR state, switchover
-// and test failover (dr-panels.tsx), and its recent events.
+// promote, remove; destructive ones behind a typed confirmation), its DR state, switchover,
+// reconnect and test failover (dr-panels.tsx), and its recent events.
 import { useState } from 'preact/hooks';
 import type { Mirror, PromoteResult, RemovedMirror, SwapResult, VerifyResult } from '../api/types.js';
 import { api, enc } from './api.js';
 import { Chart } from './chart.js';
 import { EventList } from './events-feed.js';
 import { bytes, duration, percent, rate } from './format.js';
-import { DrSummary, Switchover, TestFailoverPanel } from './dr-panels.js';
+import { DrSummary, Reconnect, Switchover, TestFailoverPanel } from './dr-panels.js';
 import { CreateMirror, SetMirror } from './mirror-forms.js';
 import { roleOf, severity, state } from './store.js';
 import { Badge, ErrorLine, TypedConfirm, useAction, useStore } from './ui.js';
@@ -73,6 +73,7 @@ export function DiskPage({ name }: { name: string }) {
       )}
       {m ? <MirrorActions disk={name} m={m} /> : d.state === 'online' && <CreateMirror disk={name} />}
       {m && (m.role === 'replica' || m.link) && <Switchover disk={name} m={m} clients={d.clients} />}
+      {(d.dr ?? m?.dr)?.state === 'fenced' || (d.dr ?? m?.dr)?.state === 'split-brain' ? <Reconnect disk={name} dr={(d.dr ?? m?.dr)!} /> : null}
       {m && <TestFailoverPanel disk={name} m={m} />}
       {m && m.role === 'primary' && <SetMirror disk={name} />}
       <DiskRemove disk={name} />

@@ -1,10 +1,12 @@
 // The disk page's disaster-recovery part: the disk's DR state (normal, fenced, split-brain,
 // switching; its generation), a planned switchover of a remote mirror (from either site: at
 // the replica, ferryd asks the primary site to run it; force, which disconnects NBD clients,
-// behind the typed confirmation), and a test failover of a replica at the mirror site
+// behind the typed confirmation), the reconnect of a fenced or split-brain disk as the other
+// site's replica (its writes since divergence discarded: behind the typed confirmation), and
+// a test failover of a replica at the mirror site
 // (start it with an export name, scratch path and size; its figures, on both sites; end it).
 import { useState } from 'preact/hooks';
-import type { DiskDr, Mirror, SwitchoverResult, TestEnd, TestFailover } from '../api/types.js';
+import type { DiskDr, Mirror, ReconnectResult, SwitchoverResult, TestEnd, TestFailover } from '../api/types.js';
 import { api, enc } from './api.js';
 import { bytes, duration, time } from './format.js';
 import { Badge, ErrorLine, TypedConfirm, useAction } from './ui.js';
@@ -95,6 +97,55 @@ export function Switchover({ disk, m, clients }: { disk: string; m: Mirror; clie
         />
       )}
       {a.busy && <p role="status">switching over…</p>}
+      {a.result && <p role="status">{a.result}</p>}
+      <ErrorLine error={a.error} />
+    </div>
+  );
+}
+
+/**
+ * After a failover, on a fenced or split-brain disk: it becomes the replica of the other site,
+ * which resyncs only the regions changed on either side since they diverged. This site's
+ * writes since then are thrown away (in split brain it is named as the side to discard), so
+ * the typed confirmation guards it; attached NBD clients are disconnected.
+ */
+export function Reconnect({ disk, dr }: { disk: string; dr: DiskDr }) {
+  const a = useAction();
+  const [confirm, setConfirm] = useState(false);
+  const run = (): void => {
+    setConfirm(false);
+    void a.run('reconnect', async () => {
+      const site = await api<{ name: string | null }>('GET', '/v1/site');
+      const discard = dr.state === 'split-brain' && site.name ? `&discardChangesAt=${enc(site.name)}` : '';
+      const r = await api<ReconnectResult>('POST', `/v1/disks/${enc(disk)}/mirror/reconnect?force=true${discard}`);
+      return `reconnected: the replica of ${r.primary} now, generation ${r.generation}; resyncing ${bytes(r.resyncBytes)} of ${bytes(r.diskBytes)} (changed here ${bytes(r.changedHereBytes)}, there ${bytes(r.changedThereBytes)}), ${r.disconnected} client(s) disconnected`;
+    });
+  };
+  return (
+    <div class="card" aria-label="reconnect">
+      <h3>Reconnect as the replica</h3>
+      <p>
+        <small>
+          {dr.state === 'fenced' ? 'The other site was promoted past this one.' : 'Both sites took writes since they diverged; reconnecting here discards the writes made at this site.'} This disk becomes the replica of
+          the other site, which sends only the regions changed on either side since they diverged; this site's writes since then are lost. Its current image is kept by an undo log
+          until the resync completes.
+        </small>
+      </p>
+      <div class="buttons">
+        <button type="button" class="danger" disabled={a.busy} onClick={() => setConfirm(true)}>
+          Reconnect…
+        </button>
+      </div>
+      {confirm && (
+        <TypedConfirm
+          disk={disk}
+          what="Reconnect, discarding this site's writes"
+          note="This site's writes since the sites diverged are thrown away, and NBD clients attached here are disconnected."
+          onCancel={() => setConfirm(false)}
+          onConfirm={run}
+        />
+      )}
+      {a.busy && <p role="status">reconnecting…</p>}
       {a.result && <p role="status">{a.result}</p>}
       <ErrorLine error={a.error} />
     </div>

@@ -5,7 +5,8 @@
 // and see the link connected again. Then the DR operations through the consoles: a test
 // failover started at site B (its figures on both sites' disk pages) and ended; a planned
 // switchover from site A's console (the roles reversed on both disk pages); a second disk's
-// replica promoted in B's console while A is down, A restarted: fenced, first in its overview.
+// replica promoted in B's console while A is down, A restarted: fenced, first in its overview,
+// and reconnected from A's console as B's replica (behind the typed confirmation).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -191,5 +192,20 @@ describe('web console, two sites', () => {
     await pageA.goto(a.apiUrl + '/#/');
     await pageA.locator('tr[data-disk=fx]').waitFor();
     await pageA.screenshot({ path: path.join(ROOT, 'docs', 'console', 'fenced-overview.png') });
+
+    // Reconnect from A's console: A becomes B's replica, only the changed regions resynced.
+    // (A restarted on a new replication port: B is told it, as `ferry peer set` does.)
+    const site = await a.api('GET', '/v1/site');
+    assert.equal((await b.api('PATCH', '/v1/peers/site-a', { address: site.body.replication })).status, 200);
+    await pageA.goto(a.apiUrl + '/#/disk/fx');
+    await pageA.getByRole('button', { name: 'Reconnect…' }).click();
+    const confirmButton = pageA.getByRole('button', { name: "Reconnect, discarding this site's writes" });
+    assert.equal(await confirmButton.isDisabled(), true, 'behind the typed confirmation');
+    await pageA.getByLabel('type the disk name to confirm').fill('fx');
+    await confirmButton.click();
+    await waitText(pageA, 'reconnected', '[role=status]', (t) => t.includes('reconnected: the replica of site-b:fx-dr'), 120_000);
+    await waitText(pageA, 'A holds the replica', '#disk-title', (t) => t.includes('Disk fx (replica)'), 60_000);
+    await waitText(pageA, "A's DR state is normal again", '[data-testid=dr-state]', (t) => t.includes('DR normal'), 60_000);
+    await waitFor('B in sync with A again', async () => (await b.api('GET', '/v1/disks/fx-dr/mirror')).body?.state === 'in-sync', 60_000);
   });
 });

@@ -117,6 +117,9 @@ describe('reconnect and delta failback', () => {
     await learns(s.a, 'fb', 'fenced'); // B was promoted past it
     await waitFor("A's changed regions are recorded", async () => ((await dr(s.a, 'fb')).changed?.granules ?? 0) >= granulesOf(lost).size, 60_000);
 
+    const problems = (await cliJson(s.a, ['status'])).problems as string[];
+    assert.ok(problems.some((p) => p.startsWith('fb: fenced') && p.includes('ferry mirror reconnect fb')), `ferry status names the fence and its command: ${JSON.stringify(problems)}`);
+
     // Refusals change nothing.
     await cliFails(s.a, ['mirror', 'reconnect', 'fb', '--discard-changes-at', 'nowhere'], 'BAD_REQUEST');
     await cliFails(s.a, ['mirror', 'reconnect', 'fb', '--discard-changes-at', s.peer], 'BAD_REQUEST');
@@ -178,6 +181,8 @@ describe('reconnect and delta failback', () => {
     s.proxy.restore();
     await waitFor('split brain at A', async () => (await dr(s.a, 'sb')).state === 'split-brain', 60_000);
     await waitFor('split brain at B', async () => (await dr(s.b, 'sb-dr')).state === 'split-brain', 60_000);
+    const problemsB = (await cliJson(s.b, ['status'])).problems as string[];
+    assert.ok(problemsB.some((p) => p.startsWith('sb-dr: split brain') && p.includes('--discard-changes-at')), `ferry status at B: ${JSON.stringify(problemsB)}`);
 
     // Nothing is resolved silently: refused at both sites without a choice, or with a wrong one.
     await cliFails(s.a, ['mirror', 'reconnect', 'sb'], 'SPLIT_BRAIN');
