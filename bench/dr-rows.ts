@@ -12,19 +12,31 @@
 //                        the last one at the old primary (monotonic clock, in the client).
 //                        5 switchovers, A → B and B → A alternately; median and max, and the
 //                        server's `pauseMs` (target: under 1 s, every switchover)
+//   dr-failback-delta    a 4 GiB sparse disk mirrored A → B through a WanProxy, and B dialling
+//                        A through a second one (every byte between the sites is counted):
+//                        8 MiB written and shipped; the A → B link cut, 20 scattered 4 KiB
+//                        writes at A (records B never receives), kill -9 of A, promote at B,
+//                        1,000 scattered 4 KiB writes at B (one qemu-io), the link restored, A
+//                        started again (fenced), then `mirror reconnect` at A discarding A's
+//                        changes; the bytes both proxies carried from the request until A is a
+//                        consistent replica and B in sync, over the reconnect's `resyncBytes`
+//                        (the 64 KiB granules changed on either side: target <= 1.1) and over
+//                        the disk (target < 2%); then qemu-img compare of the two images
 //
 // BENCH_ROWS selects them by id like the other sections; every process is registered with
 // the run, which stops it.
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { WanProxy } from '../src/testing/wan-proxy.js';
 import { DrSite } from './dr-site.js';
 import type { MirrorContext, MirrorResult } from './mirror-rows.js';
-import { sleep } from './proc.js';
+import { run, sleep } from './proc.js';
 import type { FerryApi } from './servers.js';
 import { caughtUp, pairSites } from './sites.js';
 
 export const drRows = [
   { id: 'dr-switchover-pause', title: 'Switchover pause seen by a client' },
+  { id: 'dr-failback-delta', title: 'Delta failback: bytes over the link' },
 ];
 
 export interface DrSection {
@@ -33,7 +45,10 @@ export interface DrSection {
   method: string;
 }
 
-const GiB = 1024 * 1024 * 1024;
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+/** The granule of the divergence maps (src/replication/divergence-map.ts), for the expected union. */
+const GRANULE = 64 * 1024;
 const SWITCHOVERS = 5;
 const CLIENT = path.join(import.meta.dirname, 'switchover-client.py');
 
@@ -44,6 +59,7 @@ const med = (v: number[]): number => {
 };
 const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : 'n/a');
 const f1 = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : 'n/a');
+const f3 = (n: number): string => (Number.isFinite(n) ? n.toFixed(3) : 'n/a');
 
 /** Polls `get` every `pollMs` until `ok` holds; returns the value that passed. */
 async function until<T>(what: string, timeoutMs: number, get: () => Promise<T>, ok: (v: T) => boolean, pollMs = 50): Promise<T> {
@@ -60,6 +76,26 @@ async function until<T>(what: string, timeoutMs: number, get: () => Promise<T>, 
     if (Date.now() > deadline) throw new Error(`${what}: not after ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
     await sleep(pollMs);
   }
+}
+
+/** `count` distinct 4 KiB-aligned offsets below `size`, the same every run (test/replication/reconnect.test.ts's). */
+function scattered(count: number, size: number, seed: number): number[] {
+  const out = new Set<number>();
+  let x = seed >>> 0;
+  while (out.size < count) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    out.add((x % (size / 4096)) * 4096);
+  }
+  return [...out];
+}
+
+const granulesOf = (offsets: number[]): Set<number> => new Set(offsets.flatMap((o) => [Math.floor(o / GRANULE), Math.floor((o + 4095) / GRANULE)]));
+
+/** qemu-io on an NBD URI, the commands in one process; throws unless every command succeeded. */
+async function qemuIo(uri: string, commands: string[]): Promise<void> {
+  const r = await run('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], 300_000);
+  const out = r.stdout + r.stderr;
+  if (r.code !== 0 || /failed|error|Pattern verification/i.test(out)) throw new Error(`qemu-io ${commands.slice(0, 3).join('; ')}… (${commands.length}): exit ${r.code ?? r.signal}\n${out.slice(-2000)}`);
 }
 
 /** Two sites paired (A dials B at `bAddress`; B dials A at `aAddress`): what `peer add` on A and `peer set` on B do. */
@@ -161,10 +197,99 @@ async function switchoverPause(ctx: MirrorContext): Promise<MirrorResult> {
   }
 }
 
+async function failbackDelta(ctx: MirrorContext): Promise<MirrorResult[]> {
+  const dir = path.join(ctx.dir, 'failback');
+  const size = 4 * GiB;
+  const proxies: WanProxy[] = [];
+  const proxyTo = async (port: number, name: string): Promise<WanProxy> => {
+    const p = await WanProxy.start({ targetPort: port });
+    proxies.push(p);
+    ctx.register(name, { uri: `127.0.0.1:${p.port}`, pid: process.pid, command: 'WanProxy', stop: () => p.close() });
+    return p;
+  };
+  let toB!: WanProxy;
+  let toA!: WanProxy;
+  const { a, b } = await startPair(ctx, dir, async (a, b) => {
+    toB = await proxyTo(b.ports.repl, 'dr-proxy-to-b');
+    toA = await proxyTo(a.ports.repl, 'dr-proxy-to-a');
+    return { toB: `127.0.0.1:${toB.port}`, toA: `127.0.0.1:${toA.port}` };
+  });
+  const linkBytes = (): number => proxies.reduce((n, p) => n + p.stats().bytesUp + p.stats().bytesDown, 0);
+  try {
+    await a.api('POST', '/v1/disks', { name: 'fb', size });
+    await a.api('POST', '/v1/disks/fb/mirror', { to: 'site-b:fb-dr', staging: path.join(dir, 'fb.stg'), stagingSize: '128M', compress: 'none' });
+    await qemuIo(a.uri('fb'), [`write -P 0x11 0 ${8 * MiB}`]);
+    await caughtUp(a.api, 'fb', 300_000);
+    await until("B's replica caught up", 120_000, () => mirrorOf(b.api, 'fb-dr'), (st) => st.consistent && st.lagRecords === 0);
+
+    // Records B never receives: written at A into a cut link, then A is lost.
+    toB.cut();
+    const lost = scattered(20, size, 7);
+    await qemuIo(a.uri('fb'), lost.map((o) => `write -P 0x66 ${o} 4k`));
+    await a.kill9();
+    await b.api('POST', '/v1/disks/fb-dr/mirror/promote');
+    const written = scattered(1000, size, 42);
+    await qemuIo(b.uri('fb-dr'), written.map((o) => `write -P 0x22 ${o} 4k`));
+    toB.restore();
+    await a.restart();
+    const learnt = await until("A learns it was failed over", 120_000, () => a.api('GET', '/v1/disks/fb/dr'), (d) => d.state !== 'normal');
+    if (learnt.state !== 'fenced' && learnt.state !== 'split-brain') throw new Error(`A's DR state: ${JSON.stringify(learnt)}`);
+    await until("A's changed regions recorded", 60_000, () => a.api('GET', '/v1/disks/fb/dr'), (d) => (d.changed?.granules ?? 0) >= granulesOf(lost).size);
+    await ctx.settle(dir);
+
+    const bytes0 = linkBytes();
+    const t0 = process.hrtime.bigint();
+    const rep = await a.api('POST', `/v1/disks/fb/mirror/reconnect?discardChangesAt=${a.name}`);
+    await until('A a consistent replica', 600_000, () => mirrorOf(a.api, 'fb'), (st) => st.role === 'replica' && st.consistent && st.fallback === null);
+    await caughtUp(b.api, 'fb-dr', 600_000, 20);
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const sent = linkBytes() - bytes0;
+    const union = new Set([...granulesOf(written), ...granulesOf(lost)]);
+    // Granules that hold data at B: its own writes and the 8 MiB base. The others (A's lost
+    // records past the base, which B never wrote) read as zeroes there: the resync sends them
+    // as zeroed ranges, not data, so the link carries less than resyncBytes.
+    const bGranules = granulesOf(written);
+    const dataGranules = [...union].filter((g) => bGranules.has(g) || g * GRANULE < 8 * MiB).length;
+    const ratio = sent / rep.resyncBytes;
+    const share = sent / size;
+    const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', b.uri('fb-dr'), a.uri('fb')], 600_000);
+    const identical = cmp.code === 0;
+    ctx.log(`dr-failback-delta: ${f0(sent)} bytes over the links in ${f1(seconds)} s for resyncBytes ${f0(rep.resyncBytes)} (expected union ${f0(union.size * GRANULE)}, ${dataGranules} of its ${union.size} granules holding data at B): ratio ${f3(ratio)}, ${(share * 100).toFixed(2)}% of the disk; images ${identical ? 'identical' : `DIFFER: ${cmp.stdout}${cmp.stderr}`}`);
+    const how = `a ${size / GiB} GiB sparse disk mirrored A → B with \`--compress none\` through a WanProxy (A dials B through it) and B given the address of a second WanProxy in front of A's replication port (\`PATCH /v1/peers/site-a\`), so that every byte between the sites is counted (\`WanProxy.stats()\`, both directions of both); 8 MiB written and shipped; the A → B proxy cut, 20 scattered 4 KiB writes at A (records B never receives), kill -9 of A, \`mirror promote\` at B, 1,000 scattered 4 KiB writes at B (one qemu-io), the proxy restored, A started again on its data directory and ports (DR state \`${learnt.state}\`, its changed granules recorded), then \`POST /v1/disks/fb/mirror/reconnect?discardChangesAt=site-a\` at A; the bytes both proxies carried from that request until A is a consistent replica (role replica, consistent, no fallback) and B's mirror in sync (caught up, link connected); one failback a run (the offsets are the same every run, so are the granules)`;
+    const check = `\`changedHereBytes\` ${f0(rep.changedHereBytes)}, \`changedThereBytes\` ${f0(rep.changedThereBytes)}, \`resyncBytes\` ${f0(rep.resyncBytes)} (${rep.resyncBytes / GRANULE} granules; the union of the granules written on either side: ${union.size}, of which ${dataGranules} hold data at B and ${union.size - dataGranules} read as zeroes there, sent as zeroed ranges: the link bytes are ${f3(sent / (dataGranules * GRANULE))}× the bytes of the granules holding data); reconnect to converged in ${f1(seconds)} s; \`qemu-img compare\` of the two images afterwards: ${identical ? 'identical' : '**they differ**'}`;
+    return [
+      {
+        id: 'dr-failback-delta',
+        title: 'Delta failback (`mirror reconnect`): bytes over the links / bytes of the 64 KiB granules changed on either side',
+        result: `${f3(ratio)} (${f0(sent)} B / ${f0(rep.resyncBytes)} B)`,
+        runs: `1 (reconnect to converged: ${f1(seconds)} s)`,
+        target: '≤ 1.1',
+        met: ratio <= 1.1 && identical,
+        value: ratio,
+        detail: `${how}; ${check}`,
+      },
+      {
+        id: 'dr-failback-delta',
+        title: 'The same bytes / disk size, 1,000 scattered 4 KiB writes on a 4 GiB disk',
+        result: `${(share * 100).toFixed(2)}%`,
+        runs: `${f0(sent)} B`,
+        target: '< 2%',
+        met: share < 0.02 && identical,
+        value: share,
+        detail: 'the same reconnect as the row above, its bytes over the disk size (4 GiB)',
+      },
+    ];
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+    await Promise.all(proxies.map((p) => p.close()));
+  }
+}
+
 /** Runs the selected disaster-recovery measurements (ids of drRows). */
 export async function runDrRows(ids: string[], ctx: MirrorContext): Promise<DrSection> {
   const results: MirrorResult[] = [];
   if (ids.includes('dr-switchover-pause')) results.push(await switchoverPause(ctx));
+  if (ids.includes('dr-failback-delta')) results.push(...(await failbackDelta(ctx)));
   return {
     results,
     method: `Each measurement starts two ferryd sites of its own on loopback (\`bench/dr-site.ts\`): ${'`node bin/ferry.cjs serve --data DIR --nbd 127.0.0.1:P --api 127.0.0.1:P --repl 127.0.0.1:P --site site-a`'} (and \`site-b\`), ports chosen once so that a site restarts on the same ones; paired through the API as \`ferry peer token\` on B and \`ferry peer add site-b --address … --token T\` on A do, and B given A's address as \`ferry peer set site-a --address …\` does (PATCH), so that either site can dial the other. Disks are virtual disks created at A (\`POST /v1/disks\`), mirrored to a new replica at B with a staging area`,
