@@ -25,12 +25,11 @@
 //
 // BENCH_ROWS selects them by id like the other sections; every process is registered with
 // the run, which stops it.
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { WanProxy } from '../src/testing/wan-proxy.js';
 import { DrSite } from './dr-site.js';
 import type { MirrorContext, MirrorResult } from './mirror-rows.js';
-import { run, sleep } from './proc.js';
+import { run, sleep, spawnTracked, stopChild } from './proc.js';
 import type { FerryApi } from './servers.js';
 import { caughtUp, pairSites } from './sites.js';
 
@@ -125,9 +124,9 @@ interface ClientReport {
   pauseMs: number | null;
 }
 
-/** Starts the switchover client; `writing` resolves once it has a write acknowledged at `from`, `done` with its report. */
-function startClient(from: string, to: string, size: number): { writing: Promise<void>; done: Promise<ClientReport> } {
-  const child = spawn('/usr/bin/python3', [CLIENT, from, to, String(size), '60'], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Starts the switchover client (tracked: the run's cleanup stops it); `writing` resolves once it has a write acknowledged at `from`, `done` with its report. */
+function startClient(from: string, to: string, size: number): { writing: Promise<void>; done: Promise<ClientReport>; stop: () => Promise<void> } {
+  const child = spawnTracked('/usr/bin/python3', [CLIENT, from, to, String(size), '60']);
   let out = '';
   let err = '';
   let onWriting = (): void => undefined;
@@ -148,7 +147,7 @@ function startClient(from: string, to: string, size: number): { writing: Promise
       }
     });
   });
-  return { writing: Promise.race([writing, done.then((r) => Promise.reject(new Error(`switchover client ended before writing: ${JSON.stringify(r)}`)))]), done };
+  return { writing: Promise.race([writing, done.then((r) => Promise.reject(new Error(`switchover client ended before writing: ${JSON.stringify(r)}`)))]), done, stop: () => stopChild(child, 2_000) };
 }
 
 async function switchoverPause(ctx: MirrorContext): Promise<MirrorResult> {
@@ -169,10 +168,17 @@ async function switchoverPause(ctx: MirrorContext): Promise<MirrorResult> {
       await until(`${r.name}'s replica caught up`, 120_000, () => mirrorOf(r.api, rd), (st) => st.role === 'replica' && st.consistent && st.lagRecords === 0);
       await ctx.settle(dir);
       const client = startClient(p.uri(pd), r.uri(rd), size);
-      await client.writing;
-      await sleep(500); // writing steadily
-      const rep = await p.api('POST', `/v1/disks/${pd}/mirror/switchover?force=true`);
-      const c = await client.done;
+      let rep: any;
+      let c: ClientReport;
+      try {
+        await client.writing;
+        await sleep(500); // writing steadily
+        rep = await p.api('POST', `/v1/disks/${pd}/mirror/switchover?force=true`);
+        c = await client.done;
+      } catch (err) {
+        await client.stop();
+        throw err;
+      }
       if (c.pauseMs === null) throw new Error(`switchover ${p.name} → ${r.name}: the client saw no write acknowledged at ${r.name}: ${JSON.stringify(c)}`);
       pauses.push(c.pauseMs);
       serverMs.push(rep.pauseMs);
