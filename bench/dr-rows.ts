@@ -97,7 +97,7 @@ async function qemuIo(uri: string, commands: string[]): Promise<void> {
   if (r.code !== 0 || /failed|error|Pattern verification/i.test(out)) throw new Error(`qemu-io ${commands.slice(0, 3).join('; ')}… (${commands.length}): exit ${r.code ?? r.signal}\n${out.slice(-2000)}`);
 }
 
-/** Two sites paired (A dials B at `bAddress`; B dials A at `aAddress`): what `peer add` on A and `peer set` on B do. */
+/** Sites A and B, paired: A dials B at `toB` (`peer add` on A), B dials A at `toA` (`peer set` on B); `address` may start proxies in front of their listeners. */
 async function startPair(ctx: MirrorContext, dir: string, address: (a: DrSite, b: DrSite) => Promise<{ toB: string; toA: string }>): Promise<{ a: DrSite; b: DrSite }> {
   const start = async (name: string): Promise<DrSite> => {
     const site = await DrSite.start(path.join(dir, name), name, ctx.bin);
