@@ -5,6 +5,7 @@ import os from 'node:os';
 import type { Measurement } from './fio.js';
 import { mirrorTable, type MirrorSection } from './mirror-rows.js';
 import { run } from './proc.js';
+import type { DrSection } from './dr-rows.js';
 import type { ReplicationSection } from './replication-rows.js';
 import type { RowDef } from './rows.js';
 import { BENCH_STAGING_SIZE, targetFor, type ServerDef } from './servers.js';
@@ -68,6 +69,8 @@ export interface Results {
   mirror: MirrorSection | null;
   /** The remote mirror measurements (issue 5), when any ran. */
   replication: ReplicationSection | null;
+  /** The disaster-recovery measurements (issue 14), when any ran. */
+  dr?: DrSection | null;
   noiseBudgetS: number;
   noiseSpentS: number;
   ferryRss: { rssKiB: number | null; hwmKiB: number | null };
@@ -311,6 +314,11 @@ export function renderGenerated(r: Results): string {
     for (const m of r.replication.results) out.push(`- ${m.title}: ${m.detail}.`);
     out.push('');
   }
+  if (r.dr) {
+    out.push('### Disaster recovery (issue 14)', '', `${r.dr.method}.`, '', mirrorTable(r.dr), '');
+    for (const m of r.dr.results) out.push(`- ${m.title}: ${m.detail}.`);
+    out.push('');
+  }
   const cost = costLines(r);
   const costText = costTable(r);
   if (costText) {
@@ -324,7 +332,7 @@ export function renderGenerated(r: Results): string {
       '',
     );
   }
-  const all = [...vs.map((v) => v.met), ...(r.mirror?.results.map((m) => m.met) ?? []), ...(r.replication?.results.map((m) => m.met) ?? []), ...cost.filter((l) => l.met !== null && l.target.kind !== 'sync').map((l) => l.met!)];
+  const all = [...vs.map((v) => v.met), ...(r.mirror?.results.map((m) => m.met) ?? []), ...(r.replication?.results.map((m) => m.met) ?? []), ...(r.dr?.results.map((m) => m.met) ?? []), ...cost.filter((l) => l.met !== null && l.target.kind !== 'sync').map((l) => l.met!)];
   const missed = all.filter((met) => !met).length;
   out.push(missed === 0 ? `All ${all.length} targets met.` : `${missed} of ${all.length} targets missed.`, '');
   const kib = (n: number | null): string => (n === null ? 'n/a' : `${(n / 1024).toFixed(0)} MiB`);
