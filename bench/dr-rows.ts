@@ -32,6 +32,7 @@ import type { MirrorContext, MirrorResult } from './mirror-rows.js';
 import { run, sleep, spawnTracked, stopChild } from './proc.js';
 import type { FerryApi } from './servers.js';
 import { caughtUp, pairSites } from './sites.js';
+import { scatteredOffsets } from '../src/testing/scattered-offsets.js';
 
 export const drRows = [
   { id: 'dr-switchover-pause', title: 'Switchover pause seen by a client' },
@@ -75,17 +76,6 @@ async function until<T>(what: string, timeoutMs: number, get: () => Promise<T>, 
     if (Date.now() > deadline) throw new Error(`${what}: not after ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
     await sleep(pollMs);
   }
-}
-
-/** `count` distinct 4 KiB-aligned offsets below `size`, the same every run (test/replication/reconnect.test.ts's). */
-function scattered(count: number, size: number, seed: number): number[] {
-  const out = new Set<number>();
-  let x = seed >>> 0;
-  while (out.size < count) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    out.add((x % (size / 4096)) * 4096);
-  }
-  return [...out];
 }
 
 const granulesOf = (offsets: number[]): Set<number> => new Set(offsets.flatMap((o) => [Math.floor(o / GRANULE), Math.floor((o + 4095) / GRANULE)]));
@@ -230,11 +220,11 @@ async function failbackDelta(ctx: MirrorContext): Promise<MirrorResult[]> {
 
     // Records B never receives: written at A into a cut link, then A is lost.
     toB.cut();
-    const lost = scattered(20, size, 7);
+    const lost = scatteredOffsets(20, size, 7);
     await qemuIo(a.uri('fb'), lost.map((o) => `write -P 0x66 ${o} 4k`));
     await a.kill9();
     await b.api('POST', '/v1/disks/fb-dr/mirror/promote');
-    const written = scattered(1000, size, 42);
+    const written = scatteredOffsets(1000, size, 42);
     await qemuIo(b.uri('fb-dr'), written.map((o) => `write -P 0x22 ${o} 4k`));
     toB.restore();
     await a.restart();

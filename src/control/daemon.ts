@@ -13,7 +13,7 @@ import crypto from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../errors.js';
 import type { Logger } from 'pino';
-import { MetadataStore } from './store.js';
+import { MetadataStore, type PeerRow } from './store.js';
 import { DiskRegistry } from './disk-registry.js';
 import { StagingControl } from './staging-control.js';
 import { MirrorControl } from './mirror-control.js';
@@ -136,38 +136,24 @@ export class Daemon {
     const nbd = this.nbd;
     this.drills = new DrillControl({ store: this.store, disks: this.disks, replicas: this.replicas, disconnect: (v) => nbd.disconnect(v) }, dir, this.log);
     this.nbdAddress = await this.nbd.listen();
-    this.switchovers = new SwitchoverControl({
+    // What a switchover and a reconnect both work with (each runs between this site and a peer).
+    const drDeps = {
       store: this.store,
       disks: this.disks,
       mirrors,
       replicas: this.replicas,
       dr: this.dr,
-      disconnectClients: (disk) => {
+      disconnectClients: (disk: string): Promise<number> => {
         const volume = this.disks.volume(disk);
         return volume ? this.nbd.disconnect(volume) : Promise.resolve(0);
       },
       replPort: () => this.replAddress.port,
       siteName: this.identity.siteName,
-      connect: (peer) => connectPeer(identity, peer, { purpose: 'control' }),
+      connect: (peer: PeerRow) => connectPeer(identity, peer, { purpose: 'control' }),
       log: this.log,
-    });
-    this.reconnects = new ReconnectControl({
-      store: this.store,
-      disks: this.disks,
-      staging: this.staging,
-      mirrors,
-      replicas: this.replicas,
-      dr: this.dr,
-      dataDir: dir,
-      disconnectClients: (disk) => {
-        const volume = this.disks.volume(disk);
-        return volume ? this.nbd.disconnect(volume) : Promise.resolve(0);
-      },
-      replPort: () => this.replAddress.port,
-      siteName: this.identity.siteName,
-      connect: (peer) => connectPeer(identity, peer, { purpose: 'control' }),
-      log: this.log,
-    });
+    };
+    this.switchovers = new SwitchoverControl(drDeps);
+    this.reconnects = new ReconnectControl({ ...drDeps, staging: this.staging, dataDir: dir });
     const replicas = this.replicas;
     const switchovers = this.switchovers;
     const reconnects = this.reconnects;

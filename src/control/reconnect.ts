@@ -40,20 +40,15 @@
 // nor a split brain without the administrator's choice.
 import assert from 'node:assert';
 import path from 'node:path';
-import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { STAGING_BYTES_MIN } from '../journal/journal.js';
 import { parseHistory, relate } from '../replication/generations.js';
-import type { PeerSession } from '../replication/peer-session.js';
 import { askPeer, type ControlCaller } from './control-session.js';
-import type { DiskRegistry } from './disk-registry.js';
-import type { DrControl } from './dr-control.js';
-import type { MirrorControl } from './mirror-control.js';
 import { parseRemote } from './mirror-target.js';
 import { hostPort, newPrimaryRow, policyOf, policyOfRow } from './remote-mirror-row.js';
-import { REPLICA_STAGING_DIR, type ReplicaControl } from './replica-control.js';
+import { REPLICA_STAGING_DIR } from './replica-control.js';
 import type { StagingControl } from './staging-control.js';
-import type { MetadataStore, PeerRow } from './store.js';
+import type { SwitchoverDeps } from './switchover.js';
 
 /** How long the survivor may take to check, unite the maps and attach the new replica. */
 const askMsMax = 120_000;
@@ -78,24 +73,11 @@ export interface ReconnectReport {
   disconnected: number;
 }
 
-export interface ReconnectDeps {
-  store: MetadataStore;
-  disks: DiskRegistry;
+/** What a switchover works with (switchover.ts), and the staging areas and data directory (the survivor may need a staging area). */
+export type ReconnectDeps = SwitchoverDeps & {
   staging: StagingControl;
-  mirrors: MirrorControl;
-  replicas: ReplicaControl;
-  dr: DrControl;
   dataDir: string;
-  /** Closes the NBD connections to a disk (after their in-flight requests); resolves with how many. */
-  disconnectClients: (disk: string) => Promise<number>;
-  /** The port of this site's replication listener (the survivor dials it to create the replica). */
-  replPort: () => number;
-  /** This site's name. */
-  siteName: string;
-  /** Dials a peer for a 'control' session. */
-  connect: (peer: PeerRow) => Promise<PeerSession>;
-  log: Logger;
-}
+};
 
 export class ReconnectControl {
   constructor(private readonly d: ReconnectDeps) {}

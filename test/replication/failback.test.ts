@@ -11,33 +11,14 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { requireTool, run, waitFor, type Ferryd, type RunResult } from '../harness.js';
+import { requireTool, waitFor } from '../harness.js';
 import { Cleanup } from '../staging/helpers.js';
-import { assertSchema } from '../api/helpers.js';
-import { DrSchema } from '../../src/api/dr-routes.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../../src/replication/divergence-map.js';
-import { MiB, cliJson, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+import { MiB, cliJson, drOf, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 64 * MiB;
 const G = DIVERGENCE_GRANULE_BYTES;
 const LONG = { timeout: 240_000 } as const;
-
-function qemuIo(uri: string, commands: string[]): Promise<RunResult> {
-  return run(requireTool('qemu-io'), ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 60_000 });
-}
-
-async function qemuIoOk(uri: string, commands: string[]): Promise<void> {
-  const r = await qemuIo(uri, commands);
-  assert.equal(r.code, 0, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
-  assert.doesNotMatch(r.stdout + r.stderr, /failed|error|Pattern verification/i, `qemu-io ${commands.join('; ')}: ${r.stdout}${r.stderr}`);
-}
-
-async function dr(d: Ferryd, disk: string): Promise<any> {
-  const r = await d.api('GET', `/v1/disks/${disk}/dr`);
-  assert.equal(r.status, 200, JSON.stringify(r.body));
-  assertSchema(DrSchema, r.body, `GET /v1/disks/${disk}/dr`);
-  return r.body;
-}
 
 describe('delta failback: changed regions since divergence', () => {
   const cleanup = new Cleanup();
@@ -57,7 +38,7 @@ describe('delta failback: changed regions since divergence', () => {
     await cliJson(s.a, ['mirror', 'create', 'fb', '--to', `${s.peer}:fb-dr`, '--staging', path.join(work, 'fb.stg'), '--staging-size', '128M']);
     await qemuIoOk(s.a.uri('fb'), [`write -P 0x11 0 ${DISK}`]);
     await waitCaughtUp(s, 'fb', 'fb-dr');
-    assert.equal((await dr(s.a, 'fb')).changed ?? null, null, 'nothing is tracked while the pair is whole');
+    assert.equal((await drOf(s.a, 'fb')).changed ?? null, null, 'nothing is tracked while the pair is whole');
 
     // Records B never receives: written at A into a cut link, then A is lost.
     s.proxy.cut();
@@ -66,35 +47,35 @@ describe('delta failback: changed regions since divergence', () => {
     assert.equal((await s.a.kill9()).signal, 'SIGKILL');
 
     await cliJson(s.b, ['mirror', 'promote', 'fb-dr']);
-    const promoted = await dr(s.b, 'fb-dr');
+    const promoted = await drOf(s.b, 'fb-dr');
     assert.deepEqual(promoted.changed, { granuleBytes: G, granules: 0, bytes: 0 }, 'a promote starts an empty map');
     // Scattered 4 KiB writes, one straddling a granule boundary.
     const writes = [0, 5 * MiB + 4096, 17 * MiB, 17 * MiB + 8192, 30 * MiB + G - 2048, 63 * MiB];
     await qemuIoOk(s.b.uri('fb-dr'), writes.map((o) => `write -P 0x22 ${o} 4k`));
     const granules = new Set(writes.flatMap((o) => [Math.floor(o / G), Math.floor((o + 4095) / G)]));
-    const b = await dr(s.b, 'fb-dr');
+    const b = await drOf(s.b, 'fb-dr');
     t.diagnostic(`B: ${JSON.stringify(b.changed)} for ${writes.length} writes`);
     assert.deepEqual(b.changed, { granuleBytes: G, granules: granules.size, bytes: granules.size * G }, "B's map holds exactly the granules written since the promote");
 
     // The map is durable before each write is taken: a kill -9 of B loses none of it.
     assert.equal((await s.b.kill9()).signal, 'SIGKILL');
     await s.b.restart();
-    assert.deepEqual((await dr(s.b, 'fb-dr')).changed, b.changed, 'the map survives a kill -9');
+    assert.deepEqual((await drOf(s.b, 'fb-dr')).changed, b.changed, 'the map survives a kill -9');
     await qemuIoOk(s.b.uri('fb-dr'), ['write -P 0x23 0 4k']);
-    assert.equal((await dr(s.b, 'fb-dr')).changed.granules, granules.size, 'a granule already marked is not counted twice');
+    assert.equal((await drOf(s.b, 'fb-dr')).changed.granules, granules.size, 'a granule already marked is not counted twice');
 
     // A comes back: fenced, and its map holds the granules of the records B never acknowledged.
     s.proxy.restore();
     await s.a.restart();
-    await waitFor('A learns B was promoted past it', async () => (await dr(s.a, 'fb')).state === 'fenced', 60_000);
-    await waitFor("A's changed regions are recorded", async () => ((await dr(s.a, 'fb')).changed?.granules ?? 0) > 0, 60_000);
-    const a = await dr(s.a, 'fb');
+    await waitFor('A learns B was promoted past it', async () => (await drOf(s.a, 'fb')).state === 'fenced', 60_000);
+    await waitFor("A's changed regions are recorded", async () => ((await drOf(s.a, 'fb')).changed?.granules ?? 0) > 0, 60_000);
+    const a = await drOf(s.a, 'fb');
     t.diagnostic(`A: ${JSON.stringify(a.changed)}`);
     assert.deepEqual(a.changed, { granuleBytes: G, granules: lost.length, bytes: lost.length * G }, "A's map holds exactly its unacknowledged records' granules");
     // And again from its own staging area after a restart (bits only added: the same map).
     await s.a.restart();
-    await waitFor('A fenced again', async () => (await dr(s.a, 'fb')).state === 'fenced', 60_000);
-    assert.deepEqual((await dr(s.a, 'fb')).changed, a.changed);
+    await waitFor('A fenced again', async () => (await drOf(s.a, 'fb')).state === 'fenced', 60_000);
+    assert.deepEqual((await drOf(s.a, 'fb')).changed, a.changed);
   });
 
   it('split brain: each side tracks its own writes since divergence, and A keeps tracking the writes it takes', LONG, async (t) => {
@@ -109,19 +90,19 @@ describe('delta failback: changed regions since divergence', () => {
     await cliJson(s.b, ['mirror', 'promote', 'sb-dr']);
     await qemuIoOk(s.b.uri('sb-dr'), ['write -P 0x55 1M 4k', 'write -P 0x55 40M 4k', 'write -P 0x55 50M 4k']);
     s.proxy.restore();
-    await waitFor('split brain at A', async () => (await dr(s.a, 'sb')).state === 'split-brain', 60_000);
-    await waitFor("A's changed regions are recorded", async () => ((await dr(s.a, 'sb')).changed?.granules ?? 0) > 0, 60_000);
-    const a = await dr(s.a, 'sb');
-    const b = await dr(s.b, 'sb-dr');
+    await waitFor('split brain at A', async () => (await drOf(s.a, 'sb')).state === 'split-brain', 60_000);
+    await waitFor("A's changed regions are recorded", async () => ((await drOf(s.a, 'sb')).changed?.granules ?? 0) > 0, 60_000);
+    const a = await drOf(s.a, 'sb');
+    const b = await drOf(s.b, 'sb-dr');
     t.diagnostic(`A: ${JSON.stringify(a.changed)}  B: ${JSON.stringify(b.changed)}`);
     assert.equal(a.changed.granules, 3, "A: its record B never received and its two writes after divergence");
     assert.equal(b.changed.granules, 3, "B: its three writes since the promote");
     // A still takes writes in split brain; each is marked before it is taken.
     await qemuIoOk(s.a.uri('sb'), ['write -P 0x77 60M 4k']);
-    assert.equal((await dr(s.a, 'sb')).changed.granules, 4);
+    assert.equal((await drOf(s.a, 'sb')).changed.granules, 4);
     assert.equal((await s.a.kill9()).signal, 'SIGKILL');
     await s.a.restart();
-    await waitFor('A in split brain again', async () => (await dr(s.a, 'sb')).state === 'split-brain', 60_000);
-    assert.equal((await dr(s.a, 'sb')).changed.granules, 4, 'the map and the staged records agree after a kill -9');
+    await waitFor('A in split brain again', async () => (await drOf(s.a, 'sb')).state === 'split-brain', 60_000);
+    assert.equal((await drOf(s.a, 'sb')).changed.granules, 4, 'the map and the staged records agree after a kill -9');
   });
 });

@@ -8,6 +8,8 @@ import { requireTool, run, type Ferryd, type RunResult } from '../harness.js';
 import type { Cleanup } from '../staging/helpers.js';
 import { WanProxy } from '../../src/testing/wan-proxy.js';
 import { cliJson, mirrorStatus } from '../mirror/helpers.js';
+import { assertSchema } from '../api/helpers.js';
+import { DrSchema } from '../../src/api/dr-routes.js';
 
 export { MiB, GiB, T, cliJson, cliFails, mirrorStatus } from '../mirror/helpers.js';
 
@@ -132,4 +134,27 @@ export async function qemuIoOk(uri: string, commands: string[], timeoutMs = 120_
   const out = r.stdout + r.stderr;
   assert.ok(r.code === 0 && !/failed|error|Pattern verification/i.test(out), `qemu-io ${commands.join('; ')}: exit ${r.code}\n${out}`);
   return out;
+}
+
+/**
+ * Sites A and B dialling each other through a WAN proxy each (A → B: `proxy`; B → A: `back`,
+ * in front of A's fixed replication port, given to B as `peer set` does), so every byte
+ * between them is counted and either site can restart on its ports; stopped (bounded) at cleanup.
+ */
+export async function startSitesBothWays(cleanup: Cleanup): Promise<Sites & { back: WanProxy }> {
+  const aPort = await freePort();
+  const s = await startSites(cleanup, { aArgs: ['--repl', `127.0.0.1:${aPort}`] });
+  const back = await WanProxy.start({ targetPort: aPort });
+  cleanup.defer(() => back.close());
+  stopSitesBounded(cleanup, s);
+  await cliJson(s.b, ['peer', 'set', s.aName, '--address', `127.0.0.1:${back.port}`]);
+  return { ...s, back };
+}
+
+/** A disk's DR state (`GET /v1/disks/{disk}/dr`), checked against its schema. */
+export async function drOf(d: Ferryd, disk: string): Promise<any> {
+  const r = await d.api('GET', `/v1/disks/${disk}/dr`);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assertSchema(DrSchema, r.body, `GET /v1/disks/${disk}/dr`);
+  return r.body;
 }

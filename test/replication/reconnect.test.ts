@@ -21,36 +21,19 @@ import { requireTool, run, waitFor, type Ferryd } from '../harness.js';
 import { Cleanup } from '../staging/helpers.js';
 import { WanProxy } from '../../src/testing/wan-proxy.js';
 import { assertSchema } from '../api/helpers.js';
-import { DrSchema, ReconnectSchema } from '../../src/api/dr-routes.js';
+import { ReconnectSchema } from '../../src/api/dr-routes.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../../src/replication/divergence-map.js';
-import { cliFails, cliJson, freePort, GiB, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, drOf, GiB, MiB, mirrorStatus, qemuIo, qemuIoOk, startSitesBothWays, waitStatus, type Sites } from './helpers.js';
+import { scatteredOffsets } from '../../src/testing/scattered-offsets.js';
 
 const G = DIVERGENCE_GRANULE_BYTES;
 const LONG = { timeout: 600_000 } as const;
-
-async function dr(d: Ferryd, disk: string): Promise<any> {
-  const r = await d.api('GET', `/v1/disks/${disk}/dr`);
-  assert.equal(r.status, 200, JSON.stringify(r.body));
-  assertSchema(DrSchema, r.body, `GET /v1/disks/${disk}/dr`);
-  return r.body;
-}
-
-/** `count` distinct 4 KiB-aligned offsets below `size`, the same every run. */
-function scattered(count: number, size: number, seed: number): number[] {
-  const out = new Set<number>();
-  let x = seed >>> 0;
-  while (out.size < count) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    out.add((x % (size / 4096)) * 4096);
-  }
-  return [...out];
-}
 
 /** Waits until the site learns it diverged from its peer; the DR state it then has must be `state` (the figures in the message otherwise). */
 async function learns(d: Ferryd, disk: string, ...states: Array<'fenced' | 'split-brain'>): Promise<void> {
   let last: any = null;
   try {
-    await waitFor(`${disk} ${states.join(' or ')}`, async () => (last = await dr(d, disk)).state !== 'normal', 60_000);
+    await waitFor(`${disk} ${states.join(' or ')}`, async () => (last = await drOf(d, disk)).state !== 'normal', 60_000);
   } finally {
     assert.ok(states.includes(last?.state), `${disk}: ${JSON.stringify(last)}; mirror: ${JSON.stringify(await d.api('GET', `/v1/disks/${disk}/mirror`).then((r) => r.body))}`);
   }
@@ -70,12 +53,9 @@ describe('reconnect and delta failback', () => {
   before(async () => {
     requireTool('qemu-io');
     requireTool('qemu-img');
-    const aPort = await freePort();
-    s = await startSites(cleanup, { aArgs: ['--repl', `127.0.0.1:${aPort}`] });
-    back = await WanProxy.start({ targetPort: aPort });
-    cleanup.defer(() => back.close());
-    stopSitesBounded(cleanup, s);
-    await cliJson(s.b, ['peer', 'set', s.aName, '--address', `127.0.0.1:${back.port}`]);
+    const both = await startSitesBothWays(cleanup);
+    s = both;
+    back = both.back;
     work = cleanup.dir('ferry-reconnect-');
   }, LONG);
   after(() => cleanup.run(), LONG);
@@ -105,17 +85,17 @@ describe('reconnect and delta failback', () => {
     await mirrored('fb', SIZE, 8 * MiB);
     // Records B never receives: written at A into a cut link, then A is lost.
     s.proxy.cut();
-    const lost = scattered(20, SIZE, 7);
+    const lost = scatteredOffsets(20, SIZE, 7);
     await qemuIoOk(s.a.uri('fb'), lost.map((o) => `write -P 0x66 ${o} 4k`));
     assert.equal((await s.a.kill9()).signal, 'SIGKILL');
     await cliJson(s.b, ['mirror', 'promote', 'fb-dr']);
     // B's applications write 1,000 scattered 4 KiB blocks.
-    const written = scattered(1000, SIZE, 42);
+    const written = scatteredOffsets(1000, SIZE, 42);
     await qemuIoOk(s.b.uri('fb-dr'), written.map((o) => `write -P 0x22 ${o} 4k`));
     s.proxy.restore();
     await s.a.restart();
     await learns(s.a, 'fb', 'fenced'); // B was promoted past it
-    await waitFor("A's changed regions are recorded", async () => ((await dr(s.a, 'fb')).changed?.granules ?? 0) >= granulesOf(lost).size, 60_000);
+    await waitFor("A's changed regions are recorded", async () => ((await drOf(s.a, 'fb')).changed?.granules ?? 0) >= granulesOf(lost).size, 60_000);
 
     const problems = (await cliJson(s.a, ['status'])).problems as string[];
     assert.ok(problems.some((p) => p.startsWith('fb: fenced') && p.includes('ferry mirror reconnect fb')), `ferry status names the fence and its command: ${JSON.stringify(problems)}`);
@@ -125,7 +105,7 @@ describe('reconnect and delta failback', () => {
     await cliFails(s.a, ['mirror', 'reconnect', 'fb', '--discard-changes-at', s.peer], 'BAD_REQUEST');
     await cliFails(s.b, ['mirror', 'reconnect', 'fb-dr'], 'BAD_REQUEST'); // the survivor is not fenced
     await cliFails(s.a, ['mirror', 'reconnect', 'nosuch'], 'DISK_NOT_FOUND');
-    assert.equal((await dr(s.a, 'fb')).state, 'fenced');
+    assert.equal((await drOf(s.a, 'fb')).state, 'fenced');
     assert.equal((await mirrorStatus(s.a, 'fb')).role, 'primary', "A's own mirror is still recorded");
 
     const union = new Set([...granulesOf(written), ...granulesOf(lost)]);
@@ -154,7 +134,7 @@ describe('reconnect and delta failback', () => {
     const bGranules = granulesOf(written);
     const gone = lost.filter((o) => !bGranules.has(Math.floor(o / G)));
     await qemuIoOk(s.a.uri('fb'), gone.map((o) => `read -P ${o < 8 * MiB ? '0x11' : '0x00'} ${o} 4k`), 120_000, true);
-    const [ga, gb] = [await dr(s.a, 'fb'), await dr(s.b, 'fb-dr')];
+    const [ga, gb] = [await drOf(s.a, 'fb'), await drOf(s.b, 'fb-dr')];
     assert.equal(ga.state, 'normal');
     assert.equal(ga.generation, gb.generation, 'both sites hold the generation B started');
     assert.equal(ga.generation, rep.generation);
@@ -179,8 +159,8 @@ describe('reconnect and delta failback', () => {
     await cliJson(s.b, ['mirror', 'promote', 'sb-dr']);
     await qemuIoOk(s.b.uri('sb-dr'), ['write -P 0x55 1M 4k', 'write -P 0x55 40M 4k']); // B, since the promote
     s.proxy.restore();
-    await waitFor('split brain at A', async () => (await dr(s.a, 'sb')).state === 'split-brain', 60_000);
-    await waitFor('split brain at B', async () => (await dr(s.b, 'sb-dr')).state === 'split-brain', 60_000);
+    await waitFor('split brain at A', async () => (await drOf(s.a, 'sb')).state === 'split-brain', 60_000);
+    await waitFor('split brain at B', async () => (await drOf(s.b, 'sb-dr')).state === 'split-brain', 60_000);
     const problemsB = (await cliJson(s.b, ['status'])).problems as string[];
     assert.ok(problemsB.some((p) => p.startsWith('sb-dr: split brain') && p.includes('--discard-changes-at')), `ferry status at B: ${JSON.stringify(problemsB)}`);
 
@@ -189,8 +169,8 @@ describe('reconnect and delta failback', () => {
     await cliFails(s.b, ['mirror', 'reconnect', 'sb-dr'], 'SPLIT_BRAIN');
     await cliFails(s.a, ['mirror', 'reconnect', 'sb', '--discard-changes-at', s.peer], 'BAD_REQUEST'); // run it at B
     await cliFails(s.b, ['mirror', 'reconnect', 'sb-dr', '--discard-changes-at', 'elsewhere'], 'BAD_REQUEST');
-    assert.equal((await dr(s.a, 'sb')).state, 'split-brain');
-    assert.equal((await dr(s.b, 'sb-dr')).state, 'split-brain');
+    assert.equal((await drOf(s.a, 'sb')).state, 'split-brain');
+    assert.equal((await drOf(s.b, 'sb-dr')).state, 'split-brain');
     await qemuIoOk(s.a.uri('sb'), ['write -P 0x46 22M 4k']); // A still takes writes
     await qemuIoOk(s.b.uri('sb-dr'), ['write -P 0x56 41M 4k']); // and so does B
 
@@ -202,7 +182,7 @@ describe('reconnect and delta failback', () => {
     assert.equal(rep.resyncBytes, 7 * G, "the union: A's four writes (one never received) and B's three");
     await identical(s.a, 'sb', s.b, 'sb-dr', 'after the split brain');
     await qemuIoOk(s.b.uri('sb-dr'), ['read -P 0x66 2M 4k', 'read -P 0x44 20M 4k', 'read -P 0x44 21M 4k', 'read -P 0x46 22M 4k', 'read -P 0x11 1M 4k', 'read -P 0x11 40M 4k', 'read -P 0x11 41M 4k'], 120_000, true);
-    const [ga, gb] = [await dr(s.a, 'sb'), await dr(s.b, 'sb-dr')];
+    const [ga, gb] = [await drOf(s.a, 'sb'), await drOf(s.b, 'sb-dr')];
     assert.equal(ga.state, 'normal');
     assert.equal(gb.state, 'normal');
     assert.equal(ga.generation, gb.generation);
@@ -241,7 +221,7 @@ describe('reconnect and delta failback', () => {
     back.bytesPerSec = 0;
     await identical(s.b, 'kr-dr', s.a, 'kr', 'after both crashes', 240_000);
     await qemuIoOk(s.a.uri('kr'), ['read -P 0x22 100M 48M', 'read -P 0x11 3M 4k'], 120_000, true);
-    assert.equal((await dr(s.b, 'kr-dr')).changed ?? null, null, "B's map is deleted once the resync completes");
+    assert.equal((await drOf(s.b, 'kr-dr')).changed ?? null, null, "B's map is deleted once the resync completes");
     t.diagnostic('the resync resumed after each kill -9 and converged');
   });
 

@@ -23,7 +23,7 @@ import { Cleanup, checkDisk, startWorkload, type CheckSummary, type WorkloadSumm
 import { WanProxy } from '../../src/testing/wan-proxy.js';
 import { assertSchema } from '../api/helpers.js';
 import { SwitchoverSchema } from '../../src/api/dr-routes.js';
-import { cliFails, cliJson, freePort, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, MiB, mirrorStatus, qemuIo, qemuIoOk, startSitesBothWays, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 64 * MiB;
 /** The workload writes the first half (check.py reads it: blocks it never wrote must read as zeroes); the second half holds a pattern. */
@@ -49,12 +49,9 @@ describe('planned switchover of a remote mirror', () => {
   before(async () => {
     requireTool('qemu-io');
     requireTool('qemu-img');
-    const aPort = await freePort();
-    s = await startSites(cleanup, { aArgs: ['--repl', `127.0.0.1:${aPort}`] });
-    back = await WanProxy.start({ targetPort: aPort });
-    cleanup.defer(() => back.close());
-    stopSitesBounded(cleanup, s);
-    await cliJson(s.b, ['peer', 'set', s.aName, '--address', `127.0.0.1:${back.port}`]);
+    const both = await startSitesBothWays(cleanup);
+    s = both;
+    back = both.back;
     work = cleanup.dir('ferry-switchover-');
   }, LONG);
   after(() => cleanup.run(), LONG);
