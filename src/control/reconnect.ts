@@ -130,7 +130,9 @@ export class ReconnectControl {
     if (store.staging(disk)) await this.d.staging.detach(disk);
     assert.ok(!store.mirror(disk) && !store.staging(disk), 'a reconnecting disk has no mirror and no staging area before the survivor attaches');
     // Steps 4-5, at the survivor.
-    const answer = await askPeer(this.d.connect, peer, request, askMsMax, 'reconnect', mine.bits);
+    const answer = await askPeer(this.d.connect, peer, request, askMsMax, 'reconnect', mine.bits).catch((err: Error) => {
+      throw new FerryError(err instanceof FerryError ? err.code : 'INTERNAL', `${err.message}; '${disk}' stays fenced, waiting for ${survivor.peer}: run 'ferry mirror reconnect ${disk}' again`);
+    });
     const rep = answer.report as Pick<ReconnectReport, 'generation' | 'changedThereBytes' | 'resyncBytes'>;
     const report: ReconnectReport = { disk, primary: `${survivor.peer}:${survivor.peerDisk}`, discardedAt: this.d.siteName, generation: rep.generation, changedHereBytes: mine.bytes, changedThereBytes: rep.changedThereBytes, resyncBytes: rep.resyncBytes, diskBytes: volume.size, disconnected };
     this.d.log.warn({ ...report }, 'reconnected: this disk is the replica of the survivor; the changed regions are being resynced');
