@@ -118,6 +118,18 @@ export const drRoutes: RouteDef[] = [
     handler: (d, { params, query }) => d.switchovers.run(params.name!, { force: query.force === 'true' }),
   },
   {
+    method: 'POST',
+    url: '/v1/disks/:name/mirror/unfence',
+    operationId: 'unfenceDisk',
+    summary:
+      "A fenced disk whose peer is gone for good serves its own (older) data again: a new generation, writes taken; should the peer return, both sites are in split brain. Refused without force=true, changing nothing",
+    tag: 'mirrors',
+    params: Type.Object({ name: Name }),
+    querystring: Type.Object({ force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }),
+    response: Type.Object({ disk: Type.String(), generation: Type.String({ description: 'the generation the disk starts (reason diverged)' }) }),
+    handler: (d, { params, query }) => d.reconnects.unfence(params.name!, { force: query.force === 'true' }),
+  },
+  {
     method: 'GET',
     url: '/v1/disks/:name/dr',
     operationId: 'getDiskDr',

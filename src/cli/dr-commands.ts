@@ -53,6 +53,16 @@ export function registerDrCommands(program: Command): void {
     });
 
   mirror
+    .command('unfence <disk>')
+    .description('a fenced disk whose peer is gone for good serves its own (older) data again; should the peer return, both sites are in split brain')
+    .option('--force', 'required: this gives up the writes the peer took since it was promoted')
+    .addOption(jsonOpt())
+    .action(async (disk: string, opts: { force?: boolean }, cmd: Command) => {
+      const r = await client(cmd).request<{ disk: string; generation: string }>('POST', `/v1/disks/${encodeURIComponent(disk)}/mirror/unfence${opts.force ? '?force=true' : ''}`);
+      print(cmd, r, () => `unfenced ${r.disk}: it takes writes again (generation ${r.generation}); its peer, should it return, finds a split brain\n`);
+    });
+
+  mirror
     .command('generations <disk>')
     .description("the disk's generation history (newest last) and whether it is fenced or in split brain")
     .addOption(jsonOpt())

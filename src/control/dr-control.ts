@@ -12,7 +12,9 @@
 //   fenced       an attach to the peer is refused and the       refused: FENCED       held: never dials again      the disk becomes the peer's replica
 //                peer's history is ahead of ours (relate():     (NBD EPERM), also     (status: link down, code     (`mirror reconnect` here, reconnect.ts,
 //                peer-ahead): the peer was promoted past us;    on connections        FENCED)                      or mirror create from the peer onto
-//                or `mirror reconnect` began here (the          already open                                       it), or the disk is removed
+//                or `mirror reconnect` began here (the          already open                                       it), `mirror unfence --force` (the peer
+//                                                                                                                  gone for good: a new generation), or the
+//                                                                                                                  disk is removed
 //                survivor recorded: reconnect); kept across
 //                restarts (the row), applied to the volume
 //                before any client is served
@@ -237,6 +239,23 @@ export class DrControl {
     if (r && (r.peer !== null || r.peerDisk !== null)) this.put({ ...r, peer: null, peerDisk: null });
     this.changes.end(disk);
     this.log.info({ disk }, 'the changed regions are resynced: the divergence map is deleted');
+  }
+
+  /**
+   * `mirror unfence --force`: a fenced disk whose peer is gone for good serves its own data
+   * again. Durable in one row write: a new 'diverged' generation (it takes writes its peer
+   * never has) and state normal; then writes are taken. Should the peer come back, the
+   * histories have both moved on: split brain on both sites, nothing resolved silently.
+   */
+  unfence(disk: string): Generation {
+    const r = this.row(disk);
+    if (r?.state !== 'fenced') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${r?.state ?? 'normal'}, not fenced: nothing to unfence`);
+    const g = newGeneration('diverged');
+    this.put({ ...r, generations: appendGeneration(r.generations, g), state: 'normal', stateReason: null, stateAtMs: null, diverged: true, reconnect: null });
+    assert.ok(this.row(disk)?.state === 'normal', 'an unfence is durable before writes are taken');
+    this.volumes.get(disk)?.setFence(null);
+    this.log.warn({ disk, generation: g.id }, 'unfenced by the administrator: the disk takes writes again; its peer, if it returns, finds a split brain');
+    return g;
   }
 
   // ---- planned switchover (control/switchover.ts) ----

@@ -170,6 +170,22 @@ export class ReconnectControl {
     }
   }
 
+  /**
+   * `mirror unfence --force`: the fenced disk serves its own data again, its peer given up for
+   * good (dr-control unfence); refused without force, changing nothing.
+   */
+  unfence(disk: string, opts: { force: boolean }): Promise<{ disk: string; generation: string }> {
+    return this.d.mirrors.exclusive(disk, 'reconnect', () => {
+      this.d.disks.entry(disk); // DISK_NOT_FOUND
+      const state = this.d.dr.status(disk)?.state ?? 'normal';
+      if (state !== 'fenced') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${state}, not fenced: nothing to unfence`);
+      if (!opts.force) {
+        throw new FerryError('BAD_REQUEST', `disk '${disk}' is fenced because its peer holds newer writes; unfencing serves this site's older data and gives up the peer's (should it return, both sites are in split brain). Use 'ferry mirror reconnect ${disk}' to follow the peer, or --force to unfence`);
+      }
+      return { disk, generation: this.d.dr.unfence(disk).id };
+    });
+  }
+
   /** Steps 4-5 at the survivor: the reconnecting site's request (a dry run checks only). */
   serveRequest(from: ControlCaller, meta: Record<string, unknown>, bits: Buffer): Promise<Record<string, unknown>> {
     const disk = meta.disk;

@@ -5,6 +5,8 @@
 //    A restarts and its mirror attaches: A learns B is ahead and fences the disk (NBD write
 //    refused: EPERM, the FENCED registry code's errno; disk and mirror status say fenced);
 //    A restarted again with the link cut (B unreachable): still fenced, from its own metadata;
+//    B then given up for good: `mirror unfence --force` at A (refused without --force) takes
+//    writes again under a new generation; B back after all: split brain on both sites;
 //  - split brain: the link cut, A keeps taking writes (asynchronous mirroring never stops
 //    the primary for an outage: it starts a 'diverged' generation), B promoted and written,
 //    the link back: both sites report split brain, and nothing is copied either way (each
@@ -12,12 +14,12 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { requireTool, run, waitFor, type Ferryd } from '../harness.js';
+import { requireTool, waitFor, type Ferryd } from '../harness.js';
 import { Cleanup } from '../staging/helpers.js';
 import { assertSchema } from '../api/helpers.js';
 import { DiskSchema, MirrorSchema } from '../../src/api/routes.js';
 import { DrSchema } from '../../src/api/dr-routes.js';
-import { cliJson, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, MiB, mirrorStatus, qemuIo, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 16 * MiB;
 const LONG = { timeout: 240_000 } as const;
@@ -99,9 +101,26 @@ describe('generation identifiers and fencing', () => {
       await s.a.restart();
       assert.equal((await diskDr(s.a, 'fx')).state, 'fenced');
       await assertWriteFenced(s.a, 'fx', 'after a restart with the link cut');
+
+      // B is given up for good: A serves its own data again, only when forced.
+      await cliFails(s.a, ['mirror', 'unfence', 'fx'], 'BAD_REQUEST');
+      assert.equal((await diskDr(s.a, 'fx')).state, 'fenced', 'a refused unfence changes nothing');
+      await cliFails(s.a, ['mirror', 'unfence', 'nosuch', '--force'], 'DISK_NOT_FOUND');
+      const unfenced = await cliJson(s.a, ['mirror', 'unfence', 'fx', '--force']);
+      const after = await diskDr(s.a, 'fx');
+      assert.equal(after.state, 'normal');
+      assert.equal(after.generation, unfenced.generation);
+      assert.deepEqual(after.generations.map((g: any) => g.reason), ['create', 'diverged'], 'a new generation: A takes writes B never has');
+      await qemuIoOk(s.a.uri('fx'), ['write -P 0x33 0 4k', 'read -P 0x33 0 4k']);
+      await cliFails(s.a, ['mirror', 'unfence', 'fx', '--force'], 'BAD_REQUEST'); // not fenced any more
     } finally {
       s.proxy.restore();
     }
+    // B comes back after all: both histories moved on, split brain on both sites, nothing copied.
+    await waitFor('split brain at A', async () => (await diskDr(s.a, 'fx')).state === 'split-brain', 60_000);
+    await waitFor('split brain at B', async () => (await diskDr(s.b, 'fx-dr')).state === 'split-brain', 60_000);
+    await qemuIoOk(s.b.uri('fx-dr'), ['read -P 0x22 0 1M']);
+    await qemuIoOk(s.a.uri('fx'), ['read -P 0x33 0 4k']);
   });
 
   it('both sites written after a promote: split brain on both sites, nothing copied', LONG, async (t) => {
