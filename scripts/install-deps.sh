@@ -8,20 +8,42 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What is needed, as COMMAND:PACKAGE: a command to find on PATH and the Debian package that
+# provides it (checked with `apt-cache policy` on Debian 12). A machine where every command is
+# there runs no apt at all. nbdfuse is no package of its own since libnbd 1.4 (libnbd-bin
+# provides it): asking dpkg for a package `nbdfuse` always found it missing.
 # `install-deps.sh server`: only what ferryd itself needs (openssl makes the site identity).
 if [ "${1:-all}" = server ]; then
-  pkgs=(openssl)
+  needs=(openssl:openssl)
 else
-  pkgs=(qemu-utils nbdkit libnbd-bin python3-libnbd fio nbdfuse fuse3 e2fsprogs util-linux openssl iproute2 nftables procps chromium)
+  needs=(
+    qemu-img:qemu-utils qemu-io:qemu-utils qemu-nbd:qemu-utils
+    nbdkit:nbdkit
+    nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin
+    nbdsh:python3-libnbd
+    fio:fio
+    fusermount3:fuse3
+    mkfs.ext4:e2fsprogs e2fsck:e2fsprogs
+    losetup:mount blockdev:util-linux
+    openssl:openssl
+    ip:iproute2
+    nft:nftables
+    ps:procps
+    chromium:chromium
+  )
 fi
+# losetup, nft, mkfs.ext4... live in sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+for need in "${needs[@]}"; do
+  cmd="${need%%:*}" pkg="${need#*:}"
+  command -v "$cmd" >/dev/null 2>&1 && continue
+  [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "installing Debian packages: ${missing[*]}"
+  echo "installing Debian packages (for commands not found): ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

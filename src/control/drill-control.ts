@@ -305,7 +305,8 @@ export class DrillControl {
     syncDirectory(path.dirname(t.marker.scratch));
     h.test = null;
     const report: TestEndReport = { disk, export: t.marker.export, endedBy: 'test-end', clientsDisconnected, preservedBytes: st.preservedBytes, writtenBytes: st.writtenBytes, lostReason: st.lostReason };
-    this.log.info({ ...report }, 'test failover ended: its export and scratch file are gone; the replica was never written by it');
+    // mapBytes: the memory its granule maps took (paged on first touch: test-scratch.ts).
+    this.log.info({ ...report, mapBytes: st.mapBytes }, 'test failover ended: its export and scratch file are gone; the replica was never written by it');
     return report;
   }
 

@@ -19,7 +19,7 @@ import { UndoGuardStore } from '../replication/undo-guard-store.js';
 import { UndoLog, UndoState } from '../replication/undo-log.js';
 import type { Volume } from '../volume/volume.js';
 import type { MirrorStatus } from '../mirror/mirror.js';
-import type { RpoStatus } from '../mirror/rpo-watch.js';
+import { judgeRpo, type RpoStatus } from '../mirror/rpo-watch.js';
 import type { DiskRegistry } from './disk-registry.js';
 import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
@@ -50,15 +50,7 @@ export interface PromoteReport {
  */
 function replicaRpo(targetMs: number | null, imageAtMs: number | null): RpoStatus | null {
   if (targetMs === null && imageAtMs === null) return null;
-  const exposureMs = imageAtMs === null ? null : Math.max(0, Date.now() - imageAtMs);
-  return {
-    targetSeconds: targetMs === null ? null : targetMs / 1000,
-    met: targetMs === null ? null : exposureMs !== null && exposureMs <= targetMs,
-    exposureSeconds: exposureMs === null ? null : exposureMs / 1000,
-    newestImageAt: imageAtMs === null ? null : new Date(imageAtMs).toISOString(),
-    breachSeconds: null,
-    breaches: 0,
-  };
+  return { ...judgeRpo(targetMs, imageAtMs, Date.now()), breachSeconds: null, breaches: 0 };
 }
 
 export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {

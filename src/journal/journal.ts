@@ -12,14 +12,16 @@
 //  J2 A record is written only into free ring space: never over a record some
 //     consumer still needs according to the last DURABLE checkpoint, never over bytes
 //     an in-flight read may still be reading.
-//     Asserted in writeBatch (outside [tail, head)) and readPayload (no tail move under a read).
+//     Asserted in writeBatch (outside [tail, head)) and checkpointer.ts guardRead (no tail
+//     move under a read).
 //  J3 A write is acknowledged only after its record is written to every healthy copy;
 //     a FUA write or FLUSH is acknowledged only after those copies are synced.
 //     Asserted in writeBatch where appends resolve, and in durability.ts sync().
 //  J4 A consumer position is checkpointed only after the consumer made the records
 //     before it durable on its side (the committer syncs the primary first), and the
 //     tail moves only after that checkpoint is durable on every healthy copy.
-//     Asserted in advanceConsumer (consumer-positions.ts), checkpointNow and moveTail.
+//     Asserted in advanceConsumer (consumer-positions.ts), and in checkpointer.ts
+//     (checkpointNow, moveTail), which writes the checkpoints and moves the tail.
 //  J5 A record is handed to a consumer only once it is durable in the staging area
 //     (durableSeq), so a power loss can never leave the primary ahead of the journal.
 //     Asserted in readRecord.
@@ -36,13 +38,8 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { Store } from '../disk/store.js';
-import {
-  CHECKPOINT_OFFSETS,
-  HEADER_AREA_BYTES,
-  encodeCheckpoint,
-  recordSpan,
-  type ConsumerPosition,
-} from './format.js';
+import { HEADER_AREA_BYTES, recordSpan, type ConsumerPosition } from './format.js';
+import { Checkpointer, type RingTail } from './checkpointer.js';
 import { CopySet } from './copy-set.js';
 import { CopyRebuilder } from './copy-rebuilder.js';
 import { Durability } from './durability.js';
@@ -51,7 +48,6 @@ import { outsideLiveRing, placeRecord } from './ring-space.js';
 import { STAGING_BYTES_MIN, formatStagingArea } from './staging-format.js';
 import { ConsumerPositions } from './consumer-positions.js';
 import { encodeBatch } from './batch-encoder.js';
-import { ReadTracker } from './read-tracker.js';
 import { RecentCache } from './recent-cache.js';
 import { recoverJournal, type RecoveryResult } from './recovery.js';
 
@@ -81,8 +77,8 @@ export class Journal extends EventEmitter {
   /** The written and durable marks, the syncs that move them, and their waiters. */
   private readonly marks: Durability;
   private readonly consumers: ConsumerPositions;
-  private tail: { seq: number; pos: number };
-  private generation: number;
+  /** Checkpoints, in their chain, and the tail they move (J2, J4). */
+  private readonly checkpoints: Checkpointer;
   private queue: Pending[] = [];
   private batchInWrite: Pending[] | null = null;
   private writing = false;
@@ -96,13 +92,8 @@ export class Journal extends EventEmitter {
   private spaceWaiters: Array<() => void> = [];
   /** Set by refuseWaiting(): writes that find no space are refused with it instead of waiting. */
   private refusal: FerryError | null = null;
-  private checkpointChain: Promise<void> = Promise.resolve();
   private batchLock: Promise<void> = Promise.resolve();
   private readonly recent = new RecentCache(recentBytesMax);
-  private readonly reads = new ReadTracker();
-  /** Drains of the read tracker begun so far, and the one the tail last moved after (J2, see readPayload). */
-  private readDrains = 0;
-  private tailMovedAfterDrain = 0;
   /** Rebuilds of failed copies: while any copies the ring, checkpoints do not move the tail (J2). */
   private readonly rebuilder: CopyRebuilder;
   private readonly listener: JournalListener;
@@ -128,10 +119,19 @@ export class Journal extends EventEmitter {
     this.nextSeq = r.nextSeq;
     this.lastCrc = r.lastCrc;
     this.marks = new Durability(r.nextSeq - 1, () => this.copySet.syncAll(), () => this.failure);
-    this.generation = r.checkpoint.generation;
     this.consumers = new ConsumerPositions(r.checkpoint.consumers);
     const min = this.consumers.min();
-    this.tail = { seq: min.nextSeq, pos: min.nextPos };
+    this.checkpoints = new Checkpointer(r.checkpoint.generation, { seq: min.nextSeq, pos: min.nextPos }, {
+      journalId: this.journalId,
+      copySet: this.copySet,
+      marks: this.marks,
+      consumers: this.consumers,
+      failure: () => this.failure,
+      rebuilding: () => this.rebuilder.busy,
+      freed: () => {
+        for (const w of this.spaceWaiters.splice(0)) w();
+      },
+    });
     this.rebuilder = new CopyRebuilder(this.copySet, this.areaBytes, this.ringBytes, log, {
       failure: () => this.failure,
       inCheckpointChain: (fn) => this.inCheckpointChain(fn),
@@ -140,6 +140,11 @@ export class Journal extends EventEmitter {
       checkpoint: () => this.checkpoint(),
       repaired: (path) => this.emit('repaired', { path }),
     });
+  }
+
+  /** The oldest record some consumer still needs (the start of the live ring), moved by checkpoints. */
+  private get tail(): RingTail {
+    return this.checkpoints.tail;
   }
 
   /** Formats new staging copies (see staging-format.ts). */
@@ -219,7 +224,7 @@ export class Journal extends EventEmitter {
         this.consumers.restartAll(firstSeq, this.headPos);
         this.recent.clear();
         // The tail moves to the head once the restarted positions are durable (J4), after the reads in flight (J2).
-        await this.checkpointNow();
+        await this.checkpoints.checkpointNow();
       }),
     );
   }
@@ -405,60 +410,18 @@ export class Journal extends EventEmitter {
   /** Reads staged payload bytes at ring position `pos` (for the read overlay). */
   async readPayload(pos: number, buf: Buffer, bufOffset: number, length: number): Promise<void> {
     assert.ok(pos >= 0 && pos + length <= this.ringBytes, 'staged payload lies inside the ring');
-    const drainsBefore = this.readDrains;
-    const gen = this.reads.begin();
-    try {
-      await this.copySet.readPayload(pos, buf, bufOffset, length);
-    } finally {
-      this.reads.end(gen);
-    }
-    // A tail move waits for the reads begun before its drain: none freed these bytes under us.
-    assert.ok(this.tailMovedAfterDrain <= drainsBefore, 'ring space is freed only after the reads begun before have ended (J2)');
+    // No tail move frees these bytes while they are read (J2).
+    await this.checkpoints.guardRead(() => this.copySet.readPayload(pos, buf, bufOffset, length));
   }
 
-  /** Makes the consumer positions durable on every copy, then frees the space behind them (J4). */
+  /** Makes the consumer positions durable on every copy, then frees the space behind them (J4; see checkpointer.ts). */
   checkpoint(): Promise<void> {
-    return this.inCheckpointChain(() => this.checkpointNow());
-  }
-
-  /** A checkpoint's work; runs in the checkpoint chain. */
-  private async checkpointNow(): Promise<void> {
-    if (this.failure) throw this.failure;
-    this.copySet.checkPaths();
-    const consumers = this.consumers.snapshot();
-    const generation = this.generation + 1;
-    const buf = encodeCheckpoint({ generation, journalId: this.journalId, consumers });
-    await this.copySet.writeAll(buf, CHECKPOINT_OFFSETS[generation % 2]!);
-    await this.marks.syncNow();
-    if (this.failure) throw this.failure;
-    this.generation = generation;
-    for (const c of consumers) assert.ok(c.nextSeq <= this.marks.durableSeq + 1, 'a durable checkpoint never lists a consumer past the durable records (J4)');
-    const min = consumers.reduce((a, b) => (b.nextSeq < a.nextSeq ? b : a));
-    if (min.nextSeq !== this.tail.seq && !this.rebuilder.busy) {
-      assert.ok(min.nextSeq > this.tail.seq, 'the tail only moves forward (J4)');
-      assert.ok(this.consumers.min().nextSeq >= min.nextSeq, 'the tail never passes a record some consumer still needs (J4)');
-      await this.moveTail({ seq: min.nextSeq, pos: min.nextPos }, generation);
-    }
-  }
-
-  /**
-   * Frees the ring behind `to`, the oldest position in checkpoint `generation` (durable on every
-   * healthy copy), once every payload read begun before now has ended (J2, J4).
-   */
-  private async moveTail(to: { seq: number; pos: number }, generation: number): Promise<void> {
-    const drain = ++this.readDrains;
-    await this.reads.drain();
-    assert.equal(this.generation, generation, 'the tail moves only to a checkpoint durable on every healthy copy (J4)');
-    this.tailMovedAfterDrain = drain;
-    this.tail = to;
-    for (const w of this.spaceWaiters.splice(0)) w();
+    return this.checkpoints.checkpoint();
   }
 
   /** Runs `fn` once every checkpoint (or rebuild join) queued before it is done; the next waits for it. */
   private inCheckpointChain(fn: () => Promise<void>): Promise<void> {
-    const p = this.checkpointChain.then(fn, fn);
-    this.checkpointChain = p.catch(() => undefined);
-    return p;
+    return this.checkpoints.inChain(fn);
   }
 
   /** Rebuilds a failed copy onto `store` while writes go on (see copy-rebuilder.ts). */
@@ -517,7 +480,7 @@ export class Journal extends EventEmitter {
 
   async close(): Promise<void> {
     while (this.writing) await sleep(5);
-    await this.checkpointChain;
+    await this.checkpoints.idle();
     if (!this.failure) await this.sync().catch(() => undefined);
     await this.copySet.closeAll();
   }

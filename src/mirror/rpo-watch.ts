@@ -38,6 +38,24 @@ export interface RpoStatus {
   breaches: number;
 }
 
+/** What one observation decides, from the target, the newest image's time and now (the table above, as a function). */
+export type RpoJudgement = Pick<RpoStatus, 'targetSeconds' | 'met' | 'exposureSeconds' | 'newestImageAt'>;
+
+/**
+ * Judges an image against a target: the exposure is now minus the image's time (never below 0),
+ * met when it is within the target (null: no target; false: no image known). Used by the
+ * watch here at the primary site and, for its status, by the mirror site (replica-control.ts).
+ */
+export function judgeRpo(targetMs: number | null, imageAtMs: number | null, nowMs: number): RpoJudgement {
+  const exposureMs = imageAtMs === null ? null : Math.max(0, nowMs - imageAtMs);
+  return {
+    targetSeconds: targetMs === null ? null : targetMs / 1000,
+    met: targetMs === null ? null : exposureMs !== null && exposureMs <= targetMs,
+    exposureSeconds: exposureMs === null ? null : exposureMs / 1000,
+    newestImageAt: imageAtMs === null ? null : new Date(imageAtMs).toISOString(),
+  };
+}
+
 export class RpoWatch {
   private breachSinceMs: number | null = null;
   private lastImageAtMs: number | null = null;
@@ -64,30 +82,26 @@ export class RpoWatch {
     const now = this.now();
     if (imageAtMs !== null) this.lastImageAtMs = Math.min(now, Math.max(imageAtMs, this.lastImageAtMs ?? imageAtMs));
     const image = this.lastImageAtMs;
-    const exposureMs = image === null ? null : now - image;
-    const target = this.targetMs;
-    const met = target === null ? null : exposureMs !== null && exposureMs <= target;
+    const judged = judgeRpo(this.targetMs, image, now);
+    const { met, exposureSeconds } = judged;
     // A mirror that never held an image (its first sync) misses the target but has not left it.
     if (met === false && this.breachSinceMs === null && image !== null) {
       this.breachSinceMs = now;
       this.breaches++;
-      this.log.warn({ rpoSeconds: target! / 1000, exposureSeconds: exposureMs === null ? null : exposureMs / 1000, breaches: this.breaches }, 'RPO target breached: the mirror holds no image recent enough');
+      this.log.warn({ rpoSeconds: judged.targetSeconds, exposureSeconds, breaches: this.breaches }, 'RPO target breached: the mirror holds no image recent enough');
     } else if (met === true && this.breachSinceMs !== null) {
-      this.endBreach('met again', exposureMs!);
+      this.endBreach('met again', exposureSeconds!);
     }
     return {
-      targetSeconds: target === null ? null : target / 1000,
-      met,
-      exposureSeconds: exposureMs === null ? null : exposureMs / 1000,
-      newestImageAt: image === null ? null : new Date(image).toISOString(),
+      ...judged,
       breachSeconds: this.breachSinceMs === null ? null : (now - this.breachSinceMs) / 1000,
       breaches: this.breaches,
     };
   }
 
-  private endBreach(why: string, exposureMs?: number): void {
+  private endBreach(why: string, exposureSeconds?: number): void {
     const lengthMs = this.now() - this.breachSinceMs!;
     this.breachSinceMs = null;
-    this.log.info({ rpoSeconds: this.targetMs === null ? null : this.targetMs / 1000, breachSeconds: lengthMs / 1000, ...(exposureMs !== undefined ? { exposureSeconds: exposureMs / 1000 } : {}), why }, 'RPO breach ended');
+    this.log.info({ rpoSeconds: this.targetMs === null ? null : this.targetMs / 1000, breachSeconds: lengthMs / 1000, ...(exposureSeconds !== undefined ? { exposureSeconds } : {}), why }, 'RPO breach ended');
   }
 }

@@ -99,6 +99,19 @@ export function writeFrameParts(stream: Duplex, parts: readonly Buffer[]): boole
   return ok;
 }
 
+/** Resolves when the stream drains (after writeFrameParts returned false) or closes; listeners removed either way. */
+export function drained(stream: Duplex): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.on('drain', done);
+    stream.on('close', done);
+  });
+}
+
 /** Bytes of a frame given as parts. */
 export function frameBytes(parts: readonly Buffer[]): number {
   let n = 0;

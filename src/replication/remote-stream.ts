@@ -15,7 +15,8 @@
 //   R3  The mirror site acknowledges seq s only once every record <= s is durable in its
 //       own staging area. Asserted in receiver.ts sendAck().
 //   R4  This consumer's durable position never passes the last acknowledged seq + 1, so
-//       this staging area keeps every record the mirror site may still need. Asserted in onAck().
+//       this staging area keeps every record the mirror site may still need. Asserted in
+//       ack-window.ts ack(), which keeps the acknowledged position and what is in flight.
 //   R5  The mirror site applies records strictly in sequence order (its own committer):
 //       its disk is always an image this disk really had, once synced. Asserted in
 //       receiver.ts onRecords() and the committer's apply().
@@ -34,7 +35,8 @@ import type { ConsumerPosition } from '../journal/format.js';
 import type { Journal, StagedRecord } from '../journal/journal.js';
 import { readRecords } from '../journal/record-cursor.js';
 import { MIRROR_CONSUMER, type JournalConsumer } from '../volume/consumer.js';
-import { ackTestFailover, encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeFrameParts, type Frame } from './frame.js';
+import { AckWindow } from './ack-window.js';
+import { ackTestFailover, drained, encodeFrame, encodeFrameParts, frameBytes, FrameFlag, FrameType, writeFrameParts, type Frame } from './frame.js';
 import type { TestFailoverStatus } from '../mirror/mirror.js';
 import { LinkShaper } from './link-shaper.js';
 import type { PeerSession } from './peer-session.js';
@@ -46,9 +48,6 @@ export const REMOTE_CONSUMER = MIRROR_CONSUMER;
 
 const recordsPerFrameMax = 512;
 const bytesPerFrameMax = 8 * 1024 * 1024;
-/** Shipped but unacknowledged: bounds what a slow or cut link holds in memory here. */
-const unackedBytesMax = 64 * 1024 * 1024;
-const unackedFramesMax = 64;
 const gatherDelayMs = 10;
 /** How long the stream waits for records to become durable by someone else's sync (a client flush, the committer) before it syncs itself. */
 const durableWaitMs = 40;
@@ -57,7 +56,6 @@ const heartbeatMs = 1000;
 const silenceMsMax = 10_000;
 const backoffMsMin = 100;
 const backoffMsMax = 10_000;
-const checkpointIntervalMs = 500;
 
 export type LinkState = 'connecting' | 'connected' | 'down';
 
@@ -87,36 +85,23 @@ export interface RemoteStreamOptions {
   log: Logger;
 }
 
-interface Shipped {
-  lastSeq: number;
-  end: ConsumerPosition;
-  bytes: number;
-  lastTimeMs: number;
-}
-
 export class RemoteStream implements JournalConsumer {
-  private acked: ConsumerPosition;
+  /** The acknowledged position, the frames shipped beyond it, and its checkpoints (R4). */
+  private readonly window: AckWindow;
   private paused = false;
   private stopped = false;
   private session: PeerSession | null = null;
   private connGen = 0;
   private loop: Promise<void> | null = null;
-  private inflight: Shipped[] = [];
-  private inflightBytes = 0;
   /** Requests on the link (sync chunks...): sent again on the next link when one drops. */
   private readonly requests: RequestChannel;
   private waiters: Array<() => void> = [];
   private progressWaiters: Array<() => void> = [];
-  private lastCheckpointMs = Date.now();
-  private checkpointing: Promise<void> | null = null;
-  private dirty = false;
   private lastHeardMs = 0;
   state: LinkState = 'connecting';
   lastError: string | null = null;
   /** The registry code of the last link failure, as the mirror site sent it when it refused (e.g. NO_MIRROR). */
   lastErrorCode: string | null = null;
-  /** Time of the newest record the mirror site acknowledged, for lag reporting. */
-  appliedTimeMs = 0;
   shippedBytes = 0;
   /** The test failover the mirror site reported in its last acknowledgement (null: none). */
   peerTest: TestFailoverStatus | null = null;
@@ -138,7 +123,8 @@ export class RemoteStream implements JournalConsumer {
     this.shaper = new LinkShaper(opts.compress, opts.bandwidthBytesPerSec);
     this.requests = new RequestChannel(opts.peer, opts.remoteDisk, this.shaper);
     this.detached = !opts.journal.hasConsumer(REMOTE_CONSUMER);
-    this.acked = this.detached ? { ...opts.journal.headPosition(), name: REMOTE_CONSUMER } : opts.journal.consumer(REMOTE_CONSUMER);
+    const acked = this.detached ? { ...opts.journal.headPosition(), name: REMOTE_CONSUMER } : opts.journal.consumer(REMOTE_CONSUMER);
+    this.window = new AckWindow(acked, { journal: opts.journal, consumer: REMOTE_CONSUMER, attached: () => !this.detached, log: opts.log });
     opts.journal.on('space-needed', () => this.wake());
     this.firstAttach = new Promise<Frame>((resolve, reject) => (this.settleFirst = { resolve, reject }));
     this.firstAttach.catch(() => undefined);
@@ -154,7 +140,12 @@ export class RemoteStream implements JournalConsumer {
   }
 
   get position(): ConsumerPosition {
-    return { ...this.acked };
+    return { ...this.window.acked };
+  }
+
+  /** Time of the newest record the mirror site acknowledged, for lag reporting. */
+  get appliedTimeMs(): number {
+    return this.window.appliedTimeMs;
   }
 
   get isPaused(): boolean {
@@ -207,7 +198,7 @@ export class RemoteStream implements JournalConsumer {
 
   /** Ships again from the (re-added) consumer's position; the next attach carries the resync. */
   reattach(): void {
-    this.acked = this.opts.journal.consumer(REMOTE_CONSUMER);
+    this.window.restartAt(this.opts.journal.consumer(REMOTE_CONSUMER));
     this.detached = false;
     this.dropLink();
   }
@@ -215,17 +206,16 @@ export class RemoteStream implements JournalConsumer {
   private dropLink(): void {
     this.connGen++;
     this.session?.socket.destroy();
-    this.inflight = [];
-    this.inflightBytes = 0;
+    this.window.clear();
     this.wake();
   }
 
-  /** Resolves at the next acknowledgement from the mirror site. */
   /** `mirror set`: the link's new rate limit and compression, from the next frame on. */
   reshape(compress: boolean, bandwidthBytesPerSec: number): void {
     this.shaper.reshape(compress, bandwidthBytesPerSec);
   }
 
+  /** Resolves at the next acknowledgement from the mirror site. */
   progress(): Promise<void> {
     return new Promise((resolve) => this.progressWaiters.push(resolve));
   }
@@ -235,11 +225,11 @@ export class RemoteStream implements JournalConsumer {
     if (this.paused) throw new FerryError('BAD_REQUEST', 'the mirror is paused; resume it first');
     const target = this.opts.journal.writtenSeq;
     const deadline = Date.now() + timeoutMs;
-    while (this.acked.nextSeq <= target) {
+    while (this.window.acked.nextSeq <= target) {
       if (Date.now() > deadline) throw new FerryError('PEER_UNREACHABLE', `the mirror site has not caught up within ${timeoutMs / 1000} s (link ${this.state}${this.lastError ? `: ${this.lastError}` : ''})`);
       await Promise.race([this.progress(), sleep(100)]);
     }
-    await this.checkpoint();
+    await this.window.checkpoint();
   }
 
   /** A request on the link (sync chunk, disk sync, read...), sent again on the next link if this one drops: see RequestChannel.request. */
@@ -256,7 +246,7 @@ export class RemoteStream implements JournalConsumer {
     this.requests.close(() => new FerryError('PEER_UNREACHABLE', 'the mirror is stopped'));
     for (const w of this.progressWaiters.splice(0)) w();
     await this.loop;
-    await this.checkpointing;
+    await this.window.checkpointInProgress;
   }
 
   private wake(): void {
@@ -331,7 +321,7 @@ export class RemoteStream implements JournalConsumer {
         this.connectedSinceMs = Date.now();
         this.lastError = null;
         this.lastErrorCode = null;
-        this.opts.log.info({ peer: this.opts.peer, remoteDisk: this.opts.remoteDisk, from: this.acked.nextSeq }, 'replication link up; shipping records');
+        this.opts.log.info({ peer: this.opts.peer, remoteDisk: this.opts.remoteDisk, from: this.window.acked.nextSeq }, 'replication link up; shipping records');
         await Promise.race([this.ship(session, gen), closed]);
         // (A link we dropped ourselves, to detach or reattach, is not an error.)
         if (!this.stopped && gen === this.connGen) throw new FerryError('PEER_UNREACHABLE', `${this.opts.peer} closed the link`);
@@ -344,8 +334,7 @@ export class RemoteStream implements JournalConsumer {
       this.session = null;
       this.requests.linkDown();
       this.connectedSinceMs = null;
-      this.inflight = [];
-      this.inflightBytes = 0;
+      this.window.clear();
       if (this.stopped) break;
       this.state = 'down';
       this.reconnects++;
@@ -356,7 +345,7 @@ export class RemoteStream implements JournalConsumer {
   }
 
   private silentTooLong(): boolean {
-    return (this.inflight.length > 0 || this.requests.size > 0 || this.state === 'connecting') && Date.now() - this.lastHeardMs > silenceMsMax;
+    return (this.window.size > 0 || this.requests.size > 0 || this.state === 'connecting') && Date.now() - this.lastHeardMs > silenceMsMax;
   }
 
   private linkFailed(err: unknown, backoffMs: number): void {
@@ -378,21 +367,19 @@ export class RemoteStream implements JournalConsumer {
     const durableSeq = reply.meta.durableSeq;
     if (typeof durableSeq !== 'number' || !Number.isSafeInteger(durableSeq)) throw new FerryError('REPL_PROTOCOL', 'attach reply without durableSeq');
     const j = this.opts.journal;
-    if (durableSeq + 1 < this.acked.nextSeq) {
-      throw new FerryError('REMOTE_ERROR', `the mirror site holds records up to ${durableSeq} but acknowledged up to ${this.acked.nextSeq - 1}: its staging area lost acknowledged data; the mirror needs a full resync`);
+    const acked = this.window.acked;
+    if (durableSeq + 1 < acked.nextSeq) {
+      throw new FerryError('REMOTE_ERROR', `the mirror site holds records up to ${durableSeq} but acknowledged up to ${acked.nextSeq - 1}: its staging area lost acknowledged data; the mirror needs a full resync`);
     }
     if (durableSeq > j.durableSeq) throw new FerryError('REMOTE_ERROR', `the mirror site holds record ${durableSeq}, beyond this site's durable ${j.durableSeq}: it mirrors another history`);
     // It made durable records whose acknowledgement we never got: move past them (R4).
-    let pos = this.acked;
+    let pos = acked;
     while (pos.nextSeq <= durableSeq) {
       const read = await readRecords(j, pos, { upTo: durableSeq, recordsMax: recordsPerFrameMax, bytesMax: bytesPerFrameMax }, REMOTE_CONSUMER);
       pos = read.end;
-      this.appliedTimeMs = read.records[read.records.length - 1]!.timeMs;
+      this.window.appliedTimeMs = read.records[read.records.length - 1]!.timeMs;
     }
-    if (pos !== this.acked) {
-      this.acked = pos;
-      this.dirty = true;
-    }
+    if (pos !== this.window.acked) this.window.skipTo(pos);
     this.settleFirst?.resolve(reply);
     this.settleFirst = null;
     // Requests lost with the previous link go again, in their order.
@@ -422,48 +409,23 @@ export class RemoteStream implements JournalConsumer {
 
   private onAck(durableSeq: unknown): void {
     if (typeof durableSeq !== 'number' || this.detached) return;
-    let moved = false;
-    while (this.inflight.length > 0 && this.inflight[0]!.lastSeq <= durableSeq) {
-      const s = this.inflight.shift()!;
-      this.inflightBytes -= s.bytes;
-      assert.ok(s.end.nextSeq > this.acked.nextSeq && s.end.nextSeq <= durableSeq + 1, 'the position moves forward, never past the acknowledged seq + 1 (R4)');
-      this.acked = s.end;
-      this.appliedTimeMs = s.lastTimeMs;
-      moved = true;
-    }
-    if (!moved) return;
-    this.dirty = true;
+    // (The window checkpoints the new position when one is due.)
+    if (!this.window.ack(durableSeq)) return;
     for (const w of this.progressWaiters.splice(0)) w();
     this.wake();
-    const due = Date.now() - this.lastCheckpointMs >= checkpointIntervalMs || this.opts.journal.hasWaitersForSpace;
-    if (due && !this.checkpointing) void this.checkpoint().catch((err) => this.opts.log.error({ err: (err as Error).message }, 'mirror consumer checkpoint failed'));
-  }
-
-  /** Makes the acknowledged position this consumer's durable one, freeing staging space (R4). */
-  private checkpoint(): Promise<void> {
-    if (this.checkpointing) return this.checkpointing.then(() => this.checkpoint());
-    const run = async (): Promise<void> => {
-      if (!this.dirty || this.detached || !this.opts.journal.hasConsumer(REMOTE_CONSUMER)) return;
-      this.dirty = false;
-      this.opts.journal.advanceConsumer(REMOTE_CONSUMER, this.acked);
-      await this.opts.journal.checkpoint();
-      this.lastCheckpointMs = Date.now();
-    };
-    this.checkpointing = run().finally(() => (this.checkpointing = null));
-    return this.checkpointing;
   }
 
   /** Ships records while this link lives; heartbeats when idle; gives up on a silent link. */
   private async ship(session: PeerSession, gen: number): Promise<void> {
     const j = this.opts.journal;
-    let pos = this.acked;
+    let pos = this.window.acked;
     let lastSentMs = 0;
     let writtenWaitSeq = -1;
     const alive = (): boolean => gen === this.connGen && !this.stopped && !session.socket.destroyed;
     while (alive()) {
       if (this.silentTooLong()) throw new FerryError('PEER_UNREACHABLE', `no answer from ${this.opts.peer} for ${silenceMsMax / 1000} s`);
-      if (this.dirty && Date.now() - this.lastCheckpointMs >= checkpointIntervalMs && !this.checkpointing) await this.checkpoint();
-      const canShip = !this.paused && this.inflightBytes < unackedBytesMax && this.inflight.length < unackedFramesMax && pos.nextSeq <= j.writtenSeq;
+      if (this.window.checkpointDue) await this.window.checkpoint();
+      const canShip = !this.paused && this.window.hasRoom && pos.nextSeq <= j.writtenSeq;
       if (!canShip) {
         if (Date.now() - lastSentMs >= heartbeatMs) {
           writeFrameParts(session.socket, await this.recordsFrame(pos.nextSeq, [], []));
@@ -501,8 +463,7 @@ export class RemoteStream implements JournalConsumer {
       const frameLength = frameBytes(frame);
       await this.shaper.pace(frameLength);
       if (!alive()) break;
-      this.inflight.push({ lastSeq: records[records.length - 1]!.seq, end: pos, bytes: frameLength, lastTimeMs: records[records.length - 1]!.timeMs });
-      this.inflightBytes += frameLength;
+      this.window.shipped({ lastSeq: records[records.length - 1]!.seq, end: pos, bytes: frameLength, lastTimeMs: records[records.length - 1]!.timeMs });
       this.shippedBytes += frameLength;
       this.rate.add(frameLength);
       lastSentMs = Date.now();
@@ -512,7 +473,7 @@ export class RemoteStream implements JournalConsumer {
 
   /** How far the mirror site is behind (records, bytes, seconds): sent with every frame, so both sites show it. */
   lag(): { records: number; bytes: number; seconds: number } {
-    return this.opts.journal.lagBehind(this.acked, this.appliedTimeMs);
+    return this.opts.journal.lagBehind(this.window.acked, this.window.appliedTimeMs);
   }
 
   /** A frame of records (none: a heartbeat), as parts: a payload that is not a new buffer (one record's, a view of the journal's reads) is copied in. */
@@ -530,17 +491,4 @@ export class RemoteStream implements JournalConsumer {
     if (payloads.length === 1 && !(flags & FrameFlag.ZSTD)) return [encodeFrame(FrameType.RECORDS, meta, data, flags)];
     return encodeFrameParts(FrameType.RECORDS, meta, data, flags);
   }
-}
-
-/** Resolves when the socket drains or closes (listeners removed either way). */
-function drained(socket: PeerSession['socket']): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const done = (): void => {
-      socket.off('drain', done);
-      socket.off('close', done);
-      resolve();
-    };
-    socket.on('drain', done);
-    socket.on('close', done);
-  });
 }

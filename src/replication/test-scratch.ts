@@ -7,9 +7,11 @@
 // test image reads a granule from the test's slot, else from its preserved slot, else from
 // the replica. The replica is never written through this file.
 //
-// Memory: two maps of one Int32 per granule of the disk (slot or -1): 128 KiB per GiB of disk,
-// bounded by disk size / granule and nothing else. The scratch file is a fixed size given by
-// the administrator; slots are handed out in order and never freed during a test.
+// Memory: two maps of one Int32 per granule (slot or -1), allocated in pages of 64 Ki
+// granules on first touch (granule-map.ts): 256 KiB per map for each 4 GiB region that
+// replication or the test touched, so a test on a 1 TiB disk that touches little costs little;
+// at most 128 KiB per GiB of disk, when it touched all of it. The scratch file is a fixed size
+// given by the administrator; slots are handed out in order and never freed during a test.
 //
 // A full scratch area fails the test's writes (SCRATCH_FULL, ENOSPC on NBD), never
 // replication: a preservation that finds no free slot (or whose copy fails) marks the test
@@ -33,6 +35,7 @@ import assert from 'node:assert';
 import fs from 'node:fs';
 import type { DiskStore } from '../disk/store.js';
 import { FerryError, fromSystemError } from '../errors.js';
+import { GranuleMap } from './granule-map.js';
 
 export const TEST_GRANULE_BYTES = 64 * 1024;
 /** The smallest scratch area: 16 granules (1 MiB). */
@@ -60,14 +63,16 @@ export interface TestScratchStats {
   usedBytes: number;
   preservedBytes: number;
   writtenBytes: number;
+  /** Memory of the two granule maps so far (their pages). */
+  mapBytes: number;
   lostReason: string | null;
 }
 
 export class TestScratch {
   /** granule → slot holding its contents as of the test start, or -1. */
-  private readonly preserved: Int32Array;
+  private readonly preserved: GranuleMap;
   /** granule → slot holding the test's own contents of the granule, or -1. */
-  private readonly written: Int32Array;
+  private readonly written: GranuleMap;
   private readonly saving = new Map<number, Promise<void>>();
   private readonly filling = new Map<number, Promise<void>>();
   private readonly slotsMax: number;
@@ -84,10 +89,12 @@ export class TestScratch {
     private readonly replica: DiskStore,
     readonly diskBytes: number,
     readonly scratchBytes: number,
+    /** Granules per page of the maps (tests use small pages to cross page boundaries on a small disk). */
+    pageGranules?: number,
   ) {
     const granules = Math.ceil(diskBytes / TEST_GRANULE_BYTES);
-    this.preserved = new Int32Array(granules).fill(-1);
-    this.written = new Int32Array(granules).fill(-1);
+    this.preserved = new GranuleMap(granules, pageGranules);
+    this.written = new GranuleMap(granules, pageGranules);
     this.slotsMax = Math.floor(scratchBytes / TEST_GRANULE_BYTES);
     assert.ok(this.slotsMax < 2 ** 31, 'slots fit the maps (T4)');
   }
@@ -102,6 +109,7 @@ export class TestScratch {
       usedBytes: this.slotsUsed * TEST_GRANULE_BYTES,
       preservedBytes: this.preservedCount * TEST_GRANULE_BYTES,
       writtenBytes: this.writtenCount * TEST_GRANULE_BYTES,
+      mapBytes: this.preserved.bytes + this.written.bytes,
       lostReason: this.lost,
     };
   }
@@ -151,7 +159,7 @@ export class TestScratch {
       waits.push(p);
     };
     for (let g = first; g <= last; g++) {
-      if (this.preserved[g]! >= 0 || this.written[g]! >= 0) continue;
+      if (this.preserved.get(g) >= 0 || this.written.get(g) >= 0) continue;
       const inFlight = this.saving.get(g);
       if (inFlight) {
         waits.push(inFlight);
@@ -177,7 +185,7 @@ export class TestScratch {
   covers(offset: number, length: number): boolean {
     if (this.lost || this.closed || length <= 0) return true;
     const last = Math.floor((offset + length - 1) / TEST_GRANULE_BYTES);
-    for (let g = Math.floor(offset / TEST_GRANULE_BYTES); g <= last; g++) if (this.preserved[g]! < 0 && this.written[g]! < 0) return false;
+    for (let g = Math.floor(offset / TEST_GRANULE_BYTES); g <= last; g++) if (this.preserved.get(g) < 0 && this.written.get(g) < 0) return false;
     return true;
   }
 
@@ -189,8 +197,8 @@ export class TestScratch {
       await this.replica.read(buf, 0, bytes, g * TEST_GRANULE_BYTES);
       await this.writeScratch(buf, 0, bytes, slot * TEST_GRANULE_BYTES);
       for (let i = 0; i < n; i++) {
-        assert.ok(this.preserved[g + i] === -1, 'a granule is preserved at most once per test (T3)');
-        this.preserved[g + i] = slot + i;
+        assert.ok(this.preserved.get(g + i) === -1, 'a granule is preserved at most once per test (T3)');
+        this.preserved.set(g + i, slot + i);
       }
       this.preservedCount += n;
     } catch (err) {
@@ -208,13 +216,13 @@ export class TestScratch {
   /** Reads granule g's piece [at, at+length) of the image as of the test start (not the test's writes). */
   private async readBase(g: number, buf: Buffer, bufOffset: number, at: number, length: number): Promise<void> {
     const base = g * TEST_GRANULE_BYTES;
-    let slot = this.preserved[g]!;
+    let slot = this.preserved.get(g);
     if (slot < 0) {
       await this.replica.read(buf, bufOffset, length, base + at);
       // Preserved while we read, or given the test's own slot (replication then stops preserving
       // it): a replication write may have landed under the read. Both slots hold the snapshot's
       // bytes outside what the test wrote (T5).
-      slot = this.preserved[g]! >= 0 ? this.preserved[g]! : this.written[g]!;
+      slot = this.preserved.get(g) >= 0 ? this.preserved.get(g) : this.written.get(g);
       if (slot < 0) return;
     }
     await this.readScratch(buf, bufOffset, length, slot * TEST_GRANULE_BYTES + at);
@@ -225,7 +233,7 @@ export class TestScratch {
     this.usable();
     await eachGranulePiece(offset, length, (g, at, n, done) => {
       const into = bufOffset + done;
-      const slot = this.written[g]!;
+      const slot = this.written.get(g);
       return slot >= 0 ? this.readScratch(buf, into, n, slot * TEST_GRANULE_BYTES + at) : this.readBase(g, buf, into, at, n);
     });
     // A preservation that failed during the read may have let the replica change under it.
@@ -247,7 +255,7 @@ export class TestScratch {
   private async writePiece(g: number, data: Buffer, at: number): Promise<void> {
     for (;;) {
       this.usable();
-      const slot = this.written[g]!;
+      const slot = this.written.get(g);
       if (slot >= 0) return this.writeScratch(data, 0, data.length, slot * TEST_GRANULE_BYTES + at);
       const pending = this.filling.get(g);
       if (!pending) break;
@@ -261,8 +269,8 @@ export class TestScratch {
       if (at !== 0 || data.length !== size) await this.readBase(g, whole, 0, 0, size);
       data.copy(whole, at);
       await this.writeScratch(whole, 0, size, slot * TEST_GRANULE_BYTES);
-      assert.ok(this.written[g] === -1, 'a slot is used by one granule of one map (T4)');
-      this.written[g] = slot;
+      assert.ok(this.written.get(g) === -1, 'a slot is used by one granule of one map (T4)');
+      this.written.set(g, slot);
       this.writtenCount++;
     })();
     this.filling.set(g, fill);

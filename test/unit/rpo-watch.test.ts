@@ -1,12 +1,13 @@
 // The RPO watch (src/mirror/rpo-watch.ts) in-process with a fake clock: each row of its
 // decision table, a breach counted and logged once at its start and once at its end, a
 // mirror's first sync not counted as a breach, and a changed target; and `mirror set`'s
-// policy change rules (src/mirror/mirror-policy.ts, changePolicy).
+// policy change rules (src/mirror/mirror-policy.ts, changePolicy). judgeRpo, the judgement the
+// watch and the mirror site's status (replica-control.ts) share, row by row.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
 import { FakeClock } from '../../src/testing/fake-clock.js';
-import { RpoWatch } from '../../src/mirror/rpo-watch.js';
+import { RpoWatch, judgeRpo } from '../../src/mirror/rpo-watch.js';
 import { changePolicy, parsePolicy } from '../../src/mirror/mirror-policy.js';
 
 function logger(): { log: pino.Logger; lines: Array<{ level: number; msg: string }> } {
@@ -35,6 +36,26 @@ test('decision table: no target, no image yet, met, missed', async () => {
   assert.equal(missed.exposureSeconds, 10.001);
   assert.equal(missed.newestImageAt, new Date(at).toISOString(), 'the last image seen is kept while the mirror vouches for none');
   assert.equal(missed.breaches, 1);
+});
+
+test('judgeRpo: the decision table as a function of target, image time and now', () => {
+  const now = Date.parse('2026-01-01T00:00:10.000Z');
+  const at = (ms: number): string => new Date(ms).toISOString();
+  const rows: Array<[number | null, number | null, ReturnType<typeof judgeRpo>]> = [
+    [null, null, { targetSeconds: null, met: null, exposureSeconds: null, newestImageAt: null }],
+    [null, now - 3000, { targetSeconds: null, met: null, exposureSeconds: 3, newestImageAt: at(now - 3000) }],
+    [5000, null, { targetSeconds: 5, met: false, exposureSeconds: null, newestImageAt: null }],
+    [5000, now - 5000, { targetSeconds: 5, met: true, exposureSeconds: 5, newestImageAt: at(now - 5000) }],
+    [5000, now - 5001, { targetSeconds: 5, met: false, exposureSeconds: 5.001, newestImageAt: at(now - 5001) }],
+    // An image stamped after now (the other site's clock ahead): no exposure, not a negative one.
+    [5000, now + 2000, { targetSeconds: 5, met: true, exposureSeconds: 0, newestImageAt: at(now + 2000) }],
+  ];
+  for (const [targetMs, imageAtMs, want] of rows) assert.deepEqual(judgeRpo(targetMs, imageAtMs, now), want, `target ${targetMs}, image ${imageAtMs === null ? null : imageAtMs - now}`);
+  // The watch returns the same judgement, plus its breach bookkeeping.
+  const w = new RpoWatch(5000, logger().log, () => now);
+  const { breachSeconds, breaches, ...judged } = w.observe(now - 4000);
+  assert.deepEqual(judged, judgeRpo(5000, now - 4000, now));
+  assert.deepEqual([breachSeconds, breaches], [null, 0]);
 });
 
 test('a breach is logged once at its start and once at its end, with its length', async () => {

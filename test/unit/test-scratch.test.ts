@@ -6,7 +6,10 @@
 // granule gets the test's own slot and replication rewrites it unpreserved). The test image
 // always reads as the snapshot plus the test's own writes; the replica always ends as replication wrote it (T1); a full scratch area
 // fails the test's writes (SCRATCH_FULL) and, when a preservation cannot fit, loses the
-// image (TEST_IMAGE_LOST) without failing replication.
+// image (TEST_IMAGE_LOST) without failing replication. The granule maps are paged
+// (granule-map.ts): these tests use pages of 8 granules, so ranges cross page boundaries and
+// pages are allocated mid-test; a 1 TiB disk (a sparse file) that a test touches in a few
+// places costs a few pages of map, and reads right at page edges and at its end.
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -17,10 +20,14 @@ import { FerryError } from '../../src/errors.js';
 import { CowGuardStore } from '../../src/replication/cow-guard-store.js';
 import { TestImageStore } from '../../src/replication/test-image-store.js';
 import { TEST_GRANULE_BYTES, TestScratch } from '../../src/replication/test-scratch.js';
+import { GRANULE_MAP_PAGE_GRANULES, GranuleMap } from '../../src/replication/granule-map.js';
+import { BlockDevice } from '../../src/disk/block-device.js';
 import { FaultyStore, seededRng, type Rng } from '../../src/testing/faulty-store.js';
 
 const G = TEST_GRANULE_BYTES;
 const DISK = 48 * G + 12 * 1024; // a short last granule
+/** Granules per page of the scratch maps here: 49 granules make 7 pages, the last of one granule. */
+const PAGE = 8;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-scratch-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -51,7 +58,7 @@ function setup(seed: number, scratchBytes: number, readTurnsMax = 3): { replica:
   const fd = fs.openSync(file, 'w+');
   fs.ftruncateSync(fd, scratchBytes);
   const raw = slow(replica, rng, readTurnsMax);
-  const scratch = new TestScratch(file, fd, raw, DISK, scratchBytes);
+  const scratch = new TestScratch(file, fd, raw, DISK, scratchBytes, PAGE);
   return { replica, scratch, guard: new CowGuardStore(raw, scratch), image: new TestImageStore(scratch), rng };
 }
 
@@ -182,7 +189,7 @@ describe('test failover copy-on-write', () => {
     const file = path.join(dir, `scratch-${++n}`);
     const fd = fs.openSync(file, 'w+');
     fs.ftruncateSync(fd, 32 * G);
-    const scratch = new TestScratch(file, fd, gated, DISK, 32 * G);
+    const scratch = new TestScratch(file, fd, gated, DISK, 32 * G, PAGE);
     const guard = new CowGuardStore(gated, scratch);
     const image = new TestImageStore(scratch);
     let release!: () => void;
@@ -250,6 +257,70 @@ describe('test failover copy-on-write', () => {
     assert.ok(back.equals(want));
     assert.ok(replica.current.equals(before), 'the replica is never written by the test (T1)');
     await scratch.close();
+  });
+
+  it('the granule map: untouched pages read -1 and cost nothing; a page is allocated on first set; the last one is short', () => {
+    const m = new GranuleMap(21, 8);
+    assert.deepEqual([m.get(0), m.get(20), m.bytes, m.pageCount], [-1, -1, 0, 0]);
+    m.set(9, 4);
+    assert.deepEqual([m.get(8), m.get(9), m.get(10), m.get(7), m.get(16)], [-1, 4, -1, -1, -1]);
+    assert.deepEqual([m.bytes, m.pageCount], [8 * 4, 1]);
+    m.set(20, 0);
+    assert.deepEqual([m.get(20), m.get(16), m.bytes, m.pageCount], [0, -1, 8 * 4 + 5 * 4, 2], 'the last page holds 5 granules');
+    assert.throws(() => m.get(21), /a granule of the disk/);
+    assert.throws(() => m.set(-1, 0), /a granule of the disk/);
+  });
+
+  it('a test on a 1 TiB disk that touches a few places costs a few pages of map, and reads right there', async () => {
+    const TIB = 1024 ** 4;
+    const size = TIB + 12 * 1024; // a short last granule
+    const diskFile = path.join(dir, `replica-1t-${++n}`);
+    fs.closeSync(fs.openSync(diskFile, 'w'));
+    fs.truncateSync(diskFile, size); // sparse: reads as zeroes
+    const replica = BlockDevice.open(diskFile);
+    const file = path.join(dir, `scratch-${++n}`);
+    const fd = fs.openSync(file, 'w+');
+    fs.ftruncateSync(fd, 64 * G);
+    const scratch = new TestScratch(file, fd, replica, size, 64 * G);
+    const guard = new CowGuardStore(replica, scratch);
+    const image = new TestImageStore(scratch);
+    const pageBytes = GRANULE_MAP_PAGE_GRANULES * G; // 4 GiB of disk per page
+    const edge = 100 * pageBytes; // a page boundary: the granules either side are in two pages
+    const last = Math.floor(size / G) * G; // the short last granule
+    try {
+      assert.equal(scratch.stats().mapBytes, 0, 'no map before anything is touched');
+      // Replication writes across the page boundary (preserving both granules), the test writes
+      // at the start and in the last granule.
+      await guard.write(Buffer.alloc(2 * G, 0x55), 0, 2 * G, edge - G);
+      await image.write(Buffer.alloc(4096, 0xaa), 0, 4096, 0);
+      await image.write(Buffer.alloc(1024, 0xbb), 0, 1024, last + 2048);
+      const st = scratch.stats();
+      // preserved: pages 99 and 100; written: page 0 and the last page (one granule long).
+      assert.equal(st.mapBytes, 3 * GRANULE_MAP_PAGE_GRANULES * 4 + 4, JSON.stringify(st));
+      assert.ok(st.mapBytes < 1024 * 1024, 'under 1 MiB of map, where flat maps would take 128 MiB');
+      assert.deepEqual([st.preservedBytes, st.writtenBytes], [2 * G, 2 * G]);
+      // The test image: the snapshot (zeroes) plus the test's writes; the replica: replication's bytes.
+      const across = Buffer.alloc(2 * G, 1);
+      await image.read(across, 0, 2 * G, edge - G);
+      assert.ok(across.every((b) => b === 0), 'the test image across the page boundary is the snapshot');
+      const head = Buffer.alloc(8192);
+      await image.read(head, 0, 8192, 0);
+      assert.ok(head.subarray(0, 4096).every((b) => b === 0xaa) && head.subarray(4096).every((b) => b === 0));
+      const tail = Buffer.alloc(size - last);
+      await image.read(tail, 0, tail.length, last);
+      assert.ok(tail.subarray(2048, 3072).every((b) => b === 0xbb) && tail.subarray(0, 2048).every((b) => b === 0) && tail.subarray(3072).every((b) => b === 0));
+      const repl = Buffer.alloc(2 * G);
+      await replica.read(repl, 0, 2 * G, edge - G);
+      assert.ok(repl.every((b) => b === 0x55), 'the replica holds what replication wrote (T1)');
+      const untouched = Buffer.alloc(4096, 1);
+      await image.read(untouched, 0, 4096, 200 * pageBytes);
+      assert.ok(untouched.every((b) => b === 0));
+      assert.equal(scratch.stats().mapBytes, st.mapBytes, 'reads allocate no map');
+    } finally {
+      await scratch.close();
+      await replica.close();
+      fs.rmSync(diskFile, { force: true });
+    }
   });
 
   it('after detach the guard passes every write through and preserves nothing', async () => {
