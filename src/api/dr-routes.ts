@@ -122,7 +122,7 @@ export const drRoutes: RouteDef[] = [
     url: '/v1/disks/:name/mirror/unfence',
     operationId: 'unfenceDisk',
     summary:
-      "A fenced disk whose peer is gone for good serves its own (older) data again: a new generation, writes taken; should the peer return, both sites are in split brain. Refused without force=true, changing nothing",
+      "A fenced disk whose peer is gone for good serves its own (older) data again, or a switchover its lost peer cannot complete is abandoned: a new generation, writes taken; a peer that returns ahead finds a split brain. Refused without force=true, changing nothing",
     tag: 'mirrors',
     params: Type.Object({ name: Name }),
     querystring: Type.Object({ force: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }),

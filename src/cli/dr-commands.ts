@@ -54,7 +54,7 @@ export function registerDrCommands(program: Command): void {
 
   mirror
     .command('unfence <disk>')
-    .description('a fenced disk whose peer is gone for good serves its own (older) data again; should the peer return, both sites are in split brain')
+    .description('a fenced disk whose peer is gone for good serves its own (older) data again, or a switchover its lost peer cannot complete is abandoned; a peer that returns ahead finds a split brain')
     .option('--force', 'required: this gives up the writes the peer took since it was promoted')
     .addOption(jsonOpt())
     .action(async (disk: string, opts: { force?: boolean }, cmd: Command) => {

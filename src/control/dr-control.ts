@@ -24,7 +24,8 @@
 //
 //   switching    `mirror switchover` at the primary, before it  refused: FENCED       ships (drains to the         the roles are reversed: the disk
 //                drains (control/switchover.ts), with the       (durable, before the  replica)                     is the replica of its former mirror
-//                switchover's generation pending                drain)                                             (switchover.ts, steps table)
+//                switchover's generation pending                drain)                                             (switchover.ts, steps table), or
+//                                                                                                                  `mirror unfence --force` (peer lost)
 //
 //   any state    the peer cannot be reached                     as before             redials with backoff         -
 //
@@ -243,15 +244,17 @@ export class DrControl {
 
   /**
    * `mirror unfence --force`: a fenced disk whose peer is gone for good serves its own data
-   * again. Durable in one row write: a new 'diverged' generation (it takes writes its peer
-   * never has) and state normal; then writes are taken. Should the peer come back, the
-   * histories have both moved on: split brain on both sites, nothing resolved silently.
+   * again, or a switchover that cannot complete (its peer lost) is abandoned. Durable in one
+   * row write: a new 'diverged' generation (it takes writes its peer never has), state normal,
+   * no switchover pending; then writes are taken. A peer that comes back ahead of it (it was
+   * promoted, or took over) finds both histories moved on: split brain on both sites, nothing
+   * resolved silently; a replica that never took over adopts the new generation.
    */
   unfence(disk: string): Generation {
     const r = this.row(disk);
-    if (r?.state !== 'fenced') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${r?.state ?? 'normal'}, not fenced: nothing to unfence`);
+    if (r?.state !== 'fenced' && r?.state !== 'switching') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${r?.state ?? 'normal'}, neither fenced nor switching over: nothing to unfence`);
     const g = newGeneration('diverged');
-    this.put({ ...r, generations: appendGeneration(r.generations, g), state: 'normal', stateReason: null, stateAtMs: null, diverged: true, reconnect: null });
+    this.put({ ...r, generations: appendGeneration(r.generations, g), state: 'normal', stateReason: null, stateAtMs: null, diverged: true, reconnect: null, pending: null });
     assert.ok(this.row(disk)?.state === 'normal', 'an unfence is durable before writes are taken');
     this.volumes.get(disk)?.setFence(null);
     this.log.warn({ disk, generation: g.id }, 'unfenced by the administrator: the disk takes writes again; its peer, if it returns, finds a split brain');

@@ -172,15 +172,19 @@ export class ReconnectControl {
 
   /**
    * `mirror unfence --force`: the fenced disk serves its own data again, its peer given up for
-   * good (dr-control unfence); refused without force, changing nothing.
+   * good, or a switchover its lost peer cannot complete is abandoned (dr-control unfence);
+   * refused without force, changing nothing.
    */
   unfence(disk: string, opts: { force: boolean }): Promise<{ disk: string; generation: string }> {
     return this.d.mirrors.exclusive(disk, 'reconnect', () => {
       this.d.disks.entry(disk); // DISK_NOT_FOUND
       const state = this.d.dr.status(disk)?.state ?? 'normal';
-      if (state !== 'fenced') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${state}, not fenced: nothing to unfence`);
-      if (!opts.force) {
+      if (state !== 'fenced' && state !== 'switching') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${state}, neither fenced nor switching over: nothing to unfence`);
+      if (!opts.force && state === 'fenced') {
         throw new FerryError('BAD_REQUEST', `disk '${disk}' is fenced because its peer holds newer writes; unfencing serves this site's older data and gives up the peer's (should it return, both sites are in split brain). Use 'ferry mirror reconnect ${disk}' to follow the peer, or --force to unfence`);
+      }
+      if (!opts.force) {
+        throw new FerryError('BAD_REQUEST', `disk '${disk}' is switching over; 'ferry mirror switchover ${disk}' completes it once its peer is back. Unfencing abandons the switchover (should the peer have taken over, both sites are in split brain): --force to unfence`);
       }
       return { disk, generation: this.d.dr.unfence(disk).id };
     });

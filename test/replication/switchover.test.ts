@@ -14,7 +14,9 @@
 //  - kill -9 at each step (FERRY_FAILPOINT, src/control/failpoint.ts) of either site, then a
 //    restart: never two writable primaries, exactly one once the site that status names
 //    `switching` runs `mirror switchover` again (or by itself when the peer had taken over),
-//    and the pair converges (identical, writes at the new primary reach the replica).
+//    and the pair converges (identical, writes at the new primary reach the replica);
+//  - a switchover stopped at step 2 with its peer unreachable: `mirror unfence --force` (refused
+//    without) abandons it and takes writes; the peer, back, adopts the new generation.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -23,7 +25,7 @@ import { Cleanup, checkDisk, startWorkload, type CheckSummary, type WorkloadSumm
 import { WanProxy } from '../../src/testing/wan-proxy.js';
 import { assertSchema } from '../api/helpers.js';
 import { SwitchoverSchema } from '../../src/api/dr-routes.js';
-import { cliFails, cliJson, MiB, mirrorStatus, qemuIo, qemuIoOk, startSitesBothWays, waitStatus, type Sites } from './helpers.js';
+import { cliFails, cliJson, drOf, MiB, mirrorStatus, qemuIo, qemuIoOk, startSitesBothWays, waitStatus, type Sites } from './helpers.js';
 
 const DISK = 64 * MiB;
 /** The workload writes the first half (check.py reads it: blocks it never wrote must read as zeroes); the second half holds a pattern. */
@@ -228,5 +230,41 @@ describe('planned switchover of a remote mirror', () => {
       pattern++;
       await identical(site(primary), disks[primary], site(from), disks[from], `${step.point}: after`);
     }
+  });
+
+  it('a switchover whose peer is lost: mirror unfence --force abandons it (refused without), and the peer, back, adopts the primary', LONG, async () => {
+    await s.a.createDisk('ab', 16 * MiB);
+    await cliJson(s.a, ['mirror', 'create', 'ab', '--to', `${s.peer}:ab-dr`, '--staging', path.join(work, 'ab.stg'), '--staging-size', '64M', '--compress', 'none']);
+    await qemuIoOk(s.a.uri('ab'), ['write -P 0x11 0 16M']);
+    await identical(s.a, 'ab', s.b, 'ab-dr', 'before');
+    // A stops writes (step 2, durable) and dies there; B is unreachable when it comes back.
+    s.a.env.FERRY_FAILPOINT = 'switchover-fenced';
+    await s.a.restart();
+    await identical(s.a, 'ab', s.b, 'ab-dr', 'after the restart');
+    const running = s.a.cli(['mirror', 'switchover', 'ab', '--json'], { timeoutMs: 120_000 });
+    await waitFor('A killed itself at step 2', () => s.a.proc.exitCode !== null || s.a.proc.signalCode !== null, 60_000);
+    delete s.a.env.FERRY_FAILPOINT;
+    await running;
+    let generation = '';
+    s.proxy.cut();
+    try {
+      await s.a.start();
+      assert.equal((await drOf(s.a, 'ab')).state, 'switching');
+      const refused = await qemuIo(s.a.uri('ab'), ['write -P 0x22 0 4k']);
+      assert.match(refused.stdout + refused.stderr, /Operation not permitted/, 'a switching disk refuses writes');
+      await cliFails(s.a, ['mirror', 'unfence', 'ab'], 'BAD_REQUEST');
+      assert.equal((await drOf(s.a, 'ab')).state, 'switching', 'a refused unfence changes nothing');
+      generation = (await cliJson(s.a, ['mirror', 'unfence', 'ab', '--force'])).generation;
+      const now = await drOf(s.a, 'ab');
+      assert.equal(now.state, 'normal');
+      assert.equal(now.generation, generation);
+      await qemuIoOk(s.a.uri('ab'), ['write -P 0x22 0 4k']);
+    } finally {
+      s.proxy.restore();
+    }
+    // B never took over: its replica adopts A's new generation and receives the write.
+    await identical(s.a, 'ab', s.b, 'ab-dr', 'after the unfence');
+    assert.equal((await drOf(s.b, 'ab-dr')).generation, generation);
+    await qemuIoOk(s.b.uri('ab-dr'), ['read -P 0x22 0 4k'], 120_000, true);
   });
 });
