@@ -138,6 +138,7 @@ typedef struct {
   napi_ref callback;
   napi_ref buffers; /* keeps every buffer alive until the job completes */
   int fd;
+  int *fds; /* one descriptor per buffer (a consistency group's members), or NULL: fd for all */
   uint32_t count;
   struct iovec *iov;
   int64_t *offsets;
@@ -175,12 +176,13 @@ static void batch_execute(napi_env env, void *data) {
   uint32_t i = 0;
   while (i < r->count) {
     uint32_t j = i + 1;
+    int fd = r->fds != NULL ? r->fds[i] : r->fd;
     int64_t end = r->offsets[i] + (int64_t)r->iov[i].iov_len;
-    while (j < r->count && r->offsets[j] == end) {
+    while (j < r->count && r->offsets[j] == end && (r->fds == NULL || r->fds[j] == fd)) {
       end += (int64_t)r->iov[j].iov_len;
       j++;
     }
-    int err = write_run(r->fd, r->iov + i, j - i, r->offsets[i]);
+    int err = write_run(fd, r->iov + i, j - i, r->offsets[i]);
     if (err != 0) {
       r->err = err;
       return;
@@ -203,10 +205,12 @@ static void batch_complete(napi_env env, napi_status status, void *data) {
   napi_delete_async_work(env, r->work);
   free(r->iov);
   free(r->offsets);
+  free(r->fds);
   free(r);
 }
 
-/* writeBatch(fd, buffers[], offsets[], callback(err)): each buffer whole at its offset, in order, on the pool. */
+/* writeBatch(fd | fds[], buffers[], offsets[], callback(err)): each buffer whole at its offset, in order, on the
+   pool; with an array of descriptors, buffer i goes to fds[i] (still in order across them). */
 static napi_value write_batch(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4], name;
@@ -262,7 +266,28 @@ static napi_value write_batch(napi_env env, napi_callback_info info) {
     r->iov[i].iov_len = len;
     r->offsets[i] = off;
   }
-  CHECK(napi_get_value_int32(env, argv[0], &r->fd));
+  CHECK(napi_is_array(env, argv[0], &is_array));
+  if (is_array) {
+    uint32_t fcount;
+    CHECK(napi_get_array_length(env, argv[0], &fcount));
+    r->fds = fcount == count ? calloc(count, sizeof *r->fds) : NULL;
+    for (uint32_t i = 0; r->fds != NULL && i < count; i++) {
+      napi_value f;
+      if (napi_get_element(env, argv[0], i, &f) != napi_ok || napi_get_value_int32(env, f, &r->fds[i]) != napi_ok || r->fds[i] < 0) {
+        free(r->fds);
+        r->fds = NULL;
+      }
+    }
+    if (r->fds == NULL) {
+      free(r->iov);
+      free(r->offsets);
+      free(r);
+      napi_throw_type_error(env, NULL, "writeBatch: one descriptor >= 0 per buffer");
+      return NULL;
+    }
+  } else {
+    CHECK(napi_get_value_int32(env, argv[0], &r->fd));
+  }
   CHECK(napi_create_reference(env, argv[1], 1, &r->buffers));
   CHECK(napi_create_reference(env, argv[3], 1, &r->callback));
   CHECK(napi_create_string_utf8(env, "ferry_io.writeBatch", NAPI_AUTO_LENGTH, &name));

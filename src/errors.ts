@@ -48,6 +48,8 @@ export const ERRORS = {
   DISK_BUSY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk is in use' },
   POOL_NOT_EMPTY: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the pool still holds disks' },
   DISK_UNAVAILABLE: { http: 409, nbd: NbdErrno.EIO, summary: 'the disk cannot be opened' },
+  GROUP_NOT_FOUND: { http: 404, nbd: NbdErrno.EINVAL, summary: 'no consistency group has that name' },
+  DISK_IN_GROUP: { http: 409, nbd: NbdErrno.EINVAL, summary: 'the disk is a member of a consistency group: the operation is the group\'s' },
   READ_ONLY: { http: 409, nbd: NbdErrno.EPERM, summary: 'the disk is read-only' },
   // Staging areas.
   STAGING_TOO_SMALL: { http: 400, nbd: NbdErrno.EINVAL, summary: 'the staging area is smaller than the minimum' },

@@ -17,9 +17,17 @@ export const TestFailoverSchema = Type.Object({
   scratchUsedBytes: Type.Integer({ description: "bytes of the scratch area in use: old contents preserved for the test and the test's own writes" }),
 });
 
-export const MirrorSchema = Type.Object({
+/** Per member of a consistency group's mirror: its file, and whether it is copied yet (one added later is copied alone). */
+export const MirrorMemberSchema = Type.Object({
   disk: Type.String(),
+  target: Type.String({ description: 'local:PATH of the member\'s file in the mirror\'s directory' }),
+  synced: Type.Boolean({ description: 'copied: the member is in the mirror\'s image of the group' }),
+});
+
+export const MirrorSchema = Type.Object({
+  disk: Type.String({ description: 'the disk, or the consistency group, whose mirror this is' }),
   target: Type.String(),
+  members: Type.Optional(Type.Array(MirrorMemberSchema, { description: "a consistency group's mirror: its members (the lag and state above are the group's one order)" })),
   state: Type.Union([Type.Literal('syncing'), Type.Literal('in-sync'), Type.Literal('paused'), Type.Literal('bitmap'), Type.Literal('resyncing')], {
     description: 'bitmap: the staging area overflowed and dirty regions are tracked until the link returns; resyncing: they are being copied',
   }),

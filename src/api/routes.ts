@@ -6,6 +6,7 @@ import { parseSize } from '../disk/size.js';
 import type { Daemon } from '../control/daemon.js';
 import { peerRoutes } from './peer-routes.js';
 import { drillRoutes } from './drill-routes.js';
+import { groupRoutes } from './group-routes.js';
 import { DrSchema, drRoutes, withDr } from './dr-routes.js';
 import { MirrorPolicyChange, MirrorPolicyFields, MirrorSchema, PromoteSchema, RemovedMirrorSchema, SwapSchema, VerifySchema } from './mirror-schemas.js';
 
@@ -65,6 +66,7 @@ export const DiskSchema = Type.Object({
   createdAt: Type.String({ format: 'date-time' }),
   stats: Type.Union([Stats, Type.Null()]),
   dr: Type.Optional(DrSchema),
+  group: Type.Optional(Type.String({ description: 'the consistency group the disk belongs to: its writes go through the group\'s staging area, and its mirror is the group\'s' })),
 });
 
 export const PoolSchema = Type.Object({ name: Type.String(), path: Type.String(), disks: Type.Integer(), createdAt: Type.String() });
@@ -406,4 +408,5 @@ export const routes: RouteDef[] = [
   ...peerRoutes,
   ...drillRoutes,
   ...drRoutes,
+  ...groupRoutes,
 ];

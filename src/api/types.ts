@@ -17,6 +17,7 @@ import type {
 import type { PeerDetailsSchema, PeerSchema, SiteSchema, TokenSchema } from './peer-routes.js';
 import type { TestEndSchema, TestFailoverDetailsSchema } from './drill-routes.js';
 import type { DrSchema, ReconnectSchema, SwitchoverSchema } from './dr-routes.js';
+import type { GroupSchema } from './group-routes.js';
 
 export type Disk = Static<typeof DiskSchema>;
 export type Pool = Static<typeof PoolSchema>;
@@ -37,3 +38,4 @@ export type TestEnd = Static<typeof TestEndSchema>;
 export type DiskDr = Static<typeof DrSchema>;
 export type SwitchoverResult = Static<typeof SwitchoverSchema>;
 export type ReconnectResult = Static<typeof ReconnectSchema>;
+export type Group = Static<typeof GroupSchema>;

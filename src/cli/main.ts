@@ -15,6 +15,7 @@ import { registerStatusCommand } from './status-command.js';
 import { registerMirrorCommands } from './mirror-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
 import { registerDrillCommands } from './drill-commands.js';
+import { registerGroupCommands } from './group-commands.js';
 import { registerDrCommands } from './dr-commands.js';
 import { registerEventsCommand } from './events-command.js';
 
@@ -172,6 +173,7 @@ registerMirrorCommands(program);
 registerDrillCommands(program);
 registerPeerCommands(program);
 registerDrCommands(program);
+registerGroupCommands(program);
 registerEventsCommand(program);
 
 async function main(): Promise<void> {

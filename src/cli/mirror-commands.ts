@@ -55,9 +55,10 @@ export function registerMirrorCommands(program: Command): void {
   const path = (disk: string, rest = ''): string => `/v1/disks/${encodeURIComponent(disk)}/mirror${rest}`;
 
   const create = mirror
-    .command('create <disk>')
+    .command('create [disk]')
     .description('create a mirror and sync it in the background while clients keep writing')
-    .requiredOption('--to <target>', 'local:PATH (a new file, or an existing file or block device at least as large as the disk), or PEER:DISK (a disk at a paired site, created there if it does not exist)')
+    .requiredOption('--to <target>', 'local:PATH (a new file, or an existing file or block device at least as large as the disk), or PEER:DISK (a disk at a paired site, created there if it does not exist); for --group: local:DIR (a new file per member in DIR)')
+    .option('--group <name>', "mirror a consistency group (instead of a disk): one mirror, one order for all its members")
     .option('--staging <path>', 'staging area to attach if the disk has none (a new file or a block device)')
     .option('--staging-size <size>', 'size of that staging area, e.g. 4G')
     .option('--staging-copy <path>', 'a second copy of that staging area')
@@ -66,7 +67,15 @@ export function registerMirrorCommands(program: Command): void {
     .option('--wait', 'wait (with a progress bar in a terminal) until the mirror is in sync')
     .option('--force', 'overwrite an existing local target that holds data (a full sync does)')
     .addOption(jsonOpt())
-    .action(async (disk: string, opts, cmd: Command) => {
+    .action(async (diskArg: string | undefined, opts, cmd: Command) => {
+      if ((diskArg === undefined) === (opts.group === undefined)) cmd.error('give a disk, or --group NAME (not both)', { exitCode: 2 });
+      const disk: string = diskArg ?? opts.group;
+      if (opts.group !== undefined) {
+        let g = await client(cmd).request<MirrorStatus>('POST', `/v1/groups/${encodeURIComponent(disk)}/mirror`, { to: opts.to, ...policyBody(opts) });
+        if (opts.wait) g = await waitInSync(cmd, disk);
+        print(cmd, g, () => (g.consistent ? `mirror of group ${disk} on ${g.target} is in sync\n` : `mirror of group ${disk} on ${g.target} created (${g.members?.length ?? 0} member files); syncing (ferry mirror status ${disk} --watch)\n`));
+        return;
+      }
       let m = await client(cmd).request<MirrorStatus>('POST', path(disk), {
         ...(opts.force ? { force: true } : {}),
         to: opts.to,

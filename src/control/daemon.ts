@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 import { MetadataStore, type PeerRow } from './store.js';
 import { DiskRegistry } from './disk-registry.js';
 import { StagingControl } from './staging-control.js';
+import { GroupControl } from './group-control.js';
 import { MirrorControl } from './mirror-control.js';
 import { NbdServer, type NbdTlsConfig } from '../nbd/server.js';
 import { PeerControl } from './peer-control.js';
@@ -61,6 +62,7 @@ export class Daemon {
   disks!: DiskRegistry;
   staging!: StagingControl;
   mirrors!: MirrorControl;
+  groups!: GroupControl;
   replicas!: ReplicaControl;
   drills!: DrillControl;
   dr!: DrControl;
@@ -120,6 +122,7 @@ export class Daemon {
       dr: this.dr,
     });
     const mirrors = this.mirrors;
+    this.groups = new GroupControl(this.store, this.disks, this.staging, mirrors, this.log);
     this.peers = new PeerControl(this.store, this.identity, this.log, { inUse: (name) => mirrors.usesPeer(name) });
     this.nbd = new NbdServer({
       host: this.config.nbd.host,

@@ -16,6 +16,8 @@ import { Volume } from '../volume/volume.js';
 import { validateName } from '../names.js';
 import { DEFAULT_POOL_DIR, assertNotReserved, assertPathFree, assertPathText, isInside } from './path-guard.js';
 import type { DiskKind, DiskRow, MetadataStore, PoolRow } from './store.js';
+import { GroupStore } from './group-store.js';
+import { groupVolume, memberPlaces, memberWindow, openMemberDevices } from './group-volumes.js';
 
 export const DEFAULT_POOL = 'default';
 
@@ -32,6 +34,8 @@ export interface DiskInfo {
   allocatedBytes: number | null;
   createdAt: string;
   stats: Volume['stats'] | null;
+  /** The consistency group the disk belongs to (its writes go through the group's staging area). */
+  group?: string;
 }
 
 export interface PoolInfo {
@@ -49,41 +53,90 @@ interface OpenDisk {
   stagingUnopenable?: boolean;
 }
 
+/** What opens a loaded disk's staging area, mirror and roles (the daemon's start sequence). */
+export type OpenRow = (row: DiskRow, volume: Volume) => Promise<void>;
+
 export class DiskRegistry {
   private readonly disks = new Map<string, OpenDisk>();
+  readonly groups: GroupStore;
+  private openRow: OpenRow = async () => {};
 
   constructor(
     private readonly store: MetadataStore,
     private readonly dataDir: string,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.groups = new GroupStore(store.db);
+  }
 
   /**
    * Ensures the default pool and opens every registered disk, recovering its staging area
    * if it has one. A disk that cannot be opened, or whose staging area cannot be trusted,
    * is kept but marked unavailable: serving its primary alone could serve stale data.
    */
-  async load(openStaging: (row: DiskRow, volume: Volume) => Promise<void>): Promise<void> {
+  async load(openRow: OpenRow): Promise<void> {
+    this.openRow = openRow;
     if (!this.store.pool(DEFAULT_POOL)) {
       const dir = path.join(this.dataDir, DEFAULT_POOL_DIR);
       fs.mkdirSync(dir, { recursive: true });
       this.store.insertPool({ name: DEFAULT_POOL, path: fs.realpathSync(dir), created_at: Date.now() });
     }
-    for (const row of this.store.disks()) {
-      const d = this.open(row);
-      if (d.volume) {
-        try {
-          await openStaging(row, d.volume);
-        } catch (err) {
-          d.error = `staging area: ${err instanceof Error ? err.message : String(err)}; ${lostStagingAdvice(row.name)}`;
-          d.stagingUnopenable = true;
-          this.log.error({ disk: row.name, err: d.error }, 'disk unavailable: its staging area cannot be opened');
-          await d.volume.close().catch(() => undefined);
-          d.volume = null;
-        }
-      }
-      this.disks.set(row.name, d);
+    // Groups first: a member is a window of its group's volume (group-volumes.ts).
+    const rows = this.store.disks();
+    for (const row of [...rows.filter((r) => r.kind === 'group'), ...rows.filter((r) => r.kind !== 'group')]) {
+      this.disks.set(row.name, await this.openAndRecover(row));
     }
+  }
+
+  /** Opens a disk (or group) and runs the start sequence on it; unavailable if either fails. */
+  async openAndRecover(row: DiskRow): Promise<OpenDisk> {
+    const d = row.kind === 'group' ? await this.openGroup(row) : this.open(row);
+    if (d.volume) {
+      try {
+        await this.openRow(row, d.volume);
+      } catch (err) {
+        d.error = `staging area: ${err instanceof Error ? err.message : String(err)}; ${lostStagingAdvice(row.name)}`;
+        d.stagingUnopenable = true;
+        this.log.error({ disk: row.name, err: d.error }, 'disk unavailable: its staging area cannot be opened');
+        await d.volume.close().catch(() => undefined);
+        d.volume = null;
+      }
+    }
+    return d;
+  }
+
+  /** A group's volume over its members' devices (its members' windows are opened with them). */
+  private async openGroup(row: DiskRow): Promise<OpenDisk> {
+    try {
+      const places = memberPlaces(this.groups.members(row.name), (n) => this.store.disk(n));
+      const devices = await openMemberDevices(places, (n) => this.store.disk(n));
+      return { row, volume: groupVolume(row.name, row.size, places, devices) };
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      this.log.error({ group: row.name, err: message }, 'consistency group unavailable');
+      return { row, volume: null, error: message };
+    }
+  }
+
+  /** Sets the open volume of a disk or group (a membership change rebuilt it), or marks it unavailable. */
+  setVolume(name: string, volume: Volume | null, error?: string): void {
+    const d = this.disks.get(name);
+    const row = this.store.disk(name);
+    if (!row) throw new FerryError('INTERNAL', `no row for '${name}'`);
+    if (!d) {
+      this.disks.set(name, { row, volume, ...(error ? { error } : {}) });
+      return;
+    }
+    d.row = row;
+    d.volume = volume;
+    if (error) d.error = error;
+    else delete d.error;
+    delete d.stagingUnopenable;
+  }
+
+  /** Forgets a group's entry (its row is gone). */
+  dropGroup(name: string): void {
+    this.disks.delete(name);
   }
 
   /** Re-reads a disk's row after another control changed it (a swap of roles). */
@@ -98,6 +151,16 @@ export class DiskRegistry {
   }
 
   private open(row: DiskRow): OpenDisk {
+    const member = this.groups.groupOf(row.name);
+    if (member) {
+      const g = this.disks.get(member.grp);
+      if (!g?.volume) {
+        const error = `its consistency group '${member.grp}' is unavailable${g?.error ? `: ${g.error}` : ''}`;
+        this.log.error({ disk: row.name, group: member.grp }, 'disk unavailable: its group is');
+        return { row, volume: null, error };
+      }
+      return { row, volume: new Volume(row.name, memberWindow(g.volume, { disk: row.name, base: member.base, size: row.size }, row.path), row.read_only === 1) };
+    }
     try {
       // A disk registered before the path rules of path-guard.ts (e.g. a file of the data
       // directory adopted through a pool inside it) is not served: unavailable, saying why.
@@ -126,7 +189,7 @@ export class DiskRegistry {
   async reopen(name: string, commit: () => void): Promise<void> {
     const d = this.mustGet(name);
     if (d.volume) throw new FerryError('BAD_REQUEST', `disk '${name}' is online`);
-    const opened = this.open(d.row);
+    const opened = d.row.kind === 'group' ? await this.openGroup(d.row) : this.open(d.row);
     if (!opened.volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${name}' cannot be opened: ${opened.error}`);
     try {
       commit();
@@ -138,23 +201,38 @@ export class DiskRegistry {
     delete d.error;
     delete d.stagingUnopenable;
     this.log.warn({ disk: name }, 'disk online again, without a staging area');
+    // A group's members were unavailable with it: they are windows of the group's volume again.
+    for (const m of d.row.kind === 'group' ? this.groups.members(name) : []) {
+      const row = this.store.disk(m.disk);
+      if (row) this.disks.set(m.disk, await this.openAndRecover(row));
+    }
   }
 
-  /** The volume of an online disk, for the NBD catalog. */
-  volume(name: string): Volume | undefined {
-    return this.disks.get(name)?.volume ?? undefined;
-  }
-
+  /** The exports: every online disk (a group is served through its members, never as itself). */
   names(): string[] {
-    return [...this.disks.keys()].filter((n) => this.disks.get(n)!.volume !== null).sort();
+    return [...this.disks.keys()].filter((n) => this.disks.get(n)!.volume !== null && this.disks.get(n)!.row.kind !== 'group').sort();
   }
 
   list(): DiskInfo[] {
-    return [...this.disks.values()].sort((a, b) => a.row.name.localeCompare(b.row.name)).map((d) => this.info(d));
+    return [...this.disks.values()].filter((d) => d.row.kind !== 'group').sort((a, b) => a.row.name.localeCompare(b.row.name)).map((d) => this.info(d));
   }
 
-  get(name: string): DiskInfo {
-    return this.info(this.mustGet(name));
+  /** A disk's description; a group's only when asked (`groups`), else DISK_NOT_FOUND saying what it is. */
+  get(name: string, opts: { groups?: boolean } = {}): DiskInfo {
+    const d = this.mustGet(name);
+    if (d.row.kind === 'group' && !opts.groups) throw new FerryError('DISK_NOT_FOUND', `'${name}' is a consistency group, not a disk (ferry group show ${name})`);
+    return this.info(d);
+  }
+
+  /** Whether `name` is a consistency group. */
+  isGroup(name: string): boolean {
+    return this.disks.get(name)?.row.kind === 'group';
+  }
+
+  /** The NBD export of a disk: a group is not one (nor is a name that is none). */
+  volume(name: string): Volume | undefined {
+    const d = this.disks.get(name);
+    return d && d.row.kind !== 'group' ? (d.volume ?? undefined) : undefined;
   }
 
   private mustGet(name: string): OpenDisk {
@@ -174,7 +252,7 @@ export class DiskRegistry {
     }
     return {
       name: d.row.name,
-      kind: d.row.kind,
+      kind: d.row.kind as DiskKind,
       pool: d.row.pool,
       path: d.row.path,
       size: d.volume?.size ?? d.row.size,
@@ -185,12 +263,14 @@ export class DiskRegistry {
       allocatedBytes,
       createdAt: new Date(d.row.created_at).toISOString(),
       stats: d.volume ? { ...d.volume.stats } : null,
+      ...(this.groups.groupOf(d.row.name) ? { group: this.groups.groupOf(d.row.name)!.grp } : {}),
     };
   }
 
-  private checkNewName(name: string): void {
+  /** A new disk's or group's name: free among both (they share one namespace), and no test failover's export. */
+  checkNewName(name: string): void {
     validateName('disk', name);
-    if (this.disks.has(name)) throw new FerryError('DISK_EXISTS', `a disk named '${name}' already exists`);
+    if (this.disks.has(name)) throw new FerryError('DISK_EXISTS', `a ${this.isGroup(name) ? 'consistency group' : 'disk'} named '${name}' already exists`);
     const test = drillMarkers(this.dataDir).find((m) => m.export === name);
     if (test) throw new FerryError('EXPORT_EXISTS', `'${name}' is the NBD export of the test failover of disk '${test.disk}'; end it (ferry mirror test-end ${test.disk}) or choose another name`);
   }
@@ -283,6 +363,9 @@ export class DiskRegistry {
   /** Unregisters a disk. A virtual disk's file is deleted only with purge; an adopted disk's data never. */
   async remove(name: string, opts: { purge?: boolean }): Promise<DiskInfo> {
     const d = this.mustGet(name);
+    if (d.row.kind === 'group') throw new FerryError('DISK_NOT_FOUND', `'${name}' is a consistency group, not a disk: delete it with ferry group delete ${name}`);
+    const member = this.groups.groupOf(name);
+    if (member) throw new FerryError('DISK_IN_GROUP', `disk '${name}' is a member of consistency group '${member.grp}': remove it from the group first (ferry group remove ${member.grp} ${name})`);
     if (opts.purge && d.row.kind === 'adopted') {
       throw new FerryError('BAD_REQUEST', `disk '${name}' is adopted: Ferry never deletes its data; remove it without --purge`);
     }

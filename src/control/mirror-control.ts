@@ -36,6 +36,7 @@ import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
+import { createMemberTargets, groupTargetDir, memberTargets, openGroupTarget, removeCreatedTargets, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
 export type { RemovedMirror } from './mirror-remove.js';
@@ -127,9 +128,9 @@ export class MirrorControl {
       this.startRemote(m, volume);
       return;
     }
-    let target: BlockDevice;
+    let target: DiskStore;
     try {
-      target = BlockDevice.open(m.path);
+      target = row.kind === 'group' ? openGroupTarget(this.groupCtx, m) : BlockDevice.open(m.path);
     } catch (err) {
       // The disk itself is fine: serve it; the mirror waits for its target (records stay staged).
       this.log.error({ disk: row.name, target: m.target, err: (err as Error).message }, 'mirror target unavailable at start; the mirror is not running');
@@ -217,11 +218,15 @@ export class MirrorControl {
       targetIsZero: m.target_zero === 1,
       paused: m.paused === 1,
       policy: { onFull: m.on_full, maxLagBytes: m.max_lag_bytes, maxLagMs: m.max_lag_ms, bandwidth: m.bandwidth, compress: m.compress, rpoMs: m.rpo_ms },
-      // A reconnect's sync copies only the regions changed on either side since divergence (every region if that map is gone).
-      granules: m.delta === 1 ? { bytes: DIVERGENCE_GRANULE_BYTES, has: (g) => this.remote?.dr.changeMap(m.disk)?.has(g) ?? true } : undefined,
+      // A reconnect's sync copies only the regions changed on either side since divergence (every region if that map is gone);
+      // a group's only its members not yet copied (group-mirror.ts).
+      granules: m.delta === 1 ? { bytes: DIVERGENCE_GRANULE_BYTES, has: (g) => this.remote?.dr.changeMap(m.disk)?.has(g) ?? true } : this.disks.isGroup(m.disk) ? unsyncedChunks(this.groupCtx, m.disk) : undefined,
       onSyncCheckpoint: (cursor, done) => {
         const delta = done && this.store.mirror(m.disk)?.delta === 1;
-        this.store.updateMirror(m.disk, { sync_cursor: cursor, sync_done: done ? 1 : 0, ...(delta ? { delta: 0 } : {}) });
+        this.disks.groups.transaction(() => {
+          this.store.updateMirror(m.disk, { sync_cursor: cursor, sync_done: done ? 1 : 0, ...(delta ? { delta: 0 } : {}) });
+          if (done) for (const r of this.disks.groups.mirrorMembers(m.disk)) this.disks.groups.setMirrorMemberSynced(m.disk, r.disk, true);
+        });
         if (delta) this.remote?.dr.deltaSynced(m.disk); // after the row: a crash between keeps the map (more resynced later, never less)
         // The mirror site learns it is consistent (R7); every attach repeats it, should this be lost.
         if (done && stream) stream.request({ op: 'synced', synced: true }).catch((err) => this.log.warn({ disk: m.disk, err: (err as Error).message }, 'could not tell the mirror site that the sync completed; the next attach will'));
@@ -245,6 +250,8 @@ export class MirrorControl {
 
   private mirror(disk: string): Mirror {
     this.disks.entry(disk);
+    const member = this.disks.groups.groupOf(disk);
+    if (member) throw new FerryError('DISK_IN_GROUP', `disk '${disk}' is a member of consistency group '${member.grp}': its mirror is the group's (ferry mirror status ${member.grp})`);
     if (this.remote?.replicas.isReplica(disk)) {
       throw new FerryError('BAD_REQUEST', `disk '${disk}' is the replica of a disk at a peer site: manage the mirror there`);
     }
@@ -272,7 +279,51 @@ export class MirrorControl {
   /** A mirror's status with its RPO (observed now). */
   private statusOf(m: Mirror): MirrorStatus {
     const watch = this.rpo.get(m.disk);
-    return { ...m.status(), rpo: watch ? watch.observe(m.imageAtMs()) : null };
+    const members = this.disks.isGroup(m.disk) ? { members: memberTargets(this.groupCtx, m.disk) } : {};
+    return { ...m.status(), rpo: watch ? watch.observe(m.imageAtMs()) : null, ...members };
+  }
+
+  private get groupCtx(): GroupMirrorContext {
+    return { store: this.store, groups: this.disks.groups, dataDir: this.dataDir };
+  }
+
+  // ---- for a consistency group's membership change (group-control.ts) ----
+
+  /**
+   * What a membership change does to the group's mirror, checked now (a refusal changes
+   * nothing): a joining member gets its (new) file in the mirror's directory and is copied
+   * after the change; a leaving one keeps its file, a consistent copy as of its removal.
+   * `record` runs in the change's transaction; `undo` deletes what was created if it fails.
+   */
+  groupMemberChange(group: string, change: { add: string; size: number } | { remove: string }): { record: () => void; undo: () => void } {
+    const m = this.store.mirror(group);
+    if (!m) return { record: () => undefined, undo: () => undefined };
+    const running = this.mirrors.get(group);
+    if (!m.target.startsWith('local:')) throw new FerryError('NOT_SUPPORTED', `group '${group}' is mirrored to a peer site: membership changes of a remote group mirror are not built yet`);
+    if (!running) throw new FerryError('MIRROR_BUSY', `the mirror of group '${group}' is not running (its target is unavailable): a membership change needs it`);
+    if (running.state === 'paused') throw new FerryError('MIRROR_BUSY', `the mirror of group '${group}' is paused: resume it first (a membership change brings it up to date)`);
+    if ('remove' in change) return { record: () => this.disks.groups.deleteMirrorMember(group, change.remove), undo: () => undefined };
+    const dir = groupTargetDir(this.groupCtx, m.target);
+    const rows = createMemberTargets(this.groupCtx, group, dir, [{ disk: change.add, size: change.size }]);
+    return {
+      record: () => {
+        for (const r of rows) this.disks.groups.insertMirrorMember(r);
+        // The mirror copies the new member (alone: unsyncedChunks) while the others keep streaming.
+        this.store.updateMirror(group, { sync_cursor: 0, sync_done: 0 });
+      },
+      undo: () => removeCreatedTargets(rows),
+    };
+  }
+
+  /** Brings the group's mirror up to date and stops it (its row and journal position stay); openAtStart starts it again. */
+  async suspendGroupMirror(group: string): Promise<void> {
+    const m = this.mirrors.get(group);
+    if (!m) return;
+    await m.drain();
+    this.mirrors.delete(group);
+    this.rpo.delete(group);
+    await m.close();
+    await m.targetStore.close();
   }
 
   /**
@@ -350,14 +401,23 @@ export class MirrorControl {
       const m = this.mirror(disk);
       const { volume } = this.disks.entry(disk);
       if (!volume?.staging) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
-      return swapRoles({ store: this.store, disks: this.disks, log: this.log }, disk, m, volume);
+      const swapPaths = this.disks.isGroup(disk)
+        ? () => {
+            this.disks.groups.swapMemberPaths(disk);
+            for (const g of this.disks.groups.members(disk)) this.disks.reloadRow(g.disk);
+          }
+        : () => {
+            this.store.swapMirrorPaths(disk);
+            this.disks.reloadRow(disk);
+          };
+      return swapRoles({ store: this.store, log: this.log, swapPaths }, disk, m, volume);
     });
   }
 
   // ---- for a planned switchover (switchover.ts) ----
 
   /** Runs `fn` as the only operation on the mirror of `disk`. */
-  exclusive<T>(disk: string, op: 'switchover' | 'reconnect', fn: () => T | Promise<T>): Promise<T> {
+  exclusive<T>(disk: string, op: 'switchover' | 'reconnect' | 'group add' | 'group remove' | 'group delete', fn: () => T | Promise<T>): Promise<T> {
     return this.ops.run(disk, op, fn);
   }
 

@@ -21,6 +21,8 @@ import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
 import { checkTarget, parseRemote, type Target } from './mirror-target.js';
 import { resolveTargetPath } from './path-guard.js';
+import { createMemberTargets, groupTargetDir, openGroupTarget, removeCreatedTargets } from './group-mirror.js';
+import type { DiskStore } from '../disk/store.js';
 import type { StagingControl } from './staging-control.js';
 import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
 
@@ -50,7 +52,7 @@ export interface MirrorCreateDeps {
   /** A paired peer by name (NOT_SUPPORTED without a replication listener). */
   remotePeer: (name: string) => PeerRow | undefined;
   /** Starts a recorded local mirror onto its open target. */
-  startLocal: (m: MirrorRow, volume: Volume, device: BlockDevice) => void;
+  startLocal: (m: MirrorRow, volume: Volume, device: DiskStore) => void;
   /** A recorded remote mirror's stream, not started. */
   remoteStream: (m: MirrorRow, volume: Volume, holds: ChunkHolds) => RemoteStream;
   /** Starts a recorded remote mirror with its (started) stream. */
@@ -66,7 +68,10 @@ export class MirrorCreator {
     if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${req.disk}' is unavailable`);
     if (this.d.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `disk '${req.disk}' already has a mirror`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only`);
+    const member = this.d.disks.groups.groupOf(req.disk);
+    if (member) throw new FerryError('DISK_IN_GROUP', `disk '${req.disk}' is a member of consistency group '${member.grp}': mirror the group (ferry mirror create --group ${member.grp})`);
     const mode: SyncMode = req.sync ?? 'full';
+    if (row.kind === 'group') return this.createGroup(req, volume, mode);
     const target = checkTarget(req.to, row, volume.size, { store: this.d.store, dataDir: this.d.dataDir, peer: this.d.remotePeer }, { fullSync: mode === 'full', force: req.force === true });
     const policy = parsePolicy(req, target.kind === 'remote');
     const hasStaging = this.d.store.staging(req.disk) !== undefined;
@@ -134,6 +139,56 @@ export class MirrorCreator {
     await volume.staging!.journal.addConsumer(MIRROR_CONSUMER);
     this.d.startLocal(m, volume, device);
     this.d.log.info({ disk: req.disk, target: m.target, sync: mode }, 'mirror created; syncing');
+    return this.d.statusOf(req.disk);
+  }
+
+  /**
+   * A consistency group's local mirror: a new file per member in the target directory
+   * (group-mirror.ts), the group's staging area (the group always has one), one consumer.
+   * The row and the members' files in one transaction, then the consumer (a crash in between
+   * is repaired at start, as for a disk).
+   */
+  private async createGroup(req: CreateMirrorRequest, volume: Volume, mode: SyncMode): Promise<MirrorStatus> {
+    const ctx = { store: this.d.store, groups: this.d.disks.groups, dataDir: this.d.dataDir };
+    const dir = groupTargetDir(ctx, req.to);
+    if (mode !== 'full') throw new FerryError('BAD_REQUEST', "a group's mirror files are new: --sync full (the default)");
+    const policy = parsePolicy(req, false);
+    if (req.staging !== undefined || req.stagingSize !== undefined || req.stagingCopy !== undefined) {
+      throw new FerryError('BAD_REQUEST', `group '${req.disk}' has its staging area (given at group create): leave out --staging`);
+    }
+    if (!volume.staging) throw new FerryError('NO_STAGING', `group '${req.disk}' has no staging area: attach one (ferry staging attach ${req.disk} --path PATH --size SIZE)`);
+    const members = this.d.disks.groups.members(req.disk).map((g) => ({ disk: g.disk, size: this.d.store.disk(g.disk)!.size }));
+    const rows = createMemberTargets(ctx, req.disk, dir, members);
+    const m: MirrorRow = {
+      disk: req.disk,
+      target: `local:${dir}`,
+      path: `group:${req.disk}`,
+      created_file: 1,
+      sync_mode: mode,
+      sync_cursor: 0,
+      sync_done: 0,
+      target_zero: 1,
+      paused: 0,
+      created_at: Date.now(),
+      ...policyColumns(policy),
+      resync: 0,
+      delta: 0,
+    };
+    let target;
+    try {
+      this.d.disks.groups.transaction(() => {
+        this.d.store.insertMirror(m);
+        for (const r of rows) this.d.disks.groups.insertMirrorMember(r);
+      });
+      target = openGroupTarget(ctx, m);
+    } catch (err) {
+      if (this.d.store.mirror(req.disk)) this.d.store.deleteMirror(req.disk);
+      removeCreatedTargets(rows);
+      throw err;
+    }
+    await volume.staging.journal.addConsumer(MIRROR_CONSUMER);
+    this.d.startLocal(m, volume, target);
+    this.d.log.info({ group: req.disk, target: m.target, members: members.length }, 'group mirror created; syncing');
     return this.d.statusOf(req.disk);
   }
 

@@ -6,7 +6,7 @@
 // one another, in order, and at most opsWaitingMax of them per disk.
 import { FerryError } from '../errors.js';
 
-export type MirrorOp = 'create' | 'remove' | 'swap' | 'verify' | 'promote' | 'pause' | 'resume' | 'set' | 'switchover' | 'reconnect';
+export type MirrorOp = 'create' | 'remove' | 'swap' | 'verify' | 'promote' | 'pause' | 'resume' | 'set' | 'switchover' | 'reconnect' | 'group add' | 'group remove' | 'group delete';
 
 /** Pause and resume queued behind one another on one disk; more are refused as busy. */
 const opsWaitingMax = 8;

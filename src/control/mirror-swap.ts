@@ -6,7 +6,6 @@ import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import type { Mirror } from '../mirror/mirror.js';
 import type { Volume } from '../volume/volume.js';
-import type { DiskRegistry } from './disk-registry.js';
 import type { MetadataStore } from './store.js';
 
 /** Drains before a swap holds requests: until one takes less than quickDrainMs, at most this many. */
@@ -27,7 +26,8 @@ export interface SwapReport {
  * to both, the metadata swaps the paths in one transaction, the data path switches, and
  * requests resume. Only a local mirror in sync whose committer has no error.
  */
-export async function swapRoles(ctx: { store: MetadataStore; disks: DiskRegistry; log: Logger }, disk: string, m: Mirror, volume: Volume): Promise<SwapReport> {
+/** `swapPaths`: the metadata's exchange of the paths, one transaction (a disk's path with its mirror's; each member's of a group). */
+export async function swapRoles(ctx: { store: MetadataStore; log: Logger; swapPaths: () => void }, disk: string, m: Mirror, volume: Volume): Promise<SwapReport> {
   const staged = volume.staging;
   if (!staged) throw new FerryError('NO_STAGING', `disk '${disk}' has no staging area`);
   if (m.isRemote) throw new FerryError('NOT_SUPPORTED', `the mirror of '${disk}' is at a peer site: roles move between sites by failover (mirror promote), not by swap`);
@@ -48,10 +48,9 @@ export async function swapRoles(ctx: { store: MetadataStore; disks: DiskRegistry
     }
     pauseMs = await volume.exclusive(async () => {
       await Promise.all([staged.drain(), m.drain()]);
-      ctx.store.swapMirrorPaths(disk);
+      ctx.swapPaths();
       const old = volume.replacePrimary(m.targetStore);
       m.retarget(old);
-      ctx.disks.reloadRow(disk);
     });
   } finally {
     stopPacing();

@@ -93,7 +93,7 @@ export class StagingControl {
   private onlineVolume(name: string): { row: DiskRow; volume: Volume } {
     const e = this.disks.entry(name);
     if (!e.volume) {
-      const why = this.disks.get(name).error;
+      const why = this.disks.get(name, { groups: true }).error;
       throw new FerryError('DISK_UNAVAILABLE', `disk '${name}' is unavailable${why ? `: ${why}` : ''}`);
     }
     return { row: e.row, volume: e.volume };
@@ -115,6 +115,8 @@ export class StagingControl {
   /** firstSeq: a replica's staging area numbers records as the primary site does (see replica-control.ts). */
   async attach(req: { disk: string; path: string; size?: number; copy?: string; firstSeq?: number }): Promise<StagingInfo> {
     const { row, volume } = this.onlineVolume(req.disk);
+    const member = this.disks.groups.groupOf(req.disk);
+    if (member) throw new FerryError('DISK_IN_GROUP', `disk '${req.disk}' is a member of consistency group '${member.grp}': its writes go through the group's staging area`);
     if (this.store.staging(req.disk)) throw new FerryError('STAGING_EXISTS', `disk '${req.disk}' already has a staging area`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only; a staging area stages writes`);
     // Only ReplicaControl gives firstSeq (the API never does): its staging area is in the data directory.

@@ -15,13 +15,16 @@ export type DiskKind = 'virtual' | 'adopted';
 
 export interface DiskRow {
   name: string;
-  kind: DiskKind;
+  kind: DiskKind | 'group';
   pool: string | null;
   path: string;
   size: number;
   read_only: number;
   created_at: number;
 }
+
+/** A migration starting with this marker runs with foreign keys off (a table rebuild), checked after. */
+const REBUILD_WITHOUT_FOREIGN_KEYS = '-- rebuild without foreign keys';
 
 const migrations: string[] = [
   `CREATE TABLE pools (
@@ -109,6 +112,38 @@ const migrations: string[] = [
   // and, at the site reconnecting as the replica, the survivor it waits for (JSON {peer, peerDisk}).
   `ALTER TABLE mirrors ADD COLUMN delta INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE dr_disks ADD COLUMN reconnect TEXT;`,
+  // Consistency groups (control/group-control.ts): a group is a row of disks of kind 'group'
+  // (path 'group:NAME', size its address space) that owns the members' staging area and
+  // mirror; group_members maps each member at its fixed base; mirror_members holds a local
+  // group mirror's target file per member (synced = 0 while a member added later is copied).
+  // SQLite cannot alter a CHECK: disks is rebuilt (foreign keys off for this migration only).
+  `${REBUILD_WITHOUT_FOREIGN_KEYS}
+   CREATE TABLE disks_new (
+     name TEXT PRIMARY KEY,
+     kind TEXT NOT NULL CHECK (kind IN ('virtual', 'adopted', 'group')),
+     pool TEXT REFERENCES pools(name),
+     path TEXT NOT NULL UNIQUE,
+     size INTEGER NOT NULL CHECK (size > 0),
+     read_only INTEGER NOT NULL DEFAULT 0,
+     created_at INTEGER NOT NULL
+   );
+   INSERT INTO disks_new (name, kind, pool, path, size, read_only, created_at) SELECT name, kind, pool, path, size, read_only, created_at FROM disks;
+   DROP TABLE disks;
+   ALTER TABLE disks_new RENAME TO disks;
+   CREATE TABLE group_members (
+     disk TEXT PRIMARY KEY REFERENCES disks(name),
+     grp TEXT NOT NULL REFERENCES disks(name),
+     base INTEGER NOT NULL CHECK (base >= 0),
+     added_at INTEGER NOT NULL
+   );
+   CREATE TABLE mirror_members (
+     grp TEXT NOT NULL REFERENCES mirrors(disk) ON DELETE CASCADE,
+     disk TEXT NOT NULL,
+     path TEXT NOT NULL UNIQUE,
+     created_file INTEGER NOT NULL,
+     synced INTEGER NOT NULL,
+     PRIMARY KEY (grp, disk)
+   );`,
 ];
 
 import type { OnFullPolicy } from '../mirror/mirror-policy.js';
@@ -178,10 +213,18 @@ export class MetadataStore {
       throw new Error(`metadata schema version ${version} is newer than this ferryd understands (${migrations.length}); upgrade ferryd`);
     }
     for (let v = version; v < migrations.length; v++) {
-      this.db.transaction(() => {
-        this.db.exec(migrations[v]!);
-        this.db.pragma(`user_version = ${v + 1}`);
-      })();
+      // The pragma is a no-op inside a transaction: set around it (SQLite's table rebuild procedure).
+      const rebuild = migrations[v]!.trimStart().startsWith(REBUILD_WITHOUT_FOREIGN_KEYS);
+      if (rebuild) this.db.pragma('foreign_keys = OFF');
+      try {
+        this.db.transaction(() => {
+          this.db.exec(migrations[v]!);
+          if (rebuild && (this.db.pragma('foreign_key_check') as unknown[]).length > 0) throw new Error(`metadata migration ${v + 1} broke a foreign key`);
+          this.db.pragma(`user_version = ${v + 1}`);
+        })();
+      } finally {
+        if (rebuild) this.db.pragma('foreign_keys = ON');
+      }
     }
   }
 
@@ -331,6 +374,9 @@ export class MetadataStore {
       if (s.copy_path) out.push({ path: s.copy_path, user: `the staging area of disk '${s.disk}' (its copy)` });
     }
     for (const m of this.mirrors()) out.push({ path: m.path, user: `the mirror of disk '${m.disk}'` });
+    for (const m of this.db.prepare('SELECT grp, disk, path FROM mirror_members').all() as Array<{ grp: string; disk: string; path: string }>) {
+      out.push({ path: m.path, user: `the mirror of disk '${m.disk}' (group '${m.grp}')` });
+    }
     return out;
   }
 
@@ -342,6 +388,8 @@ export class MetadataStore {
     if (s) return `the staging area of disk '${s.disk}'${s.path === path ? '' : ' (its copy)'}`;
     const m = this.db.prepare('SELECT disk FROM mirrors WHERE path = ?').get(path) as { disk: string } | undefined;
     if (m) return `the mirror of disk '${m.disk}'`;
+    const g = this.db.prepare('SELECT grp, disk FROM mirror_members WHERE path = ?').get(path) as { grp: string; disk: string } | undefined;
+    if (g) return `the mirror of disk '${g.disk}' (group '${g.grp}')`;
     return undefined;
   }
 

@@ -251,6 +251,29 @@ export class BlockDevice implements Store {
     }
   }
 
+  /**
+   * writeBatch() across devices: buffer i at offsets[i] of devices[i], all in the given order,
+   * as one thread-pool job (a consistency group's records, applied to its members in the
+   * group's order: a kill leaves a prefix of that order on the members, not one per member).
+   */
+  static async writeBatchAcross(devices: BlockDevice[], buffers: Buffer[], offsets: number[]): Promise<void> {
+    assert.ok(devices.length === buffers.length && buffers.length === offsets.length, 'one device and one offset per buffer');
+    for (let i = 0; i < buffers.length; i++) devices[i]!.checkWritable(offsets[i]!, buffers[i]!.length);
+    for (let at = 0; at < buffers.length; at += WRITE_BATCH_BUFFERS_MAX) {
+      const n = Math.min(WRITE_BATCH_BUFFERS_MAX, buffers.length - at);
+      const fds: number[] = [];
+      for (let i = at; i < at + n; i++) {
+        devices[i]!.unsyncedBytes += buffers[i]!.length;
+        fds.push(devices[i]!.fd);
+      }
+      try {
+        await writeBatch(fds, buffers.slice(at, at + n), offsets.slice(at, at + n));
+      } catch (err) {
+        throw fromSystemError(err, `write ${[...new Set(devices.slice(at, at + n).map((d) => d.path))].join(', ')}`);
+      }
+    }
+  }
+
   private writeInline(buf: Buffer, bufOffset: number, length: number, position: number, done: (err: Error | null) => void): void {
     this.unsyncedBytes += length;
     const started = performance.now();

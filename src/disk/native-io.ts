@@ -13,7 +13,7 @@ interface Addon {
   willNeed(fd: number, offset: number, length: number): void;
   /** Absent from an addon built before it existed: then every read goes to the pool. */
   readCached?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
-  writeBatch(fd: number, buffers: Buffer[], offsets: number[], cb: (err: NodeJS.ErrnoException | null) => void): void;
+  writeBatch(fd: number | number[], buffers: Buffer[], offsets: number[], cb: (err: NodeJS.ErrnoException | null) => void): void;
   lockExclusive(fd: number): void;
   notify(socketPath: string, message: string): void;
 }
@@ -62,8 +62,10 @@ export const WRITE_BATCH_BUFFERS_MAX = 4096;
  * Writes each buffer whole at its offset, in order (a later buffer over an earlier one wins),
  * as one job on the thread pool: runs of buffers that follow each other on the device go as one
  * pwritev. Rejects with the errno code of the first write that fails (those after it are not written).
+ * With one descriptor per buffer (a consistency group's members), buffer i goes to fd[i], still
+ * in order across all of them.
  */
-export function writeBatch(fd: number, buffers: Buffer[], offsets: number[]): Promise<void> {
+export function writeBatch(fd: number | number[], buffers: Buffer[], offsets: number[]): Promise<void> {
   return new Promise((resolve, reject) => addon.writeBatch(fd, buffers, offsets, (err) => (err ? reject(err) : resolve())));
 }
 

@@ -12,6 +12,7 @@ import { BlockDevice, type Extent } from '../disk/block-device.js';
 import type { DiskStore, Store } from '../disk/store.js';
 import { IoGate } from './io-gate.js';
 import { StagedPath } from './staged-path.js';
+import { WindowStore } from './window-store.js';
 
 export interface VolumeStats {
   readOps: number;
@@ -48,8 +49,9 @@ export class Volume {
     this.sizeBytes = primary.size;
   }
 
+  /** Also the primary's own flag, read each time: a group member's window is read-only while its group is. */
   get readOnly(): boolean {
-    return this.readOnlyBase || this.replicaHold;
+    return this.readOnlyBase || this.replicaHold || this.primary.readOnly;
   }
 
   /** A replica refuses client writes (new connections see READ_ONLY) until it is released. */
@@ -220,6 +222,7 @@ export class Volume {
       this.writable();
       await this.tracked(offset, length);
       if (this.staged) await this.staged.write(buf, bufOffset, length, offset, fua);
+      else if (fua && this.primary instanceof WindowStore) await this.primary.writeFua(buf, bufOffset, length, offset);
       else {
         await this.primary.write(buf, bufOffset, length, offset);
         if (fua) await this.primary.sync();
@@ -332,6 +335,20 @@ export class Volume {
       this.gate.open();
     }
     return Number(process.hrtime.bigint() - started) / 1e6;
+  }
+
+  /**
+   * Holds every new request at the gate once those in flight finished; the returned function
+   * lets them through again. For a change that spans several volumes (a consistency group's
+   * membership: each member is held while the group's data path is rebuilt under it).
+   */
+  async hold(): Promise<() => void> {
+    await this.gate.close();
+    let open = true;
+    return () => {
+      if (open) this.gate.open();
+      open = false;
+    };
   }
 
   /** Makes `store` the primary (inside exclusive(), after draining); returns the old one. */

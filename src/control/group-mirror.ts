@@ -1,0 +1,108 @@
+// A consistency group's local mirror (`ferry mirror create --group NAME --to local:DIR`): one
+// target file per member, DIR/<member>.img, created by Ferry at the member's size, and mapped
+// at the member's base, like the group's own primary, into one ConcatStore. The mirror itself
+// (consumer, committer, sync engine, verify, swap) is the ordinary one on the group's volume:
+// it applies the group's one sequence, so the files always hold every member at the same point.
+//
+// Which members' files still have to be copied is recorded per member (mirror_members.synced):
+// all of them at creation, a member added later alone (the others keep streaming); the sync
+// engine copies only the chunks of those members (never the gaps between them).
+import fs from 'node:fs';
+import path from 'node:path';
+import { FerryError, fromSystemError } from '../errors.js';
+import { BlockDevice } from '../disk/block-device.js';
+import { ConcatStore } from '../disk/concat-store.js';
+import { SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
+import { syncDirectory } from './disk-registry.js';
+import type { GroupStore, MirrorMemberRow } from './group-store.js';
+import { concatOf, memberPlaces } from './group-volumes.js';
+import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
+import type { MetadataStore, MirrorRow } from './store.js';
+
+export interface GroupMirrorContext {
+  store: MetadataStore;
+  groups: GroupStore;
+  dataDir: string;
+}
+
+/** The directory of `local:DIR`, checked: absolute, an existing directory, not Ferry's own. */
+export function groupTargetDir(ctx: GroupMirrorContext, to: unknown): string {
+  if (typeof to !== 'string' || !to.startsWith('local:')) {
+    throw new FerryError('NOT_SUPPORTED', "a group's mirror is local:DIR for now (a file per member in DIR); a group mirrored to a peer site is not built yet");
+  }
+  const p = to.slice('local:'.length);
+  if (!path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `mirror target directory '${p}' must be absolute`);
+  const { real, stat } = resolveTargetPath(p, 'mirror target directory');
+  if (!stat) throw new FerryError('PATH_NOT_FOUND', `${real} does not exist: a group's mirror needs an existing directory (a file per member is created in it)`);
+  if (!stat.isDirectory()) throw new FerryError('INVALID_TARGET', `${real} is not a directory: a group's mirror is local:DIR, a file per member in DIR`);
+  assertNotReserved(ctx.dataDir, real, stat);
+  return real;
+}
+
+/** The target file of one member in DIR, checked free (Ferry never overwrites a file). */
+function memberTargetFile(ctx: GroupMirrorContext, dir: string, disk: string): string {
+  const file = path.join(dir, `${disk}.img`);
+  if (fs.existsSync(file)) throw new FerryError('PATH_IN_USE', `${file} already exists: Ferry creates each member's mirror file itself and never overwrites one (move it away, or choose another directory)`);
+  assertPathFree(ctx.store, ctx.dataDir, file);
+  return file;
+}
+
+/** Creates the members' target files (each O_EXCL, at its size, synced with DIR); all or none. */
+export function createMemberTargets(ctx: GroupMirrorContext, group: string, dir: string, members: Array<{ disk: string; size: number }>): MirrorMemberRow[] {
+  const files = members.map((m) => memberTargetFile(ctx, dir, m.disk));
+  const created: string[] = [];
+  try {
+    members.forEach((m, i) => {
+      const fd = fs.openSync(files[i]!, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      created.push(files[i]!);
+      try {
+        fs.ftruncateSync(fd, m.size);
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+    syncDirectory(dir);
+  } catch (err) {
+    for (const f of created) fs.rmSync(f, { force: true });
+    throw fromSystemError(err, `mirror files in ${dir}`);
+  }
+  return members.map((m, i) => ({ grp: group, disk: m.disk, path: files[i]!, created_file: 1, synced: 0 }));
+}
+
+/** Deletes target files this request created (its change failed before it was recorded). */
+export function removeCreatedTargets(rows: MirrorMemberRow[]): void {
+  for (const r of rows) if (r.created_file === 1) fs.rmSync(r.path, { force: true });
+}
+
+/** The group mirror's target: every member's file at the member's base. */
+export function openGroupTarget(ctx: GroupMirrorContext, m: MirrorRow): ConcatStore {
+  const group = m.disk;
+  const places = memberPlaces(ctx.groups.members(group), (n) => ctx.store.disk(n));
+  const rows = new Map(ctx.groups.mirrorMembers(group).map((r) => [r.disk, r]));
+  const devices: BlockDevice[] = [];
+  try {
+    for (const p of places) {
+      const r = rows.get(p.disk);
+      if (!r) throw new FerryError('INTERNAL', `member '${p.disk}' of group '${group}' has no mirror file recorded`);
+      devices.push(BlockDevice.open(r.path));
+    }
+    return concatOf(`${m.target}`, ctx.store.disk(group)!.size, places, devices);
+  } catch (err) {
+    for (const d of devices) void d.close();
+    throw err;
+  }
+}
+
+/** The chunks the group mirror's sync copies: those of members not yet copied (none of the gaps). */
+export function unsyncedChunks(ctx: GroupMirrorContext, group: string): { bytes: number; has(chunk: number): boolean } | undefined {
+  const pending = ctx.groups.mirrorMembers(group).filter((r) => r.synced === 0).map((r) => r.disk);
+  if (pending.length === 0) return undefined;
+  const ranges = memberPlaces(ctx.groups.members(group).filter((g) => pending.includes(g.disk)), (n) => ctx.store.disk(n)).map((p) => ({ first: Math.floor(p.base / SYNC_CHUNK_BYTES), last: Math.floor((p.base + p.size - 1) / SYNC_CHUNK_BYTES) }));
+  return { bytes: SYNC_CHUNK_BYTES, has: (chunk) => ranges.some((r) => chunk >= r.first && chunk <= r.last) };
+}
+
+/** Per member of a group mirror, for its status. */
+export function memberTargets(ctx: GroupMirrorContext, group: string): Array<{ disk: string; target: string; synced: boolean }> {
+  return ctx.groups.mirrorMembers(group).map((r) => ({ disk: r.disk, target: `local:${r.path}`, synced: r.synced === 1 }));
+}
