@@ -33,6 +33,8 @@ export interface CausalWorkloadSummary {
   issued: number;
   acked: number;
   failed: number;
+  /** Writes issued, in response to an acknowledgement, to another disk than the acknowledging one. */
+  chained: number;
   /** Per disk (in the order of the URIs): writes issued and acknowledged, most in flight at once. */
   perDisk: Array<{ issued: number; acked: number; maxInFlight: number }>;
   /** Why it ended early (a connection died: the server was killed), else null. */
