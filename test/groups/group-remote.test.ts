@@ -1,0 +1,73 @@
+// A consistency group mirrored to a paired site (issue 16): `mirror create --group G --to
+// PEER:PREFIX` makes, at the peer, a group PREFIX+G whose members are new disks PREFIX+MEMBER
+// at the same bases, fed by one stream of the group's one sequence. Site A is killed while the
+// cross-disk causal workload runs (QD8 on each member) and B lags behind (a rate-limited
+// link); the group is promoted at B: the union of B's member images is one causal cut of the
+// group's acknowledged order, taken mid-stream, and every member is writable there.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Cleanup, waitFor } from '../staging/helpers.js';
+import { MiB, T, cliFails, cliJson, mirrorStatus, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from '../replication/helpers.js';
+import { assertCausal, causalCheck, readCausalLog, startCausalWorkload } from './helpers.js';
+
+const SIZE = 16 * MiB;
+const BLOCKS = SIZE / 4096;
+
+describe('a consistency group mirrored to another site', () => {
+  const cleanup = new Cleanup();
+  let s: Sites;
+  let work: string;
+
+  before(async () => {
+    s = await startSites(cleanup, { bytesPerSec: 1_500_000 });
+    stopSitesBounded(cleanup, s);
+    work = fs.realpathSync(cleanup.dir('ferry-group-remote-'));
+  }, T);
+  after(() => cleanup.run(), T);
+
+  it('site A killed mid-stream, the group promoted at B: B holds one causal cut of the group, every member writable', T, async (t) => {
+    const { a, b } = s;
+    const disks = ['gr0', 'gr1'];
+    for (const disk of disks) await a.createDisk(disk, SIZE);
+    await cliJson(a, ['group', 'create', 'rg', '--disks', disks.join(','), '--staging', path.join(work, 'rg.stg'), '--staging-size', '256M']);
+    await cliFails(a, ['mirror', 'create', '--group', 'rg', '--to', 'nosuch:b-'], 'PEER_NOT_FOUND');
+    await cliFails(a, ['mirror', 'create', '--group', 'rg', '--to', `${s.peer}:bad/prefix`], 'INVALID_TARGET');
+    const m = await cliJson(a, ['mirror', 'create', '--group', 'rg', '--to', `${s.peer}:b-`, '--wait'], 170_000);
+    assert.equal(m.consistent, true, JSON.stringify(m));
+    assert.deepEqual(m.members.map((x: any) => [x.disk, x.target]), [['gr0', `${s.peer}:b-gr0`], ['gr1', `${s.peer}:b-gr1`]]);
+    // At B: a group of new disks at the same bases, held as the replica.
+    const g = await cliJson(b, ['group', 'show', 'b-rg']);
+    assert.deepEqual(g.members.map((x: any) => [x.disk, x.base, x.size]), [['b-gr0', 0, SIZE], ['b-gr1', 64 * MiB, SIZE]]);
+    assert.equal((await mirrorStatus(b, 'b-rg')).role, 'replica');
+    const refused = await qemuIoOk(b.uri('b-gr0'), ['write -P 1 0 4096']).then(() => 'taken', (e) => String(e));
+    assert.notEqual(refused, 'taken', 'a member of the replica group refuses writes');
+    await waitCaughtUp(s, 'rg', 'b-rg');
+
+    // The causal workload at A; the link is slow, so B lags; A is killed mid-stream.
+    const log = path.join(work, 'remote.log');
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    t.diagnostic(`seed ${seed}`);
+    const w = startCausalWorkload(cleanup, disks.map((d) => a.uri(d)), log, { blocks: BLOCKS, seed, maxSeconds: 150, depth: 8 });
+    assert.ok(await w.connected, 'the workload did not connect');
+    await waitFor('6000 acknowledged writes', () => fs.existsSync(log) && readCausalLog(log).ackOrder.length >= 6000, 90_000);
+    await waitStatus(b, 'b-rg', 'B received part of the workload', (st) => st.appliedSeq > 0 && st.lagRecords >= 0);
+    const lagAtKill = (await mirrorStatus(a, 'rg')).lagRecords;
+    assert.equal((await a.kill9()).signal, 'SIGKILL');
+    const run = await w.done;
+    t.diagnostic(`A killed ${lagAtKill} records ahead of B; ${run.acked}/${run.issued} acknowledged`);
+    assert.ok(lagAtKill > 0, 'B was behind when A died');
+
+    // Promote the group at B: every record received applied, one point for both members.
+    const p = await cliJson(b, ['mirror', 'promote', 'b-rg']);
+    assert.equal(p.image, 'newest', JSON.stringify(p));
+    const cut = await causalCheck(disks.map((d) => b.uri(`b-${d}`)), log, BLOCKS);
+    t.diagnostic(`B after promote: ${JSON.stringify({ ...cut, errors: cut.errors.slice(0, 3), violations: cut.violations.slice(0, 3) })}`);
+    assertCausal(cut, "the promoted group's members at B");
+    assert.ok(cut.perDisk.every((x) => x.writtenBlocks > 0), 'both members hold workload writes');
+    assert.ok(cut.ackedInCut < run.acked, `promoted mid-stream: B holds ${cut.ackedInCut} of ${run.acked} acknowledged writes`);
+    // Writable at B now, each member.
+    for (const d of disks) await qemuIoOk(b.uri(`b-${d}`), ['write -P 7 0 4096']);
+  });
+});
