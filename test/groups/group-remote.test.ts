@@ -3,7 +3,9 @@
 // at the same bases, fed by one stream of the group's one sequence. Site A is killed while the
 // cross-disk causal workload runs (QD8 on each member) and B lags behind (a rate-limited
 // link); the group is promoted at B: the union of B's member images is one causal cut of the
-// group's acknowledged order, taken mid-stream, and every member is writable there.
+// group's acknowledged order, taken mid-stream, and every member is writable there. Before
+// that, a test failover of the group at B, mid-stream: one export per member (EXPORT.MEMBER),
+// together one causal cut, writable, ended while replication goes on.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -51,6 +53,21 @@ describe('a consistency group mirrored to another site', () => {
     t.diagnostic(`seed ${seed}`);
     const w = startCausalWorkload(cleanup, disks.map((d) => a.uri(d)), log, { blocks: BLOCKS, seed, maxSeconds: 150, depth: 8 });
     assert.ok(await w.connected, 'the workload did not connect');
+    await waitFor('2000 acknowledged writes', () => fs.existsSync(log) && readCausalLog(log).ackOrder.length >= 2000, 90_000);
+    // A test failover of the group at B while the workload streams: one writable image per member, all at one point.
+    const scratch = path.join(work, 'drill.scratch');
+    await b.createDisk('x.b-gr1', MiB);
+    await cliFails(b, ['mirror', 'test', 'b-rg', '--export', 'x', '--scratch', scratch, '--scratch-size', '64M'], 'EXPORT_EXISTS');
+    assert.equal(fs.existsSync(scratch), false, 'a refused test creates nothing');
+    const test = await cliJson(b, ['mirror', 'test', 'b-rg', '--export', 'drill', '--scratch', scratch, '--scratch-size', '256M']);
+    assert.deepEqual(test.exports, ['drill.b-gr0', 'drill.b-gr1']);
+    const drillCut = await causalCheck(disks.map((d) => b.uri(`drill.b-${d}`)), log, BLOCKS);
+    t.diagnostic(`test image at B: ${JSON.stringify({ ...drillCut, errors: drillCut.errors.slice(0, 3), violations: drillCut.violations.slice(0, 3) })}`);
+    assertCausal(drillCut, "the group's test failover image at B");
+    assert.ok(drillCut.perDisk.every((x) => x.writtenBlocks > 0), 'the test image holds workload writes on both members');
+    for (const d of disks) await qemuIoOk(b.uri(`drill.b-${d}`), ['write -P 9 0 4096']); // writable, never reaching the replica
+    const ended = await cliJson(b, ['mirror', 'test-end', 'b-rg']);
+    assert.equal(ended.export, 'drill');
     await waitFor('6000 acknowledged writes', () => fs.existsSync(log) && readCausalLog(log).ackOrder.length >= 6000, 90_000);
     await waitStatus(b, 'b-rg', 'B received part of the workload', (st) => st.appliedSeq > 0 && st.lagRecords >= 0);
     const lagAtKill = (await mirrorStatus(a, 'rg')).lagRecords;
