@@ -48,8 +48,11 @@ export function groupRemoteTarget(ctx: GroupMirrorContext, to: string, group: st
 
 /** The group's layout as its replica at the peer takes it: each member's replica name, base and size. */
 export function replicaLayout(ctx: GroupMirrorContext, group: string, remoteDisk: string): { members: Array<{ disk: string; base: number; size: number }> } {
-  const prefix = remoteDisk.slice(0, remoteDisk.length - group.length);
-  return { members: memberPlaces(ctx.groups.members(group), (n) => ctx.store.disk(n)).map((p) => ({ disk: `${prefix}${p.disk}`, base: p.base, size: p.size })) };
+  // The naming rule holds for a mirror created here (remoteDisk = PREFIX + group). A mirror that came
+  // from a switchover or a reconnect targets a group that exists at the peer already, with its own
+  // names: the attach never creates it, and status names the group rather than guessing members.
+  const prefix = remoteDisk.endsWith(group) ? remoteDisk.slice(0, remoteDisk.length - group.length) : null;
+  return { members: memberPlaces(ctx.groups.members(group), (n) => ctx.store.disk(n)).map((p) => ({ disk: prefix === null ? remoteDisk : `${prefix}${p.disk}`, base: p.base, size: p.size })) };
 }
 
 /** The directory of `local:DIR`, checked: absolute, an existing directory, not Ferry's own. */

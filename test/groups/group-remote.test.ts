@@ -11,7 +11,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Cleanup, waitFor } from '../staging/helpers.js';
-import { MiB, T, cliFails, cliJson, mirrorStatus, qemuIoOk, startSites, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from '../replication/helpers.js';
+import { spawn } from 'node:child_process';
+import { requireTool } from '../harness.js';
+import { MiB, T, cliFails, cliJson, mirrorStatus, qemuIoOk, startSites, startSitesBothWays, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from '../replication/helpers.js';
 import { assertCausal, causalCheck, readCausalLog, startCausalWorkload } from './helpers.js';
 
 const SIZE = 16 * MiB;
@@ -86,5 +88,51 @@ describe('a consistency group mirrored to another site', () => {
     assert.ok(cut.ackedInCut < run.acked, `promoted mid-stream: B holds ${cut.ackedInCut} of ${run.acked} acknowledged writes`);
     // Writable at B now, each member.
     for (const d of disks) await qemuIoOk(b.uri(`b-${d}`), ['write -P 7 0 4096']);
+  });
+});
+
+describe("a group's planned switchover and mirror removal", () => {
+  const cleanup = new Cleanup();
+  let s: Sites & { back: unknown };
+  let work: string;
+
+  before(async () => {
+    s = await startSitesBothWays(cleanup);
+    work = fs.realpathSync(cleanup.dir('ferry-group-switch-'));
+  }, T);
+  after(() => cleanup.run(), T);
+
+  it('switchover A → B → A moves the whole group (no data copied), refused with attached clients unless forced; remove releases every member at B', T, async () => {
+    const { a, b } = s;
+    for (const disk of ['sw0', 'sw1']) await a.createDisk(disk, SIZE);
+    await cliJson(a, ['group', 'create', 'sg', '--disks', 'sw0,sw1', '--staging', path.join(work, 'sg.stg'), '--staging-size', '128M']);
+    await qemuIoOk(a.uri('sw0'), ['write -P 0x21 0 1M']);
+    await qemuIoOk(a.uri('sw1'), ['write -P 0x22 1M 1M']);
+    await cliJson(a, ['mirror', 'create', '--group', 'sg', '--to', s.peer, '--wait'], 170_000);
+    await waitCaughtUp(s, 'sg', 'sg');
+    // A client attached to a member counts as attached to the group.
+    const client = spawn(requireTool('qemu-io'), ['-f', 'raw', a.uri('sw1')], { stdio: ['pipe', 'ignore', 'ignore'] });
+    cleanup.defer(() => void client.kill('SIGKILL'));
+    await waitFor('the client attached to sw1', async () => (await a.api('GET', '/v1/disks/sw1')).body.clients === 1);
+    await cliFails(a, ['mirror', 'switchover', 'sg'], 'DISK_BUSY');
+    const sw = await cliJson(a, ['mirror', 'switchover', 'sg', '--force']);
+    assert.equal(sw.disconnected, 1, JSON.stringify(sw));
+    // B is the primary now: its members take writes, A's are a replica's (read-only).
+    assert.equal((await mirrorStatus(a, 'sg')).role, 'replica');
+    await qemuIoOk(b.uri('sw0'), ['read -P 0x21 0 1M'], 120_000, true);
+    await qemuIoOk(b.uri('sw1'), ['write -P 0x31 2M 1M']);
+    assert.notEqual(await qemuIoOk(a.uri('sw1'), ['write -P 1 0 4096']).then(() => 'taken', (e) => String(e)), 'taken');
+    await waitCaughtUp({ ...s, a: b, b: a }, 'sg', 'sg');
+    await qemuIoOk(a.uri('sw1'), ['read -P 0x31 2M 1M'], 120_000, true);
+    // And back, asked at the replica site.
+    await cliJson(a, ['mirror', 'switchover', 'sg']);
+    await qemuIoOk(a.uri('sw0'), ['write -P 0x41 3M 1M']);
+    await waitCaughtUp(s, 'sg', 'sg');
+    await qemuIoOk(b.uri('sw0'), ['read -P 0x41 3M 1M'], 120_000, true);
+    // Removing the mirror releases the group at B: every member a writable disk there.
+    await cliJson(a, ['mirror', 'remove', 'sg']);
+    await waitFor('B released the group', async () => (await b.api('GET', '/v1/disks/sg/mirror')).status !== 200);
+    for (const m of ['sw0', 'sw1']) await qemuIoOk(b.uri(m), ['write -P 0x51 4M 4096']);
+    assert.equal((await cliJson(b, ['group', 'show', 'sg'])).members.length, 2);
   });
 });
