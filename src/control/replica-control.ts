@@ -206,7 +206,9 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
     let createdDisk = false;
     const existing = this.store.disk(disk);
     const group = meta.group === undefined ? null : groupMeta(meta.group, size);
-    if (group) {
+    // A reconnect (control/reconnect.ts) makes this site's existing group the replica: it is used as it is.
+    const reconnectingGroup = group !== null && existing?.kind === 'group' && this.dr.reconnecting(disk) !== null;
+    if (group && !reconnectingGroup) {
       // A consistency group's replica: a new group here, its members new disks at the primary's bases (one address space).
       for (const name of [disk, ...group.members.map((m) => m.disk)]) {
         if (this.store.disk(name)) throw new FerryError('DISK_EXISTS', `'${name}' exists here: the replica of a consistency group is created new (choose another prefix: --to PEER:PREFIX)`);
@@ -228,7 +230,14 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
       const { volume } = this.disks.entry(disk);
       if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${disk}' is unavailable here`);
       if (this.store.staging(disk) || this.store.mirror(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' already has a staging area or a mirror here`);
-      if (volume.attachedClients > 0) throw new FerryError('DISK_BUSY', `disk '${disk}' has NBD clients here`);
+      if (this.disks.clientsOf(disk) > 0) throw new FerryError('DISK_BUSY', `disk '${disk}' has NBD clients here`);
+      if (this.disks.isGroup(disk) !== (group !== null)) throw new FerryError('DISK_BUSY', `'${disk}' here is ${this.disks.isGroup(disk) ? 'a consistency group' : 'a disk'}; the mirror is of ${group ? 'a group' : 'a disk'}`);
+      if (group) {
+        // The same layout, member for member (names are this site's own).
+        const here = this.disks.groups.members(disk).map((m) => [m.base, this.store.disk(m.disk)!.size]);
+        const there = group.members.map((m) => [m.base, m.size]);
+        if (JSON.stringify(here) !== JSON.stringify(there)) throw new FerryError('DISK_BUSY', `group '${disk}' here has another layout than the primary's (members, bases or sizes differ)`);
+      }
       if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${disk}' is read-only here`);
       if (volume.size < size) throw new FerryError('TARGET_TOO_SMALL', `disk '${disk}' holds ${volume.size} bytes here; the mirror needs ${size}`);
     } else {

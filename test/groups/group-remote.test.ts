@@ -12,8 +12,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Cleanup, waitFor } from '../staging/helpers.js';
 import { spawn } from 'node:child_process';
-import { requireTool } from '../harness.js';
-import { MiB, T, cliFails, cliJson, mirrorStatus, qemuIoOk, startSites, startSitesBothWays, stopSitesBounded, waitCaughtUp, waitStatus, type Sites } from '../replication/helpers.js';
+import { requireTool, run as runCmd } from '../harness.js';
+import { MiB, T, cliFails, cliJson, drOf, mirrorStatus, qemuIoOk, startSitesBothWays, waitCaughtUp, waitStatus, type Sites } from '../replication/helpers.js';
 import { assertCausal, causalCheck, readCausalLog, startCausalWorkload } from './helpers.js';
 
 const SIZE = 16 * MiB;
@@ -21,12 +21,11 @@ const BLOCKS = SIZE / 4096;
 
 describe('a consistency group mirrored to another site', () => {
   const cleanup = new Cleanup();
-  let s: Sites;
+  let s: Sites & { back: unknown };
   let work: string;
 
   before(async () => {
-    s = await startSites(cleanup, { bytesPerSec: 1_500_000 });
-    stopSitesBounded(cleanup, s);
+    s = await startSitesBothWays(cleanup);
     work = fs.realpathSync(cleanup.dir('ferry-group-remote-'));
   }, T);
   after(() => cleanup.run(), T);
@@ -48,6 +47,7 @@ describe('a consistency group mirrored to another site', () => {
     const refused = await qemuIoOk(b.uri('b-gr0'), ['write -P 1 0 4096']).then(() => 'taken', (e) => String(e));
     assert.notEqual(refused, 'taken', 'a member of the replica group refuses writes');
     await waitCaughtUp(s, 'rg', 'b-rg');
+    s.proxy.bytesPerSec = 1_500_000;
 
     // The causal workload at A; the link is slow, so B lags; A is killed mid-stream.
     const log = path.join(work, 'remote.log');
@@ -88,6 +88,19 @@ describe('a consistency group mirrored to another site', () => {
     assert.ok(cut.ackedInCut < run.acked, `promoted mid-stream: B holds ${cut.ackedInCut} of ${run.acked} acknowledged writes`);
     // Writable at B now, each member.
     for (const d of disks) await qemuIoOk(b.uri(`b-${d}`), ['write -P 7 0 4096']);
+    s.proxy.bytesPerSec = 0;
+
+    // A comes back fenced; `mirror reconnect` makes A's group B's replica (the delta of both sides' changes).
+    await a.start();
+    await waitFor('A fenced', async () => (await drOf(a, 'rg')).state === 'fenced', 60_000);
+    const rec = await cliJson(a, ['mirror', 'reconnect', 'rg', '--wait'], 170_000);
+    t.diagnostic(`reconnect: ${JSON.stringify(rec)}`);
+    await waitStatus(b, 'b-rg', 'B in sync with A', (x) => x.role === 'primary' && x.state === 'in-sync' && x.consistent && x.lagRecords === 0 && x.link?.state === 'connected', 120_000);
+    await waitStatus(a, 'rg', 'A caught up', (x) => x.role === 'replica' && x.consistent && x.lagRecords === 0, 120_000);
+    for (const d of disks) {
+      const r = await runCmd(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', a.uri(d), b.uri(`b-${d}`)], { timeoutMs: 120_000 });
+      assert.equal(r.code, 0, `${d} at A and b-${d} at B after the reconnect: ${r.stdout}${r.stderr}`);
+    }
   });
 });
 
