@@ -39,13 +39,20 @@ describe('API responses match their route schemas', () => {
     await d.createDisk('a', '8M');
     const m = await d.cli(['mirror', 'create', 'a', '--to', `local:${path.join(work, 'a.mirror')}`, '--staging', path.join(work, 'a.stg'), '--staging-size', '64M', '--wait']);
     assert.equal(m.code, 0, m.stderr);
+    // A consistency group with its local mirror (the /v1/groups routes, a group mirror's members).
+    await d.createDisk('g0', '8M');
+    await d.createDisk('g1', '8M');
+    const g = await d.cli(['group', 'create', 'g', '--disks', 'g0,g1', '--staging', path.join(work, 'g.stg'), '--staging-size', '64M']);
+    assert.equal(g.code, 0, g.stderr);
+    const gm = await d.cli(['mirror', 'create', '--group', 'g', '--to', `local:${work}`, '--wait']);
+    assert.equal(gm.code, 0, gm.stderr);
   });
   after(() => d.stop());
 
   test('every GET route', async () => {
     let checked = 0;
     for (const r of routes.filter((x) => x.method === 'GET')) {
-      const url = r.url.replace(':name', r.url.startsWith('/v1/pools') ? 'default' : 'a');
+      const url = r.url.replace(':name', r.url.startsWith('/v1/pools') ? 'default' : r.url.startsWith('/v1/groups') ? 'g' : 'a');
       if (r.url.startsWith('/v1/peers/:name')) continue; // no peer here (test/replication/peers.test.ts has them)
       if (r.url.endsWith('/mirror/test')) continue; // a test failover needs a replica (test/replication/drill.test.ts checks its schemas)
       const res = await d.api('GET', url);
@@ -54,6 +61,11 @@ describe('API responses match their route schemas', () => {
       checked++;
     }
     assert.ok(checked >= 10, `${checked} GET routes checked`);
+    // A group's mirror (the same route, the group's name): its members are declared too.
+    const gm = await d.api('GET', '/v1/disks/g/mirror');
+    assert.equal(gm.status, 200, JSON.stringify(gm.body));
+    assert.equal(gm.body.members.length, 2);
+    assertSchema(routes.find((x) => x.url === '/v1/disks/:name/mirror' && x.method === 'GET')!.response, gm.body, 'GET /v1/disks/g/mirror');
   });
 
   test('a pairing token, verify, swap and remove', async () => {
