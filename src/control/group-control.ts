@@ -140,6 +140,12 @@ export class GroupControl {
     }
   }
 
+  /** A group whose membership this site may change: not the replica of a group at a peer (its primary decides). */
+  private mustBeChangeable(name: string): void {
+    this.mustBeGroup(name);
+    if (this.store.replica(name)) throw new FerryError('BAD_REQUEST', `group '${name}' is the replica of a group at a peer site: its membership follows that group's`);
+  }
+
   private info(name: string): GroupInfo {
     const row = this.store.disk(name)!;
     const e = this.disks.entry(name);
@@ -219,7 +225,7 @@ export class GroupControl {
 
   /** Adds a disk to the group online; the group's mirror copies it while the others keep streaming. */
   async add(name: string, disk: string): Promise<GroupInfo> {
-    this.mustBeGroup(name);
+    this.mustBeChangeable(name);
     return this.mirrors.exclusive(name, 'group add', async () => {
       const joining = this.checkJoiner(disk);
       if (this.disks.groups.members(name).length >= GROUP_MEMBERS_MAX) throw new FerryError('BAD_REQUEST', `group '${name}' already holds ${GROUP_MEMBERS_MAX} disks`);
@@ -241,7 +247,7 @@ export class GroupControl {
 
   /** Removes a member online; it keeps its data (everything staged is applied first) and is a disk of its own again. */
   async remove(name: string, disk: string): Promise<GroupInfo> {
-    this.mustBeGroup(name);
+    this.mustBeChangeable(name);
     return this.mirrors.exclusive(name, 'group remove', async () => {
       const member = this.disks.groups.groupOf(disk);
       if (!member || member.grp !== name) throw new FerryError('BAD_REQUEST', `disk '${disk}' is not a member of group '${name}'`);
@@ -268,23 +274,23 @@ export class GroupControl {
     const releases = await Promise.all(held.map((v) => v?.hold()));
     try {
       await this.mirrors.suspendGroupMirror(name); // 2: drained, stopped; a refusal changes nothing
+      let failure: unknown = null;
       try {
         await old.close(); // 3: the staging area drained into the members, the journal closed
       } catch (err) {
-        throw new FerryError('IO_ERROR', `group '${name}' could not be drained for the change: ${(err as Error).message}`);
+        failure = new FerryError('IO_ERROR', `group '${name}' could not be drained for the change (nothing was changed): ${(err as Error).message}`);
       }
       try {
-        this.disks.groups.transaction(change); // 4
+        if (failure === null) this.disks.groups.transaction(change); // 4
       } catch (err) {
-        undo();
-        throw err;
-      } finally {
-        // 5 (also after a failed change: the group comes back as it was)
-        const row = this.store.disk(name)!;
-        const reopened = await this.disks.openAndRecover(row);
-        this.disks.setVolume(name, reopened.volume, reopened.error);
-        this.placeMembers(name, before, joining, reopened.volume, reopened.error);
+        failure = err;
       }
+      if (failure !== null) undo();
+      // 5 and 6, also after a failure: the group comes back (as it was, then), its members never left waiting on a closed volume.
+      const reopened = await this.disks.openAndRecover(this.store.disk(name)!);
+      this.disks.setVolume(name, reopened.volume, reopened.error);
+      this.placeMembers(name, before, joining, reopened.volume, reopened.error);
+      if (failure !== null) throw failure;
     } finally {
       for (const r of releases) r?.();
     }
