@@ -185,8 +185,7 @@ export function GroupPage({ name }: { name: string }) {
     g.reload();
     m.reload();
   };
-  if (g.value === undefined) return g.error ? <ErrorLine error={g.error} /> : <p>Loading…</p>;
-  if (g.value === null) return null;
+  if (!g.value) return g.error ? <ErrorLine error={g.error} /> : <p>Loading…</p>;
   const group = g.value;
   const mirror = m.value ?? null;
   const s = state.staging?.disk === name ? state.staging : null;
