@@ -1,11 +1,12 @@
 // Consistency groups in the console (the CLI's `ferry group`; docs/console.md): the list of
 // groups (members, staging area, mirror and its state) with the form to create one, and a
 // group's page: its members (each linking to its disk page, with its base, size, clients and
-// its file in the group's mirror), its staging area, its mirror's status (GET
-// /v1/disks/{group}/mirror: a group's name is in the disks' namespace, so every mirror route
-// takes it), the mirror's creation and operations, adding and removing members, deleting the
-// group. Member removal and group deletion end the shared write order: behind the typed
-// confirmation (the member's name, the group's name).
+// its copy in the group's mirror: a file in DIR, or a disk at the peer), its staging area, its
+// mirror's status (GET /v1/disks/{group}/mirror: a group's name is in the disks' namespace,
+// so every mirror route takes it), the mirror's creation (local:DIR or PEER[:PREFIX]) and
+// operations, adding and removing members, deleting the group. Member removal and group
+// deletion end the shared write order: behind the typed confirmation (the member's name, the
+// group's name).
 import { useEffect, useState } from 'preact/hooks';
 import type { Group, Mirror } from '../api/types.js';
 import { api, ApiFailure, enc } from './api.js';
@@ -236,7 +237,7 @@ function GroupMembers({ group, mirror, onChanged }: { group: Group; mirror: Mirr
               <th scope="col">base</th>
               <th scope="col">clients</th>
               <th scope="col">state</th>
-              <th scope="col">file in the group's mirror</th>
+              <th scope="col">copy in the group's mirror</th>
               <th scope="col"></th>
             </tr>
           </thead>
@@ -322,9 +323,10 @@ function AddMember({ name, onAdded }: { name: string; onAdded: () => void }) {
 }
 
 function CreateGroupMirror({ name, onCreated }: { name: string; onCreated: () => void }) {
-  const [f, setF] = useState<Fields>({});
+  const [f, setF] = useState<Fields>({ kind: 'local' });
   const set = (n: string, v: string): void => setF((x) => ({ ...x, [n]: v }));
   const a = useAction();
+  const to = f.kind === 'local' ? `local:${f.dir ?? ''}` : `${f.peer ?? ''}${f.prefix ? `:${f.prefix}` : ''}`;
   return (
     <form
       class="card"
@@ -332,17 +334,33 @@ function CreateGroupMirror({ name, onCreated }: { name: string; onCreated: () =>
       onSubmit={(e) => {
         e.preventDefault();
         void a.run('create group mirror', async () => {
-          const m = await api<Mirror>('POST', `/v1/groups/${enc(name)}/mirror`, { to: `local:${f.dir ?? ''}`, ...policies(f) });
+          const m = await api<Mirror>('POST', `/v1/groups/${enc(name)}/mirror`, { to, ...policies(f) });
           onCreated();
-          return `mirror of group ${name} on ${m.target}: ${m.state} (${m.members?.length ?? 0} member files)`;
+          return `mirror of group ${name} on ${m.target}: ${m.state} (${m.members?.length ?? 0} member copies)`;
         });
       }}
     >
       <h3 id="create-group-mirror-title">Create the group's mirror</h3>
       <p>
-        <small>A new file per member in the directory, all at one point of the group's write order.</small>
+        <small>One copy per member, all at one point of the group's write order.</small>
       </p>
-      <Field label="Mirror directory" name="dir" f={f} set={set} placeholder="/srv/mirror/group" />
+      <fieldset>
+        <legend>Target</legend>
+        <label>
+          <input type="radio" name="group-kind" checked={f.kind === 'local'} onChange={() => set('kind', 'local')} /> a local directory (a file per member)
+        </label>
+        <label>
+          <input type="radio" name="group-kind" checked={f.kind === 'peer'} onChange={() => set('kind', 'peer')} /> a peer site (a group of new disks there)
+        </label>
+        {f.kind === 'local' ? (
+          <Field label="Mirror directory" name="dir" f={f} set={set} placeholder="/srv/mirror/group" />
+        ) : (
+          <>
+            <Field label="Peer" name="peer" f={f} set={set} />
+            <Field label="Name prefix at the peer" name="prefix" f={f} set={set} placeholder="(none)" hint={`the group there: ${f.prefix ?? ''}${name}, each member ${f.prefix ?? ''}MEMBER`} />
+          </>
+        )}
+      </fieldset>
       <PolicyFields f={f} set={set} />
       <button type="submit" disabled={a.busy}>
         Create group mirror
