@@ -3,12 +3,16 @@
 // members (and follows `group add`); its staging area is in the ferry_staging_* series and its
 // mirror in the ferry_mirror_* series under the group's name (a group is not a disk: it has no
 // ferry_disk_* series of its own, its members do); each member's file in the group's mirror
-// says whether it is copied (`ferry_group_mirror_member_synced`).
+// says whether it is copied (`ferry_group_mirror_member_synced`). A group mirrored to a paired
+// site: at the primary site its mirror is in the mirror series under its name, each member's
+// replica disk its copy; at the mirror site the replica group has its members, its staging area
+// and its mirror (role `replica`) under its own name.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireTool, run, startFerryd, tmpDir, type Ferryd } from '../harness.js';
+import { Cleanup, requireTool, run, startFerryd, tmpDir, type Ferryd } from '../harness.js';
+import { startSites, type Sites } from '../replication/helpers.js';
 import { waitFor } from './helpers.js';
 
 /** The value of one series (name and exact label set) in Prometheus text, or undefined. */
@@ -104,5 +108,40 @@ describe('metrics of consistency groups', () => {
     await waitFor('the added member copied into the mirror', async () => sample(await metrics(), 'ferry_group_mirror_member_synced', { group: 'g1', disk: 'gc', target: file }) === 1, 60_000);
     const text = await metrics();
     assert.equal(sample(text, 'ferry_mirror_state', { disk: 'g1', role: 'primary', target, state: 'in-sync' }), 1);
+  });
+});
+
+describe('metrics of a consistency group mirrored to another site', () => {
+  const cleanup = new Cleanup('ferry-group-metrics-sites-');
+  let s: Sites;
+  const metrics = async (d: Ferryd): Promise<string> => {
+    const r = await fetch(`${d.apiUrl}/metrics`, { headers: { authorization: `Bearer ${d.token}` } });
+    assert.equal(r.status, 200);
+    return r.text();
+  };
+
+  before(async () => {
+    s = await startSites(cleanup);
+    await s.a.createDisk('ra', '16M');
+    await s.a.createDisk('rb', '16M');
+    const g = await s.a.cli(['group', 'create', 'rg', '--disks', 'ra,rb', '--staging', path.join(cleanup.dir(), 'rg.stg'), '--staging-size', '128M']);
+    assert.equal(g.code, 0, g.stderr);
+    const m = await s.a.cli(['mirror', 'create', '--group', 'rg', '--to', `${s.peer}:b-`, '--wait'], { timeoutMs: 120_000 });
+    assert.equal(m.code, 0, m.stderr);
+  });
+  after(() => cleanup.run());
+
+  test("the primary site's group mirror and the mirror site's replica group, each under its group's name", async () => {
+    const a = await metrics(s.a);
+    const target = `${s.peer}:b-rg`;
+    assert.equal(sample(a, 'ferry_mirror_state', { disk: 'rg', role: 'primary', target, state: 'in-sync' }), 1, a);
+    assert.equal(sample(a, 'ferry_mirror_lag_records', { disk: 'rg', role: 'primary', target }), 0);
+    for (const m of ['ra', 'rb']) assert.equal(sample(a, 'ferry_group_mirror_member_synced', { group: 'rg', disk: m, target: `${s.peer}:b-${m}` }), 1, a);
+    await waitFor('the replica group in sync at the mirror site', async () => sample(await metrics(s.b), 'ferry_mirror_state', { disk: 'b-rg', role: 'replica', target: 'site-a:rg', state: 'in-sync' }) === 1, 30_000);
+    const b = await metrics(s.b);
+    assert.equal(sample(b, 'ferry_group_members', { group: 'b-rg' }), 2, b);
+    assert.equal(sample(b, 'ferry_group_online', { group: 'b-rg' }), 1);
+    assert.ok((sample(b, 'ferry_staging_size_bytes', { disk: 'b-rg' }) ?? 0) > 0, "the replica group's staging area, under its name");
+    for (const m of ['b-ra', 'b-rb']) assert.equal(sample(b, 'ferry_disk_online', { disk: m }), 1);
   });
 });
