@@ -36,6 +36,7 @@ import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
+import { memberPlaces } from './group-volumes.js';
 import { createMemberTargets, groupTargetDir, memberTargets, openGroupTarget, removeCreatedTargets, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
@@ -384,7 +385,21 @@ export class MirrorControl {
   }
 
   verify(disk: string): Promise<VerifyReport> {
-    return this.ops.run(disk, 'verify', () => this.mirror(disk).verify());
+    return this.ops.run(disk, 'verify', async () => {
+      const report = await this.mirror(disk).verify();
+      if (!this.disks.isGroup(disk)) return report;
+      // A group's differences are told per member (its address space is Ferry's own business; each range lies in one member: C1).
+      const places = memberPlaces(this.disks.groups.members(disk), (n) => this.store.disk(n));
+      const differences = report.differences.flatMap((x) =>
+        places
+          .filter((p) => p.base < x.offset + x.length && x.offset < p.base + p.size)
+          .map((p) => {
+            const start = Math.max(x.offset, p.base);
+            return { offset: start - p.base, length: Math.min(x.offset + x.length, p.base + p.size) - start, member: p.disk };
+          }),
+      );
+      return { ...report, differences };
+    });
   }
 
   /** Detaches the mirror: it is brought up to date first, so the copy left behind is whole and consistent. */
