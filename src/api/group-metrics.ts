@@ -7,7 +7,6 @@
 // group's name as `disk` (a group's name is in the disks' namespace).
 import client from 'prom-client';
 import type { Daemon } from '../control/daemon.js';
-import type { Mirror } from './types.js';
 
 export function registerGroupMetrics(registry: client.Registry, daemon: Daemon): void {
   new client.Gauge({
@@ -37,8 +36,8 @@ export function registerGroupMetrics(registry: client.Registry, daemon: Daemon):
     registers: [registry],
     collect() {
       this.reset();
-      // A group's mirror status carries its members (mirror-control.ts statusOf; the API's Mirror declares them).
-      for (const s of daemon.mirrors.status() as Array<Pick<Mirror, 'disk' | 'members'>>) for (const m of s.members ?? []) this.set({ group: s.disk, disk: m.disk, target: m.target }, m.synced ? 1 : 0);
+      // A group's mirror status carries its members (mirror-control.ts statusOf).
+      for (const s of daemon.mirrors.status()) for (const m of s.members ?? []) this.set({ group: s.disk, disk: m.disk, target: m.target }, m.synced ? 1 : 0);
     },
   });
 }

@@ -23,7 +23,13 @@ function statusTable(list: MirrorStatus[]): string {
       error: m.syncError ?? m.committerError ?? m.link?.lastError ?? (m.fallback ? `fallback image: record ${m.fallback.seq}` : ''),
     })),
     ['disk', 'role', 'target', 'state', 'link', 'consistent', 'sync', 'lag', 'rpo', 'error'],
-  );
+  ) + membersTable(list);
+}
+
+/** A consistency group's mirror: its members (one point of the group's order; the lag above is the group's). */
+function membersTable(list: MirrorStatus[]): string {
+  const rows = list.flatMap((m) => (m.members ?? []).map((x) => ({ group: m.disk, member: x.disk, target: x.target, copied: x.synced ? 'yes' : 'being copied' })));
+  return rows.length === 0 ? '' : `\n${table(rows, ['group', 'member', 'target', 'copied'])}`;
 }
 
 

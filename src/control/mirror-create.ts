@@ -66,7 +66,7 @@ export class MirrorCreator {
   async create(req: CreateMirrorRequest): Promise<MirrorStatus> {
     const { row, volume } = this.d.disks.entry(req.disk);
     if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${req.disk}' is unavailable`);
-    if (this.d.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `disk '${req.disk}' already has a mirror`);
+    if (this.d.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `${row.kind === 'group' ? 'group' : 'disk'} '${req.disk}' already has a mirror`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only`);
     const member = this.d.disks.groups.groupOf(req.disk);
     if (member) throw new FerryError('DISK_IN_GROUP', `disk '${req.disk}' is a member of consistency group '${member.grp}': mirror the group (ferry mirror create --group ${member.grp})`);
