@@ -105,6 +105,13 @@ describe('consistency groups', () => {
     assert.ok(diffs[0].offset <= 5 * MiB && diffs[0].offset + diffs[0].length >= 5 * MiB + 4096 && diffs[0].offset + diffs[0].length <= 96 * MiB, bad.stdout);
     fs.writeSync(fd, saved, 0, 4096, 5 * MiB);
     fs.closeSync(fd);
+    // `ferry status`: the group is a row of its own, its members name it, its mirror's problems are listed.
+    await cliJson(d, ['mirror', 'pause', 'g1']);
+    const st = await cliJson(d, ['status']);
+    assert.deepEqual(st.disks.find((x: any) => x.name === 'g1')?.members, ['log', 'data'], JSON.stringify(st));
+    assert.equal(st.disks.find((x: any) => x.name === 'log')?.group, 'g1');
+    assert.ok(st.problems.includes('g1: mirror paused'), JSON.stringify(st.problems));
+    await cliJson(d, ['mirror', 'resume', 'g1']);
     // The mirror's policies are the group's.
     assert.equal((await cliJson(d, ['mirror', 'set', 'g1', '--rpo', '30s'])).policy.rpoMs, 30_000);
 
