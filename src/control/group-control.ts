@@ -235,7 +235,7 @@ export class GroupControl {
       const addressBytes = alignUp(base + joining.size, GROUP_ALIGN_BYTES);
       if (addressBytes > sizeBytesMax) throw new FerryError('INVALID_SIZE', `group '${name}' would need ${addressBytes} bytes of address space (at most ${sizeBytesMax})`);
       const mirrorChange = this.mirrors.groupMemberChange(name, { add: disk, size: joining.size });
-      await this.rebuild(name, [joining], () => {
+      await rebuildGroup({ store: this.store, disks: this.disks, suspendMirror: (g) => this.mirrors.suspendGroupMirror(g) }, name, [joining], () => {
         this.disks.groups.insertMember({ disk, grp: name, base, added_at: Date.now() });
         this.disks.groups.setGroupSize(name, addressBytes);
         mirrorChange.record();
@@ -253,7 +253,7 @@ export class GroupControl {
       if (!member || member.grp !== name) throw new FerryError('BAD_REQUEST', `disk '${disk}' is not a member of group '${name}'`);
       if (this.disks.groups.members(name).length === 1) throw new FerryError('BAD_REQUEST', `'${disk}' is the last member of group '${name}': delete the group instead (ferry group delete ${name})`);
       const mirrorChange = this.mirrors.groupMemberChange(name, { remove: disk });
-      await this.rebuild(name, [], () => {
+      await rebuildGroup({ store: this.store, disks: this.disks, suspendMirror: (g) => this.mirrors.suspendGroupMirror(g) }, name, [], () => {
         this.disks.groups.deleteMember(disk);
         mirrorChange.record();
       }, mirrorChange.undo);
@@ -261,61 +261,61 @@ export class GroupControl {
       return this.info(name);
     });
   }
+}
 
-  /**
-   * Steps 1–7 of the table at the head of this file. `joining`: volumes that become members;
-   * `change`: the metadata transaction; `undo`: what to clean when it fails before committing.
-   */
-  private async rebuild(name: string, joining: Volume[], change: () => void, undo: () => void): Promise<void> {
-    const old = this.disks.entry(name).volume;
-    if (!old) throw new FerryError('DISK_UNAVAILABLE', `group '${name}' is unavailable`);
-    const before = this.disks.groups.members(name).map((m) => m.disk);
-    const held = [...before.map((d) => this.disks.entry(d).volume), ...joining];
-    const releases = await Promise.all(held.map((v) => v?.hold()));
+/**
+ * Steps 1–7 of the table at the head of this file. `joining`: volumes that become members;
+ * `change`: the metadata transaction; `undo`: what to clean when it fails before committing.
+ */
+export async function rebuildGroup(ctx: GroupContext & { suspendMirror: (group: string) => Promise<void> }, name: string, joining: Volume[], change: () => void, undo: () => void): Promise<void> {
+  const old = ctx.disks.entry(name).volume;
+  if (!old) throw new FerryError('DISK_UNAVAILABLE', `group '${name}' is unavailable`);
+  const before = ctx.disks.groups.members(name).map((m) => m.disk);
+  const held = [...before.map((d) => ctx.disks.entry(d).volume), ...joining];
+  const releases = await Promise.all(held.map((v) => v?.hold()));
+  try {
+    await ctx.suspendMirror(name); // 2: drained, stopped; a refusal changes nothing
+    let failure: unknown = null;
     try {
-      await this.mirrors.suspendGroupMirror(name); // 2: drained, stopped; a refusal changes nothing
-      let failure: unknown = null;
-      try {
-        await old.close(); // 3: the staging area drained into the members, the journal closed
-      } catch (err) {
-        failure = new FerryError('IO_ERROR', `group '${name}' could not be drained for the change (nothing was changed): ${(err as Error).message}`);
-      }
-      try {
-        if (failure === null) this.disks.groups.transaction(change); // 4
-      } catch (err) {
-        failure = err;
-      }
-      if (failure !== null) undo();
-      // 5 and 6, also after a failure: the group comes back (as it was, then), its members never left waiting on a closed volume.
-      const reopened = await this.disks.openAndRecover(this.store.disk(name)!);
-      this.disks.setVolume(name, reopened.volume, reopened.error);
-      this.placeMembers(name, before, joining, reopened.volume, reopened.error);
-      if (failure !== null) throw failure;
-    } finally {
-      for (const r of releases) r?.();
+      await old.close(); // 3: the staging area drained into the members, the journal closed
+    } catch (err) {
+      failure = new FerryError('IO_ERROR', `group '${name}' could not be drained for the change (nothing was changed): ${(err as Error).message}`);
     }
+    try {
+      if (failure === null) ctx.disks.groups.transaction(change); // 4
+    } catch (err) {
+      failure = err;
+    }
+    if (failure !== null) undo();
+    // 5 and 6, also after a failure: the group comes back (as it was, then), its members never left waiting on a closed volume.
+    const reopened = await ctx.disks.openAndRecover(ctx.store.disk(name)!);
+    ctx.disks.setVolume(name, reopened.volume, reopened.error);
+    placeMembers(ctx, name, before, joining, reopened.volume, reopened.error);
+    if (failure !== null) throw failure;
+  } finally {
+    for (const r of releases) r?.();
   }
+}
 
-  /** 6: every member's primary is its window of the (re)opened group, a former member its own device. */
-  private placeMembers(name: string, before: string[], joining: Volume[], group: Volume | null, error: string | undefined): void {
-    const now = this.disks.groups.members(name);
-    const places = memberPlaces(now, (n) => this.store.disk(n));
-    const volumes = new Map<string, Volume>();
-    for (const d of before) {
-      const v = this.disks.entry(d).volume;
-      if (v) volumes.set(d, v);
-    }
-    for (const v of joining) volumes.set(v.name, v);
-    for (const [disk, v] of volumes) {
-      const place = places.find((p) => p.disk === disk);
-      const row = this.store.disk(disk)!;
-      let old;
-      if (!place) old = v.replacePrimary(BlockDevice.open(row.path));
-      else if (group) old = v.replacePrimary(memberWindow(group, place, row.path));
-      else old = v.replacePrimary(new FailedStore(row.path, place.size, new FerryError('DISK_UNAVAILABLE', `its consistency group '${name}' is unavailable: ${error ?? 'unknown'}`)));
-      // A joining disk's own device is now the group's (opened by the group's volume): its old handle goes.
-      if (!(old instanceof WindowStore) && !(old instanceof FailedStore)) void old.close();
-      assert.ok(v.primaryStore !== old, 'G2: every member was placed');
-    }
+/** 6: every member's primary is its window of the (re)opened group, a former member its own device. */
+function placeMembers(ctx: GroupContext, name: string, before: string[], joining: Volume[], group: Volume | null, error: string | undefined): void {
+  const now = ctx.disks.groups.members(name);
+  const places = memberPlaces(now, (n) => ctx.store.disk(n));
+  const volumes = new Map<string, Volume>();
+  for (const d of before) {
+    const v = ctx.disks.entry(d).volume;
+    if (v) volumes.set(d, v);
+  }
+  for (const v of joining) volumes.set(v.name, v);
+  for (const [disk, v] of volumes) {
+    const place = places.find((p) => p.disk === disk);
+    const row = ctx.store.disk(disk)!;
+    let old;
+    if (!place) old = v.replacePrimary(BlockDevice.open(row.path));
+    else if (group) old = v.replacePrimary(memberWindow(group, place, row.path));
+    else old = v.replacePrimary(new FailedStore(row.path, place.size, new FerryError('DISK_UNAVAILABLE', `its consistency group '${name}' is unavailable: ${error ?? 'unknown'}`)));
+    // A joining disk's own device is now the group's (opened by the group's volume): its old handle goes.
+    if (!(old instanceof WindowStore) && !(old instanceof FailedStore)) void old.close();
+    assert.ok(v.primaryStore !== old, 'G2: every member was placed');
   }
 }

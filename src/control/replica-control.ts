@@ -25,7 +25,7 @@ import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, ReplicaRow } from './store.js';
 import type { DrControl } from './dr-control.js';
-import { dissolveGroup, formGroup } from './group-control.js';
+import { dissolveGroup, formGroup, rebuildGroup } from './group-control.js';
 import { GROUP_MEMBERS_MAX, type MemberPlace } from './group-volumes.js';
 
 /** A consistency group's layout in an attach (the primary's bases, the replica's member names), checked. */
@@ -180,9 +180,10 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
       if (row.peer !== peer || row.origin_disk !== originDisk) {
         throw new FerryError('DISK_BUSY', `disk '${disk}' is the replica of ${row.peer}:${row.origin_disk}, not of ${peer}:${originDisk}`);
       }
-      const h = this.handles.get(disk);
+      let h = this.handles.get(disk);
       if (!h) throw new FerryError('DISK_UNAVAILABLE', `replica '${disk}' is not online here`);
       if (this.promoting.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being promoted at this site`);
+      if (meta.group !== undefined && this.disks.isGroup(disk)) h = await this.followMembership(disk, h, groupMeta(meta.group, size), size);
       this.dr.replicaAttach(disk, peer, meta.generations);
       return { handle: h, created: false };
     }
@@ -267,6 +268,47 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
     this.log.info({ disk, peer, originDisk, firstSeq, createdDisk, reconnect }, 'replica created');
     // A disk Ferry just created reads as zeroes: the sync need not write holes.
     return { handle: h, created: createdDisk };
+  }
+
+  /**
+   * A group's replica follows its primary's membership (group add / remove there), told by
+   * every attach: members are matched by base (bases are never reused, G1); a base new there
+   * is a new disk here (zeroes: the primary's sync copies it), a base gone there leaves the
+   * group here and is a normal disk with its data. The session holding the replica is dropped
+   * first, then the group is rebuilt as at a start (group-control.ts rebuildGroup); the attach
+   * goes on with the new handle. Refused while the replica resyncs (its undo log covers the
+   * old layout).
+   */
+  private async followMembership(disk: string, h: ReplicaHandle, group: { members: MemberPlace[] }, addressBytes: number): Promise<ReplicaHandle> {
+    const here = this.disks.groups.members(disk);
+    const byBase = new Map(here.map((m) => [m.base, m]));
+    const wanted = new Set(group.members.map((m) => m.base));
+    const adds = group.members.filter((m) => !byBase.has(m.base));
+    const removes = here.filter((m) => !wanted.has(m.base));
+    if (adds.length === 0 && removes.length === 0) return h;
+    for (const m of group.members) {
+      const x = byBase.get(m.base);
+      if (x && this.store.disk(x.disk)!.size !== m.size) throw new FerryError('DISK_BUSY', `member '${x.disk}' of group '${disk}' here holds ${this.store.disk(x.disk)!.size} bytes; the primary's member at its base holds ${m.size}`);
+    }
+    if (this.guards.has(disk)) throw new FerryError('MIRROR_NOT_IN_SYNC', `group '${disk}' is resyncing here: its membership follows once the sync completed`);
+    for (const a of adds) if (this.store.disk(a.disk)) throw new FerryError('DISK_EXISTS', `'${a.disk}' exists here: the group's new member cannot be created`);
+    h.released = true; // no frame of an older session touches the old volume
+    await h.dropSession?.();
+    const joining: Volume[] = [];
+    for (const a of adds) {
+      await this.disks.create({ name: a.disk, size: a.size });
+      joining.push(this.disks.entry(a.disk).volume!);
+    }
+    const now = Date.now();
+    await rebuildGroup({ store: this.store, disks: this.disks, suspendMirror: async () => undefined }, disk, joining, () => {
+      for (const a of adds) this.disks.groups.insertMember({ disk: a.disk, grp: disk, base: a.base, added_at: now });
+      for (const r of removes) this.disks.groups.deleteMember(r.disk);
+      this.disks.groups.setGroupSize(disk, Math.max(addressBytes, this.store.disk(disk)!.size));
+    }, () => undefined);
+    const next = this.handles.get(disk);
+    if (!next || next === h) throw new FerryError('DISK_UNAVAILABLE', `replica group '${disk}' could not be reopened after its membership changed`);
+    this.log.info({ group: disk, added: adds.map((a) => a.disk), removed: removes.map((r) => r.disk) }, "replica group follows its primary's membership");
+    return next;
   }
 
   /** Removes a replica's disk this site created for it (a group's: the group, then its members). */

@@ -3,8 +3,8 @@
 // created through the form's peer target (PEER and a name prefix) reaches in-sync, each
 // member's copy is its replica disk at the peer; a member's NBD writes reach the peer; site B's
 // console lists the replica group with its members and shows its mirror as the replica (promote,
-// no pause); a membership change of a remotely mirrored group is refused with its code
-// (NOT_SUPPORTED) and changes nothing.
+// no pause); a member added
+// from A's console is followed by B's group.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -90,11 +90,14 @@ describe('web console: a consistency group mirrored to another site', () => {
     await waitText(pageB, "the member's group", '[data-testid=group-membership]', (t) => t.includes('Member of consistency group b-rg'));
   });
 
-  test('a membership change of a group mirrored to a peer is refused with its code and changes nothing', async () => {
+  test("a member added from A's console: the group at B follows (a new member there, copied)", async () => {
     await pageA.getByLabel('Disk to add').fill('rc');
     await pageA.getByRole('button', { name: 'Add to group' }).click();
-    await waitText(pageA, 'the refusal', 'form:has(#add-member-title) [role=alert]', (t) => t.includes('NOT_SUPPORTED'));
-    assert.deepEqual((await s.a.api('GET', '/v1/groups/rg')).body.members.map((m: any) => m.disk), ['ra', 'rb']);
-    assert.equal((await s.a.api('GET', '/v1/disks/rc')).body.group, undefined);
+    await waitFor('rc a member at A', async () => (await s.a.api('GET', '/v1/groups/rg')).body.members.map((m: any) => m.disk).join() === 'ra,rb,rc', 60_000);
+    await waitFor("B's group follows", async () => ((await s.b.api('GET', '/v1/groups/b-rg')).body.members ?? []).map((m: any) => m.disk).join() === 'b-ra,b-rb,b-rc', 60_000);
+    await waitFor('the new member copied', async () => {
+      const m = (await s.a.api('GET', '/v1/disks/rg/mirror')).body;
+      return m.state === 'in-sync' && m.members.every((x: any) => x.synced);
+    }, 120_000);
   });
 });

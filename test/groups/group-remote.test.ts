@@ -149,3 +149,65 @@ describe("a group's planned switchover and mirror removal", () => {
     assert.equal((await cliJson(b, ['group', 'show', 'sg'])).members.length, 2);
   });
 });
+
+describe("a remote group's membership changes online", () => {
+  const cleanup = new Cleanup();
+  let s: Sites;
+  let work: string;
+
+  before(async () => {
+    s = await startSitesBothWays(cleanup);
+    work = fs.realpathSync(cleanup.dir('ferry-group-members-'));
+  }, T);
+  after(() => cleanup.run(), T);
+
+  it("group add / remove at A: B's group follows at the next attach; the new member is copied alone; the group stays one causal cut", T, async (t) => {
+    const { a, b } = s;
+    for (const disk of ['m0', 'm1', 'm2']) await a.createDisk(disk, SIZE);
+    await cliJson(a, ['group', 'create', 'mg', '--disks', 'm0,m1', '--staging', path.join(work, 'mg.stg'), '--staging-size', '256M']);
+    await qemuIoOk(a.uri('m0'), ['write -P 0x10 0 1M']);
+    await cliJson(a, ['mirror', 'create', '--group', 'mg', '--to', `${s.peer}:r-`, '--wait'], 170_000);
+    await waitCaughtUp(s, 'mg', 'r-mg');
+    const same = async (disk: string): Promise<void> => {
+      const r = await runCmd(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', a.uri(disk), b.uri(`r-${disk}`)], { timeoutMs: 120_000 });
+      assert.equal(r.code, 0, `${disk} at A and r-${disk} at B: ${r.stdout}${r.stderr}`);
+    };
+
+    // Add: the new member (with data of its own) is copied while the others keep streaming.
+    await qemuIoOk(a.uri('m2'), ['write -P 0x22 2M 3M']);
+    const added = await cliJson(a, ['group', 'add', 'mg', 'm2']);
+    assert.deepEqual(added.members.map((x: any) => [x.disk, x.base]), [['m0', 0], ['m1', 64 * MiB], ['m2', 128 * MiB]]);
+    await qemuIoOk(a.uri('m1'), ['write -P 0x11 0 1M']);
+    await waitCaughtUp(s, 'mg', 'r-mg');
+    const st = await mirrorStatus(a, 'mg');
+    assert.deepEqual(st.members.map((x: any) => [x.disk, x.target, x.synced]), [['m0', `${s.peer}:r-m0`, true], ['m1', `${s.peer}:r-m1`, true], ['m2', `${s.peer}:r-m2`, true]]);
+    assert.deepEqual((await cliJson(b, ['group', 'show', 'r-mg'])).members.map((x: any) => [x.disk, x.base]), [['r-m0', 0], ['r-m1', 64 * MiB], ['r-m2', 128 * MiB]]);
+    for (const d of ['m0', 'm1', 'm2']) await same(d);
+
+    // Remove: B's member leaves its group too, a normal disk there with the data as of the removal.
+    await cliJson(a, ['group', 'remove', 'mg', 'm0']);
+    await waitFor("B's group follows the removal", async () => (await cliJson(b, ['group', 'show', 'r-mg'])).members.length === 2, 60_000);
+    await same('m0');
+    await qemuIoOk(b.uri('r-m0'), ['write -P 0x33 0 4096']); // writable there now
+    await waitCaughtUp(s, 'mg', 'r-mg');
+
+    // Still one causal cut after the changes: A killed mid-stream, the group promoted at B (the members zeroed first: the checker reads every block).
+    for (const d of ['m1', 'm2']) await qemuIoOk(a.uri(d), [`write -z 0 ${SIZE}`]);
+    await waitCaughtUp(s, 'mg', 'r-mg');
+    const log = path.join(work, 'members.log');
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    t.diagnostic(`seed ${seed}`);
+    s.proxy.bytesPerSec = 1_500_000;
+    const w = startCausalWorkload(cleanup, ['m1', 'm2'].map((d) => a.uri(d)), log, { blocks: BLOCKS, seed, maxSeconds: 150, depth: 8 });
+    assert.ok(await w.connected, 'the workload did not connect');
+    await waitFor('3000 acknowledged writes', () => fs.existsSync(log) && readCausalLog(log).ackOrder.length >= 3000, 90_000);
+    assert.equal((await a.kill9()).signal, 'SIGKILL');
+    await w.done;
+    s.proxy.bytesPerSec = 0;
+    assert.equal((await cliJson(b, ['mirror', 'promote', 'r-mg'])).image, 'newest');
+    const cut = await causalCheck(['r-m1', 'r-m2'].map((d) => b.uri(d)), log, BLOCKS);
+    t.diagnostic(`B after promote: ${JSON.stringify({ ...cut, errors: cut.errors.slice(0, 3), violations: cut.violations.slice(0, 3) })}`);
+    assertCausal(cut, "the promoted group at B after membership changes");
+    assert.ok(cut.perDisk.every((x) => x.writtenBlocks > 0));
+  });
+});
