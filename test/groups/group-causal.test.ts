@@ -15,20 +15,10 @@ import path from 'node:path';
 import type { Ferryd } from '../harness.js';
 import { Cleanup, waitFor } from '../staging/helpers.js';
 import { MiB, T, assertSameBytes, cliJson, mirrorStatus, waitDrained, waitInSync } from '../mirror/helpers.js';
-import { assertCausal, causalCheck, readCausalLog, startCausalWorkload } from './helpers.js';
+import { assertCausal, causalCheck, readCausalLog, startCausalWorkload, seedFor, waitAcks } from './helpers.js';
 
 const SIZE = 16 * MiB;
 const BLOCKS = SIZE / 4096;
-
-function seedFor(t: { diagnostic(m: string): void }): number {
-  const seed = process.env.FERRY_CAUSAL_SEED ? Number(process.env.FERRY_CAUSAL_SEED) : Math.floor(Math.random() * 2 ** 31);
-  t.diagnostic(`FERRY_CAUSAL_SEED=${seed}`);
-  return seed;
-}
-
-function waitAcks(log: string, acks: number): Promise<void> {
-  return waitFor(`${acks} acknowledged writes in ${log}`, () => fs.existsSync(log) && readCausalLog(log).ackOrder.length >= acks, 60_000);
-}
 
 describe('a consistency group under the cross-disk causal workload', () => {
   const cleanup = new Cleanup();

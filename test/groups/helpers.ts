@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
-import { describeRun, lastJson, run, type Cleanup } from '../harness.js';
+import { describeRun, lastJson, run, waitFor, type Cleanup } from '../harness.js';
 import { PYTHON, SYSTEM_ENV, TOOL_TIMEOUT_MS } from '../staging/helpers.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -218,4 +218,16 @@ export function highestCounterIn(file: string, disk: number, blocks: number): nu
     fs.closeSync(fd);
   }
   return highest;
+}
+
+/** The workload's seed: FERRY_CAUSAL_SEED, or a random one; told in the test's output either way (a failure is replayed with it). */
+export function seedFor(t: { diagnostic(m: string): void }): number {
+  const seed = process.env.FERRY_CAUSAL_SEED ? Number(process.env.FERRY_CAUSAL_SEED) : Math.floor(Math.random() * 2 ** 31);
+  t.diagnostic(`FERRY_CAUSAL_SEED=${seed}`);
+  return seed;
+}
+
+/** Waits until the log has at least `acks` acknowledgements. */
+export function waitAcks(log: string, acks: number, timeoutMs = 60_000): Promise<void> {
+  return waitFor(`${acks} acknowledged writes in ${log}`, () => fs.existsSync(log) && readCausalLog(log).ackOrder.length >= acks, timeoutMs);
 }

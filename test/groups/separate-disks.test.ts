@@ -19,22 +19,11 @@ import path from 'node:path';
 import type { Ferryd } from '../harness.js';
 import { Cleanup, waitFor } from '../staging/helpers.js';
 import { MiB, T, assertSameBytes, cliJson, mirrorStatus, waitDrained } from '../mirror/helpers.js';
-import { assertCausal, causalCheck, highestCounterIn, readCausalLog, startCausalWorkload } from './helpers.js';
+import { assertCausal, causalCheck, highestCounterIn, readCausalLog, startCausalWorkload, seedFor, waitAcks } from './helpers.js';
 
 const SIZE = 16 * MiB;
 const BLOCKS = SIZE / 4096;
 const DEPTH = 8;
-
-function seedFor(t: { diagnostic(m: string): void }): number {
-  const seed = process.env.FERRY_CAUSAL_SEED ? Number(process.env.FERRY_CAUSAL_SEED) : Math.floor(Math.random() * 2 ** 31);
-  t.diagnostic(`FERRY_CAUSAL_SEED=${seed}`);
-  return seed;
-}
-
-/** Waits until the log has at least `acks` acknowledgements. */
-function waitAcks(log: string, acks: number): Promise<void> {
-  return waitFor(`${acks} acknowledged writes in ${log}`, () => fs.existsSync(log) && readCausalLog(log).ackOrder.length >= acks, 60_000);
-}
 
 describe('the causal workload and checker on separately mirrored disks', () => {
   const cleanup = new Cleanup();
