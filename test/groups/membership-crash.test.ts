@@ -11,7 +11,7 @@ import path from 'node:path';
 import { requireTool, type Ferryd } from '../harness.js';
 import { qemuIoOk } from '../interop/clients.js';
 import { Cleanup, waitFor } from '../staging/helpers.js';
-import { MiB, assertSameBytes, cliJson, diskShow, waitDrained, waitInSync } from '../mirror/helpers.js';
+import { MiB, assertSameBytes, cliJson, diskShow, mirrorStatus, waitDrained, waitInSync } from '../mirror/helpers.js';
 import { assertCausal, causalCheck, readCausalLog, startCausalWorkload, type CausalWorkload } from './helpers.js';
 
 const T = { timeout: 300_000 } as const;
@@ -103,7 +103,7 @@ describe('kill -9 during a consistency group membership change under load', () =
     assert.equal(again.code, 0, `group add G D3 again after the crash: exit ${again.code}\n${again.stdout}\n${again.stderr}`);
   });
 
-  it('the add made (again, once the left-over file is moved away if need be): the mirror copies D3 and ends equal to every member', T, async (t) => {
+  it('the add made (again, once the left-over file is moved away if need be), killed while the mirror copies D3: the copy resumes and ends equal to every member', T, async (t) => {
     if (!(await members()).includes('D3')) {
       const orphan = path.join(mdir, 'D3.img');
       if (fs.existsSync(orphan)) {
@@ -112,6 +112,15 @@ describe('kill -9 during a consistency group membership change under load', () =
         t.diagnostic(`moved ${orphan} (left by the add the crash undid) away`);
       }
       await cliJson(d, ['group', 'add', 'G', 'D3']);
+      // Killed again while the mirror copies the new member (if it still does): the copy resumes after the restart.
+      const copying = await mirrorStatus(d, 'G');
+      t.diagnostic(`just after the add: mirror ${copying.state}, members ${JSON.stringify(copying.members.map((m: any) => [m.disk, m.synced]))}`);
+      if (copying.state === 'syncing') {
+        assert.equal((await d.kill9()).signal, 'SIGKILL');
+        await d.start();
+        const back = await mirrorStatus(d, 'G');
+        t.diagnostic(`killed while D3 was being copied; after the restart: mirror ${back.state}, members ${JSON.stringify(back.members.map((m: any) => [m.disk, m.synced]))}`);
+      }
     }
     assert.deepEqual(await members(), ['D1', 'D2', 'D3']);
     const s = await waitInSync(d, 'G');
