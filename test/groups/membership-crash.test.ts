@@ -120,6 +120,7 @@ describe('kill -9 during a consistency group membership change under load', () =
         await d.start();
         const back = await mirrorStatus(d, 'G');
         t.diagnostic(`killed while D3 was being copied; after the restart: mirror ${back.state}, members ${JSON.stringify(back.members.map((m: any) => [m.disk, m.synced]))}`);
+        assert.deepEqual(back.members.filter((m: any) => m.disk !== 'D3').map((m: any) => [m.disk, m.synced]), [['D1', true], ['D2', true]], 'the members copied before stay copied (only D3 is copied again)');
       }
     }
     assert.deepEqual(await members(), ['D1', 'D2', 'D3']);
