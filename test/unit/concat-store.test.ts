@@ -374,6 +374,49 @@ describe('ConcatStore', () => {
     await s.close();
   });
 
+  it('writeBatch applies the pieces in the caller\'s order across members (C3): seen in the bytes of two members on one file', async () => {
+    // Two members whose devices are the same bytes: an order kept per member only would let a
+    // write to one member overtake an earlier write to the other at the same place.
+    const rng = seededRng(3);
+    const batch = (): { bufs: Buffer[]; offs: number[]; model: Buffer } => {
+      const bufs: Buffer[] = [];
+      const offs: number[] = [];
+      const model = Buffer.alloc(MiB);
+      for (let i = 0; i < 3000; i++) {
+        const length = 512 * (1 + Math.floor(rng() * 16));
+        const at = 512 * Math.floor(rng() * ((64 * KiB - length) / 512 + 1)); // a 64 KiB region: many overlaps
+        const member = rng() < 0.5 ? 0 : 1;
+        const b = tagged(member * MiB + at, length, i + 1);
+        bufs.push(b);
+        offs.push(member * MiB + at);
+        b.copy(model, at);
+      }
+      return { bufs, offs, model };
+    };
+    // Native: two BlockDevices on one file (the process may open a file twice: file-lock.ts).
+    const f = path.join(dir, `alias-${++setups}.img`);
+    fs.writeFileSync(f, Buffer.alloc(MiB));
+    const [a, b] = [BlockDevice.open(f), BlockDevice.open(f)];
+    const native = new ConcatStore('group:alias', 2 * MiB, [{ name: 'a', base: 0, size: MiB, store: a }, { name: 'b', base: MiB, size: MiB, store: b }]);
+    const n = batch();
+    await native.writeBatch(n.bufs, n.offs);
+    assert.ok(fs.readFileSync(f).equals(n.model), 'the file holds the batch applied in order across both members (native job)');
+    await native.close();
+    // Fallback: two stores over one in-memory disk, each write taking a random number of turns.
+    const base = new FaultyStore('shared', MiB);
+    const alias = (): DiskStore =>
+      Object.assign(Object.create(base) as FaultyStore, {
+        async write(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
+          for (let turns = Math.floor(rng() * 4); turns > 0; turns--) await new Promise((r) => setImmediate(r));
+          return base.write(buf, bufOffset, length, offset);
+        },
+      });
+    const fallback = new ConcatStore('group:alias2', 2 * MiB, [{ name: 'a', base: 0, size: MiB, store: alias() }, { name: 'b', base: MiB, size: MiB, store: alias() }]);
+    const m = batch();
+    await fallback.writeBatch(m.bufs, m.offs);
+    assert.ok(base.current.equals(m.model), 'the disk holds the batch applied in order across both members (fallback)');
+  });
+
   it('writeBatch on a mix of a BlockDevice and other stores takes the fallback; a failing member leaves a prefix of the batch', async () => {
     const devs = onDevices().stores as BlockDevice[];
     await Promise.all([devs[1]!.close(), devs[2]!.close()]);
