@@ -1,127 +1,20 @@
-// A consistency group's data path in-process, on real files: ConcatStore (src/disk/
-// concat-store.ts) over members at fixed bases with gaps between them, WindowStore (src/volume/
-// window-store.ts) onto a real Volume over it, and FailedStore (src/disk/failed-store.ts).
-// Layout used throughout (KiB): m0 [0, 1024), m1 [1024, 1792) adjacent to it, a gap
-// [1792, 3072), m2 [3072, 3584), a gap [3584, 4096). m0's file is larger than what is mapped.
-// ConcatStore splits every operation at member boundaries; gaps read zeroes and report
-// HOLE|ZERO; a data write into a gap is refused before anything is written (C1); writeBatch
-// keeps the caller's order across members (C3) on BlockDevices (one native job:
-// BlockDevice.writeBatchAcross) and on other stores (one member's run after another, a failing
-// member leaving a prefix); overlapping writes land last-wins; extents respects extentsMax.
-import { after, describe, it } from 'node:test';
+// ConcatStore (src/disk/concat-store.ts), a consistency group's address space over its
+// members' devices, in-process on real files (the layout: concat-layout.ts). It splits every
+// operation at member boundaries; gaps read zeroes and report HOLE|ZERO; a data write into a
+// gap is refused before anything is written (C1); writeBatch keeps the caller's order across
+// members (C3) on BlockDevices (one native job: BlockDevice.writeBatchAcross) and on other
+// stores (one member's run after another, a failing member leaving a prefix); overlapping
+// writes land last-wins; extents respects extentsMax.
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { BlockDevice, ExtentFlag, type Extent } from '../../src/disk/block-device.js';
-import { ConcatStore, type ConcatMember } from '../../src/disk/concat-store.js';
-import { FailedStore } from '../../src/disk/failed-store.js';
+import { BlockDevice } from '../../src/disk/block-device.js';
+import { ConcatStore } from '../../src/disk/concat-store.js';
 import { WRITE_BATCH_BUFFERS_MAX } from '../../src/disk/native-io.js';
 import type { DiskStore } from '../../src/disk/store.js';
 import { FerryError } from '../../src/errors.js';
-import { FaultyStore, seededRng, type Rng } from '../../src/testing/faulty-store.js';
-import { Volume } from '../../src/volume/volume.js';
-import { WindowStore } from '../../src/volume/window-store.js';
-
-const KiB = 1024;
-const MiB = 1024 * KiB;
-const SIZE = 4 * MiB;
-const HZ = ExtentFlag.HOLE | ExtentFlag.ZERO;
-const LAYOUT = [
-  { name: 'm0', base: 0, size: MiB, fileBytes: MiB + 64 * KiB },
-  { name: 'm1', base: MiB, size: 768 * KiB, fileBytes: 768 * KiB },
-  { name: 'm2', base: 3 * MiB, size: 512 * KiB, fileBytes: 512 * KiB },
-] as const;
-/** Ranges of the address space that fall on a member (m0 and m1 are adjacent: one range). */
-const COVERED = [
-  { from: 0, to: 1792 * KiB },
-  { from: 3 * MiB, to: 3584 * KiB },
-];
-const GAP1 = { from: 1792 * KiB, to: 3 * MiB };
-
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-concat-'));
-after(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-let setups = 0;
-
-interface Setup {
-  concat: ConcatStore;
-  /** The member files (on BlockDevices) or null (other stores). */
-  files: Array<string | null>;
-  stores: DiskStore[];
-  close(): Promise<void>;
-}
-
-/** Sparse member files, opened as BlockDevices. `fill`: every mapped byte of member k is 0xa0 + k. */
-function onDevices(fill = false): Setup {
-  const n = ++setups;
-  const files = LAYOUT.map((m) => {
-    const f = path.join(dir, `${n}-${m.name}.img`);
-    fs.writeFileSync(f, '');
-    fs.truncateSync(f, m.fileBytes);
-    return f;
-  });
-  if (fill) LAYOUT.forEach((m, k) => fs.writeFileSync(files[k]!, Buffer.alloc(m.fileBytes, 0xa0 + k)));
-  const stores = files.map((f) => BlockDevice.open(f));
-  return make(stores, files);
-}
-
-/** Members on in-memory stores (no BlockDevice: the fallback path of writeBatch). */
-function onStores(stores: DiskStore[]): Setup {
-  return make(stores, stores.map(() => null));
-}
-
-function make(stores: DiskStore[], files: Array<string | null>): Setup {
-  const members: ConcatMember[] = LAYOUT.map((m, k) => ({ name: m.name, base: m.base, size: m.size, store: stores[k]! }));
-  // In reverse: the constructor sorts by base.
-  const concat = new ConcatStore('group:g', SIZE, [...members].reverse());
-  return { concat, files, stores, close: () => concat.close() };
-}
-
-/** Bytes of a member file. */
-function fileBytes(file: string, offset: number, length: number): Buffer {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    fs.readSync(fd, b, 0, length, offset);
-    return b;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** Where an address of the group lies: member index and offset in its device, or null (a gap). */
-function locate(at: number): { k: number; off: number } | null {
-  const k = LAYOUT.findIndex((m) => at >= m.base && at < m.base + m.size);
-  return k < 0 ? null : { k, off: at - LAYOUT[k]!.base };
-}
-
-/** A buffer whose every 4-byte word says where it goes (so a misplaced piece shows). */
-function tagged(offset: number, length: number, salt: number): Buffer {
-  const b = Buffer.alloc(length);
-  for (let i = 0; i + 4 <= length; i += 4) b.writeUInt32LE(((offset + i) ^ (salt * 0x9e3779b1)) >>> 0, i);
-  return b;
-}
-
-/** A random range inside one of the covered ranges (possibly crossing m0/m1), 512-aligned. */
-function randomCoveredRange(rng: Rng, maxBytes: number): { offset: number; length: number } {
-  const r = COVERED[rng() < 0.75 ? 0 : 1]!;
-  const length = 512 * (1 + Math.floor(rng() * (maxBytes / 512)));
-  const slots = (r.to - r.from - length) / 512;
-  return { offset: r.from + 512 * Math.floor(rng() * (slots + 1)), length };
-}
-
-/** Checks extents tile [offset, offset+covered) in order, merged (no two neighbours alike). */
-function assertTiles(ext: Extent[], offset: number, what: string): number {
-  let at = offset;
-  ext.forEach((e, i) => {
-    assert.equal(e.offset, at, `${what}: extent ${i} starts where the previous ended: ${JSON.stringify(ext)}`);
-    assert.ok(e.length > 0, `${what}: empty extent ${JSON.stringify(ext)}`);
-    if (i > 0) assert.notEqual(e.flags, ext[i - 1]!.flags, `${what}: neighbours with the same flags are merged: ${JSON.stringify(ext)}`);
-    at += e.length;
-  });
-  return at;
-}
+import { FaultyStore, seededRng } from '../../src/testing/faulty-store.js';
+import { GAP1, HZ, KiB, LAYOUT, MiB, SIZE, assertTiles, fileBytes, locate, onDevices, onStores, randomCoveredRange, tagged, tmpFile } from './concat-layout.js';
 
 describe('ConcatStore', () => {
   it('checks its layout (C2): members inside the space, not overlapping, each device holding its member', async () => {
@@ -394,7 +287,7 @@ describe('ConcatStore', () => {
       return { bufs, offs, model };
     };
     // Native: two BlockDevices on one file (the process may open a file twice: file-lock.ts).
-    const f = path.join(dir, `alias-${++setups}.img`);
+    const f = tmpFile('alias.img');
     fs.writeFileSync(f, Buffer.alloc(MiB));
     const [a, b] = [BlockDevice.open(f), BlockDevice.open(f)];
     const native = new ConcatStore('group:alias', 2 * MiB, [{ name: 'a', base: 0, size: MiB, store: a }, { name: 'b', base: MiB, size: MiB, store: b }]);
@@ -445,101 +338,3 @@ describe('ConcatStore', () => {
   });
 });
 
-describe('WindowStore', () => {
-  it("maps a member's requests to its place in the group's volume and bounds them to the member", async () => {
-    const s = onDevices(true);
-    const files = s.files as string[];
-    const group = new Volume('g', s.concat, false);
-    assert.throws(() => new WindowStore(group, 3 * MiB, MiB + 4096, 'x'), /inside the group's/);
-    const win = new WindowStore(group, MiB, 768 * KiB, files[1]!);
-    assert.equal(win.groupVolume, group);
-    assert.equal(win.size, 768 * KiB);
-    // Writes at the window's start and end land at m1's start and end.
-    const w0 = tagged(0, 8 * KiB, 1);
-    const w1 = tagged(1, 8 * KiB, 2);
-    await win.write(w0, 0, w0.length, 0);
-    await win.writeFua(w1, 0, w1.length, 768 * KiB - 8 * KiB);
-    assert.deepEqual(fileBytes(files[1]!, 0, 8 * KiB), w0);
-    assert.deepEqual(fileBytes(files[1]!, 768 * KiB - 8 * KiB, 8 * KiB), w1);
-    assert.deepEqual(fileBytes(files[0]!, MiB - 8 * KiB, 8 * KiB), Buffer.alloc(8 * KiB, 0xa0), 'the neighbour below is untouched');
-    const r = Buffer.alloc(16 * KiB);
-    await win.read(r, 0, 16 * KiB, 768 * KiB - 16 * KiB);
-    assert.deepEqual(r, Buffer.concat([Buffer.alloc(8 * KiB, 0xa1), w1]));
-    // A request past the member's end is refused (it would reach the gap or the next member), and changes nothing.
-    const end = fileBytes(files[1]!, 0, 768 * KiB);
-    for (const [off, len] of [[768 * KiB - 4 * KiB, 8 * KiB], [768 * KiB, 4 * KiB], [-4096, 4096]] as const) {
-      await assert.rejects(async () => win.write(Buffer.alloc(len), 0, len, off), /inside member of/);
-      await assert.rejects(async () => win.read(Buffer.alloc(len), 0, len, off), /inside member of/);
-      await assert.rejects(async () => win.zero(off, len, true, false), /inside member of/);
-      await assert.rejects(async () => win.trim(off, len), /inside member of/);
-      assert.throws(() => win.extents(off, len, 4), /inside member of/);
-    }
-    assert.deepEqual(fileBytes(files[1]!, 0, 768 * KiB), end);
-    // Zero and trim at window offsets.
-    await win.zero(64 * KiB, 64 * KiB, false, false);
-    await win.trim(256 * KiB, 64 * KiB);
-    assert.deepEqual(fileBytes(files[1]!, 60 * KiB, 72 * KiB), Buffer.concat([Buffer.alloc(4 * KiB, 0xa1), Buffer.alloc(64 * KiB), Buffer.alloc(4 * KiB, 0xa1)]));
-    assert.deepEqual(fileBytes(files[1]!, 256 * KiB, 64 * KiB), Buffer.alloc(64 * KiB));
-    // Extents in the window's offsets, ending at the member's end (the gap after it is not the member's).
-    const ext = win.extents(0, 768 * KiB, 16);
-    assert.equal(assertTiles(ext, 0, 'window map'), 768 * KiB);
-    assert.deepEqual(ext.find((e) => e.offset === 256 * KiB), { offset: 256 * KiB, length: 64 * KiB, flags: HZ });
-    assert.equal(win.extents(0, 768 * KiB, 1).length, 1);
-    // A member's own Volume over its window: its size is the member's, its flush the group's.
-    const member = new Volume('m1', win, false);
-    assert.equal(member.size, 768 * KiB);
-    await member.write(Buffer.alloc(4 * KiB, 0x5a), 0, 4 * KiB, 4 * KiB, true);
-    await member.flush();
-    assert.deepEqual(fileBytes(files[1]!, 4 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x5a));
-    assert.equal(group.stats.flushOps, 1, "the member's flush is the group's");
-    assert.equal(group.stats.writeOps, 3, "every member write went through the group's volume");
-    await s.close();
-  });
-
-  it("follows the group's read-only flag, and a held group holds its members' requests without failing them", async () => {
-    const s = onDevices();
-    const files = s.files as string[];
-    const group = new Volume('g', s.concat, false);
-    const member = new Volume('m2', new WindowStore(group, 3 * MiB, 512 * KiB, files[2]!), false);
-    group.setReplicaHold(true);
-    assert.equal(member.readOnly, true, "a read-only group makes its members read-only");
-    await assert.rejects(member.write(Buffer.alloc(4096), 0, 4096, 0, false), (e: unknown) => e instanceof FerryError && e.code === 'READ_ONLY');
-    group.setReplicaHold(false);
-    assert.equal(member.readOnly, false);
-    // Requests wait at the held group's gate, then complete once it is released.
-    const release = await group.hold();
-    let settled = false;
-    const w = member.write(Buffer.alloc(4096, 0x77), 0, 4096, 8192, false).then(() => (settled = true));
-    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-    assert.equal(settled, false, 'held while the group is held');
-    assert.deepEqual(fileBytes(files[2]!, 8192, 4096), Buffer.alloc(4096), 'not written while held');
-    release();
-    await w;
-    assert.deepEqual(fileBytes(files[2]!, 8192, 4096), Buffer.alloc(4096, 0x77));
-    await s.close();
-  });
-});
-
-describe('FailedStore', () => {
-  it('fails every operation with its error; a Volume over it fails requests, not hangs them', async () => {
-    const err = new FerryError('DISK_UNAVAILABLE', "its consistency group 'g' is unavailable: test");
-    const f: DiskStore = new FailedStore('/nowhere/m.img', MiB, err);
-    const buf = Buffer.alloc(4096);
-    for (const op of [() => f.read(buf, 0, 4096, 0), () => f.write(buf, 0, 4096, 0), () => f.trim(0, 4096), () => f.zero(0, 4096, true, false), () => f.sync()]) {
-      await assert.rejects(op(), (e: unknown) => e === err);
-    }
-    assert.deepEqual(f.extents(4096, 8192, 4), [{ offset: 4096, length: 8192, flags: 0 }]);
-    assert.equal(f.stillAtPath(), false);
-    assert.equal(f.readOnly, false);
-    assert.equal(f.size, MiB);
-    await f.close();
-    const v = new Volume('m', f, false);
-    await assert.rejects(v.read(buf, 0, 4096, 0), (e: unknown) => e === err);
-    await assert.rejects(v.write(buf, 0, 4096, 0, false), (e: unknown) => e === err);
-    await assert.rejects(v.flush(), (e: unknown) => e === err);
-    await new Promise<void>((resolve) => v.readTo(buf, 0, 4096, 0, (e) => (assert.equal(e, err), resolve())));
-    await new Promise<void>((resolve) => v.writeFrom(buf, 4096, 0, false, (e) => (assert.equal(e, err), resolve())));
-    assert.equal(v.stats.errors, 5);
-    assert.equal(v.stats.readOps + v.stats.writeOps, 0);
-  });
-});
