@@ -56,6 +56,8 @@ interface SetRun {
   stagingPeak: number;
   /** Some sample found writes waiting for space (a full staging area: the local mirrors throttle). */
   waitedForSpace: boolean;
+  /** Records staged over the run (writtenSeq), ramp included. */
+  staged: number;
 }
 
 const med = (v: number[]): number => {
@@ -141,7 +143,16 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
       await drained(api, o);
     }
   };
+  for (const o of configs.flatMap(owners)) {
+    await waitInSync(api, o, 600_000, 50);
+    ctx.log(`group: mirror of ${o} in sync after ${((Date.now() - t1) / 1000).toFixed(1)} s`);
+  }
   for (const c of configs) await steady(c);
+  // Each staging area feeds its disk(s) and a mirror: two consumers at least, or this measures something else.
+  for (const o of configs.flatMap(owners)) {
+    const st = await api('GET', `/v1/disks/${o}/staging`);
+    if (st.consumers.length < 2) throw new Error(`group-4-disks: the staging area of ${o} has consumers ${JSON.stringify(st.consumers)}, expected the disk's and a mirror's`);
+  }
   ctx.log(`group: ${configs.map((c) => `${owners(c).length} mirror(s) of ${c}`).join(', ')} in sync in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
 
   const settle = async (): Promise<void> => {
@@ -169,6 +180,12 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
         while (!stop && Date.now() - t < 1000) await sleep(50);
       }
     })();
+    const writtenSeq = async (): Promise<number> => {
+      let n = 0;
+      for (const o of owners(c)) n += (await api('GET', `/v1/disks/${o}/staging`)).writtenSeq as number;
+      return n;
+    };
+    const seq0 = await writtenSeq();
     const cpu0 = cpuSeconds(server.pid);
     const busy0 = machineBusySeconds();
     const wall0 = process.hrtime.bigint();
@@ -183,6 +200,10 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
     const serverCores = (cpuSeconds(server.pid) - cpu0) / wall;
     const fioCores = ms.reduce((n, m) => n + m.clientCores, 0);
     const iops = ms.reduce((n, m) => n + m.iops, 0);
+    // Every write went through the configuration's staging area(s): records staged over the run
+    // (ramp included) at least the writes fio counted in its measured part.
+    const staged = (await writtenSeq()) - seq0;
+    if (staged < 0.95 * iops * ctx.timing.seconds) throw new Error(`group-4-disks ${tag}: ${staged} records staged for about ${Math.round(iops * ctx.timing.seconds)} writes measured: the writes did not go through the staging area`);
     return {
       iops,
       p99MaxUs: Math.max(...ms.map((m) => m.p99LatUs)),
@@ -194,6 +215,7 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
       otherCores: Math.max(0, (machineBusySeconds() - busy0) / wall - serverCores - fioCores),
       stagingPeak: peak,
       waitedForSpace: waited,
+      staged,
     };
   };
 
@@ -207,7 +229,7 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
       const r = await runSet(c, `group-4-disks.${c}.${rep}`);
       runs[c].push(r);
       ctx.log(
-        `group-4-disks #${rep + 1} ${c.padEnd(8)} ${f0(r.iops).padStart(7)} IOPS total  mean ${f1(r.meanLatUs)} µs  p99 ${f0(r.p99MedUs)} µs (worst disk ${f0(r.p99MaxUs)})  ferryd ${f2(r.serverCores)} cores = ${f1(r.usPerWrite)} µs/write  fio ${f2(r.fioCores)}  other ${f2(r.otherCores)}  staging peak ${(r.stagingPeak * 100).toFixed(0)}%${r.waitedForSpace ? '  (writes waited for space)' : ''}`,
+        `group-4-disks #${rep + 1} ${c.padEnd(8)} ${f0(r.iops).padStart(7)} IOPS total  mean ${f1(r.meanLatUs)} µs  p99 ${f0(r.p99MedUs)} µs (worst disk ${f0(r.p99MaxUs)})  ferryd ${f2(r.serverCores)} cores = ${f1(r.usPerWrite)} µs/write  fio ${f2(r.fioCores)}  other ${f2(r.otherCores)}  staging peak ${(r.stagingPeak * 100).toFixed(0)}%, ${f0(r.staged)} records staged${r.waitedForSpace ? '  (writes waited for space)' : ''}`,
       );
     }
   }
