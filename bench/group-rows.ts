@@ -99,17 +99,18 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
   const dir = ctx.dir;
   fs.mkdirSync(dir, { recursive: true });
 
-  // Eight fully written disks of the same size and content: s0..s3 and g0..g3.
+  // Eight fully written disks of the same size and content: s0..s3 and g0..g3 (those of the configurations run).
   const separate = Array.from({ length: DISKS }, (_, i) => `s${i}`);
   const members = Array.from({ length: DISKS }, (_, i) => `g${i}`);
+  const used = [...(configs.includes('separate') ? separate : []), ...(configs.includes('group') ? members : [])];
   const t0 = Date.now();
   const files = new Map<string, string>();
-  for (const disk of [...separate, ...members]) {
+  for (const disk of used) {
     const file = path.join(dir, `${disk}.img`);
     ctx.fill(file, size, ctx.pattern);
     files.set(disk, file);
   }
-  ctx.log(`group: filled ${2 * DISKS} × ${diskMiB} MiB in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  ctx.log(`group: filled ${used.length} × ${diskMiB} MiB in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
   // One ferryd; its own `bench` disk is a 1 MiB placeholder (the ferryd helper adopts one).
   const srvDir = path.join(dir, 'ferryd');
@@ -120,7 +121,7 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
   const server = await ferryServer('ferry-group', { bin: ctx.bin, setup: async (a) => void (api = a) }).start({ dir: srvDir, file: placeholder, size: MiB });
   ctx.register('ferry-group', server);
   const uri = (disk: string): string => server.uri.replace(/\/bench$/, `/${disk}`);
-  for (const disk of [...separate, ...members]) await api('POST', '/v1/disks/adopt', { name: disk, path: files.get(disk)! });
+  for (const disk of used) await api('POST', '/v1/disks/adopt', { name: disk, path: files.get(disk)! });
 
   const t1 = Date.now();
   if (configs.includes('separate')) {
@@ -156,7 +157,7 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
   ctx.log(`group: ${configs.map((c) => `${owners(c).length} mirror(s) of ${c}`).join(', ')} in sync in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
 
   const settle = async (): Promise<void> => {
-    await ctx.settle(files.get(separate[0]!)!);
+    await ctx.settle(files.get(used[0]!)!);
   };
 
   /** The 4 fio processes of one configuration at once, with ferryd's CPU and the staging fill over the run. */
