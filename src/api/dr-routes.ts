@@ -138,7 +138,7 @@ export const drRoutes: RouteDef[] = [
     params: Type.Object({ name: Name }),
     response: DrSchema,
     handler: (d, { params }) => {
-      d.disks.get(params.name!); // DISK_NOT_FOUND
+      d.disks.get(params.name!, { groups: true }); // DISK_NOT_FOUND (a group's history is its own, like a disk's)
       return drView(d, params.name!) ?? { state: 'normal', generation: null, generations: [], reason: null, since: null, formerPrimary: null };
     },
   },

@@ -17,6 +17,7 @@ export const TestFailoverDetailsSchema = Type.Object({
   preservedBytes: Type.Integer({ description: 'replica contents preserved for the test since it started' }),
   writtenBytes: Type.Integer({ description: 'granules the test wrote' }),
   granuleBytes: Type.Integer({ description: 'the copy-on-write granule' }),
+  exports: Type.Array(Type.String(), { description: "the NBD exports serving the image: the export, or for a consistency group's replica EXPORT.MEMBER per member (all at one point)" }),
 });
 
 export const TestEndSchema = Type.Object({

@@ -1,11 +1,13 @@
 // Prometheus metrics, read from the daemon's state at scrape time (no background work):
 // disks (I/O counters, clients, online), staging areas (fill, free bytes, copy health,
 // records not yet applied), mirrors (state as an enum gauge, lag, sync progress, dirty bytes,
-// link, RPO target and whether it is met). Served at /metrics on the API (with the token) and, with `serve --metrics`, on an
+// link, RPO target and whether it is met); consistency groups (group-metrics.ts; a group's staging
+// area and mirror are in the staging and mirror series under its name). Served at /metrics on the API (with the token) and, with `serve --metrics`, on an
 // address of its own without one (metrics-server.ts) for Prometheus to scrape.
 import client from 'prom-client';
 import type { Daemon } from '../control/daemon.js';
 import type { MirrorState } from '../mirror/mirror.js';
+import { registerGroupMetrics } from './group-metrics.js';
 
 /** Every state a mirror can be in (mirror/mirror.ts; the compiler checks none is missing), one series each in ferry_mirror_state. */
 const MIRROR_STATES = Object.keys({ syncing: 1, 'in-sync': 1, paused: 1, bitmap: 1, resyncing: 1 } satisfies Record<MirrorState, 1>) as MirrorState[];
@@ -55,16 +57,16 @@ export class Metrics {
     });
     this.stagingGauges(daemon);
     this.mirrorGauges(daemon);
+    registerGroupMetrics(this.registry, daemon);
   }
 
   private stagingGauges(daemon: Daemon): void {
     type Info = ReturnType<Daemon['staging']['show']>;
-    /** Every online disk's staging area (disks without one, or unavailable, are left out). */
+    /** Every online disk's staging area, and every group's under its name (those without one, or unavailable, are left out). */
     const stagings = (): Info[] =>
-      daemon.disks.list().flatMap((d) => {
-        if (d.state !== 'online') return [];
+      [...daemon.disks.list().filter((d) => d.state === 'online').map((d) => d.name), ...daemon.groups.list().map((g) => g.name)].flatMap((name) => {
         try {
-          return [daemon.staging.show(d.name)];
+          return [daemon.staging.show(name)];
         } catch {
           return []; // NO_STAGING
         }

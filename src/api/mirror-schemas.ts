@@ -118,7 +118,13 @@ export const VerifySchema = Type.Object({
       bytesCompared: Type.Integer(),
       regionsVerified: Type.Integer(),
       regionsSkipped: Type.Integer({ description: 'regions written to during every attempt to compare them' }),
-      differences: Type.Array(Type.Object({ offset: Type.Integer(), length: Type.Integer() })),
+      differences: Type.Array(
+        Type.Object({
+          offset: Type.Integer({ description: "within the disk; for a consistency group, within the member named" }),
+          length: Type.Integer(),
+          member: Type.Optional(Type.String({ description: "a consistency group's member the range lies in" })),
+        }),
+      ),
       seconds: Type.Number(),
     });
 

@@ -10,7 +10,7 @@ import { bytes, keyValues } from './output.js';
 function testText(t: TestFailover): string {
   return keyValues([
     ['disk', t.disk],
-    ['export', t.export],
+    ['export', t.exports.length > 1 ? t.exports.join(', ') : t.export],
     ['state', t.state + (t.reason ? ` (${t.reason})` : '')],
     ['image', `the replica as of record ${t.seq}, ${t.startedAt}`],
     ['scratch', `${t.scratch ?? '-'}: ${bytes(t.scratchUsedBytes)} of ${bytes(t.scratchBytes)} used (${bytes(t.preservedBytes)} preserved for the test, ${bytes(t.writtenBytes)} written by it)`],

@@ -41,6 +41,7 @@ function diskDetails(d: DiskInfo): string {
     ['pool', d.pool ?? '-'],
     ['read-only', d.readOnly ? 'yes' : 'no'],
     ['clients', String(d.clients)],
+    ...(d.group ? ([['group', `${d.group} (its writes go through the group's staging area; its mirror is the group's: ferry group show ${d.group})`]] as Array<[string, string]>) : []),
     ['created', d.createdAt],
     ...(d.dr ? ([['dr', `${d.dr.state}${d.dr.reason ? ` (${d.dr.reason})` : ''}, generation ${d.dr.generation ?? '-'}`]] as Array<[string, string]>) : []),
   ]);

@@ -23,7 +23,13 @@ function statusTable(list: MirrorStatus[]): string {
       error: m.syncError ?? m.committerError ?? m.link?.lastError ?? (m.fallback ? `fallback image: record ${m.fallback.seq}` : ''),
     })),
     ['disk', 'role', 'target', 'state', 'link', 'consistent', 'sync', 'lag', 'rpo', 'error'],
-  );
+  ) + membersTable(list);
+}
+
+/** A consistency group's mirror: its members (one point of the group's order; the lag above is the group's). */
+function membersTable(list: MirrorStatus[]): string {
+  const rows = list.flatMap((m) => (m.members ?? []).map((x) => ({ group: m.disk, member: x.disk, target: x.target, copied: x.synced ? 'yes' : 'being copied' })));
+  return rows.length === 0 ? '' : `\n${table(rows, ['group', 'member', 'target', 'copied'])}`;
 }
 
 
@@ -71,6 +77,11 @@ export function registerMirrorCommands(program: Command): void {
       if ((diskArg === undefined) === (opts.group === undefined)) cmd.error('give a disk, or --group NAME (not both)', { exitCode: 2 });
       const disk: string = diskArg ?? opts.group;
       if (opts.group !== undefined) {
+        // A group's staging area is given at group create; its mirror is new (a full sync) and never overwrites.
+        for (const [flag, given] of [['--staging', opts.staging], ['--staging-size', opts.stagingSize], ['--staging-copy', opts.stagingCopy], ['--force', opts.force]] as const) {
+          if (given !== undefined) cmd.error(`${flag} does not apply to --group (the group's staging area is given at group create)`, { exitCode: 2 });
+        }
+        if (opts.sync !== 'full') cmd.error("--sync checksum does not apply to --group (a group's mirror is new)", { exitCode: 2 });
         let g = await client(cmd).request<MirrorStatus>('POST', `/v1/groups/${encodeURIComponent(disk)}/mirror`, { to: opts.to, ...policyBody(opts) });
         if (opts.wait) g = await waitInSync(cmd, disk);
         print(cmd, g, () => (g.consistent ? `mirror of group ${disk} on ${g.target} is in sync\n` : `mirror of group ${disk} on ${g.target} created (${g.members?.length ?? 0} member files); syncing (ferry mirror status ${disk} --watch)\n`));

@@ -6,7 +6,7 @@
 // Truthful states: a mirror whose link is down or whose sync failed is never shown as plain
 // `in-sync` (mirror-state-text.ts).
 import type { Command } from 'commander';
-import type { Disk as DiskInfo, Mirror as MirrorStatus, ServerInfo, Site as SiteInfo, Staging as StagingInfo } from '../api/types.js';
+import type { DiskDr, Disk as DiskInfo, Group, Mirror as MirrorStatus, ServerInfo, Site as SiteInfo, Staging as StagingInfo } from '../api/types.js';
 import { ApiError, type ApiClient } from './api-client.js';
 import { client, jsonOpt, print } from './command-kit.js';
 import { bytes, keyValues, table } from './output.js';
@@ -20,6 +20,10 @@ export interface DiskOverview {
   mirror: { state: string; target: string; link: string | null; lagSeconds: number; lagBytes: number; syncProgress: number } | null;
   staging: { usedBytes: number; ringBytes: number; fillPercent: number; copies: number; healthyCopies: number; failed: boolean } | null;
   problems: string[];
+  /** A consistency group's row: its members (their staging area, mirror and roles are the group's). */
+  members?: string[];
+  /** A member's row: its group. */
+  group?: string;
 }
 
 export interface StatusOverview {
@@ -54,7 +58,7 @@ function mirrorProblems(m: MirrorStatus): string[] {
 }
 
 /** A disk fenced, in split brain or switching over, with the command that ends it. */
-function drProblems(d: DiskInfo): string[] {
+function drProblems(d: Pick<DiskInfo, 'name' | 'dr'>): string[] {
   const dr = d.dr;
   if (!dr || dr.state === 'normal') return [];
   const why = dr.reason ? `: ${dr.reason}` : '';
@@ -64,12 +68,34 @@ function drProblems(d: DiskInfo): string[] {
 }
 
 export async function statusOverview(api: ApiClient): Promise<StatusOverview> {
-  const [server, site, disks, mirrors] = await Promise.all([
+  const [server, site, plain, mirrors, groups] = await Promise.all([
     api.request<ServerInfo>('GET', '/v1/server'),
     api.request<SiteInfo>('GET', '/v1/site'),
     api.request<DiskInfo[]>('GET', '/v1/disks'),
     api.request<MirrorStatus[]>('GET', '/v1/mirrors'),
+    api.request<Group[]>('GET', '/v1/groups'),
   ]);
+  // A consistency group is a row of its own (its staging area, mirror and roles are its members'); each member names it.
+  const groupDr = await Promise.all(groups.map((g) => api.request<DiskDr>('GET', `/v1/disks/${encodeURIComponent(g.name)}/dr`).catch(() => undefined)));
+  const disks: Array<DiskInfo & { members?: string[] }> = [
+    ...plain,
+    ...groups.map((g, i) => ({
+      name: g.name,
+      kind: 'virtual' as const,
+      pool: null,
+      path: `group:${g.name}`,
+      size: g.addressBytes,
+      readOnly: false,
+      state: g.state,
+      ...(g.error ? { error: g.error } : {}),
+      clients: g.members.reduce((n, m) => n + m.clients, 0),
+      allocatedBytes: null,
+      createdAt: g.createdAt,
+      stats: null,
+      ...(groupDr[i] ? { dr: groupDr[i] } : {}),
+      members: g.members.map((m) => m.disk),
+    })),
+  ];
   const byDisk = new Map(mirrors.map((m) => [m.disk, m]));
   const stagings = await Promise.all(disks.map((d) => (d.state === 'online' ? stagingOf(api, d.name) : Promise.resolve(null))));
   const overview: DiskOverview[] = disks.map((d, i) => {
@@ -92,6 +118,8 @@ export async function statusOverview(api: ApiClient): Promise<StatusOverview> {
       mirror: m ? { state: mirrorStateText(m), target: m.target, link: m.link ? m.link.state : null, lagSeconds: m.lagSeconds, lagBytes: m.lagBytes, syncProgress: m.syncProgress } : null,
       staging: s ? { usedBytes: s.usedBytes, ringBytes: s.ringBytes, fillPercent: s.ringBytes > 0 ? Math.round((s.usedBytes / s.ringBytes) * 100) : 0, copies: s.copies.length, healthyCopies: healthy, failed: s.failed } : null,
       problems,
+      ...(d.members ? { members: d.members } : {}),
+      ...(d.group ? { group: d.group } : {}),
     };
   });
   // Disks with a problem first, then by name.
@@ -110,7 +138,7 @@ function render(o: StatusOverview): string {
   if (o.disks.length === 0) return [...lines, '(no disks)'].join('\n');
   const rows = o.disks.map((d) => ({
     DISK: d.name,
-    ROLE: d.role,
+    ROLE: d.members ? `group of ${d.members.join(',')}${d.role === 'unmirrored' ? '' : `, ${d.role}`}` : d.group ? `in group ${d.group}` : d.role,
     STATE: d.state,
     CLIENTS: String(d.clients),
     MIRROR: d.mirror ? d.mirror.state : '-',

@@ -2,14 +2,16 @@
 // the last 15 minutes, one point a second), sync progress with rate and ETA, the staging
 // area's use and its copies' health, the mirror's operations (pause, resume, verify, swap,
 // promote, remove; destructive ones behind a typed confirmation), its DR state, switchover,
-// reconnect and test failover (dr-panels.tsx), and its recent events.
+// reconnect and test failover (dr-panels.tsx), and its recent events. A member of a
+// consistency group says so (its staging area and mirror are the group's: group-membership.tsx).
 import { useState } from 'preact/hooks';
-import type { Mirror, PromoteResult, RemovedMirror, SwapResult, VerifyResult } from '../api/types.js';
+import type { Mirror, PromoteResult, RemovedMirror, Staging, SwapResult, VerifyResult } from '../api/types.js';
 import { api, enc } from './api.js';
 import { Chart } from './chart.js';
 import { EventList } from './events-feed.js';
 import { bytes, duration, percent, rate } from './format.js';
 import { DrSummary, Reconnect, Switchover, TestFailoverPanel } from './dr-panels.js';
+import { GroupMembership } from './group-membership.js';
 import { CreateMirror, SetMirror } from './mirror-forms.js';
 import { roleOf, severity, state } from './store.js';
 import { Badge, ErrorLine, TypedConfirm, useAction, useStore } from './ui.js';
@@ -36,6 +38,7 @@ export function DiskPage({ name }: { name: string }) {
           </>
         )}
       </p>
+      {d.group && <GroupMembership disk={name} group={d.group} />}
       {(d.dr ?? m?.dr) && <DrSummary dr={(d.dr ?? m?.dr)!} />}
       {m && <MirrorSummary m={m} />}
       {h && (
@@ -53,25 +56,8 @@ export function DiskPage({ name }: { name: string }) {
           <Chart testId="chart-link" title="Link throughput" t={h.t} series={[{ label: 'link', values: h.linkBps, unit: rate, stroke: '#2ca02c' }]} />
         </div>
       )}
-      {s && (
-        <div class="card" aria-label="staging area">
-          <h3>Staging area</h3>
-          <p>
-            {bytes(s.usedBytes)} used of {bytes(s.ringBytes)} ({percent(s.ringBytes ? s.usedBytes / s.ringBytes : 0)}), {s.unappliedRecords} record(s) not yet on the disk
-            {s.waitingForSpace && <strong> — writes are waiting for space</strong>}
-            {s.failed && <strong> — FAILED: no copy left</strong>}
-          </p>
-          <ul>
-            {s.copies.map((c) => (
-              <li>
-                {c.path}: {c.healthy ? <Badge level="ok">healthy</Badge> : <Badge level="bad">failed</Badge>}
-                {c.rebuilding && ' (rebuilding)'} {c.problem ?? ''}
-              </li>
-            ))}
-          </ul>
-        </div>
-      )}
-      {m ? <MirrorActions disk={name} m={m} /> : d.state === 'online' && <CreateMirror disk={name} />}
+      {s && <StagingCard s={s} />}
+      {m ? <MirrorActions disk={name} m={m} /> : d.state === 'online' && !d.group && <CreateMirror disk={name} />}
       {m && (m.role === 'replica' || m.link) && <Switchover disk={name} m={m} clients={d.clients} />}
       {(d.dr ?? m?.dr)?.state === 'fenced' || (d.dr ?? m?.dr)?.state === 'split-brain' ? <Reconnect disk={name} dr={(d.dr ?? m?.dr)!} /> : null}
       {m && <TestFailoverPanel disk={name} m={m} />}
@@ -83,7 +69,29 @@ export function DiskPage({ name }: { name: string }) {
   );
 }
 
-function MirrorSummary({ m }: { m: Mirror }) {
+/** A staging area's use, its records not yet applied and each copy's health (a disk's, or a group's). */
+export function StagingCard({ s }: { s: Staging }) {
+  return (
+    <div class="card" aria-label="staging area">
+      <h3>Staging area</h3>
+      <p>
+        {bytes(s.usedBytes)} used of {bytes(s.ringBytes)} ({percent(s.ringBytes ? s.usedBytes / s.ringBytes : 0)}), {s.unappliedRecords} record(s) not yet on the disk
+        {s.waitingForSpace && <strong> — writes are waiting for space</strong>}
+        {s.failed && <strong> — FAILED: no copy left</strong>}
+      </p>
+      <ul>
+        {s.copies.map((c) => (
+          <li>
+            {c.path}: {c.healthy ? <Badge level="ok">healthy</Badge> : <Badge level="bad">failed</Badge>}
+            {c.rebuilding && ' (rebuilding)'} {c.problem ?? ''}
+          </li>
+        ))}
+      </ul>
+    </div>
+  );
+}
+
+export function MirrorSummary({ m }: { m: Mirror }) {
   return (
     <dl class="summary" data-testid="mirror-summary">
       <dt>Mirror</dt>
@@ -134,7 +142,8 @@ function MirrorSummary({ m }: { m: Mirror }) {
   );
 }
 
-function MirrorActions({ disk, m }: { disk: string; m: Mirror }) {
+/** The mirror's operations on a disk's page, or on a group's (`noun` 'group': the same routes with its name). */
+export function MirrorActions({ disk, m, noun = 'disk' }: { disk: string; m: Mirror; noun?: 'disk' | 'group' }) {
   const a = useAction();
   const [confirm, setConfirm] = useState<null | 'remove' | 'promote'>(null);
   const base = `/v1/disks/${enc(disk)}/mirror`;
@@ -165,6 +174,7 @@ function MirrorActions({ disk, m }: { disk: string; m: Mirror }) {
       {confirm && (
         <TypedConfirm
           disk={disk}
+          noun={noun}
           what={confirm === 'remove' ? 'Remove the mirror, abandoning its sync' : 'Promote the replica as it is'}
           onCancel={() => setConfirm(null)}
           onConfirm={() => {

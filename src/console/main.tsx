@@ -1,11 +1,12 @@
 // The Ferry console: a single page served by ferryd at its API address, talking only to the
 // documented REST API with the bearer token the user logs in with (kept in sessionStorage).
-// Routes are URL fragments: #/ (overview), #/disk/NAME, #/peers, #/events.
+// Routes are URL fragments: #/ (overview), #/disk/NAME, #/groups, #/group/NAME, #/peers, #/events.
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { api, ApiFailure, login, logout, token } from './api.js';
 import { DiskPage } from './disk-page.js';
 import { EventsFeed } from './events-feed.js';
+import { GroupPage, GroupsView } from './groups.js';
 import { followEvents } from './events.js';
 import { Overview, renderStats } from './overview.js';
 import { Peers } from './peers.js';
@@ -54,13 +55,15 @@ function Shell({ onLogout }: { onLogout: () => void }) {
   const hash = useHash();
   const disk = /^#\/disk\/(.+)$/.exec(hash)?.[1];
   const diskName = disk ? decodeURIComponent(disk) : null;
+  const group = /^#\/group\/(.+)$/.exec(hash)?.[1];
+  const groupName = group ? decodeURIComponent(group) : null;
   useEffect(() => window.scrollTo(0, 0), [hash]);
   useEffect(() => {
     let stop = false;
     const loop = async (): Promise<void> => {
       while (!stop) {
         const started = Date.now();
-        await poll(diskName);
+        await poll(diskName ?? groupName); // the staging area of the disk or group shown
         if (state.pollError?.code === 'UNAUTHORIZED') return onLogout();
         await new Promise((r) => setTimeout(r, Math.max(0, 1000 - (Date.now() - started))));
       }
@@ -69,7 +72,7 @@ function Shell({ onLogout }: { onLogout: () => void }) {
     return () => {
       stop = true;
     };
-  }, [diskName]);
+  }, [diskName, groupName]);
   useEffect(
     () =>
       followEvents(addEvent, (connected, error) => {
@@ -81,6 +84,7 @@ function Shell({ onLogout }: { onLogout: () => void }) {
   );
   const nav = [
     ['#/', 'Disks'],
+    ['#/groups', 'Groups'],
     ['#/peers', 'Peers'],
     ['#/events', 'Events'],
   ];
@@ -102,7 +106,7 @@ function Shell({ onLogout }: { onLogout: () => void }) {
       </header>
       <main>
         {state.pollError && <ErrorLine error={state.pollError} />}
-        {diskName ? <DiskPage name={diskName} /> : hash === '#/peers' ? <Peers /> : hash === '#/events' ? <EventsFeed /> : <Overview />}
+        {diskName ? <DiskPage name={diskName} /> : groupName ? <GroupPage name={groupName} /> : hash === '#/groups' ? <GroupsView /> : hash === '#/peers' ? <Peers /> : hash === '#/events' ? <EventsFeed /> : <Overview />}
       </main>
       <footer>
         Overview rendered {renderStats.rows} disk(s) in {renderStats.ms.toFixed(1)} ms (slowest {renderStats.msMax.toFixed(1)} ms). Polls GET /v1/disks and /v1/mirrors each second.

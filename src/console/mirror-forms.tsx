@@ -5,9 +5,9 @@ import type { Mirror } from '../api/types.js';
 import { api, enc } from './api.js';
 import { ErrorLine, useAction } from './ui.js';
 
-type Fields = Record<string, string>;
+export type Fields = Record<string, string>;
 
-function Field({ label, name, f, set, placeholder, hint }: { label: string; name: string; f: Fields; set: (n: string, v: string) => void; placeholder?: string; hint?: string }) {
+export function Field({ label, name, f, set, placeholder, hint }: { label: string; name: string; f: Fields; set: (n: string, v: string) => void; placeholder?: string; hint?: string }) {
   return (
     <label>
       {label} <input name={name} value={f[name] ?? ''} placeholder={placeholder} onInput={(e) => set(name, (e.target as HTMLInputElement).value)} />
@@ -30,13 +30,13 @@ function Select({ label, name, f, set, options }: { label: string; name: string;
 }
 
 /** Policies as the API takes them: only the fields given. */
-function policies(f: Fields): Record<string, string> {
+export function policies(f: Fields): Record<string, string> {
   const out: Record<string, string> = {};
   for (const k of ['onFull', 'maxLag', 'bandwidth', 'compress', 'rpo']) if (f[k]) out[k] = f[k]!;
   return out;
 }
 
-function PolicyFields({ f, set }: { f: Fields; set: (n: string, v: string) => void }) {
+export function PolicyFields({ f, set }: { f: Fields; set: (n: string, v: string) => void }) {
   return (
     <fieldset>
       <legend>Policies</legend>

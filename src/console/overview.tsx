@@ -1,6 +1,7 @@
 // The overview: every disk, worst first (unavailable, DR fenced/split-brain/switching, link not connected, failing, RPO missed, bitmap,
 // paused, inconsistent, syncing, unmirrored, healthy), with role, mirror state, consistency,
-// lag (records, bytes, seconds), link and RPO (the DR state beside the role when not normal); and the form to create a disk.
+// lag (records, bytes, seconds), link and RPO (the DR state beside the role when not normal; a
+// consistency group's member says its group, and shows the group's mirror); and the form to create a disk.
 import { useLayoutEffect, useState } from 'preact/hooks';
 import type { Disk, Mirror } from '../api/types.js';
 import { api } from './api.js';
@@ -35,6 +36,12 @@ function Row({ d, m }: { d: Disk; m: Mirror | undefined }) {
           </>
         )}
         {m?.test && ` (test ${m.test.state})`}
+        {d.group && (
+          <>
+            {' '}
+            in group <a href={`#/group/${encodeURIComponent(d.group)}`}>{d.group}</a>
+          </>
+        )}
       </td>
       <td>{d.state === 'online' ? <Badge level="ok">online</Badge> : <Badge level="bad">unavailable</Badge>}</td>
       <td>{mirrorBadge(m)}</td>
@@ -49,11 +56,17 @@ function Row({ d, m }: { d: Disk; m: Mirror | undefined }) {
   );
 }
 
+/** A disk's mirror; a group member's is its group's (its state, lag and problems are the member's too). */
+function mirrorOf(d: Disk): Mirror | undefined {
+  return state.mirrors.get(d.name) ?? (d.group ? state.mirrors.get(d.group) : undefined);
+}
+
 export function Overview() {
   useStore();
   const started = performance.now();
   const rows = state.disks
-    .map((d) => ({ d, m: state.mirrors.get(d.name), rank: severity(d, state.mirrors.get(d.name)).rank }))
+    .map((d) => ({ d, m: mirrorOf(d) }))
+    .map(({ d, m }) => ({ d, m, rank: severity(d, m).rank }))
     .sort((a, b) => b.rank - a.rank || a.d.name.localeCompare(b.d.name));
   useLayoutEffect(() => {
     renderStats.ms = performance.now() - started;

@@ -34,18 +34,21 @@ export function Badge({ level, children }: { level: 'ok' | 'warn' | 'bad' | 'non
 
 /**
  * Runs `action` only once the disk's name is typed: what loses or abandons data (remove
- * --force, promote --force, disk purge, switchover --force). Cancel or a wrong name does nothing.
+ * --force, promote --force, disk purge, switchover --force), or what ends a consistency
+ * group's shared write order (group delete: `noun` 'group', its name typed; member removal: the
+ * disk's name).
+ * Cancel or a wrong name does nothing.
  */
-export function TypedConfirm({ disk, what, note, onConfirm, onCancel }: { disk: string; what: string; note?: string; onConfirm: () => void; onCancel: () => void }) {
+export function TypedConfirm({ disk, what, note, noun = 'disk', onConfirm, onCancel }: { disk: string; what: string; note?: string; noun?: 'disk' | 'group'; onConfirm: () => void; onCancel: () => void }) {
   const [typed, setTyped] = useState('');
   return (
     <div class="confirm" role="dialog" aria-modal="true" aria-labelledby="confirm-title">
       <h3 id="confirm-title">{what}</h3>
       <p>
-        {note ?? 'This loses or abandons data.'} Type the disk's name, <code>{disk}</code>, to confirm.
+        {note ?? 'This loses or abandons data.'} Type the {noun}'s name, <code>{disk}</code>, to confirm.
       </p>
       <label>
-        Disk name <input autoFocus value={typed} onInput={(e) => setTyped((e.target as HTMLInputElement).value)} aria-label="type the disk name to confirm" />
+        {noun === 'disk' ? 'Disk' : 'Group'} name <input autoFocus value={typed} onInput={(e) => setTyped((e.target as HTMLInputElement).value)} aria-label={`type the ${noun} name to confirm`} />
       </label>
       <div class="buttons">
         <button type="button" class="danger" disabled={typed !== disk} onClick={() => typed === disk && onConfirm()}>

@@ -146,9 +146,10 @@ export class Daemon {
       mirrors,
       replicas: this.replicas,
       dr: this.dr,
-      disconnectClients: (disk: string): Promise<number> => {
-        const volume = this.disks.volume(disk);
-        return volume ? this.nbd.disconnect(volume) : Promise.resolve(0);
+      disconnectClients: async (disk: string): Promise<number> => {
+        let n = 0;
+        for (const v of this.disks.exportVolumes(disk)) n += await this.nbd.disconnect(v);
+        return n;
       },
       replPort: () => this.replAddress.port,
       siteName: this.identity.siteName,

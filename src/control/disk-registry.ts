@@ -224,6 +224,18 @@ export class DiskRegistry {
     return this.info(d);
   }
 
+  /** NBD clients attached to a disk, or to any member of a group. */
+  clientsOf(name: string): number {
+    if (this.isGroup(name)) return this.groups.members(name).reduce((n, m) => n + (this.disks.get(m.disk)?.volume?.attachedClients ?? 0), 0);
+    return this.disks.get(name)?.volume?.attachedClients ?? 0;
+  }
+
+  /** The volumes NBD clients attach to for `name`: the disk's, or every member's of a group. */
+  exportVolumes(name: string): Volume[] {
+    const names = this.isGroup(name) ? this.groups.members(name).map((m) => m.disk) : [name];
+    return names.map((n) => this.disks.get(n)?.volume).filter((v): v is Volume => v != null);
+  }
+
   /** Whether `name` is a consistency group. */
   isGroup(name: string): boolean {
     return this.disks.get(name)?.row.kind === 'group';

@@ -41,6 +41,7 @@ import { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
 import { assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { ReplicaControl } from './replica-control.js';
+import { memberPlaces, memberWindow } from './group-volumes.js';
 import type { MetadataStore } from './store.js';
 
 export { DRILL_DIR } from './drill-markers.js';
@@ -80,6 +81,13 @@ interface RunningTest {
   cow: CowGuardStore;
   volume: Volume;
   handle: ReplicaHandle;
+  /** The exports: the test image itself, or (a consistency group's replica) one window of it per member, EXPORT.MEMBER. */
+  exports: Volume[];
+}
+
+/** The export of each member of a group's test image: EXPORT.MEMBER. */
+export function memberExportName(exportName: string, member: string): string {
+  return `${exportName}.${member}`;
 }
 
 export interface DrillCollaborators {
@@ -111,12 +119,18 @@ export class DrillControl {
 
   /** The NBD catalog: a test failover's export by name. */
   exportVolume(name: string): Volume | undefined {
-    for (const t of this.tests.values()) if (t.marker.export === name) return t.volume;
+    for (const t of this.tests.values()) for (const v of t.exports) if (v.name === name) return v;
     return undefined;
   }
 
   exportNames(): string[] {
-    return [...this.tests.values()].map((t) => t.marker.export);
+    return [...this.tests.values()].flatMap((t) => t.exports.map((v) => v.name));
+  }
+
+  /** The export names a test of `disk` would serve: EXPORT, or EXPORT.MEMBER for each member of a group. */
+  private exportNamesFor(disk: string, exportName: string): string[] {
+    if (!this.c.disks.isGroup(disk)) return [exportName];
+    return this.c.disks.groups.members(disk).map((m) => validateName('disk', memberExportName(exportName, m.disk)));
   }
 
   status(disk: string): TestFailoverStatus | null {
@@ -135,7 +149,7 @@ export class DrillControl {
   }
 
   /** The test failover of `disk` with its scratch area's figures; NO_TEST when there is none. */
-  details(disk: string): TestFailoverStatus & { disk: string; scratch: string | null; preservedBytes: number; writtenBytes: number; granuleBytes: number } {
+  details(disk: string): TestFailoverStatus & { disk: string; scratch: string | null; preservedBytes: number; writtenBytes: number; granuleBytes: number; exports: string[] } {
     validateName('disk', disk);
     const st = this.status(disk);
     if (!st) {
@@ -144,7 +158,7 @@ export class DrillControl {
     }
     const t = this.tests.get(disk);
     const s = t?.scratch.stats();
-    return { ...st, disk, scratch: t?.marker.scratch ?? null, preservedBytes: s?.preservedBytes ?? 0, writtenBytes: s?.writtenBytes ?? 0, granuleBytes: TEST_GRANULE_BYTES };
+    return { ...st, disk, scratch: t?.marker.scratch ?? null, preservedBytes: s?.preservedBytes ?? 0, writtenBytes: s?.writtenBytes ?? 0, granuleBytes: TEST_GRANULE_BYTES, exports: t ? t.exports.map((v) => v.name) : [] };
   }
 
   async start(disk: string, req: TestStartRequest): Promise<TestFailoverStatus> {
@@ -168,8 +182,10 @@ export class DrillControl {
     if (this.tests.has(disk)) throw new FerryError('TEST_RUNNING', `a test failover of '${disk}' is running (export '${this.tests.get(disk)!.marker.export}'); end it first with 'ferry mirror test-end ${disk}'`);
     this.assertConsistent(disk);
     const exportName = validateName('disk', req.export);
-    if (this.c.disks.volume(exportName) || this.c.store.disk(exportName) || this.exportVolume(exportName)) {
-      throw new FerryError('EXPORT_EXISTS', `an NBD export named '${exportName}' exists here (a disk or a test failover): choose another name`);
+    for (const name of this.exportNamesFor(disk, exportName)) {
+      if (this.c.disks.volume(name) || this.c.store.disk(name) || this.exportVolume(name)) {
+        throw new FerryError('EXPORT_EXISTS', `an NBD export named '${name}' exists here (a disk or a test failover): choose another name`);
+      }
     }
     if (req.scratchSize === undefined || req.scratchSize === null) throw new FerryError('INVALID_SIZE', 'a test failover needs --scratch-size: the bound of its scratch area');
     const scratchBytes = Math.floor(parseSize(req.scratchSize as string | number) / 65536) * 65536;
@@ -214,7 +230,11 @@ export class DrillControl {
         const cow = new CowGuardStore(h.volume.primaryStore, scratch);
         heldMs = await h.volume.exclusive(async () => void h.volume.replacePrimary(cow));
         const volume = new Volume(exportName, new TestImageStore(scratch), false);
-        this.tests.set(disk, { marker: created, scratch, cow, volume, handle: h });
+        // A group's image is one address space: each member is served as its window of it, all at one point.
+        const exports = this.c.disks.isGroup(disk)
+          ? memberPlaces(this.c.disks.groups.members(disk), (n) => this.c.store.disk(n)).map((p) => new Volume(memberExportName(exportName, p.disk), memberWindow(volume, p, `${exportName}:${p.disk}`), false))
+          : [volume];
+        this.tests.set(disk, { marker: created, scratch, cow, volume, handle: h, exports });
         this.ended.delete(disk);
         h.test = () => this.status(disk)!;
       } finally {
@@ -284,7 +304,9 @@ export class DrillControl {
     const st = t.scratch.stats();
     // The export goes first: no new client finds it, those attached are disconnected.
     this.tests.delete(disk);
-    const clientsDisconnected = await this.c.disconnect(t.volume);
+    let clientsDisconnected = 0;
+    for (const v of t.exports) clientsDisconnected += await this.c.disconnect(v);
+    for (const v of t.exports) if (v !== t.volume) await v.close();
     await t.volume.close();
     const h = t.handle;
     const c = h.staged.committer;

@@ -65,6 +65,56 @@ export interface CreateGroupRequest {
   stagingCopy?: string;
 }
 
+/** What forming and dissolving a group work with. */
+export interface GroupContext {
+  store: MetadataStore;
+  disks: DiskRegistry;
+}
+
+/**
+ * Makes a group of `volumes` (checked joiners) at `places`: rows first (one transaction), then,
+ * under their held requests, the group's volume over their devices and each member's window of
+ * it. No staging area yet (the caller attaches one: a group's, or a replica's).
+ */
+export async function formGroup(ctx: GroupContext, name: string, addressBytes: number, places: MemberPlace[], volumes: Volume[]): Promise<void> {
+  const created = Date.now();
+  const releases = await Promise.all(volumes.map((v) => v.hold()));
+  try {
+    ctx.disks.groups.transaction(() => {
+      ctx.store.insertDisk({ name, kind: 'group', pool: null, path: groupPath(name), size: addressBytes, read_only: 0, created_at: created });
+      for (const p of places) ctx.disks.groups.insertMember({ disk: p.disk, grp: name, base: p.base, added_at: created });
+    });
+    const group = groupVolume(name, addressBytes, places, volumes.map((v) => v.primaryStore));
+    ctx.disks.setVolume(name, group);
+    volumes.forEach((v, i) => v.replacePrimary(memberWindow(group, places[i]!, ctx.store.disk(places[i]!.disk)!.path)));
+  } finally {
+    for (const r of releases) r();
+  }
+}
+
+/** Members back on their own devices, then the rows go (a crash between: the group is opened again). No staging area left. */
+export async function dissolveGroup(ctx: GroupContext, name: string): Promise<void> {
+  const members = ctx.disks.groups.members(name);
+  const vols = members.map((m) => ctx.disks.entry(m.disk).volume);
+  const releases = await Promise.all(vols.map((v) => v?.hold()));
+  try {
+    const group = ctx.disks.entry(name).volume;
+    for (let i = 0; i < members.length; i++) {
+      const v = vols[i];
+      if (!v) continue;
+      v.replacePrimary(BlockDevice.open(ctx.store.disk(members[i]!.disk)!.path));
+    }
+    if (group) await group.close();
+    ctx.disks.groups.transaction(() => {
+      for (const m of members) ctx.disks.groups.deleteMember(m.disk);
+      ctx.store.deleteDisk(name);
+    });
+    ctx.disks.dropGroup(name);
+  } finally {
+    for (const r of releases) r?.();
+  }
+}
+
 export class GroupControl {
   constructor(
     private readonly store: MetadataStore,
@@ -88,6 +138,12 @@ export class GroupControl {
       const isDisk = this.store.disk(name) !== undefined;
       throw new FerryError('GROUP_NOT_FOUND', isDisk ? `'${name}' is a disk, not a consistency group` : `no consistency group named '${name}'`);
     }
+  }
+
+  /** A group whose membership this site may change: not the replica of a group at a peer (its primary decides). */
+  private mustBeChangeable(name: string): void {
+    this.mustBeGroup(name);
+    if (this.store.replica(name)) throw new FerryError('BAD_REQUEST', `group '${name}' is the replica of a group at a peer site: its membership follows that group's`);
   }
 
   private info(name: string): GroupInfo {
@@ -139,26 +195,12 @@ export class GroupControl {
       at = alignUp(at + volumes[i]!.size, GROUP_ALIGN_BYTES);
     }
     if (at > sizeBytesMax) throw new FerryError('INVALID_SIZE', `the group's address space (${at} bytes) exceeds ${sizeBytesMax} bytes`);
-    const created = Date.now();
-    const releases = await Promise.all(volumes.map((v) => v.hold()));
-    try {
-      // Rows first (one transaction), then the data path switches under held requests.
-      this.disks.groups.transaction(() => {
-        this.store.insertDisk({ name: req.name, kind: 'group', pool: null, path: groupPath(req.name), size: at, read_only: 0, created_at: created });
-        for (const p of places) this.disks.groups.insertMember({ disk: p.disk, grp: req.name, base: p.base, added_at: created });
-      });
-      const devices = volumes.map((v) => v.primaryStore);
-      const group = groupVolume(req.name, at, places, devices);
-      this.disks.setVolume(req.name, group);
-      volumes.forEach((v, i) => v.replacePrimary(memberWindow(group, places[i]!, this.store.disk(places[i]!.disk)!.path)));
-    } finally {
-      for (const r of releases) r();
-    }
+    await formGroup({ store: this.store, disks: this.disks }, req.name, at, places, volumes);
     try {
       await this.staging.attach({ disk: req.name, path: req.staging, size: req.stagingSize, copy: req.stagingCopy });
     } catch (err) {
       // The staging area's refusal changed nothing: neither does the group's creation.
-      await this.dissolve(req.name);
+      await dissolveGroup({ store: this.store, disks: this.disks }, req.name);
       throw err;
     }
     this.log.info({ group: req.name, members: req.disks, addressBytes: at }, 'consistency group created');
@@ -175,39 +217,15 @@ export class GroupControl {
       if (this.store.mirror(name)) throw new FerryError('DISK_BUSY', `group '${name}' has a mirror; remove it first (ferry mirror remove ${name})`);
       const before = this.info(name);
       if (this.store.staging(name)) await this.staging.detach(name);
-      await this.dissolve(name);
+      await dissolveGroup({ store: this.store, disks: this.disks }, name);
       this.log.info({ group: name, members: before.members.map((m) => m.disk) }, 'consistency group deleted; its members are disks of their own');
       return { ...before, staging: null };
     });
   }
 
-  /** Members back on their own devices, then the rows go (a crash between: the group is opened again). */
-  private async dissolve(name: string): Promise<void> {
-    const members = this.disks.groups.members(name);
-    const vols = members.map((m) => this.disks.entry(m.disk).volume);
-    const releases = await Promise.all(vols.map((v) => v?.hold()));
-    try {
-      const group = this.disks.entry(name).volume;
-      for (let i = 0; i < members.length; i++) {
-        const v = vols[i];
-        if (!v) continue;
-        const row = this.store.disk(members[i]!.disk)!;
-        v.replacePrimary(BlockDevice.open(row.path));
-      }
-      if (group) await group.close();
-      this.disks.groups.transaction(() => {
-        for (const m of members) this.disks.groups.deleteMember(m.disk);
-        this.store.deleteDisk(name);
-      });
-      this.disks.dropGroup(name);
-    } finally {
-      for (const r of releases) r?.();
-    }
-  }
-
   /** Adds a disk to the group online; the group's mirror copies it while the others keep streaming. */
   async add(name: string, disk: string): Promise<GroupInfo> {
-    this.mustBeGroup(name);
+    this.mustBeChangeable(name);
     return this.mirrors.exclusive(name, 'group add', async () => {
       const joining = this.checkJoiner(disk);
       if (this.disks.groups.members(name).length >= GROUP_MEMBERS_MAX) throw new FerryError('BAD_REQUEST', `group '${name}' already holds ${GROUP_MEMBERS_MAX} disks`);
@@ -229,7 +247,7 @@ export class GroupControl {
 
   /** Removes a member online; it keeps its data (everything staged is applied first) and is a disk of its own again. */
   async remove(name: string, disk: string): Promise<GroupInfo> {
-    this.mustBeGroup(name);
+    this.mustBeChangeable(name);
     return this.mirrors.exclusive(name, 'group remove', async () => {
       const member = this.disks.groups.groupOf(disk);
       if (!member || member.grp !== name) throw new FerryError('BAD_REQUEST', `disk '${disk}' is not a member of group '${name}'`);
@@ -256,23 +274,23 @@ export class GroupControl {
     const releases = await Promise.all(held.map((v) => v?.hold()));
     try {
       await this.mirrors.suspendGroupMirror(name); // 2: drained, stopped; a refusal changes nothing
+      let failure: unknown = null;
       try {
         await old.close(); // 3: the staging area drained into the members, the journal closed
       } catch (err) {
-        throw new FerryError('IO_ERROR', `group '${name}' could not be drained for the change: ${(err as Error).message}`);
+        failure = new FerryError('IO_ERROR', `group '${name}' could not be drained for the change (nothing was changed): ${(err as Error).message}`);
       }
       try {
-        this.disks.groups.transaction(change); // 4
+        if (failure === null) this.disks.groups.transaction(change); // 4
       } catch (err) {
-        undo();
-        throw err;
-      } finally {
-        // 5 (also after a failed change: the group comes back as it was)
-        const row = this.store.disk(name)!;
-        const reopened = await this.disks.openAndRecover(row);
-        this.disks.setVolume(name, reopened.volume, reopened.error);
-        this.placeMembers(name, before, joining, reopened.volume, reopened.error);
+        failure = err;
       }
+      if (failure !== null) undo();
+      // 5 and 6, also after a failure: the group comes back (as it was, then), its members never left waiting on a closed volume.
+      const reopened = await this.disks.openAndRecover(this.store.disk(name)!);
+      this.disks.setVolume(name, reopened.volume, reopened.error);
+      this.placeMembers(name, before, joining, reopened.volume, reopened.error);
+      if (failure !== null) throw failure;
     } finally {
       for (const r of releases) r?.();
     }

@@ -17,7 +17,8 @@ import { syncDirectory } from './disk-registry.js';
 import type { GroupStore, MirrorMemberRow } from './group-store.js';
 import { concatOf, memberPlaces } from './group-volumes.js';
 import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
-import type { MetadataStore, MirrorRow } from './store.js';
+import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
+import { validateName } from '../names.js';
 
 export interface GroupMirrorContext {
   store: MetadataStore;
@@ -25,11 +26,38 @@ export interface GroupMirrorContext {
   dataDir: string;
 }
 
+/**
+ * `PEER[:PREFIX]`: the group's replica at a paired site is a new group named PREFIX+GROUP whose
+ * members are new disks named PREFIX+MEMBER, at the same bases (the attach carries them).
+ */
+export function groupRemoteTarget(ctx: GroupMirrorContext, to: string, group: string, peerRow: (name: string) => PeerRow | undefined): { peer: PeerRow; remoteDisk: string } {
+  const i = to.indexOf(':');
+  const name = i < 0 ? to : to.slice(0, i);
+  const prefix = i < 0 ? '' : to.slice(i + 1);
+  validateName('peer', name);
+  if (prefix !== '' && !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(prefix)) throw new FerryError('INVALID_TARGET', `prefix '${prefix}' is not the start of a valid disk name`);
+  const remoteDisk = `${prefix}${group}`;
+  for (const n of [remoteDisk, ...ctx.groups.members(group).map((m) => `${prefix}${m.disk}`)]) validateName('disk', n);
+  const peer = peerRow(name);
+  if (!peer) throw new FerryError('PEER_NOT_FOUND', `no peer named '${name}' (pair one with ferry peer add)`);
+  if (!peer.address) throw new FerryError('INVALID_TARGET', `peer '${name}' paired with this site but has no address to dial; pair from this site (ferry peer add)`);
+  const other = ctx.store.mirrors().find((x) => x.target === `${name}:${remoteDisk}`);
+  if (other) throw new FerryError('PATH_IN_USE', `${name}:${remoteDisk} is already the mirror of '${other.disk}'`);
+  return { peer, remoteDisk };
+}
+
+/** The group's layout as its replica at the peer takes it: each member's replica name, base and size. */
+export function replicaLayout(ctx: GroupMirrorContext, group: string, remoteDisk: string): { members: Array<{ disk: string; base: number; size: number }> } {
+  // The naming rule holds for a mirror created here (remoteDisk = PREFIX + group). A mirror that came
+  // from a switchover or a reconnect targets a group that exists at the peer already, with its own
+  // names: the attach never creates it, and status names the group rather than guessing members.
+  const prefix = remoteDisk.endsWith(group) ? remoteDisk.slice(0, remoteDisk.length - group.length) : null;
+  return { members: memberPlaces(ctx.groups.members(group), (n) => ctx.store.disk(n)).map((p) => ({ disk: prefix === null ? remoteDisk : `${prefix}${p.disk}`, base: p.base, size: p.size })) };
+}
+
 /** The directory of `local:DIR`, checked: absolute, an existing directory, not Ferry's own. */
 export function groupTargetDir(ctx: GroupMirrorContext, to: unknown): string {
-  if (typeof to !== 'string' || !to.startsWith('local:')) {
-    throw new FerryError('NOT_SUPPORTED', "a group's mirror is local:DIR for now (a file per member in DIR); a group mirrored to a peer site is not built yet");
-  }
+  if (typeof to !== 'string' || !to.startsWith('local:')) throw new FerryError('INVALID_TARGET', "a group's local mirror is local:DIR (a file per member in DIR)");
   const p = to.slice('local:'.length);
   if (!path.isAbsolute(p)) throw new FerryError('INVALID_PATH', `mirror target directory '${p}' must be absolute`);
   const { real, stat } = resolveTargetPath(p, 'mirror target directory');

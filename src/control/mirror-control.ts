@@ -36,7 +36,8 @@ import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
-import { createMemberTargets, groupTargetDir, memberTargets, openGroupTarget, removeCreatedTargets, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
+import { memberPlaces } from './group-volumes.js';
+import { createMemberTargets, groupTargetDir, memberTargets, openGroupTarget, removeCreatedTargets, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
 export type { RemovedMirror } from './mirror-remove.js';
@@ -161,7 +162,9 @@ export class MirrorControl {
         // While the mirror site's copy is being rewritten anyway (a sync, a resync), it may restart its numbering here (rebase).
         const rebase = row !== undefined && (row.resync === 1 || row.sync_done === 0);
         // reconnect: the mirror site's disk is the one that reconnected (reconnect.ts); its image is protected while the delta sync runs.
-        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase, reconnect: row?.delta === 1, generations: sites.dr.history(m.disk) };
+        // A consistency group's replica is a group at the peer, its members at the same bases (group-mirror.ts).
+        const group = this.disks.isGroup(m.disk) ? { group: replicaLayout(this.groupCtx, m.disk, remoteDisk) } : {};
+        return { originDisk: m.disk, size: volume.size, stagingBytes: journal.areaBytes, firstSeq: journal.consumer(MIRROR_CONSUMER).nextSeq, synced: row?.sync_done === 1, create: fresh, resync: rebase, reconnect: row?.delta === 1, generations: sites.dr.history(m.disk), ...group };
       },
       held: () => sites.dr.held(m.disk),
       onAttached: (reply) => sites.dr.primaryAttached(m.disk, peer, reply.meta.generations),
@@ -279,7 +282,13 @@ export class MirrorControl {
   /** A mirror's status with its RPO (observed now). */
   private statusOf(m: Mirror): MirrorStatus {
     const watch = this.rpo.get(m.disk);
-    const members = this.disks.isGroup(m.disk) ? { members: memberTargets(this.groupCtx, m.disk) } : {};
+    const row = this.disks.isGroup(m.disk) ? this.store.mirror(m.disk) : undefined;
+    // A group's members: each local file, or each replica at the peer (as consistent as the group's one image).
+    const members = !row
+      ? {}
+      : row.target.startsWith('local:')
+        ? { members: memberTargets(this.groupCtx, m.disk) }
+        : { members: replicaLayout(this.groupCtx, m.disk, parseRemote(row.target).remoteDisk).members.map((x, i) => ({ disk: this.disks.groups.members(m.disk)[i]!.disk, target: `${parseRemote(row.target).peer}:${x.disk}`, synced: row.sync_done === 1 })) };
     return { ...m.status(), rpo: watch ? watch.observe(m.imageAtMs()) : null, ...members };
   }
 
@@ -376,7 +385,21 @@ export class MirrorControl {
   }
 
   verify(disk: string): Promise<VerifyReport> {
-    return this.ops.run(disk, 'verify', () => this.mirror(disk).verify());
+    return this.ops.run(disk, 'verify', async () => {
+      const report = await this.mirror(disk).verify();
+      if (!this.disks.isGroup(disk)) return report;
+      // A group's differences are told per member (its address space is Ferry's own business; each range lies in one member: C1).
+      const places = memberPlaces(this.disks.groups.members(disk), (n) => this.store.disk(n));
+      const differences = report.differences.flatMap((x) =>
+        places
+          .filter((p) => p.base < x.offset + x.length && x.offset < p.base + p.size)
+          .map((p) => {
+            const start = Math.max(x.offset, p.base);
+            return { offset: start - p.base, length: Math.min(x.offset + x.length, p.base + p.size) - start, member: p.disk };
+          }),
+      );
+      return { ...report, differences };
+    });
   }
 
   /** Detaches the mirror: it is brought up to date first, so the copy left behind is whole and consistent. */

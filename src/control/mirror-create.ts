@@ -21,7 +21,7 @@ import type { Volume } from '../volume/volume.js';
 import { syncDirectory, type DiskRegistry } from './disk-registry.js';
 import { checkTarget, parseRemote, type Target } from './mirror-target.js';
 import { resolveTargetPath } from './path-guard.js';
-import { createMemberTargets, groupTargetDir, openGroupTarget, removeCreatedTargets } from './group-mirror.js';
+import { createMemberTargets, groupRemoteTarget, groupTargetDir, openGroupTarget, removeCreatedTargets } from './group-mirror.js';
 import type { DiskStore } from '../disk/store.js';
 import type { StagingControl } from './staging-control.js';
 import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
@@ -66,7 +66,7 @@ export class MirrorCreator {
   async create(req: CreateMirrorRequest): Promise<MirrorStatus> {
     const { row, volume } = this.d.disks.entry(req.disk);
     if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${req.disk}' is unavailable`);
-    if (this.d.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `disk '${req.disk}' already has a mirror`);
+    if (this.d.store.mirror(req.disk)) throw new FerryError('MIRROR_EXISTS', `${row.kind === 'group' ? 'group' : 'disk'} '${req.disk}' already has a mirror`);
     if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${req.disk}' is read-only`);
     const member = this.d.disks.groups.groupOf(req.disk);
     if (member) throw new FerryError('DISK_IN_GROUP', `disk '${req.disk}' is a member of consistency group '${member.grp}': mirror the group (ferry mirror create --group ${member.grp})`);
@@ -150,18 +150,21 @@ export class MirrorCreator {
    */
   private async createGroup(req: CreateMirrorRequest, volume: Volume, mode: SyncMode): Promise<MirrorStatus> {
     const ctx = { store: this.d.store, groups: this.d.disks.groups, dataDir: this.d.dataDir };
-    const dir = groupTargetDir(ctx, req.to);
-    if (mode !== 'full') throw new FerryError('BAD_REQUEST', "a group's mirror files are new: --sync full (the default)");
-    const policy = parsePolicy(req, false);
+    if (typeof req.to !== 'string' || req.to.length === 0) throw new FerryError('INVALID_TARGET', "give the group's mirror target: local:DIR (a file per member) or PEER[:PREFIX] (a group at a paired site)");
+    const remote = !req.to.startsWith('local:') ? groupRemoteTarget(ctx, req.to, req.disk, this.d.remotePeer) : null;
+    const dir = remote ? null : groupTargetDir(ctx, req.to);
+    if (mode !== 'full') throw new FerryError('BAD_REQUEST', "a group's mirror is new: --sync full (the default)");
+    const policy = parsePolicy(req, remote !== null);
     if (req.staging !== undefined || req.stagingSize !== undefined || req.stagingCopy !== undefined) {
       throw new FerryError('BAD_REQUEST', `group '${req.disk}' has its staging area (given at group create): leave out --staging`);
     }
     if (!volume.staging) throw new FerryError('NO_STAGING', `group '${req.disk}' has no staging area: attach one (ferry staging attach ${req.disk} --path PATH --size SIZE)`);
+    if (remote) return this.createRemote(req, volume, { kind: 'remote', ...remote }, mode, policy, async () => undefined);
     const members = this.d.disks.groups.members(req.disk).map((g) => ({ disk: g.disk, size: this.d.store.disk(g.disk)!.size }));
-    const rows = createMemberTargets(ctx, req.disk, dir, members);
+    const rows = createMemberTargets(ctx, req.disk, dir!, members);
     const m: MirrorRow = {
       disk: req.disk,
-      target: `local:${dir}`,
+      target: `local:${dir!}`,
       path: `group:${req.disk}`,
       created_file: 1,
       sync_mode: mode,

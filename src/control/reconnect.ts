@@ -98,8 +98,8 @@ export class ReconnectControl {
     const survivor = begun ?? this.survivorOf(disk);
     const state = dr.status(disk)?.state ?? 'normal';
     this.checkDiscard(disk, state, survivor.peer, opts.discardChangesAt, begun !== null);
-    if (volume.attachedClients > 0 && !opts.force) {
-      throw new FerryError('DISK_BUSY', `${volume.attachedClients} NBD client(s) are attached to '${disk}' here; its data is about to be replaced by ${survivor.peer}'s: stop them, or --force disconnects them`);
+    if (this.d.disks.clientsOf(disk) > 0 && !opts.force) {
+      throw new FerryError('DISK_BUSY', `${this.d.disks.clientsOf(disk)} NBD client(s) are attached to '${disk}' here; its data is about to be replaced by ${survivor.peer}'s: stop them, or --force disconnects them`);
     }
     const peer = store.peer(survivor.peer);
     if (!peer) throw new FerryError('PEER_NOT_FOUND', `peer '${survivor.peer}' is no longer paired`);

@@ -25,6 +25,24 @@ import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, ReplicaRow } from './store.js';
 import type { DrControl } from './dr-control.js';
+import { dissolveGroup, formGroup } from './group-control.js';
+import { GROUP_MEMBERS_MAX, type MemberPlace } from './group-volumes.js';
+
+/** A consistency group's layout in an attach (the primary's bases, the replica's member names), checked. */
+function groupMeta(raw: unknown, addressBytes: number): { members: MemberPlace[] } {
+  const g = raw as { members?: unknown };
+  if (typeof g !== 'object' || g === null || !Array.isArray(g.members) || g.members.length === 0 || g.members.length > GROUP_MEMBERS_MAX) {
+    throw new FerryError('BAD_REQUEST', 'attach: a group needs 1 to 128 members');
+  }
+  const members = g.members.map((m: { disk?: unknown; base?: unknown; size?: unknown }) => {
+    if (typeof m.disk !== 'string' || !Number.isSafeInteger(m.base) || !Number.isSafeInteger(m.size) || (m.base as number) < 0 || (m.size as number) <= 0 || (m.base as number) + (m.size as number) > addressBytes) {
+      throw new FerryError('BAD_REQUEST', 'attach: each group member needs a disk name, a base and a size inside the address space');
+    }
+    validateName('disk', m.disk);
+    return { disk: m.disk, base: m.base as number, size: m.size as number };
+  });
+  return { members };
+}
 
 /** The staging area of a replica: as large as the primary site's, within these bounds. */
 const replicaStagingBytesMax = 64 * 1024 * 1024 * 1024;
@@ -187,12 +205,39 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
     const stagingBytes = Math.min(replicaStagingBytesMax, Math.max(STAGING_BYTES_MIN, Math.floor(wanted / 4096) * 4096));
     let createdDisk = false;
     const existing = this.store.disk(disk);
-    if (existing) {
+    const group = meta.group === undefined ? null : groupMeta(meta.group, size);
+    // A reconnect (control/reconnect.ts) makes this site's existing group the replica: it is used as it is.
+    const reconnectingGroup = group !== null && existing?.kind === 'group' && this.dr.reconnecting(disk) !== null;
+    if (group && !reconnectingGroup) {
+      // A consistency group's replica: a new group here, its members new disks at the primary's bases (one address space).
+      for (const name of [disk, ...group.members.map((m) => m.disk)]) {
+        if (this.store.disk(name)) throw new FerryError('DISK_EXISTS', `'${name}' exists here: the replica of a consistency group is created new (choose another prefix: --to PEER:PREFIX)`);
+      }
+      const volumes: Volume[] = [];
+      try {
+        for (const m of group.members) {
+          await this.disks.create({ name: m.disk, size: m.size });
+          volumes.push(this.disks.entry(m.disk).volume!);
+        }
+        await formGroup({ store: this.store, disks: this.disks }, disk, size, group.members, volumes);
+      } catch (err) {
+        for (const m of group.members) if (this.store.disk(m.disk) && !this.disks.groups.groupOf(m.disk)) await this.disks.remove(m.disk, { purge: true }).catch(() => undefined);
+        throw err;
+      }
+      createdDisk = true;
+    } else if (existing) {
       // An existing disk is used only if nothing else uses it and it can hold the mirror.
       const { volume } = this.disks.entry(disk);
       if (!volume) throw new FerryError('DISK_UNAVAILABLE', `disk '${disk}' is unavailable here`);
       if (this.store.staging(disk) || this.store.mirror(disk)) throw new FerryError('DISK_BUSY', `disk '${disk}' already has a staging area or a mirror here`);
-      if (volume.attachedClients > 0) throw new FerryError('DISK_BUSY', `disk '${disk}' has NBD clients here`);
+      if (this.disks.clientsOf(disk) > 0) throw new FerryError('DISK_BUSY', `disk '${disk}' has NBD clients here`);
+      if (this.disks.isGroup(disk) !== (group !== null)) throw new FerryError('DISK_BUSY', `'${disk}' here is ${this.disks.isGroup(disk) ? 'a consistency group' : 'a disk'}; the mirror is of ${group ? 'a group' : 'a disk'}`);
+      if (group) {
+        // The same layout, member for member (names are this site's own).
+        const here = this.disks.groups.members(disk).map((m) => [m.base, this.store.disk(m.disk)!.size]);
+        const there = group.members.map((m) => [m.base, m.size]);
+        if (JSON.stringify(here) !== JSON.stringify(there)) throw new FerryError('DISK_BUSY', `group '${disk}' here has another layout than the primary's (members, bases or sizes differ)`);
+      }
       if (volume.readOnly) throw new FerryError('READ_ONLY', `disk '${disk}' is read-only here`);
       if (volume.size < size) throw new FerryError('TARGET_TOO_SMALL', `disk '${disk}' holds ${volume.size} bytes here; the mirror needs ${size}`);
     } else {
@@ -206,7 +251,7 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
       fs.rmSync(stagingPath, { force: true }); // left over from a replica removed before a crash
       await this.staging.attach({ disk, path: stagingPath, size: stagingBytes, firstSeq });
     } catch (err) {
-      if (createdDisk) await this.disks.remove(disk, { purge: true }).catch(() => undefined);
+      if (createdDisk) await this.removeCreated(disk).catch(() => undefined);
       throw err;
     }
     // A reconnect this site asked for (control/reconnect.ts): the disk holds this site's last image, a consistent one; recorded
@@ -222,6 +267,17 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
     this.log.info({ disk, peer, originDisk, firstSeq, createdDisk, reconnect }, 'replica created');
     // A disk Ferry just created reads as zeroes: the sync need not write holes.
     return { handle: h, created: createdDisk };
+  }
+
+  /** Removes a replica's disk this site created for it (a group's: the group, then its members). */
+  private async removeCreated(disk: string): Promise<void> {
+    if (!this.disks.isGroup(disk)) {
+      await this.disks.remove(disk, { purge: true });
+      return;
+    }
+    const members = this.disks.groups.members(disk).map((m) => m.disk);
+    await dissolveGroup({ store: this.store, disks: this.disks }, disk);
+    for (const m of members) await this.disks.remove(m, { purge: true });
   }
 
   /**

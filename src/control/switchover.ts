@@ -134,8 +134,8 @@ export class SwitchoverControl {
       const st = remote.mirror.status();
       if (st.state !== 'in-sync' || !st.consistent) throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of '${disk}' is ${st.state}: a switchover needs it in sync`);
       if (remote.stream.state !== 'connected') throw new FerryError('PEER_UNREACHABLE', `the link to ${peer} is ${remote.stream.state}${remote.stream.lastError ? ` (${remote.stream.lastError})` : ''}`);
-      if (volume.attachedClients > 0 && !opts.force) {
-        throw new FerryError('DISK_BUSY', `${volume.attachedClients} NBD client(s) are attached to '${disk}' here: stop them (the application moves to ${peer}), or --force disconnects them`);
+      if (this.d.disks.clientsOf(disk) > 0 && !opts.force) {
+        throw new FerryError('DISK_BUSY', `${this.d.disks.clientsOf(disk)} NBD client(s) are attached to '${disk}' here: stop them (the application moves to ${peer}), or --force disconnects them`);
       }
     }
     const disconnected = opts.force ? await this.d.disconnectClients(disk) : 0;

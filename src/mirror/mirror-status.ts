@@ -33,6 +33,8 @@ export interface TestFailoverStatus {
 export interface MirrorStatus {
   disk: string;
   target: string;
+  /** A consistency group's mirror: each member's file or replica, and whether it is copied yet (set by the control layer). */
+  members?: Array<{ disk: string; target: string; synced: boolean }>;
   state: MirrorState;
   consistent: boolean;
   syncMode: SyncMode;

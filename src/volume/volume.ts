@@ -45,7 +45,7 @@ export class Volume {
   constructor(name: string, primary: DiskStore, readOnly: boolean) {
     this.name = name;
     this.primary = primary;
-    this.readOnlyBase = readOnly || primary.readOnly;
+    this.readOnlyBase = readOnly; // the primary's own flag is read each time (readOnly): a member's group may be held only for now
     this.sizeBytes = primary.size;
   }
 

@@ -1,13 +1,15 @@
 // The API's responses match the schemas the routes declare (the same schemas OpenAPI
 // publishes and the CLI's types are derived from, src/api/types.ts): every GET route of the
-// route table, on a daemon holding a disk with a staging area and a local mirror, a pool and
+// route table, on a daemon holding a disk with a staging area and a local mirror, a
+// consistency group with its local mirror (its members' Disk, its Mirror with members), a pool and
 // a pairing token, and the mirror actions (verify, swap, remove). A field a handler adds or
 // drops without its schema fails here.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import { startFerryd, tmpDir, type Ferryd } from '../harness.js';
-import { routes, RemovedMirrorSchema, SwapSchema, VerifySchema } from '../../src/api/routes.js';
+import { routes, DiskSchema, MirrorSchema, RemovedMirrorSchema, StagingSchema, SwapSchema, VerifySchema } from '../../src/api/routes.js';
 import { TokenSchema } from '../../src/api/peer-routes.js';
 import { assertSchema as assertMatches } from './helpers.js';
 import type { TSchema } from '@sinclair/typebox';
@@ -39,13 +41,21 @@ describe('API responses match their route schemas', () => {
     await d.createDisk('a', '8M');
     const m = await d.cli(['mirror', 'create', 'a', '--to', `local:${path.join(work, 'a.mirror')}`, '--staging', path.join(work, 'a.stg'), '--staging-size', '64M', '--wait']);
     assert.equal(m.code, 0, m.stderr);
+    // A consistency group with its mirror: the /v1/groups routes answer for it.
+    await d.createDisk('ga', '8M');
+    await d.createDisk('gb', '8M');
+    const g = await d.cli(['group', 'create', 'grp', '--disks', 'ga,gb', '--staging', path.join(work, 'grp.stg'), '--staging-size', '64M']);
+    assert.equal(g.code, 0, g.stderr);
+    fs.mkdirSync(path.join(work, 'grp.mirror'));
+    const gm = await d.cli(['mirror', 'create', '--group', 'grp', '--to', `local:${path.join(work, 'grp.mirror')}`, '--wait']);
+    assert.equal(gm.code, 0, gm.stderr);
   });
   after(() => d.stop());
 
   test('every GET route', async () => {
     let checked = 0;
     for (const r of routes.filter((x) => x.method === 'GET')) {
-      const url = r.url.replace(':name', r.url.startsWith('/v1/pools') ? 'default' : 'a');
+      const url = r.url.replace(':name', r.url.startsWith('/v1/pools') ? 'default' : r.url.startsWith('/v1/groups') ? 'grp' : 'a');
       if (r.url.startsWith('/v1/peers/:name')) continue; // no peer here (test/replication/peers.test.ts has them)
       if (r.url.endsWith('/mirror/test')) continue; // a test failover needs a replica (test/replication/drill.test.ts checks its schemas)
       const res = await d.api('GET', url);
@@ -54,6 +64,14 @@ describe('API responses match their route schemas', () => {
       checked++;
     }
     assert.ok(checked >= 10, `${checked} GET routes checked`);
+    // A group's mirror and staging area, through the disk routes with the group's name; a member (group) and the mirrors list.
+    for (const [url, schema] of [['/v1/disks/grp/mirror', MirrorSchema], ['/v1/disks/grp/staging', StagingSchema], ['/v1/disks/ga', DiskSchema]] as const) {
+      const res = await d.api('GET', url);
+      assert.equal(res.status, 200, `${url}: ${JSON.stringify(res.body)}`);
+      assertSchema(schema, res.body, `GET ${url}`);
+    }
+    assert.equal((await d.api('GET', '/v1/disks/ga')).body.group, 'grp');
+    assert.deepEqual((await d.api('GET', '/v1/disks/grp/mirror')).body.members.map((x: { disk: string }) => x.disk), ['ga', 'gb']);
   });
 
   test('a pairing token, verify, swap and remove', async () => {

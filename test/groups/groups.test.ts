@@ -87,6 +87,33 @@ describe('consistency groups', () => {
     await assertSameBytes(logPath, path.join(mdir, 'log.img'), 'member log and its mirror file');
     await assertSameBytes(dataPath, path.join(mdir, 'data.img'), 'member data and its mirror file');
     assert.equal(fs.statSync(path.join(mdir, 'data.img')).size, 96 * MiB);
+    // verify compares the whole group online (every member, at one point).
+    const v = await d.cli(['mirror', 'verify', 'g1', '--json'], { timeoutMs: 120_000 });
+    assert.equal(v.code, 0, `${v.stdout}${v.stderr}`);
+    assert.deepEqual(JSON.parse(v.stdout).differences, [], v.stdout);
+    // A member's mirror file damaged behind Ferry's back: the difference is told in that member's terms.
+    const victim = path.join(mdir, 'data.img');
+    const fd = fs.openSync(victim, 'r+');
+    const saved = Buffer.alloc(4096);
+    fs.readSync(fd, saved, 0, 4096, 5 * MiB);
+    fs.writeSync(fd, Buffer.alloc(4096, 0xee), 0, 4096, 5 * MiB);
+    const bad = await d.cli(['mirror', 'verify', 'g1', '--json'], { timeoutMs: 120_000 });
+    assert.equal(bad.code, 1, `${bad.stdout}${bad.stderr}`);
+    const diffs = JSON.parse(bad.stdout).differences;
+    assert.equal(diffs.length, 1, bad.stdout);
+    assert.equal(diffs[0].member, 'data', bad.stdout);
+    assert.ok(diffs[0].offset <= 5 * MiB && diffs[0].offset + diffs[0].length >= 5 * MiB + 4096 && diffs[0].offset + diffs[0].length <= 96 * MiB, bad.stdout);
+    fs.writeSync(fd, saved, 0, 4096, 5 * MiB);
+    fs.closeSync(fd);
+    // `ferry status`: the group is a row of its own, its members name it, its mirror's problems are listed.
+    await cliJson(d, ['mirror', 'pause', 'g1']);
+    const st = await cliJson(d, ['status']);
+    assert.deepEqual(st.disks.find((x: any) => x.name === 'g1')?.members, ['log', 'data'], JSON.stringify(st));
+    assert.equal(st.disks.find((x: any) => x.name === 'log')?.group, 'g1');
+    assert.ok(st.problems.includes('g1: mirror paused'), JSON.stringify(st.problems));
+    await cliJson(d, ['mirror', 'resume', 'g1']);
+    // The mirror's policies are the group's.
+    assert.equal((await cliJson(d, ['mirror', 'set', 'g1', '--rpo', '30s'])).policy.rpoMs, 30_000);
 
     // A member added online is copied into the mirror; the others keep their place.
     await write(d, 'extra', 0x44, 0, MiB); // before it joins: copied by the sync

@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Ferryd } from '../harness.js';
 import { seededRng } from '../../src/testing/faulty-store.js';
-import { Cleanup, checkDisk, startWorkload, type CheckSummary, type WorkloadSummary } from '../staging/helpers.js';
+import { Cleanup, checkDisk, startWorkload, waitFor, type CheckSummary, type WorkloadSummary } from '../staging/helpers.js';
 import { GiB, MiB, T, assertSameBytes, cliJson, diskShow, fillPattern, mirrorStatus, sleep, waitDrained, waitInSync, waitWrites } from './helpers.js';
 
 
@@ -150,7 +150,10 @@ describe('mirrors and kill -9 of ferryd', () => {
           pauses.push(r.body.pauseMs);
         }
       })();
-      const delay = 100 + Math.floor(rand() * 1500);
+      // At least one swap of this round first (a loaded machine must not make the round swap-free), then a random moment.
+      const before = swaps;
+      await waitFor(`a swap of round ${i}`, () => swaps > before || refused !== null, 60_000);
+      const delay = Math.floor(rand() * 1500);
       await sleep(delay);
       killed = true;
       assert.equal((await d.kill9()).signal, 'SIGKILL');

@@ -1,0 +1,44 @@
+// Prometheus series of consistency groups (control/group-control.ts), read at scrape time
+// like the rest of metrics.ts, which registers them: per group its members
+// (`ferry_group_members{group}`, 0 while the group is unavailable: its members are not
+// listed then), whether it is online, and per member of its mirror whether that member's
+// file is copied yet (a member added later is copied alone). The group's mirror itself is in
+// the ferry_mirror_* series and its staging area in the ferry_staging_* series, both under the
+// group's name as `disk` (a group's name is in the disks' namespace).
+import client from 'prom-client';
+import type { Daemon } from '../control/daemon.js';
+
+export function registerGroupMetrics(registry: client.Registry, daemon: Daemon): void {
+  new client.Gauge({
+    name: 'ferry_group_members',
+    help: 'Disks in a consistency group (they share its staging area, so one write order)',
+    labelNames: ['group'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const g of daemon.groups.list()) this.set({ group: g.name }, g.members.length);
+    },
+  });
+  new client.Gauge({
+    name: 'ferry_group_online',
+    help: "1 when the consistency group's volume is open (its members are served), 0 when it is unavailable",
+    labelNames: ['group'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const g of daemon.groups.list()) this.set({ group: g.name }, g.state === 'online' ? 1 : 0);
+    },
+  });
+  new client.Gauge({
+    name: 'ferry_group_mirror_member_synced',
+    help: "1 when a member's file in its group's mirror is copied (part of the mirror's image of the group), 0 while it is still being copied",
+    labelNames: ['group', 'disk', 'target'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      // A group's mirror status carries its members (mirror-control.ts statusOf).
+      for (const s of daemon.mirrors.status()) for (const m of s.members ?? []) this.set({ group: s.disk, disk: m.disk, target: m.target }, m.synced ? 1 : 0);
+    },
+  });
+}
+
