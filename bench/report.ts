@@ -6,6 +6,7 @@ import type { Measurement } from './fio.js';
 import { mirrorTable, type MirrorSection } from './mirror-rows.js';
 import { run } from './proc.js';
 import type { DrSection } from './dr-rows.js';
+import type { GroupSection } from './group-rows.js';
 import type { ReplicationSection } from './replication-rows.js';
 import type { RowDef } from './rows.js';
 import { BENCH_STAGING_SIZE, targetFor, type ServerDef } from './servers.js';
@@ -71,6 +72,8 @@ export interface Results {
   replication: ReplicationSection | null;
   /** The disaster-recovery measurements (issue 14), when any ran. */
   dr?: DrSection | null;
+  /** The consistency group measurement (issue 16), when it ran. */
+  group?: GroupSection | null;
   noiseBudgetS: number;
   noiseSpentS: number;
   ferryRss: { rssKiB: number | null; hwmKiB: number | null };
@@ -319,6 +322,11 @@ export function renderGenerated(r: Results): string {
     for (const m of r.dr.results) out.push(`- ${m.title}: ${m.detail}.`);
     out.push('');
   }
+  if (r.group?.results.length) {
+    out.push('### Consistency group (issue 16)', '', `${r.group.method}.`, '', mirrorTable(r.group), '');
+    for (const m of r.group.results) out.push(`- ${m.title}: ${m.detail}.`);
+    out.push('');
+  }
   const cost = costLines(r);
   const costText = costTable(r);
   if (costText) {
@@ -332,7 +340,7 @@ export function renderGenerated(r: Results): string {
       '',
     );
   }
-  const all = [...vs.map((v) => v.met), ...(r.mirror?.results.map((m) => m.met) ?? []), ...(r.replication?.results.map((m) => m.met) ?? []), ...(r.dr?.results.map((m) => m.met) ?? []), ...cost.filter((l) => l.met !== null && l.target.kind !== 'sync').map((l) => l.met!)];
+  const all = [...vs.map((v) => v.met), ...(r.mirror?.results.map((m) => m.met) ?? []), ...(r.replication?.results.map((m) => m.met) ?? []), ...(r.dr?.results.map((m) => m.met) ?? []), ...(r.group?.results.map((m) => m.met) ?? []), ...cost.filter((l) => l.met !== null && l.target.kind !== 'sync').map((l) => l.met!)];
   const missed = all.filter((met) => !met).length;
   out.push(missed === 0 ? `All ${all.length} targets met.` : `${missed} of ${all.length} targets missed.`, '');
   const kib = (n: number | null): string => (n === null ? 'n/a' : `${(n / 1024).toFixed(0)} MiB`);

@@ -12,6 +12,7 @@
 //   BENCH_ROWS=randwrite-4k-qd32 BENCH_SERVERS=ferry,nbdkit npm run bench -- --quick
 //   BENCH_ROWS=mirror-sync-2g,mirror-swap-pause npm run bench -- --quick
 //   BENCH_ROWS=randwrite-4k-qd8-fsync32 BENCH_SERVERS=ferry,ferry-staged,ferry-remote npm run bench -- --quick
+//   BENCH_ROWS=group-4-disks npm run bench -- --quick   (issue 16: bench/group-rows.ts)
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +21,7 @@ import { median, runFio, type Measurement, type Timing } from './fio.js';
 import { mirrorRows as allMirrorRows, mirrorTable, runMirrorRows, type MirrorSection } from './mirror-rows.js';
 import { replicationRows as allReplicationRows, runReplicationRows, type ReplicationSection } from './replication-rows.js';
 import { drRows as allDrRows, runDrRows, type DrSection } from './dr-rows.js';
+import { groupRows as allGroupRows, runGroupRows } from './group-rows.js';
 import { killAll, killAllSync, procStatusKiB, runOk, waitForQuiet } from './proc.js';
 import { costTable, describeMachine, renderGenerated, resultsTable, verdicts, writeDoc, type Cell, type Results } from './report.js';
 import { rows as allRows } from './rows.js';
@@ -56,17 +58,18 @@ const keep = flag('--keep');
 const timing: Timing = { seconds: envNum('BENCH_SECONDS', quick ? 3 : 8), rampSeconds: envNum('BENCH_RAMP', quick ? 1 : 2) };
 const repeats = Math.round(envNum('BENCH_REPEATS', quick ? 1 : 3));
 const sizeMiB = Math.round(envNum('BENCH_SIZE_MIB', 1024));
-const rows = pick(allRows, 'BENCH_ROWS', [...allMirrorRows, ...allReplicationRows, ...allDrRows].map((r) => r.id));
-const mirrorIds = pick(allMirrorRows, 'BENCH_ROWS', [...allRows, ...allReplicationRows, ...allDrRows].map((r) => r.id)).map((r) => r.id);
-const replicationIds = pick(allReplicationRows, 'BENCH_ROWS', [...allRows, ...allMirrorRows, ...allDrRows].map((r) => r.id)).map((r) => r.id);
-const drIds = pick(allDrRows, 'BENCH_ROWS', [...allRows, ...allMirrorRows, ...allReplicationRows].map((r) => r.id)).map((r) => r.id);
+const rows = pick(allRows, 'BENCH_ROWS', [...allMirrorRows, ...allReplicationRows, ...allDrRows, ...allGroupRows].map((r) => r.id));
+const mirrorIds = pick(allMirrorRows, 'BENCH_ROWS', [...allRows, ...allReplicationRows, ...allDrRows, ...allGroupRows].map((r) => r.id)).map((r) => r.id);
+const replicationIds = pick(allReplicationRows, 'BENCH_ROWS', [...allRows, ...allMirrorRows, ...allDrRows, ...allGroupRows].map((r) => r.id)).map((r) => r.id);
+const drIds = pick(allDrRows, 'BENCH_ROWS', [...allRows, ...allMirrorRows, ...allReplicationRows, ...allGroupRows].map((r) => r.id)).map((r) => r.id);
+const groupIds = pick(allGroupRows, 'BENCH_ROWS', [...allRows, ...allMirrorRows, ...allReplicationRows, ...allDrRows].map((r) => r.id)).map((r) => r.id);
 /** The servers a workload runs against: narrowed by the row's `servers` (where `ferry` goes, a `ferry@name` baseline goes too) and the server's `rows`. */
 const rowServers = (row: (typeof rows)[number], among: ServerDef[]): ServerDef[] =>
   among.filter((s) => (!row.servers || row.servers.includes(s.name) || (s.name.startsWith('ferry@') && row.servers.includes('ferry'))) && (!s.rows || s.rows.includes(row.id)));
 const pickedServers = pick(allServers, 'BENCH_SERVERS');
 // Only servers some selected workload runs against are started.
 const servers = pickedServers.filter((s) => rows.some((row) => rowServers(row, [s]).length > 0));
-const partial = rows.length !== allRows.length || pickedServers.length !== allServers.length || mirrorIds.length !== allMirrorRows.length || replicationIds.length !== allReplicationRows.length || drIds.length !== allDrRows.length;
+const partial = rows.length !== allRows.length || pickedServers.length !== allServers.length || mirrorIds.length !== allMirrorRows.length || replicationIds.length !== allReplicationRows.length || drIds.length !== allDrRows.length || groupIds.length !== allGroupRows.length;
 const mirrorSizeMiB = Math.round(envNum('BENCH_MIRROR_SIZE_MIB', 2048));
 const outFile = option('--out') ?? (quick || partial ? undefined : path.join(ROOT, 'docs', 'BENCHMARKS.md'));
 
@@ -116,7 +119,7 @@ async function settle(file: string): Promise<void> {
 const fioRuns = rows.reduce((n, row) => n + rowServers(row, servers).length, 0) * repeats;
 // Watchdog: the whole run is bounded, whatever hangs.
 // (+30 s a run for a mirror to catch up and a staging area to drain before and after it.)
-const budgetS = fioRuns * 2 * (timing.seconds + timing.rampSeconds + 20) + fioRuns * 30 + noiseBudgetS + (mirrorIds.length ? 600 + repeats * 4 * (timing.seconds + timing.rampSeconds + 60) : 0) + (replicationIds.length ? 600 + repeats * 6 * (timing.seconds + timing.rampSeconds + 60) : 0) + drIds.length * 900 + 300;
+const budgetS = fioRuns * 2 * (timing.seconds + timing.rampSeconds + 20) + fioRuns * 30 + noiseBudgetS + (mirrorIds.length ? 600 + repeats * 4 * (timing.seconds + timing.rampSeconds + 60) : 0) + (replicationIds.length ? 600 + repeats * 6 * (timing.seconds + timing.rampSeconds + 60) : 0) + drIds.length * 900 + (groupIds.length ? 900 + repeats * 2 * (timing.seconds + timing.rampSeconds + 60) : 0) + 300;
 const watchdog = setTimeout(() => {
   log(`watchdog: run exceeded ${budgetS} s, aborting`);
   void cleanup().finally(() => process.exit(3));
@@ -169,7 +172,7 @@ async function watched(h: StartedServer, fn: () => Promise<Measurement>): Promis
 }
 
 async function main(): Promise<void> {
-  log(`temp dir ${tmp}; ${rows.length} workloads, ${servers.length} servers, ${fioRuns} fio runs of (${timing.rampSeconds}+${timing.seconds}) s; mirror: ${mirrorIds.join(', ') || 'none'}; remote: ${replicationIds.join(', ') || 'none'}; dr: ${drIds.join(', ') || 'none'}; noise budget ${noiseBudgetS} s; watchdog ${budgetS} s`);
+  log(`temp dir ${tmp}; ${rows.length} workloads, ${servers.length} servers, ${fioRuns} fio runs of (${timing.rampSeconds}+${timing.seconds}) s; mirror: ${mirrorIds.join(', ') || 'none'}; remote: ${replicationIds.join(', ') || 'none'}; dr: ${drIds.join(', ') || 'none'}; group: ${groupIds.join(', ') || 'none'}; noise budget ${noiseBudgetS} s; watchdog ${budgetS} s`);
   const machine = await describeMachine(tmp);
   const loadBefore = os.loadavg();
   const size = sizeMiB * 1024 * 1024;
@@ -275,6 +278,8 @@ async function main(): Promise<void> {
   if (replication) logVerdicts(replication.results);
   const dr: DrSection | null = drIds.length ? await runDrRows(drIds, sectionContext('dr')) : null;
   if (dr) logVerdicts(dr.results);
+  const group = groupIds.length ? await runGroupRows(groupIds, sectionContext('group')) : null;
+  if (group) logVerdicts(group.results);
 
   const ferry = started.get('ferry');
   const ferryRss = ferry ? { rssKiB: procStatusKiB(ferry.pid, 'VmRSS'), hwmKiB: procStatusKiB(ferry.pid, 'VmHWM') } : { rssKiB: null, hwmKiB: null };
@@ -304,6 +309,7 @@ async function main(): Promise<void> {
     mirror,
     replication,
     dr,
+    group,
     noiseBudgetS,
     noiseSpentS,
     ferryRss,
@@ -315,6 +321,7 @@ async function main(): Promise<void> {
   if (mirror) process.stdout.write(`${mirrorTable(mirror)}\n\n`);
   if (replication) process.stdout.write(`${mirrorTable(replication)}\n\n`);
   if (dr) process.stdout.write(`${mirrorTable(dr)}\n\n`);
+  if (group?.results.length) process.stdout.write(`${mirrorTable(group)}\n\n`);
   const cost = costTable(results);
   if (cost) process.stdout.write(`${cost}\n\n`);
   for (const v of verdicts(results)) process.stdout.write(`${v.met ? 'met   ' : 'MISSED'} ${v.row}: ${v.subject}/${v.baseline} = ${v.ratio.toFixed(2)} (target ${v.wanted})\n`);
