@@ -67,20 +67,37 @@ export function groupTargetDir(ctx: GroupMirrorContext, to: unknown): string {
   return real;
 }
 
-/** The target file of one member in DIR, checked free (Ferry never overwrites a file). */
-function memberTargetFile(ctx: GroupMirrorContext, dir: string, disk: string): string {
+/**
+ * The target file of one member in DIR, checked free (Ferry never overwrites a file): null when
+ * it is to be created; 'reuse' for a file `reuseEmpty` allows: exactly the member's size and not
+ * one data extent (what a `group add` a crash cut short leaves; the copy writes it whole anyway).
+ */
+function memberTargetFile(ctx: GroupMirrorContext, dir: string, disk: string, size: number, reuseEmpty: boolean): { file: string; reuse: boolean } {
   const file = path.join(dir, `${disk}.img`);
-  if (fs.existsSync(file)) throw new FerryError('PATH_IN_USE', `${file} already exists: Ferry creates each member's mirror file itself and never overwrites one (move it away, or choose another directory)`);
   assertPathFree(ctx.store, ctx.dataDir, file);
-  return file;
+  if (!fs.existsSync(file)) return { file, reuse: false };
+  if (reuseEmpty && fs.statSync(file).isFile() && fs.statSync(file).size === size) {
+    const d = BlockDevice.open(file, { readOnly: true });
+    try {
+      if (d.extents(0, size, 2).every((e) => e.flags !== 0)) return { file, reuse: true };
+    } finally {
+      void d.close();
+    }
+  }
+  throw new FerryError('PATH_IN_USE', `${file} already exists: Ferry creates each member's mirror file itself and never overwrites one (move it away, or choose another directory)`);
 }
 
-/** Creates the members' target files (each O_EXCL, at its size, synced with DIR); all or none. */
-export function createMemberTargets(ctx: GroupMirrorContext, group: string, dir: string, members: Array<{ disk: string; size: number }>): MirrorMemberRow[] {
-  const files = members.map((m) => memberTargetFile(ctx, dir, m.disk));
+/**
+ * Creates the members' target files (each O_EXCL, at its size, synced with DIR); all or none.
+ * `reuseEmpty`: an empty file of the right size may be taken as it is (see memberTargetFile).
+ */
+export function createMemberTargets(ctx: GroupMirrorContext, group: string, dir: string, members: Array<{ disk: string; size: number }>, reuseEmpty = false): MirrorMemberRow[] {
+  const targets = members.map((m) => memberTargetFile(ctx, dir, m.disk, m.size, reuseEmpty));
+  const files = targets.map((t) => t.file);
   const created: string[] = [];
   try {
     members.forEach((m, i) => {
+      if (targets[i]!.reuse) return;
       const fd = fs.openSync(files[i]!, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
       created.push(files[i]!);
       try {
@@ -95,7 +112,7 @@ export function createMemberTargets(ctx: GroupMirrorContext, group: string, dir:
     for (const f of created) fs.rmSync(f, { force: true });
     throw fromSystemError(err, `mirror files in ${dir}`);
   }
-  return members.map((m, i) => ({ grp: group, disk: m.disk, path: files[i]!, created_file: 1, synced: 0 }));
+  return members.map((m, i) => ({ grp: group, disk: m.disk, path: files[i]!, created_file: targets[i]!.reuse ? 0 : 1, synced: 0 }));
 }
 
 /** Deletes target files this request created (its change failed before it was recorded). */
@@ -124,8 +141,12 @@ export function openGroupTarget(ctx: GroupMirrorContext, m: MirrorRow): ConcatSt
 
 /** The chunks the group mirror's sync copies: those of members not yet copied (none of the gaps). */
 export function unsyncedChunks(ctx: GroupMirrorContext, group: string): { bytes: number; has(chunk: number): boolean } | undefined {
-  const pending = ctx.groups.mirrorMembers(group).filter((r) => r.synced === 0).map((r) => r.disk);
-  if (pending.length === 0) return undefined;
+  const rows = ctx.groups.mirrorMembers(group);
+  // No rows: a remote group mirror that never changed membership copies the whole address space (its gaps are holes).
+  if (rows.length === 0) return undefined;
+  const pending = rows.filter((r) => r.synced === 0).map((r) => r.disk);
+  // Every member copied (the one being copied was removed): nothing to copy, the sync ends at once.
+  if (pending.length === 0) return { bytes: SYNC_CHUNK_BYTES, has: () => false };
   const ranges = memberPlaces(ctx.groups.members(group).filter((g) => pending.includes(g.disk)), (n) => ctx.store.disk(n)).map((p) => ({ first: Math.floor(p.base / SYNC_CHUNK_BYTES), last: Math.floor((p.base + p.size - 1) / SYNC_CHUNK_BYTES) }));
   return { bytes: SYNC_CHUNK_BYTES, has: (chunk) => ranges.some((r) => chunk >= r.first && chunk <= r.last) };
 }

@@ -317,7 +317,7 @@ export class MirrorControl {
     if (!m.target.startsWith('local:')) return this.remoteMemberChange(group, m, running, change);
     if ('remove' in change) return { record: () => this.disks.groups.deleteMirrorMember(group, change.remove), undo: () => undefined };
     const dir = groupTargetDir(this.groupCtx, m.target);
-    const rows = createMemberTargets(this.groupCtx, group, dir, [{ disk: change.add, size: change.size }]);
+    const rows = createMemberTargets(this.groupCtx, group, dir, [{ disk: change.add, size: change.size }], true);
     return {
       record: () => {
         for (const r of rows) this.disks.groups.insertMirrorMember(r);
