@@ -66,6 +66,20 @@ export class ConcatStore implements DiskStore {
     return this.members;
   }
 
+  /** The member holding byte `offset`, or null (a gap). */
+  private memberAt(offset: number): ConcatMember | null {
+    let lo = 0;
+    let hi = this.members.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const m = this.members[mid]!;
+      if (m.base + m.size <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    const m = this.members[lo];
+    return m && m.base <= offset ? m : null;
+  }
+
   /** Splits [offset, offset+length) at member boundaries, gaps included, in order. */
   private pieces(offset: number, length: number): Piece[] {
     assert.ok(offset >= 0 && length >= 0 && offset + length <= this.size, `range ${offset}+${length} inside the group's ${this.size} bytes`);
@@ -131,6 +145,14 @@ export class ConcatStore implements DiskStore {
     const ats: number[] = [];
     for (let i = 0; i < buffers.length; i++) {
       const b = buffers[i]!;
+      // The common case, a record inside one member (the members' windows bound every request): no piece list.
+      const m = this.memberAt(offsets[i]!);
+      if (m !== null && offsets[i]! + b.length <= m.base + m.size) {
+        members.push(m);
+        bufs.push(b);
+        ats.push(offsets[i]! - m.base);
+        continue;
+      }
       for (const p of this.pieces(offsets[i]!, b.length)) {
         assert.ok(p.member !== null, `C1: data written at ${offsets[i]}+${b.length} falls on no member of ${this.path}`);
         members.push(p.member);

@@ -55,7 +55,9 @@ export type { AppendRequest, JournalListener, JournalStats, StagedRecord } from 
 
 export { STAGING_BYTES_MIN };
 const batchBytesMax = 8 * 1024 * 1024;
-const recentBytesMax = 64 * 1024 * 1024;
+/** The cache of recent records consumers read from memory, per disk the staging area serves (a consistency group's: per member, up to 4). */
+export const RECENT_BYTES_PER_DISK = 64 * 1024 * 1024;
+const recentDisksMax = 4;
 
 interface Pending {
   req: AppendRequest;
@@ -93,13 +95,14 @@ export class Journal extends EventEmitter {
   /** Set by refuseWaiting(): writes that find no space are refused with it instead of waiting. */
   private refusal: FerryError | null = null;
   private batchLock: Promise<void> = Promise.resolve();
-  private readonly recent = new RecentCache(recentBytesMax);
+  private readonly recent: RecentCache;
   /** Rebuilds of failed copies: while any copies the ring, checkpoints do not move the tail (J2). */
   private readonly rebuilder: CopyRebuilder;
   private readonly listener: JournalListener;
 
-  private constructor(stores: Store[], r: RecoveryResult, log: Logger, listener: JournalListener) {
+  private constructor(stores: Store[], r: RecoveryResult, log: Logger, listener: JournalListener, disks: number) {
     super();
+    this.recent = new RecentCache(RECENT_BYTES_PER_DISK * Math.min(recentDisksMax, Math.max(1, disks)));
     this.log = log;
     this.listener = listener;
     this.recovery = r;
@@ -155,10 +158,12 @@ export class Journal extends EventEmitter {
   /**
    * Opens a formatted staging area, recovering the log (see recovery.ts for the decisions).
    * `listener`: what the disk's pipeline does with each written batch and when space runs out.
+   * `disks`: how many disks write through it (a consistency group's members): the cache of
+   * recent records grows with them, as four separate staging areas would each have one.
    */
-  static async open(stores: Store[], log: Logger, listener: JournalListener = {}): Promise<Journal> {
+  static async open(stores: Store[], log: Logger, listener: JournalListener = {}, disks = 1): Promise<Journal> {
     const r = await recoverJournal(stores, log, listener.recovered);
-    return new Journal(stores, r, log, listener);
+    return new Journal(stores, r, log, listener, disks);
   }
 
   get writtenSeq(): number {
