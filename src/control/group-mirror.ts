@@ -19,6 +19,7 @@ import { concatOf, memberPlaces } from './group-volumes.js';
 import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
 import { validateName } from '../names.js';
+import { parseRemote } from './mirror-target.js';
 
 export interface GroupMirrorContext {
   store: MetadataStore;
@@ -154,4 +155,55 @@ export function unsyncedChunks(ctx: GroupMirrorContext, group: string): { bytes:
 /** Per member of a group mirror, for its status. */
 export function memberTargets(ctx: GroupMirrorContext, group: string): Array<{ disk: string; target: string; synced: boolean }> {
   return ctx.groups.mirrorMembers(group).map((r) => ({ disk: r.disk, target: `local:${r.path}`, synced: r.synced === 1 }));
+}
+
+/** Each member of a group's mirror: its local file, or its replica at the peer, and whether it is copied. */
+export function groupMirrorMembers(ctx: GroupMirrorContext, group: string): Array<{ disk: string; target: string; synced: boolean }> {
+  const row = ctx.store.mirror(group);
+  if (!row) return [];
+  if (row.target.startsWith('local:')) return memberTargets(ctx, group);
+  const { peer, remoteDisk } = parseRemote(row.target);
+  const members = ctx.groups.members(group);
+  return replicaLayout(ctx, group, remoteDisk).members.map((x, i) => {
+    const disk = members[i]!.disk;
+    return { disk, target: `${peer}:${x.disk}`, synced: (ctx.groups.mirrorMember(group, disk)?.synced ?? row.sync_done) === 1 };
+  });
+}
+
+/**
+ * What a membership change does to the group's (running, not paused) mirror, checked now (a
+ * refusal changes nothing). Local: a joining member gets its new file in the mirror's
+ * directory and is copied after the change; a leaving one keeps its file, a copy as of its
+ * removal. At a peer: the peer's group follows at the next attach (replica-groups.ts), which
+ * the mirror's restart makes; a joining member is copied alone (its row synced 0, the others'
+ * rows synced 1); only in sync (one change at a time), and only while the peer's names follow
+ * PREFIX+MEMBER (a mirror created here). `record` runs in the change's transaction; `undo`
+ * deletes what was created if it fails.
+ */
+export function groupMemberChange(ctx: GroupMirrorContext, m: MirrorRow, state: string, change: { add: string; size: number } | { remove: string }): { record: () => void; undo: () => void } {
+  const group = m.disk;
+  if ('remove' in change) return { record: () => ctx.groups.deleteMirrorMember(group, change.remove), undo: () => undefined };
+  if (m.target.startsWith('local:')) {
+    const rows = createMemberTargets(ctx, group, groupTargetDir(ctx, m.target), [{ disk: change.add, size: change.size }], true);
+    return {
+      record: () => {
+        for (const r of rows) ctx.groups.insertMirrorMember(r);
+        ctx.store.updateMirror(group, { sync_cursor: 0, sync_done: 0 });
+      },
+      undo: () => removeCreatedTargets(rows),
+    };
+  }
+  const { peer, remoteDisk } = parseRemote(m.target);
+  if (!remoteDisk.endsWith(group)) throw new FerryError('NOT_SUPPORTED', `the mirror of group '${group}' came from a switchover or a reconnect: its members at ${peer} are named otherwise; remove and re-create the mirror to change the membership`);
+  if (m.sync_done !== 1 || state !== 'in-sync') throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of group '${group}' is ${state}: a membership change waits until it is in sync (one change at a time)`);
+  const prefix = remoteDisk.slice(0, remoteDisk.length - group.length);
+  const row = (disk: string, synced: number): MirrorMemberRow => ({ grp: group, disk, path: `remote:${peer}:${prefix}${disk}`, created_file: 0, synced });
+  return {
+    record: () => {
+      for (const g of ctx.groups.members(group)) if (g.disk !== change.add && !ctx.groups.mirrorMember(group, g.disk)) ctx.groups.insertMirrorMember(row(g.disk, 1));
+      ctx.groups.insertMirrorMember(row(change.add, 0));
+      ctx.store.updateMirror(group, { sync_cursor: 0, sync_done: 0 });
+    },
+    undo: () => undefined,
+  };
 }

@@ -37,8 +37,7 @@ import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
 import { memberPlaces } from './group-volumes.js';
-import type { MirrorMemberRow } from './group-store.js';
-import { createMemberTargets, groupTargetDir, memberTargets, openGroupTarget, removeCreatedTargets, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
+import { groupMemberChange, groupMirrorMembers, openGroupTarget, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
 export type { RemovedMirror } from './mirror-remove.js';
@@ -283,16 +282,7 @@ export class MirrorControl {
   /** A mirror's status with its RPO (observed now). */
   private statusOf(m: Mirror): MirrorStatus {
     const watch = this.rpo.get(m.disk);
-    const row = this.disks.isGroup(m.disk) ? this.store.mirror(m.disk) : undefined;
-    // A group's members: each local file, or each replica at the peer (as consistent as the group's one image).
-    const members = !row
-      ? {}
-      : row.target.startsWith('local:')
-        ? { members: memberTargets(this.groupCtx, m.disk) }
-        : { members: replicaLayout(this.groupCtx, m.disk, parseRemote(row.target).remoteDisk).members.map((x, i) => {
-            const disk = this.disks.groups.members(m.disk)[i]!.disk;
-            return { disk, target: `${parseRemote(row.target).peer}:${x.disk}`, synced: (this.disks.groups.mirrorMember(m.disk, disk)?.synced ?? row.sync_done) === 1 };
-          }) };
+    const members = this.disks.isGroup(m.disk) ? { members: groupMirrorMembers(this.groupCtx, m.disk) } : {};
     return { ...m.status(), rpo: watch ? watch.observe(m.imageAtMs()) : null, ...members };
   }
 
@@ -314,41 +304,7 @@ export class MirrorControl {
     const running = this.mirrors.get(group);
     if (!running) throw new FerryError('MIRROR_BUSY', `the mirror of group '${group}' is not running (its target is unavailable): a membership change needs it`);
     if (running.state === 'paused') throw new FerryError('MIRROR_BUSY', `the mirror of group '${group}' is paused: resume it first (a membership change brings it up to date)`);
-    if (!m.target.startsWith('local:')) return this.remoteMemberChange(group, m, running, change);
-    if ('remove' in change) return { record: () => this.disks.groups.deleteMirrorMember(group, change.remove), undo: () => undefined };
-    const dir = groupTargetDir(this.groupCtx, m.target);
-    const rows = createMemberTargets(this.groupCtx, group, dir, [{ disk: change.add, size: change.size }], true);
-    return {
-      record: () => {
-        for (const r of rows) this.disks.groups.insertMirrorMember(r);
-        // The mirror copies the new member (alone: unsyncedChunks) while the others keep streaming.
-        this.store.updateMirror(group, { sync_cursor: 0, sync_done: 0 });
-      },
-      undo: () => removeCreatedTargets(rows),
-    };
-  }
-
-  /**
-   * A group mirrored to a peer: the peer's group follows at the next attach (replica-control.ts
-   * followMembership), which the mirror's restart makes. A joining member is copied alone (its
-   * mirror_members row, synced 0; the others' rows say synced). Only in sync (one change at a
-   * time), and only while the peer's names follow PREFIX+MEMBER (a mirror created here).
-   */
-  private remoteMemberChange(group: string, m: MirrorRow, running: Mirror, change: { add: string; size: number } | { remove: string }): { record: () => void; undo: () => void } {
-    const { peer, remoteDisk } = parseRemote(m.target);
-    if (!remoteDisk.endsWith(group)) throw new FerryError('NOT_SUPPORTED', `the mirror of group '${group}' came from a switchover or a reconnect: its members at ${peer} are named otherwise; remove and re-create the mirror to change the membership`);
-    if (m.sync_done !== 1 || running.state !== 'in-sync') throw new FerryError('MIRROR_NOT_IN_SYNC', `the mirror of group '${group}' is ${running.state}: a membership change waits until it is in sync (one change at a time)`);
-    const prefix = remoteDisk.slice(0, remoteDisk.length - group.length);
-    const row = (disk: string, synced: number): MirrorMemberRow => ({ grp: group, disk, path: `remote:${peer}:${prefix}${disk}`, created_file: 0, synced });
-    if ('remove' in change) return { record: () => this.disks.groups.deleteMirrorMember(group, change.remove), undo: () => undefined };
-    return {
-      record: () => {
-        for (const g of this.disks.groups.members(group)) if (g.disk !== change.add && !this.disks.groups.mirrorMember(group, g.disk)) this.disks.groups.insertMirrorMember(row(g.disk, 1));
-        this.disks.groups.insertMirrorMember(row(change.add, 0));
-        this.store.updateMirror(group, { sync_cursor: 0, sync_done: 0 });
-      },
-      undo: () => undefined,
-    };
+    return groupMemberChange(this.groupCtx, m, running.state, change);
   }
 
   /** Brings the group's mirror up to date and stops it (its row and journal position stay); openAtStart starts it again. */

@@ -25,24 +25,7 @@ import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
 import type { DiskRow, MetadataStore, ReplicaRow } from './store.js';
 import type { DrControl } from './dr-control.js';
-import { dissolveGroup, formGroup, rebuildGroup } from './group-control.js';
-import { GROUP_MEMBERS_MAX, type MemberPlace } from './group-volumes.js';
-
-/** A consistency group's layout in an attach (the primary's bases, the replica's member names), checked. */
-function groupMeta(raw: unknown, addressBytes: number): { members: MemberPlace[] } {
-  const g = raw as { members?: unknown };
-  if (typeof g !== 'object' || g === null || !Array.isArray(g.members) || g.members.length === 0 || g.members.length > GROUP_MEMBERS_MAX) {
-    throw new FerryError('BAD_REQUEST', 'attach: a group needs 1 to 128 members');
-  }
-  const members = g.members.map((m: { disk?: unknown; base?: unknown; size?: unknown }) => {
-    if (typeof m.disk !== 'string' || !Number.isSafeInteger(m.base) || !Number.isSafeInteger(m.size) || (m.base as number) < 0 || (m.size as number) <= 0 || (m.base as number) + (m.size as number) > addressBytes) {
-      throw new FerryError('BAD_REQUEST', 'attach: each group member needs a disk name, a base and a size inside the address space');
-    }
-    validateName('disk', m.disk);
-    return { disk: m.disk, base: m.base as number, size: m.size as number };
-  });
-  return { members };
-}
+import { createGroupReplica, followMembership, groupMeta, removeCreatedReplica, type ReplicaGroupContext } from './replica-groups.js';
 
 /** The staging area of a replica: as large as the primary site's, within these bounds. */
 const replicaStagingBytesMax = 64 * 1024 * 1024 * 1024;
@@ -89,6 +72,11 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
     /** Generation histories and fencing (dr-control.ts). */
     private readonly dr: DrControl,
   ) {}
+
+  /** What the group parts of a replica (replica-groups.ts) work with. */
+  private get groupCtx(): ReplicaGroupContext {
+    return { store: this.store, disks: this.disks, log: this.log, resyncing: (d) => this.guards.has(d), handle: (d) => this.handles.get(d) };
+  }
 
   generations(disk: string): unknown[] {
     return this.dr.history(disk);
@@ -183,7 +171,7 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
       let h = this.handles.get(disk);
       if (!h) throw new FerryError('DISK_UNAVAILABLE', `replica '${disk}' is not online here`);
       if (this.promoting.has(disk)) throw new FerryError('DISK_BUSY', `replica '${disk}' is being promoted at this site`);
-      if (meta.group !== undefined && this.disks.isGroup(disk)) h = await this.followMembership(disk, h, groupMeta(meta.group, size), size);
+      if (meta.group !== undefined && this.disks.isGroup(disk)) h = await followMembership(this.groupCtx, disk, h, groupMeta(meta.group, size), size);
       this.dr.replicaAttach(disk, peer, meta.generations);
       return { handle: h, created: false };
     }
@@ -210,21 +198,7 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
     // A reconnect (control/reconnect.ts) makes this site's existing group the replica: it is used as it is.
     const reconnectingGroup = group !== null && existing?.kind === 'group' && this.dr.reconnecting(disk) !== null;
     if (group && !reconnectingGroup) {
-      // A consistency group's replica: a new group here, its members new disks at the primary's bases (one address space).
-      for (const name of [disk, ...group.members.map((m) => m.disk)]) {
-        if (this.store.disk(name)) throw new FerryError('DISK_EXISTS', `'${name}' exists here: the replica of a consistency group is created new (choose another prefix: --to PEER:PREFIX)`);
-      }
-      const volumes: Volume[] = [];
-      try {
-        for (const m of group.members) {
-          await this.disks.create({ name: m.disk, size: m.size });
-          volumes.push(this.disks.entry(m.disk).volume!);
-        }
-        await formGroup({ store: this.store, disks: this.disks }, disk, size, group.members, volumes);
-      } catch (err) {
-        for (const m of group.members) if (this.store.disk(m.disk) && !this.disks.groups.groupOf(m.disk)) await this.disks.remove(m.disk, { purge: true }).catch(() => undefined);
-        throw err;
-      }
+      await createGroupReplica(this.groupCtx, disk, size, group);
       createdDisk = true;
     } else if (existing) {
       // An existing disk is used only if nothing else uses it and it can hold the mirror.
@@ -252,7 +226,7 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
       fs.rmSync(stagingPath, { force: true }); // left over from a replica removed before a crash
       await this.staging.attach({ disk, path: stagingPath, size: stagingBytes, firstSeq });
     } catch (err) {
-      if (createdDisk) await this.removeCreated(disk).catch(() => undefined);
+      if (createdDisk) await removeCreatedReplica(this.groupCtx, disk).catch(() => undefined);
       throw err;
     }
     // A reconnect this site asked for (control/reconnect.ts): the disk holds this site's last image, a consistent one; recorded
@@ -268,58 +242,6 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
     this.log.info({ disk, peer, originDisk, firstSeq, createdDisk, reconnect }, 'replica created');
     // A disk Ferry just created reads as zeroes: the sync need not write holes.
     return { handle: h, created: createdDisk };
-  }
-
-  /**
-   * A group's replica follows its primary's membership (group add / remove there), told by
-   * every attach: members are matched by base (bases are never reused, G1); a base new there
-   * is a new disk here (zeroes: the primary's sync copies it), a base gone there leaves the
-   * group here and is a normal disk with its data. The session holding the replica is dropped
-   * first, then the group is rebuilt as at a start (group-control.ts rebuildGroup); the attach
-   * goes on with the new handle. Refused while the replica resyncs (its undo log covers the
-   * old layout).
-   */
-  private async followMembership(disk: string, h: ReplicaHandle, group: { members: MemberPlace[] }, addressBytes: number): Promise<ReplicaHandle> {
-    const here = this.disks.groups.members(disk);
-    const byBase = new Map(here.map((m) => [m.base, m]));
-    const wanted = new Set(group.members.map((m) => m.base));
-    const adds = group.members.filter((m) => !byBase.has(m.base));
-    const removes = here.filter((m) => !wanted.has(m.base));
-    if (adds.length === 0 && removes.length === 0) return h;
-    for (const m of group.members) {
-      const x = byBase.get(m.base);
-      if (x && this.store.disk(x.disk)!.size !== m.size) throw new FerryError('DISK_BUSY', `member '${x.disk}' of group '${disk}' here holds ${this.store.disk(x.disk)!.size} bytes; the primary's member at its base holds ${m.size}`);
-    }
-    if (this.guards.has(disk)) throw new FerryError('MIRROR_NOT_IN_SYNC', `group '${disk}' is resyncing here: its membership follows once the sync completed`);
-    for (const a of adds) if (this.store.disk(a.disk)) throw new FerryError('DISK_EXISTS', `'${a.disk}' exists here: the group's new member cannot be created`);
-    h.released = true; // no frame of an older session touches the old volume
-    await h.dropSession?.();
-    const joining: Volume[] = [];
-    for (const a of adds) {
-      await this.disks.create({ name: a.disk, size: a.size });
-      joining.push(this.disks.entry(a.disk).volume!);
-    }
-    const now = Date.now();
-    await rebuildGroup({ store: this.store, disks: this.disks, suspendMirror: async () => undefined }, disk, joining, () => {
-      for (const a of adds) this.disks.groups.insertMember({ disk: a.disk, grp: disk, base: a.base, added_at: now });
-      for (const r of removes) this.disks.groups.deleteMember(r.disk);
-      this.disks.groups.setGroupSize(disk, Math.max(addressBytes, this.store.disk(disk)!.size));
-    }, () => undefined);
-    const next = this.handles.get(disk);
-    if (!next || next === h) throw new FerryError('DISK_UNAVAILABLE', `replica group '${disk}' could not be reopened after its membership changed`);
-    this.log.info({ group: disk, added: adds.map((a) => a.disk), removed: removes.map((r) => r.disk) }, "replica group follows its primary's membership");
-    return next;
-  }
-
-  /** Removes a replica's disk this site created for it (a group's: the group, then its members). */
-  private async removeCreated(disk: string): Promise<void> {
-    if (!this.disks.isGroup(disk)) {
-      await this.disks.remove(disk, { purge: true });
-      return;
-    }
-    const members = this.disks.groups.members(disk).map((m) => m.disk);
-    await dissolveGroup({ store: this.store, disks: this.disks }, disk);
-    for (const m of members) await this.disks.remove(m, { purge: true });
   }
 
   /**
