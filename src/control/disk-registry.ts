@@ -226,8 +226,7 @@ export class DiskRegistry {
 
   /** NBD clients attached to a disk, or to any member of a group. */
   clientsOf(name: string): number {
-    if (this.isGroup(name)) return this.groups.members(name).reduce((n, m) => n + (this.disks.get(m.disk)?.volume?.attachedClients ?? 0), 0);
-    return this.disks.get(name)?.volume?.attachedClients ?? 0;
+    return this.exportVolumes(name).reduce((n, v) => n + v.attachedClients, 0);
   }
 
   /** The volumes NBD clients attach to for `name`: the disk's, or every member's of a group. */
@@ -255,6 +254,7 @@ export class DiskRegistry {
   }
 
   private info(d: OpenDisk): DiskInfo {
+    const member = this.groups.groupOf(d.row.name);
     let allocatedBytes: number | null = null;
     try {
       const st = fs.statSync(d.row.path);
@@ -275,7 +275,7 @@ export class DiskRegistry {
       allocatedBytes,
       createdAt: new Date(d.row.created_at).toISOString(),
       stats: d.volume ? { ...d.volume.stats } : null,
-      ...(this.groups.groupOf(d.row.name) ? { group: this.groups.groupOf(d.row.name)!.grp } : {}),
+      ...(member ? { group: member.grp } : {}),
     };
   }
 

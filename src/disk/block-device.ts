@@ -237,18 +237,8 @@ export class BlockDevice implements Store {
    * Writes each buffer at its offset, in order, as one thread-pool job (see native-io
    * writeBatch): what a journal consumer applies at once. Not durable until sync().
    */
-  async writeBatch(buffers: Buffer[], offsets: number[]): Promise<void> {
-    assert.equal(buffers.length, offsets.length, 'one offset per buffer');
-    for (let i = 0; i < buffers.length; i++) this.checkWritable(offsets[i]!, buffers[i]!.length);
-    for (let at = 0; at < buffers.length; at += WRITE_BATCH_BUFFERS_MAX) {
-      const bufs = buffers.slice(at, at + WRITE_BATCH_BUFFERS_MAX);
-      for (const b of bufs) this.unsyncedBytes += b.length;
-      try {
-        await writeBatch(this.fd, bufs, offsets.slice(at, at + WRITE_BATCH_BUFFERS_MAX));
-      } catch (err) {
-        throw fromSystemError(err, `write ${this.path}`);
-      }
-    }
+  writeBatch(buffers: Buffer[], offsets: number[]): Promise<void> {
+    return BlockDevice.batch(this, buffers, offsets);
   }
 
   /**
@@ -256,20 +246,25 @@ export class BlockDevice implements Store {
    * as one thread-pool job (a consistency group's records, applied to its members in the
    * group's order: a kill leaves a prefix of that order on the members, not one per member).
    */
-  static async writeBatchAcross(devices: BlockDevice[], buffers: Buffer[], offsets: number[]): Promise<void> {
-    assert.ok(devices.length === buffers.length && buffers.length === offsets.length, 'one device and one offset per buffer');
-    for (let i = 0; i < buffers.length; i++) devices[i]!.checkWritable(offsets[i]!, buffers[i]!.length);
+  static writeBatchAcross(devices: BlockDevice[], buffers: Buffer[], offsets: number[]): Promise<void> {
+    assert.equal(devices.length, buffers.length, 'one device per buffer');
+    return BlockDevice.batch(devices, buffers, offsets);
+  }
+
+  /** writeBatch() on one device (its one descriptor), or across devices (one descriptor per buffer), in jobs of at most WRITE_BATCH_BUFFERS_MAX. */
+  private static async batch(target: BlockDevice | BlockDevice[], buffers: Buffer[], offsets: number[]): Promise<void> {
+    assert.equal(buffers.length, offsets.length, 'one offset per buffer');
+    const device = (i: number): BlockDevice => (Array.isArray(target) ? target[i]! : target);
+    for (let i = 0; i < buffers.length; i++) device(i).checkWritable(offsets[i]!, buffers[i]!.length);
     for (let at = 0; at < buffers.length; at += WRITE_BATCH_BUFFERS_MAX) {
-      const n = Math.min(WRITE_BATCH_BUFFERS_MAX, buffers.length - at);
-      const fds: number[] = [];
-      for (let i = at; i < at + n; i++) {
-        devices[i]!.unsyncedBytes += buffers[i]!.length;
-        fds.push(devices[i]!.fd);
-      }
+      const end = Math.min(buffers.length, at + WRITE_BATCH_BUFFERS_MAX);
+      for (let i = at; i < end; i++) device(i).unsyncedBytes += buffers[i]!.length;
+      const fd = Array.isArray(target) ? target.slice(at, end).map((d) => d.fd) : target.fd;
       try {
-        await writeBatch(fds, buffers.slice(at, at + n), offsets.slice(at, at + n));
+        await writeBatch(fd, buffers.slice(at, end), offsets.slice(at, end));
       } catch (err) {
-        throw fromSystemError(err, `write ${[...new Set(devices.slice(at, at + n).map((d) => d.path))].join(', ')}`);
+        const paths = Array.isArray(target) ? [...new Set(target.slice(at, end).map((d) => d.path))].join(', ') : target.path;
+        throw fromSystemError(err, `write ${paths}`);
       }
     }
   }

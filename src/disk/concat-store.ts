@@ -41,6 +41,8 @@ export class ConcatStore implements DiskStore {
   readonly path: string;
   readonly size: number;
   readonly kind: DeviceKind;
+  /** Any member's device read-only (fixed: a ConcatStore's members never change; read on every request). */
+  readonly readOnly: boolean;
   private readonly members: ConcatMember[];
 
   /** `members` in any order; they are sorted by base and checked (C2). */
@@ -55,10 +57,7 @@ export class ConcatStore implements DiskStore {
       if (i > 0) assert.ok(this.members[i - 1]!.base + this.members[i - 1]!.size <= m.base, `C2: members ${this.members[i - 1]!.name} and ${m.name} do not overlap`);
     }
     this.kind = this.members.every((m) => m.store.kind === 'file') ? 'file' : 'block';
-  }
-
-  get readOnly(): boolean {
-    return this.members.some((m) => m.store.readOnly);
+    this.readOnly = this.members.some((m) => m.store.readOnly);
   }
 
   /** The members, by base (for status and for a swap of roles). */

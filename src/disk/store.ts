@@ -19,6 +19,12 @@ export interface Store {
    * in one go: what a journal consumer applies at once. Optional; see writeInOrder().
    */
   writeBatch?(buffers: Buffer[], offsets: number[]): Promise<void>;
+  /**
+   * A write durable when it resolves, where the store does that cheaper than write() then
+   * sync() (a consistency group member's window: one staged record made durable with it).
+   * Optional: a FUA write is a write and a sync without it.
+   */
+  writeFua?(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void>;
   /** Makes every write completed before the call durable. */
   sync(): Promise<void>;
   /** False once the path no longer names the open file (removed or replaced underneath us). */

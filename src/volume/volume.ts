@@ -12,7 +12,6 @@ import { BlockDevice, type Extent } from '../disk/block-device.js';
 import type { DiskStore, Store } from '../disk/store.js';
 import { IoGate } from './io-gate.js';
 import { StagedPath } from './staged-path.js';
-import { WindowStore } from './window-store.js';
 
 export interface VolumeStats {
   readOps: number;
@@ -222,7 +221,7 @@ export class Volume {
       this.writable();
       await this.tracked(offset, length);
       if (this.staged) await this.staged.write(buf, bufOffset, length, offset, fua);
-      else if (fua && this.primary instanceof WindowStore) await this.primary.writeFua(buf, bufOffset, length, offset);
+      else if (fua && this.primary.writeFua) await this.primary.writeFua(buf, bufOffset, length, offset);
       else {
         await this.primary.write(buf, bufOffset, length, offset);
         if (fua) await this.primary.sync();
