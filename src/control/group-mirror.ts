@@ -70,14 +70,17 @@ export function groupTargetDir(ctx: GroupMirrorContext, to: unknown): string {
 
 /**
  * The target file of one member in DIR, checked free (Ferry never overwrites a file): null when
- * it is to be created; 'reuse' for a file `reuseEmpty` allows: exactly the member's size and not
- * one data extent (what a `group add` a crash cut short leaves; the copy writes it whole anyway).
+ * it is to be created; 'reuse' for a file `reuseEmpty` allows: empty (size 0: killed between its
+ * creation and its sizing) or exactly the member's size, and not one data extent either way (what a
+ * `group add` a crash cut short leaves; it is sized again and the copy writes it whole anyway).
  */
 function memberTargetFile(ctx: GroupMirrorContext, dir: string, disk: string, size: number, reuseEmpty: boolean): { file: string; reuse: boolean } {
   const file = path.join(dir, `${disk}.img`);
   assertPathFree(ctx.store, ctx.dataDir, file);
   if (!fs.existsSync(file)) return { file, reuse: false };
-  if (reuseEmpty && fs.statSync(file).isFile() && fs.statSync(file).size === size) {
+  const st = fs.statSync(file);
+  if (reuseEmpty && st.isFile() && st.size === 0) return { file, reuse: true };
+  if (reuseEmpty && st.isFile() && st.size === size) {
     const d = BlockDevice.open(file, { readOnly: true });
     try {
       if (d.extents(0, size, 2).every((e) => e.flags !== 0)) return { file, reuse: true };
@@ -98,9 +101,9 @@ export function createMemberTargets(ctx: GroupMirrorContext, group: string, dir:
   const created: string[] = [];
   try {
     members.forEach((m, i) => {
-      if (targets[i]!.reuse) return;
-      const fd = fs.openSync(files[i]!, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-      created.push(files[i]!);
+      const reuse = targets[i]!.reuse;
+      const fd = fs.openSync(files[i]!, reuse ? fs.constants.O_RDWR : fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      if (!reuse) created.push(files[i]!);
       try {
         fs.ftruncateSync(fd, m.size);
         fs.fsyncSync(fd);

@@ -95,7 +95,7 @@ describe('kill -9 during a consistency group membership change under load', () =
 
   // The member's mirror file is created before the change is recorded (holding, draining and
   // closing the group come in between: hundreds of ms under load); a crash there leaves it. The
-  // retry takes it as it is: exactly the member's size and no data extent (group-mirror.ts).
+  // retry takes it as it is: empty (killed before it was sized) or exactly the member's size, no data extent (group-mirror.ts).
   it('an add the crash undid can be made again (its half-made mirror file does not block it)', T, async () => {
     if (addHappened) return;
     const again = await d.cli(['group', 'add', 'G', 'D3', '--json'], { timeoutMs: 60_000 });
