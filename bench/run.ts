@@ -13,6 +13,7 @@
 //   BENCH_ROWS=mirror-sync-2g,mirror-swap-pause npm run bench -- --quick
 //   BENCH_ROWS=randwrite-4k-qd8-fsync32 BENCH_SERVERS=ferry,ferry-staged,ferry-remote npm run bench -- --quick
 //   BENCH_ROWS=group-4-disks npm run bench -- --quick   (issue 16: bench/group-rows.ts)
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -125,7 +126,14 @@ const watchdog = setTimeout(() => {
   void cleanup().finally(() => process.exit(3));
 }, budgetS * 1000);
 
-/** Writes the file once, fully (no holes, no unwritten extents), with the same bytes for every server. */
+/**
+ * Writes the file once, fully (no holes, no unwritten extents), with the same bytes for every
+ * server, then drops its pages from the page cache (dd's `oflag=nocache`: POSIX_FADV_DONTNEED
+ * on the whole file, after the fdatasync). Kept, the pages of a file written sequentially are
+ * large folios, more so for the files filled first (memory least fragmented): a server whose
+ * file was filled first then measured up to 1.47x slower at 4 KiB random writes, whatever the
+ * server (BENCHMARKS.md, "Finding: the unmirrored QD32..."). Dropped, every file starts alike.
+ */
 function fill(file: string, bytes: number, pattern: Buffer): void {
   const fd = fs.openSync(file, 'wx');
   try {
@@ -134,6 +142,7 @@ function fill(file: string, bytes: number, pattern: Buffer): void {
   } finally {
     fs.closeSync(fd);
   }
+  execFileSync('dd', ['if=/dev/null', `of=${file}`, 'oflag=nocache', 'conv=notrunc,fdatasync', 'count=0'], { stdio: 'ignore', timeout: 120_000 });
 }
 
 /**
@@ -187,7 +196,7 @@ async function main(): Promise<void> {
     fill(file, size, pattern);
     files.set(s.name, file);
   }
-  const fillNote = `Each file is written once in full with the same incompressible 1 MiB pattern and fdatasync'ed before the servers start (no holes or unwritten extents, so writes never measure block allocation; the data is then in the page cache for every server alike).`;
+  const fillNote = `Each file is written once in full with the same incompressible 1 MiB pattern and fdatasync'ed before the servers start (no holes or unwritten extents, so writes never measure block allocation; then its pages are dropped from the page cache, so every file starts with none: the page cache a sequential fill leaves made the write rows depend on which file was filled first).`;
   log(`filled ${servers.length} × ${sizeMiB} MiB in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
   const commands: Record<string, string> = {};
