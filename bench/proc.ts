@@ -2,7 +2,7 @@
 // stopped at the end of the run, on failure, on SIGINT/SIGTERM and on the watchdog.
 // Also: bounded command runs, free loopback ports, and per-process /proc readings
 // (RSS, CPU time) used to report what each server costs.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 
@@ -94,6 +94,16 @@ export async function runOk(cmd: string, args: string[], timeoutMs = 30_000): Pr
 }
 
 /** A loopback port that was free a moment ago (the servers that need a fixed port get one). */
+/**
+ * Drops the file's pages from the page cache (dd's `oflag=nocache`: POSIX_FADV_DONTNEED on the
+ * whole file, after an fdatasync). Pages a large sequential write or read builds (a fill, a
+ * mirror's sync) are large folios, and a 4 KiB random write into one then costs more the larger
+ * it is: files that must compare alike start with none (BENCHMARKS.md, "Finding: the unmirrored QD32...").
+ */
+export function dropPageCache(file: string): void {
+  execFileSync('dd', ['if=/dev/null', `of=${file}`, 'oflag=nocache', 'conv=notrunc,fdatasync', 'count=0'], { stdio: 'ignore', timeout: 120_000 });
+}
+
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();

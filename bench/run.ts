@@ -13,7 +13,6 @@
 //   BENCH_ROWS=mirror-sync-2g,mirror-swap-pause npm run bench -- --quick
 //   BENCH_ROWS=randwrite-4k-qd8-fsync32 BENCH_SERVERS=ferry,ferry-staged,ferry-remote npm run bench -- --quick
 //   BENCH_ROWS=group-4-disks npm run bench -- --quick   (issue 16: bench/group-rows.ts)
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,7 +22,7 @@ import { mirrorRows as allMirrorRows, mirrorTable, runMirrorRows, type MirrorSec
 import { replicationRows as allReplicationRows, runReplicationRows, type ReplicationSection } from './replication-rows.js';
 import { drRows as allDrRows, runDrRows, type DrSection } from './dr-rows.js';
 import { groupRows as allGroupRows, runGroupRows } from './group-rows.js';
-import { killAll, killAllSync, procStatusKiB, runOk, waitForQuiet } from './proc.js';
+import { dropPageCache, killAll, killAllSync, procStatusKiB, runOk, waitForQuiet } from './proc.js';
 import { costTable, describeMachine, renderGenerated, resultsTable, verdicts, writeDoc, type Cell, type Results } from './report.js';
 import { rows as allRows } from './rows.js';
 import { ferryBin, servers as allServers, type ServerDef, type StartedServer } from './servers.js';
@@ -142,7 +141,7 @@ function fill(file: string, bytes: number, pattern: Buffer): void {
   } finally {
     fs.closeSync(fd);
   }
-  execFileSync('dd', ['if=/dev/null', `of=${file}`, 'oflag=nocache', 'conv=notrunc,fdatasync', 'count=0'], { stdio: 'ignore', timeout: 120_000 });
+  dropPageCache(file);
 }
 
 /**
