@@ -307,6 +307,11 @@ export class MirrorControl {
     return groupMemberChange(this.groupCtx, m, running.state, change);
   }
 
+  /** Applies to the group's mirror every record staged so far, if it has a running mirror (a paused one refuses). */
+  async drainGroupMirror(group: string): Promise<void> {
+    await this.mirrors.get(group)?.drain();
+  }
+
   /** Brings the group's mirror up to date and stops it (its row and journal position stay); openAtStart starts it again. */
   async suspendGroupMirror(group: string): Promise<void> {
     const m = this.mirrors.get(group);
