@@ -18,6 +18,7 @@ import type { GroupStore, MirrorMemberRow } from './group-store.js';
 import { concatOf, memberPlaces } from './group-volumes.js';
 import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
+import type { VerifyReport } from '../mirror/verify.js';
 import { validateName } from '../names.js';
 import { parseRemote } from './mirror-target.js';
 
@@ -209,4 +210,21 @@ export function groupMemberChange(ctx: GroupMirrorContext, m: MirrorRow, state: 
     },
     undo: () => undefined,
   };
+}
+
+/**
+ * A group mirror's verify report told per member: each difference in the group's address space
+ * (Ferry's own business) as the member's range it lies in (C1: one member per range).
+ */
+export function perMember(ctx: GroupMirrorContext, group: string, report: VerifyReport): VerifyReport {
+  const places = memberPlaces(ctx.groups.members(group), (n) => ctx.store.disk(n));
+  const differences = report.differences.flatMap((x) =>
+    places
+      .filter((p) => p.base < x.offset + x.length && x.offset < p.base + p.size)
+      .map((p) => {
+        const start = Math.max(x.offset, p.base);
+        return { offset: start - p.base, length: Math.min(x.offset + x.length, p.base + p.size) - start, member: p.disk };
+      }),
+  );
+  return { ...report, differences };
 }

@@ -36,8 +36,7 @@ import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
-import { memberPlaces } from './group-volumes.js';
-import { groupMemberChange, groupMirrorMembers, openGroupTarget, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
+import { groupMemberChange, groupMirrorMembers, openGroupTarget, perMember, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
 export type { RemovedMirror } from './mirror-remove.js';
@@ -375,18 +374,7 @@ export class MirrorControl {
   verify(disk: string): Promise<VerifyReport> {
     return this.ops.run(disk, 'verify', async () => {
       const report = await this.mirror(disk).verify();
-      if (!this.disks.isGroup(disk)) return report;
-      // A group's differences are told per member (its address space is Ferry's own business; each range lies in one member: C1).
-      const places = memberPlaces(this.disks.groups.members(disk), (n) => this.store.disk(n));
-      const differences = report.differences.flatMap((x) =>
-        places
-          .filter((p) => p.base < x.offset + x.length && x.offset < p.base + p.size)
-          .map((p) => {
-            const start = Math.max(x.offset, p.base);
-            return { offset: start - p.base, length: Math.min(x.offset + x.length, p.base + p.size) - start, member: p.disk };
-          }),
-      );
-      return { ...report, differences };
+      return this.disks.isGroup(disk) ? perMember(this.groupCtx, disk, report) : report;
     });
   }
 
