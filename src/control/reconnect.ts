@@ -179,13 +179,13 @@ export class ReconnectControl {
     return this.d.mirrors.exclusive(disk, 'reconnect', () => {
       this.d.disks.entry(disk); // DISK_NOT_FOUND
       const state = this.d.dr.status(disk)?.state ?? 'normal';
-      if (state !== 'fenced' && state !== 'switching') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${state}, neither fenced nor switching over: nothing to unfence`);
       if (!opts.force && state === 'fenced') {
         throw new FerryError('BAD_REQUEST', `disk '${disk}' is fenced because its peer holds newer writes; unfencing serves this site's older data and gives up the peer's (should it return, both sites are in split brain). Use 'ferry mirror reconnect ${disk}' to follow the peer, or --force to unfence`);
       }
-      if (!opts.force) {
+      if (!opts.force && state === 'switching') {
         throw new FerryError('BAD_REQUEST', `disk '${disk}' is switching over; 'ferry mirror switchover ${disk}' completes it once its peer is back. Unfencing abandons the switchover (should the peer have taken over, both sites are in split brain): --force to unfence`);
       }
+      // A disk neither fenced nor switching over is refused there (BAD_REQUEST: nothing to unfence).
       return { disk, generation: this.d.dr.unfence(disk).id };
     });
   }
