@@ -149,12 +149,12 @@ export class RegionLedger {
   behind(fromSeq: number): RegionLag[] | null {
     if (fromSeq < this.knownFromSeq) return null;
     const out = this.bases.map(() => ({ records: 0, bytes: 0 }));
-    for (let i = 0; i < this.runs; i++) {
+    // Newest first, down to the run holding fromSeq: a consumer near the head costs a few runs.
+    for (let i = this.runs - 1; i >= 0; i--) {
       const at = (this.head + i) % this.seq.length;
       const first = this.seq[at]!;
-      const n = this.count[at]!;
-      const take = first >= fromSeq ? n : Math.max(0, first + n - fromSeq);
-      if (take === 0) continue;
+      const take = Math.min(this.count[at]!, first + this.count[at]! - fromSeq);
+      if (take <= 0) break;
       const r = out[this.region[at]!]!;
       r.records += take;
       r.bytes += take * this.span[at]!;
