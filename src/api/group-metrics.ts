@@ -2,7 +2,8 @@
 // like the rest of metrics.ts, which registers them: per group its members
 // (`ferry_group_members{group}`, 0 while the group is unavailable: its members are not
 // listed then), whether it is online, and per member of its mirror whether that member's
-// file is copied yet (a member added later is copied alone). The group's mirror itself is in
+// file is copied yet (a member added later is copied alone) and its share of the mirror's lag
+// (no sample while that share is unknown). The group's mirror itself is in
 // the ferry_mirror_* series and its staging area in the ferry_staging_* series, both under the
 // group's name as `disk` (a group's name is in the disks' namespace).
 import client from 'prom-client';
@@ -40,5 +41,19 @@ export function registerGroupMetrics(registry: client.Registry, daemon: Daemon):
       for (const s of daemon.mirrors.status()) for (const m of s.members ?? []) this.set({ group: s.disk, disk: m.disk, target: m.target }, m.synced ? 1 : 0);
     },
   });
+  for (const [name, help, field] of [
+    ['ferry_group_mirror_member_lag_records', "A member's share of its group's mirror lag: records for this member the mirror has not applied yet", 'lagRecords'],
+    ['ferry_group_mirror_member_lag_bytes', 'The staging bytes of those records', 'lagBytes'],
+  ] as const) {
+    new client.Gauge({
+      name,
+      help,
+      labelNames: ['group', 'disk'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of daemon.mirrors.status()) for (const m of s.members ?? []) if (m[field] !== null) this.set({ group: s.disk, disk: m.disk }, m[field]);
+      },
+    });
+  }
 }
-

@@ -22,6 +22,8 @@ export const MirrorMemberSchema = Type.Object({
   disk: Type.String(),
   target: Type.String({ description: 'local:PATH of the member\'s file in the mirror\'s directory' }),
   synced: Type.Boolean({ description: 'copied: the member is in the mirror\'s image of the group' }),
+  lagRecords: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: "the member's share of the group's lagRecords: records for this member the mirror has not applied yet (null while unknown: more records behind than the journal's ledger of members holds)" }),
+  lagBytes: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: 'the staging bytes of those records' }),
 });
 
 export const MirrorSchema = Type.Object({

@@ -26,10 +26,11 @@ function statusTable(list: MirrorStatus[]): string {
   ) + membersTable(list);
 }
 
-/** A consistency group's mirror: its members (one point of the group's order; the lag above is the group's). */
+/** A consistency group's mirror: its members (one point of the group's order; the lag above is the group's, each member's share of it here). */
 function membersTable(list: MirrorStatus[]): string {
-  const rows = list.flatMap((m) => (m.members ?? []).map((x) => ({ group: m.disk, member: x.disk, target: x.target, copied: x.synced ? 'yes' : 'being copied' })));
-  return rows.length === 0 ? '' : `\n${table(rows, ['group', 'member', 'target', 'copied'])}`;
+  const share = (x: NonNullable<MirrorStatus['members']>[number]): string => (x.lagRecords === null || x.lagBytes === null ? 'unknown' : `${x.lagRecords} rec ${bytes(x.lagBytes)}`);
+  const rows = list.flatMap((m) => (m.members ?? []).map((x) => ({ group: m.disk, member: x.disk, target: x.target, copied: x.synced ? 'yes' : 'being copied', lag: share(x) })));
+  return rows.length === 0 ? '' : `\n${table(rows, ['group', 'member', 'target', 'copied', 'lag'])}`;
 }
 
 

@@ -238,6 +238,7 @@ function GroupMembers({ group, mirror, onChanged }: { group: Group; mirror: Mirr
               <th scope="col">clients</th>
               <th scope="col">state</th>
               <th scope="col">copy in the group's mirror</th>
+              <th scope="col">its share of the mirror's lag</th>
               <th scope="col"></th>
             </tr>
           </thead>
@@ -254,6 +255,7 @@ function GroupMembers({ group, mirror, onChanged }: { group: Group; mirror: Mirr
                   <td class="num">{x.clients}</td>
                   <td>{x.state === 'online' ? <Badge level="ok">online</Badge> : <Badge level="bad">unavailable</Badge>}</td>
                   <td>{file ? <>{file.target} {file.synced ? <Badge level="ok">copied</Badge> : <Badge level="warn">being copied</Badge>}</> : '-'}</td>
+                  <td class="num" data-lag>{file ? (file.lagRecords === null || file.lagBytes === null ? 'unknown' : `${file.lagRecords} rec, ${bytes(file.lagBytes)}`) : '-'}</td>
                   <td>
                     <button type="button" class="danger" disabled={a.busy} onClick={() => setRemoving(x.disk)} aria-label={`Remove ${x.disk} from the group…`}>
                       Remove…

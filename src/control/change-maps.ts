@@ -72,11 +72,15 @@ export class ChangeMaps {
     writeBaseSeq(this.file(disk), null);
   }
 
+  /** What a damaged map file is told as (it then counts as a full map: more is resynced, never less). */
+  private damaged(disk: string): (err: Error) => void {
+    return (err) => this.log.error({ disk, err: err.message }, 'the divergence map is damaged: every region counts as changed');
+  }
+
   /** At start: an old primary's map, its unacknowledged records marked again; or a promoted disk's (a missing one is a full one). */
   async reopen(disk: string, volume: Volume, side: 'old-primary' | 'promoted'): Promise<void> {
     const file = this.file(disk);
-    const damaged = (err: Error): void => this.log.error({ disk, err: err.message }, 'the divergence map is damaged: every region counts as changed');
-    let map = await DivergenceMap.open(file, volume.size, damaged);
+    let map = await DivergenceMap.open(file, volume.size, this.damaged(disk));
     if (side === 'old-primary') {
       map ??= await DivergenceMap.create(file, volume.size);
       this.track(disk, volume, map);
@@ -152,7 +156,7 @@ export class ChangeMaps {
     let map = this.map(disk);
     if (!map) {
       const file = this.file(disk);
-      map = (await DivergenceMap.open(file, volume.size, () => undefined)) ?? (await DivergenceMap.full(file, volume.size));
+      map = (await DivergenceMap.open(file, volume.size, this.damaged(disk))) ?? (await DivergenceMap.full(file, volume.size));
       if (map.changedGranules === map.granules) this.log.warn({ disk }, 'no changed regions were tracked at this site: every region counts as changed');
       this.track(disk, volume, map);
     }

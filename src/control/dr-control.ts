@@ -188,16 +188,16 @@ export class DrControl {
    * The site reconnecting as its peer's replica: fenced (its writes since divergence are to be
    * discarded), durably, with the survivor it waits for, before its mirror and staging area go.
    */
-  beginReconnect(disk: string, peer: string, peerDisk: string, reason: string): void {
+  beginReconnect(disk: string, peer: string, peerDisk: string, policy: unknown, reason: string): void {
     const r = this.row(disk) ?? DrStore.empty(disk);
-    this.put({ ...r, state: 'fenced', stateReason: reason, stateAtMs: Date.now(), reconnect: { peer, peerDisk } });
+    this.put({ ...r, state: 'fenced', stateReason: reason, stateAtMs: Date.now(), reconnect: { peer, peerDisk, policy } });
     assert.ok(this.row(disk)?.state === 'fenced', 'a reconnecting disk is fenced durably before its writes are refused');
     this.volumes.get(disk)?.setFence(reason);
     this.log.warn({ disk, survivor: `${peer}:${peerDisk}` }, 'reconnecting as the replica of the survivor: writes refused');
   }
 
   /** The survivor this disk reconnects to, while it does. */
-  reconnecting(disk: string): { peer: string; peerDisk: string } | null {
+  reconnecting(disk: string): { peer: string; peerDisk: string; policy: unknown } | null {
     return this.row(disk)?.reconnect ?? null;
   }
 

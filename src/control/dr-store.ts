@@ -20,8 +20,11 @@ export interface DrRow {
   pending: Generation | null;
   peer: string | null;
   peerDisk: string | null;
-  /** At a site reconnecting as the replica of its peer (control/reconnect.ts): the survivor's disk it waits for. */
-  reconnect: { peer: string; peerDisk: string } | null;
+  /**
+   * At a site reconnecting as the replica of its peer (control/reconnect.ts): the survivor's disk
+   * it waits for, and the policy of the mirror it dropped (sent again by a retry; null: none).
+   */
+  reconnect: { peer: string; peerDisk: string; policy: unknown } | null;
 }
 
 interface RawRow {
@@ -96,8 +99,8 @@ export class DrStore {
 function parseReconnect(text: string | null): DrRow['reconnect'] {
   const v = text === null ? null : safeJson(text);
   if (typeof v !== 'object' || v === null) return null;
-  const { peer, peerDisk } = v as Record<string, unknown>;
-  return typeof peer === 'string' && typeof peerDisk === 'string' ? { peer, peerDisk } : null;
+  const { peer, peerDisk, policy } = v as Record<string, unknown>;
+  return typeof peer === 'string' && typeof peerDisk === 'string' ? { peer, peerDisk, policy: policy ?? null } : null;
 }
 
 function safeJson(text: string): unknown {

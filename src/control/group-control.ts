@@ -9,6 +9,7 @@
 //
 // | step | what                                                    | a crash here leaves                              |
 // |------|---------------------------------------------------------|--------------------------------------------------|
+// | 0    | the mirror and the staging area brought up to date while requests still flow (at most catchUpMsMax; the hold then drains only what came meanwhile) | nothing changed |
 // | 1    | every member's requests held (in flight ones finish)    | nothing changed                                  |
 // | 2    | the mirror drained and stopped (its row and position kept) | nothing changed (the mirror restarts at start) |
 // | 3    | the group's volume closed: its staging area drained to the members | nothing changed: all applied          |
@@ -23,6 +24,7 @@
 // range is the only one the sync engine copies: group-mirror.ts), and the mirror reports
 // `syncing` until it is whole again.
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { FerryError } from '../errors.js';
 import { BlockDevice } from '../disk/block-device.js';
@@ -140,6 +142,10 @@ export class GroupControl {
     }
   }
 
+  private rebuildContext(): RebuildContext {
+    return { store: this.store, disks: this.disks, drainMirror: (g) => this.mirrors.drainGroupMirror(g), suspendMirror: (g) => this.mirrors.suspendGroupMirror(g) };
+  }
+
   /** A group whose membership this site may change: not the replica of a group at a peer (its primary decides). */
   private mustBeChangeable(name: string): void {
     this.mustBeGroup(name);
@@ -235,7 +241,7 @@ export class GroupControl {
       const addressBytes = alignUp(base + joining.size, GROUP_ALIGN_BYTES);
       if (addressBytes > sizeBytesMax) throw new FerryError('INVALID_SIZE', `group '${name}' would need ${addressBytes} bytes of address space (at most ${sizeBytesMax})`);
       const mirrorChange = this.mirrors.groupMemberChange(name, { add: disk, size: joining.size });
-      await rebuildGroup({ store: this.store, disks: this.disks, suspendMirror: (g) => this.mirrors.suspendGroupMirror(g) }, name, [joining], () => {
+      await rebuildGroup(this.rebuildContext(), name, [joining], () => {
         this.disks.groups.insertMember({ disk, grp: name, base, added_at: Date.now() });
         this.disks.groups.setGroupSize(name, addressBytes);
         mirrorChange.record();
@@ -253,7 +259,7 @@ export class GroupControl {
       if (!member || member.grp !== name) throw new FerryError('BAD_REQUEST', `disk '${disk}' is not a member of group '${name}'`);
       if (this.disks.groups.members(name).length === 1) throw new FerryError('BAD_REQUEST', `'${disk}' is the last member of group '${name}': delete the group instead (ferry group delete ${name})`);
       const mirrorChange = this.mirrors.groupMemberChange(name, { remove: disk });
-      await rebuildGroup({ store: this.store, disks: this.disks, suspendMirror: (g) => this.mirrors.suspendGroupMirror(g) }, name, [], () => {
+      await rebuildGroup(this.rebuildContext(), name, [], () => {
         this.disks.groups.deleteMember(disk);
         mirrorChange.record();
       }, mirrorChange.undo);
@@ -263,13 +269,27 @@ export class GroupControl {
   }
 }
 
+/** How long step 0 may bring the mirror and the staging area up to date before the hold (then the hold drains the rest). */
+const catchUpMsMax = 30_000;
+
+/** What rebuilding a group asks of its mirror (none at a replica site: it receives, its peer mirrors). */
+export interface RebuildContext extends GroupContext {
+  /** Applies to the group's mirror every record staged so far (requests still flow). */
+  drainMirror: (group: string) => Promise<void>;
+  /** Drains and stops the group's mirror, its row and position kept (step 2). */
+  suspendMirror: (group: string) => Promise<void>;
+}
+
 /**
- * Steps 1–7 of the table at the head of this file. `joining`: volumes that become members;
+ * Steps 0–7 of the table at the head of this file. `joining`: volumes that become members;
  * `change`: the metadata transaction; `undo`: what to clean when it fails before committing.
  */
-export async function rebuildGroup(ctx: GroupContext & { suspendMirror: (group: string) => Promise<void> }, name: string, joining: Volume[], change: () => void, undo: () => void): Promise<void> {
+export async function rebuildGroup(ctx: RebuildContext, name: string, joining: Volume[], change: () => void, undo: () => void): Promise<void> {
   const old = ctx.disks.entry(name).volume;
   if (!old) throw new FerryError('DISK_UNAVAILABLE', `group '${name}' is unavailable`);
+  // 0: best effort (a paused mirror or a failing disk is told at step 2 or 3, under the hold, which changes nothing then).
+  const catchUp = Promise.all([ctx.drainMirror(name), old.staging?.drain()]).catch(() => undefined);
+  await Promise.race([catchUp, sleep(catchUpMsMax, undefined, { ref: false })]);
   const before = ctx.disks.groups.members(name).map((m) => m.disk);
   const held = [...before.map((d) => ctx.disks.entry(d).volume), ...joining];
   const releases = await Promise.all(held.map((v) => v?.hold()));

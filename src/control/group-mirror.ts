@@ -18,6 +18,9 @@ import type { GroupStore, MirrorMemberRow } from './group-store.js';
 import { concatOf, memberPlaces } from './group-volumes.js';
 import { assertNotReserved, assertPathFree, resolveTargetPath } from './path-guard.js';
 import type { MetadataStore, MirrorRow, PeerRow } from './store.js';
+import type { VerifyReport } from '../mirror/verify.js';
+import type { MirrorStatus } from '../mirror/mirror-status.js';
+import type { RegionLag } from '../journal/region-ledger.js';
 import { validateName } from '../names.js';
 import { parseRemote } from './mirror-target.js';
 
@@ -155,21 +158,31 @@ export function unsyncedChunks(ctx: GroupMirrorContext, group: string): { bytes:
   return { bytes: SYNC_CHUNK_BYTES, has: (chunk) => ranges.some((r) => chunk >= r.first && chunk <= r.last) };
 }
 
+type MirrorMember = NonNullable<MirrorStatus['members']>[number];
+
 /** Per member of a group mirror, for its status. */
 export function memberTargets(ctx: GroupMirrorContext, group: string): Array<{ disk: string; target: string; synced: boolean }> {
   return ctx.groups.mirrorMembers(group).map((r) => ({ disk: r.disk, target: `local:${r.path}`, synced: r.synced === 1 }));
 }
 
-/** Each member of a group's mirror: its local file, or its replica at the peer, and whether it is copied. */
-export function groupMirrorMembers(ctx: GroupMirrorContext, group: string): Array<{ disk: string; target: string; synced: boolean }> {
+/**
+ * Each member of a group's mirror: its local file, or its replica at the peer, whether it is
+ * copied, and its share of the mirror's lag. `lag`: the journal's records not yet applied by
+ * the mirror, per region (Journal.lagByRegion: one per member, in the order of their bases);
+ * null, or a layout that no longer matches the members (a change reopening the group), leaves
+ * the shares unknown (null).
+ */
+export function groupMirrorMembers(ctx: GroupMirrorContext, group: string, lag: RegionLag[] | null): MirrorMember[] {
   const row = ctx.store.mirror(group);
   if (!row) return [];
-  if (row.target.startsWith('local:')) return memberTargets(ctx, group);
-  const { peer, remoteDisk } = parseRemote(row.target);
   const members = ctx.groups.members(group);
+  const shares = new Map(lag && lag.length === members.length ? members.map((m, i) => [m.disk, lag[i]!]) : []);
+  const withLag = (m: { disk: string; target: string; synced: boolean }): MirrorMember => ({ ...m, lagRecords: shares.get(m.disk)?.records ?? null, lagBytes: shares.get(m.disk)?.bytes ?? null });
+  if (row.target.startsWith('local:')) return memberTargets(ctx, group).map(withLag);
+  const { peer, remoteDisk } = parseRemote(row.target);
   return replicaLayout(ctx, group, remoteDisk).members.map((x, i) => {
     const disk = members[i]!.disk;
-    return { disk, target: `${peer}:${x.disk}`, synced: (ctx.groups.mirrorMember(group, disk)?.synced ?? row.sync_done) === 1 };
+    return withLag({ disk, target: `${peer}:${x.disk}`, synced: (ctx.groups.mirrorMember(group, disk)?.synced ?? row.sync_done) === 1 });
   });
 }
 
@@ -209,4 +222,21 @@ export function groupMemberChange(ctx: GroupMirrorContext, m: MirrorRow, state: 
     },
     undo: () => undefined,
   };
+}
+
+/**
+ * A group mirror's verify report told per member: each difference in the group's address space
+ * (Ferry's own business) as the member's range it lies in (C1: one member per range).
+ */
+export function perMember(ctx: GroupMirrorContext, group: string, report: VerifyReport): VerifyReport {
+  const places = memberPlaces(ctx.groups.members(group), (n) => ctx.store.disk(n));
+  const differences = report.differences.flatMap((x) =>
+    places
+      .filter((p) => p.base < x.offset + x.length && x.offset < p.base + p.size)
+      .map((p) => {
+        const start = Math.max(x.offset, p.base);
+        return { offset: start - p.base, length: Math.min(x.offset + x.length, p.base + p.size) - start, member: p.disk };
+      }),
+  );
+  return { ...report, differences };
 }

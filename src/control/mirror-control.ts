@@ -36,8 +36,8 @@ import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
-import { memberPlaces } from './group-volumes.js';
-import { groupMemberChange, groupMirrorMembers, openGroupTarget, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
+import type { RegionLag } from '../journal/region-ledger.js';
+import { groupMemberChange, groupMirrorMembers, openGroupTarget, perMember, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
 export type { RemovedMirror } from './mirror-remove.js';
@@ -282,8 +282,11 @@ export class MirrorControl {
   /** A mirror's status with its RPO (observed now). */
   private statusOf(m: Mirror): MirrorStatus {
     const watch = this.rpo.get(m.disk);
-    const members = this.disks.isGroup(m.disk) ? { members: groupMirrorMembers(this.groupCtx, m.disk) } : {};
-    return { ...m.status(), rpo: watch ? watch.observe(m.imageAtMs()) : null, ...members };
+    const status = m.status();
+    // A group's members: each one's share of the lag, from the position the mirror has applied (or the peer acknowledged).
+    const lag = (): RegionLag[] | null => this.disks.entry(m.disk).volume?.staging?.journal.lagByRegion(status.appliedSeq + 1) ?? null;
+    const members = this.disks.isGroup(m.disk) ? { members: groupMirrorMembers(this.groupCtx, m.disk, lag()) } : {};
+    return { ...status, rpo: watch ? watch.observe(m.imageAtMs()) : null, ...members };
   }
 
   private get groupCtx(): GroupMirrorContext {
@@ -305,6 +308,11 @@ export class MirrorControl {
     if (!running) throw new FerryError('MIRROR_BUSY', `the mirror of group '${group}' is not running (its target is unavailable): a membership change needs it`);
     if (running.state === 'paused') throw new FerryError('MIRROR_BUSY', `the mirror of group '${group}' is paused: resume it first (a membership change brings it up to date)`);
     return groupMemberChange(this.groupCtx, m, running.state, change);
+  }
+
+  /** Applies to the group's mirror every record staged so far, if it has a running mirror (a paused one refuses). */
+  async drainGroupMirror(group: string): Promise<void> {
+    await this.mirrors.get(group)?.drain();
   }
 
   /** Brings the group's mirror up to date and stops it (its row and journal position stay); openAtStart starts it again. */
@@ -370,18 +378,7 @@ export class MirrorControl {
   verify(disk: string): Promise<VerifyReport> {
     return this.ops.run(disk, 'verify', async () => {
       const report = await this.mirror(disk).verify();
-      if (!this.disks.isGroup(disk)) return report;
-      // A group's differences are told per member (its address space is Ferry's own business; each range lies in one member: C1).
-      const places = memberPlaces(this.disks.groups.members(disk), (n) => this.store.disk(n));
-      const differences = report.differences.flatMap((x) =>
-        places
-          .filter((p) => p.base < x.offset + x.length && x.offset < p.base + p.size)
-          .map((p) => {
-            const start = Math.max(x.offset, p.base);
-            return { offset: start - p.base, length: Math.min(x.offset + x.length, p.base + p.size) - start, member: p.disk };
-          }),
-      );
-      return { ...report, differences };
+      return this.disks.isGroup(disk) ? perMember(this.groupCtx, disk, report) : report;
     });
   }
 

@@ -15,8 +15,8 @@
 //               NBD clients (--force disconnects them); S agrees (a
 //               dry run of step 4's checks at S)
 //   2     R     durably: fenced, with the survivor it waits for       R fenced (reconnecting), its mirror and    'mirror reconnect DISK' again at R goes
-//               (dr-control beginReconnect); in-flight writes end;    staging area possibly dropped; S as it     on from step 3 (the survivor is read
-//               its changed regions are read                          was. Writes refused at R: as chosen        from the row)
+//               and its mirror's policy (dr-control beginReconnect);  staging area possibly dropped; S as it     on from step 3 (the survivor and the
+//               in-flight writes end; its changed regions are read    was. Writes refused at R: as chosen        policy are read from the row)
 //   3     R     drops its own remote mirror (no word to S) and its    as 2                                       as 2
 //               staging area (every staged write onto its disk: the
 //               image the undo log will keep)
@@ -44,6 +44,7 @@ import { FerryError } from '../errors.js';
 import { STAGING_BYTES_MIN } from '../journal/journal.js';
 import { parseHistory, relate } from '../replication/generations.js';
 import { askPeer, type ControlCaller } from './control-session.js';
+import { failpoint } from './failpoint.js';
 import { parseRemote } from './mirror-target.js';
 import { hostPort, newPrimaryRow, policyOf, policyOfRow } from './remote-mirror-row.js';
 import { REPLICA_STAGING_DIR } from './replica-control.js';
@@ -111,17 +112,20 @@ export class ReconnectControl {
       generations: dr.history(disk),
       discard: state === 'split-brain' || begun !== null,
       stagingBytes: volume.staging?.journal.areaBytes ?? null,
-      policy: (() => {
-        const row = store.mirror(disk);
-        return row && !row.target.startsWith('local:') ? policyOfRow(row) : null;
-      })(),
+      // The mirror's policy goes on at the survivor: a retry after step 3 (the mirror dropped) sends the one recorded at step 2.
+      policy:
+        begun?.policy ??
+        (() => {
+          const row = store.mirror(disk);
+          return row && !row.target.startsWith('local:') ? policyOfRow(row) : null;
+        })(),
       replPort: this.d.replPort(),
     };
     await askPeer(this.d.connect, peer, { ...request, dryRun: true }, askMsMax, 'reconnect check');
     const disconnected = opts.force ? await this.d.disconnectClients(disk) : 0;
     // Step 2.
     if (!begun) {
-      dr.beginReconnect(disk, survivor.peer, survivor.peerDisk, `reconnecting as the replica of ${survivor.peer}:${survivor.peerDisk}: this site's writes since the sites diverged are discarded; writes are refused until it is a replica (run 'ferry mirror reconnect ${disk}' again if it was interrupted)`);
+      dr.beginReconnect(disk, survivor.peer, survivor.peerDisk, request.policy, `reconnecting as the replica of ${survivor.peer}:${survivor.peerDisk}: this site's writes since the sites diverged are discarded; writes are refused until it is a replica (run 'ferry mirror reconnect ${disk}' again if it was interrupted)`);
     }
     await volume.exclusive(async () => undefined); // writes admitted before the fence are done (and marked: D1)
     const mine = await dr.changesToSend(disk, volume.size);
@@ -129,6 +133,7 @@ export class ReconnectControl {
     await this.d.mirrors.dropRemote(disk);
     if (store.staging(disk)) await this.d.staging.detach(disk);
     assert.ok(!store.mirror(disk) && !store.staging(disk), 'a reconnecting disk has no mirror and no staging area before the survivor attaches');
+    failpoint('reconnect-dropped');
     // Steps 4-5, at the survivor.
     const answer = await askPeer(this.d.connect, peer, request, askMsMax, 'reconnect', mine.bits).catch((err: Error) => {
       throw new FerryError(err instanceof FerryError ? err.code : 'INTERNAL', `${err.message}; '${disk}' stays fenced, waiting for ${survivor.peer}: run 'ferry mirror reconnect ${disk}' again`);
@@ -179,13 +184,13 @@ export class ReconnectControl {
     return this.d.mirrors.exclusive(disk, 'reconnect', () => {
       this.d.disks.entry(disk); // DISK_NOT_FOUND
       const state = this.d.dr.status(disk)?.state ?? 'normal';
-      if (state !== 'fenced' && state !== 'switching') throw new FerryError('BAD_REQUEST', `disk '${disk}' is ${state}, neither fenced nor switching over: nothing to unfence`);
       if (!opts.force && state === 'fenced') {
         throw new FerryError('BAD_REQUEST', `disk '${disk}' is fenced because its peer holds newer writes; unfencing serves this site's older data and gives up the peer's (should it return, both sites are in split brain). Use 'ferry mirror reconnect ${disk}' to follow the peer, or --force to unfence`);
       }
-      if (!opts.force) {
+      if (!opts.force && state === 'switching') {
         throw new FerryError('BAD_REQUEST', `disk '${disk}' is switching over; 'ferry mirror switchover ${disk}' completes it once its peer is back. Unfencing abandons the switchover (should the peer have taken over, both sites are in split brain): --force to unfence`);
       }
+      // A disk neither fenced nor switching over is refused there (BAD_REQUEST: nothing to unfence).
       return { disk, generation: this.d.dr.unfence(disk).id };
     });
   }

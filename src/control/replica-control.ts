@@ -19,7 +19,7 @@ import { UndoGuardStore } from '../replication/undo-guard-store.js';
 import { UndoLog, UndoState } from '../replication/undo-log.js';
 import type { Volume } from '../volume/volume.js';
 import type { MirrorStatus } from '../mirror/mirror.js';
-import { judgeRpo, type RpoStatus } from '../mirror/rpo-watch.js';
+import { replicaStatus } from './replica-status.js';
 import type { DiskRegistry } from './disk-registry.js';
 import { validateName } from '../names.js';
 import type { StagingControl } from './staging-control.js';
@@ -30,8 +30,6 @@ import { createGroupReplica, followMembership, groupMeta, removeCreatedReplica, 
 /** The staging area of a replica: as large as the primary site's, within these bounds. */
 const replicaStagingBytesMax = 64 * 1024 * 1024 * 1024;
 export const REPLICA_STAGING_DIR = 'replica-staging';
-/** Silence after which the link counts as down here (the primary site sends a heartbeat every second). */
-const linkSilenceMsMax = 5000;
 
 /** What `mirror promote` (or a release by the primary site) made of a replica. */
 export interface PromoteReport {
@@ -42,16 +40,6 @@ export interface PromoteReport {
   seq: number;
   /** Bytes written back from the undo log (rolled-back only). */
   restoredBytes: number;
-}
-
-/**
- * The RPO as the mirror site sees it: the target the primary site last sent, and the newest
- * image held here (every write the primary acknowledged before it). Breaches are counted and
- * logged at the primary site, which watches the target (rpo-watch.ts).
- */
-function replicaRpo(targetMs: number | null, imageAtMs: number | null): RpoStatus | null {
-  if (targetMs === null && imageAtMs === null) return null;
-  return { ...judgeRpo(targetMs, imageAtMs, Date.now()), breachSeconds: null, breaches: 0 };
 }
 
 export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
@@ -420,53 +408,7 @@ export class ReplicaControl implements Omit<ReplicaHost, 'switchover'> {
       const h = this.handles.get(name);
       const row = this.store.replica(name);
       if (!h || !row) continue;
-      const j = h.staged.journal;
-      const stats = j.stats();
-      const guard = this.guards.get(name);
-      const silentMs = h.link.lastHeardMs ? Date.now() - h.link.lastHeardMs : 0;
-      // The primary site's figures as of its last frame; while it is silent, the lag can only have grown by the silence.
-      // Records: what the primary site had written at its last frame, less what is durable here.
-      // Bytes and seconds: the primary site's figures from that frame, growing by the silence
-      // while the link is down (it may be writing all along).
-      const lag = h.link.originLag ?? { records: 0, bytes: 0, seconds: 0 };
-      const lagRecords = Math.max(0, h.link.originHeadSeq - j.durableSeq);
-      // The primary site sends at least a heartbeat a second: a silent session is a dead link.
-      const live = h.link.connected && silentMs < linkSilenceMsMax;
-      const behind = lagRecords > 0 || !live;
-      const staleS = live ? 0 : silentMs / 1000;
-      out.push({
-        disk: name,
-        target: `${row.peer}:${row.origin_disk}`,
-        state: h.staged.committer.isPaused ? 'paused' : row.synced ? 'in-sync' : 'syncing',
-        consistent: row.synced === 1,
-        syncMode: 'full',
-        syncProgress: row.synced ? 1 : 0,
-        syncBytes: 0,
-        syncBytesPerSec: 0,
-        syncEtaSeconds: null,
-        syncError: null,
-        lagRecords,
-        lagBytes: behind ? lag.bytes : 0,
-        lagSeconds: behind ? lag.seconds + staleS : 0,
-        appliedSeq: h.staged.committer.position.nextSeq - 1,
-        committerError: h.staged.committer.lastError ?? (stats.copies.every((c) => !c.healthy) ? 'staging area failed' : null),
-        lastSwapPauseMs: null,
-        role: 'replica',
-        link: {
-          state: live ? 'connected' : 'down',
-          peer: row.peer,
-          lastError: live || !h.link.lastHeardMs ? null : `nothing heard from ${row.peer} for ${Math.round(silentMs / 1000)} s`,
-          bytesPerSec: 0,
-          shippedBytes: h.link.receivedBytes,
-          reconnects: 0,
-        },
-        policy: null,
-        dirtyBytes: 0,
-        fallback: guard ? { seq: guard.undo.baseSeq, undoBytes: guard.undo.stats().bytes } : null,
-        rpo: replicaRpo(h.link.originRpoMs, row.synced === 1 && !guard ? Date.now() - (behind ? lag.seconds + staleS : 0) * 1000 : null),
-        verify: null,
-        test: h.test?.() ?? null,
-      });
+      out.push(replicaStatus(name, h, row, this.guards.get(name)));
     }
     return out;
   }

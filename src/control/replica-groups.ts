@@ -87,7 +87,7 @@ export async function followMembership(ctx: ReplicaGroupContext, disk: string, h
     joining.push(ctx.disks.entry(a.disk).volume!);
   }
   const now = Date.now();
-  await rebuildGroup({ store: ctx.store, disks: ctx.disks, suspendMirror: async () => undefined }, disk, joining, () => {
+  await rebuildGroup({ store: ctx.store, disks: ctx.disks, drainMirror: async () => undefined, suspendMirror: async () => undefined }, disk, joining, () => {
     for (const a of adds) ctx.disks.groups.insertMember({ disk: a.disk, grp: disk, base: a.base, added_at: now });
     for (const r of removes) ctx.disks.groups.deleteMember(r.disk);
     ctx.disks.groups.setGroupSize(disk, Math.max(addressBytes, ctx.store.disk(disk)!.size));

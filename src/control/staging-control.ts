@@ -81,7 +81,7 @@ export class StagingControl {
     }
     let staged;
     try {
-      staged = await volume.attachStaging(stores, this.log.child({ disk: row.name }), this.beforeWrite(row.name), this.disksOf(row.name));
+      staged = await volume.attachStaging(stores, this.log.child({ disk: row.name }), this.beforeWrite(row.name), this.regionsOf(row.name));
     } catch (err) {
       await Promise.all(stores.map((x) => x.close().catch(() => undefined)));
       throw err;
@@ -90,9 +90,9 @@ export class StagingControl {
     this.log.info({ disk: row.name, records: r.records, bytes: r.payloadBytes, end: r.end, rewritten: r.rewrittenRecords }, 'staging area recovered and replayed to the primary');
   }
 
-  /** How many disks write through the staging area of `name`: a group's members, else 1. */
-  private disksOf(name: string): number {
-    return this.disks.isGroup(name) ? this.disks.groups.members(name).length : 1;
+  /** The bases of the disks that write through the staging area of `name`: a group's members (ascending), else null (one disk). */
+  private regionsOf(name: string): number[] | null {
+    return this.disks.isGroup(name) ? this.disks.groups.members(name).map((m) => m.base).sort((a, b) => a - b) : null;
   }
 
   private onlineVolume(name: string): { row: DiskRow; volume: Volume } {
@@ -159,7 +159,7 @@ export class StagingControl {
       };
       this.store.insertStaging(srow);
       try {
-        await volume.attachStaging(stores, this.log.child({ disk: req.disk }), this.beforeWrite(req.disk), this.disksOf(req.disk));
+        await volume.attachStaging(stores, this.log.child({ disk: req.disk }), this.beforeWrite(req.disk), this.regionsOf(req.disk));
       } catch (err) {
         this.store.deleteStaging(req.disk);
         throw err;

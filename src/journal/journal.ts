@@ -31,7 +31,8 @@
 //
 // Memory is bounded whatever the staging size: the write queue by the NBD layer's
 // in-flight limits, the batch by batchBytesMax, the cache of recent records by
-// recentBytesMax; records themselves live in the staging area, not in memory.
+// recentBytesMax, a group's ledger of members by LEDGER_RUNS_MAX; records themselves
+// live in the staging area, not in memory.
 import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
@@ -49,6 +50,7 @@ import { STAGING_BYTES_MIN, formatStagingArea } from './staging-format.js';
 import { ConsumerPositions } from './consumer-positions.js';
 import { encodeBatch } from './batch-encoder.js';
 import { RecentCache } from './recent-cache.js';
+import { RegionLedger, type RegionLag } from './region-ledger.js';
 import { recoverJournal, type RecoveryResult } from './recovery.js';
 
 export type { AppendRequest, JournalListener, JournalStats, StagedRecord } from './staged-record.js';
@@ -99,10 +101,13 @@ export class Journal extends EventEmitter {
   /** Rebuilds of failed copies: while any copies the ring, checkpoints do not move the tail (J2). */
   private readonly rebuilder: CopyRebuilder;
   private readonly listener: JournalListener;
+  /** Which region (a group's member) each live record writes, when several share the journal. */
+  private readonly ledger: RegionLedger | null;
 
-  private constructor(stores: Store[], r: RecoveryResult, log: Logger, listener: JournalListener, disks: number) {
+  private constructor(stores: Store[], r: RecoveryResult, log: Logger, listener: JournalListener, ledger: RegionLedger | null) {
     super();
-    this.recent = new RecentCache(RECENT_BYTES_PER_DISK * Math.min(recentDisksMax, Math.max(1, disks)));
+    this.ledger = ledger;
+    this.recent = new RecentCache(RECENT_BYTES_PER_DISK * Math.min(recentDisksMax, ledger?.regions ?? 1));
     this.log = log;
     this.listener = listener;
     this.recovery = r;
@@ -158,12 +163,17 @@ export class Journal extends EventEmitter {
   /**
    * Opens a formatted staging area, recovering the log (see recovery.ts for the decisions).
    * `listener`: what the disk's pipeline does with each written batch and when space runs out.
-   * `disks`: how many disks write through it (a consistency group's members): the cache of
-   * recent records grows with them, as four separate staging areas would each have one.
+   * `regions`: the bases of the disks that write through it, when several do (a consistency
+   * group's members, null for one disk): the cache of recent records grows with them, as four
+   * separate staging areas would each have one, and lagByRegion() tells each one's share.
    */
-  static async open(stores: Store[], log: Logger, listener: JournalListener = {}, disks = 1): Promise<Journal> {
-    const r = await recoverJournal(stores, log, listener.recovered);
-    return new Journal(stores, r, log, listener, disks);
+  static async open(stores: Store[], log: Logger, listener: JournalListener = {}, regions: readonly number[] | null = null): Promise<Journal> {
+    const ledger = regions ? new RegionLedger(regions) : null;
+    const r = await recoverJournal(stores, log, (record, consumers) => {
+      ledger?.add(record.seq, record.diskOffset, record.span);
+      listener.recovered?.(record, consumers);
+    });
+    return new Journal(stores, r, log, listener, ledger);
   }
 
   get writtenSeq(): number {
@@ -228,6 +238,7 @@ export class Journal extends EventEmitter {
         this.marks.restart(firstSeq - 1);
         this.consumers.restartAll(firstSeq, this.headPos);
         this.recent.clear();
+        this.ledger?.restart(firstSeq);
         // The tail moves to the head once the restarted positions are durable (J4), after the reads in flight (J2).
         await this.checkpoints.checkpointNow();
       }),
@@ -256,6 +267,7 @@ export class Journal extends EventEmitter {
     // A consumer is done only with records it could read: durable ones (J4, J5).
     this.consumers.advance(name, pos, this.marks.durableSeq + 1);
     this.recent.trim(this.consumers.min().nextSeq);
+    this.ledger?.trim(this.consumers.min().nextSeq);
   }
 
   /** Appends one record; resolves when it is written (and durable, for FUA) on every healthy copy. */
@@ -344,6 +356,7 @@ export class Journal extends EventEmitter {
         for (const r of records) this.recent.remember(r, minSeq);
         const lastSeq = records[records.length - 1]!.seq;
         this.marks.written(lastSeq);
+        if (this.ledger) for (const r of records) this.ledger.add(r.seq, r.diskOffset, r.span);
         this.listener.written?.(records);
         // Plain writes are acknowledged now (J3); FUA writes once a sync started after this write ends.
         // The sync is not awaited here, so the next batch is written while it runs.
@@ -476,6 +489,11 @@ export class Journal extends EventEmitter {
     const bytes = (this.headPos - pos.nextPos + this.ringBytes) % this.ringBytes || this.ringBytes;
     const oldest = this.recordTime(pos.nextSeq) ?? (fallbackTimeMs || null);
     return { records, bytes, seconds: oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000) };
+  }
+
+  /** Per region (lagBehind's records and bytes, split by the disk each writes); null for one disk, or while not all are known (region-ledger.ts L3). */
+  lagByRegion(fromSeq: number): RegionLag[] | null {
+    return this.ledger?.behind(fromSeq) ?? null;
   }
 
   /** The head: where the next record goes and the chain link it will carry. */

@@ -33,8 +33,12 @@ export interface TestFailoverStatus {
 export interface MirrorStatus {
   disk: string;
   target: string;
-  /** A consistency group's mirror: each member's file or replica, and whether it is copied yet (set by the control layer). */
-  members?: Array<{ disk: string; target: string; synced: boolean }>;
+  /**
+   * A consistency group's mirror: each member's file or replica, whether it is copied yet, and
+   * its share of lagRecords/lagBytes (the records for that member not yet applied, their staging
+   * bytes; null while unknown). Set by the control layer.
+   */
+  members?: Array<{ disk: string; target: string; synced: boolean; lagRecords: number | null; lagBytes: number | null }>;
   state: MirrorState;
   consistent: boolean;
   syncMode: SyncMode;

@@ -98,8 +98,8 @@ export class StagedPath {
    * wires the overlay, the primary's committer and the admission chain. Not started.
    */
   /** `beforeWrite`: the divergence check each write passes first (DivergenceStep), if any. */
-  /** `disks`: how many disks write through this path (a consistency group's members; Journal.open). */
-  static async open(stores: Store[], primary: DiskStore, log: Logger, clock: Clock = systemClock, beforeWrite: (() => void) | null = null, disks = 1): Promise<StagedPath> {
+  /** `regions`: the bases of the disks that write through this path, when several do (a consistency group's members; Journal.open). */
+  static async open(stores: Store[], primary: DiskStore, log: Logger, clock: Clock = systemClock, beforeWrite: (() => void) | null = null, regions: readonly number[] | null = null): Promise<StagedPath> {
     const index = new StagedIndex(primary.size);
     const mirrorSlot = new MirrorSlot();
     let unappliedFrom: number | null = null;
@@ -115,7 +115,7 @@ export class StagedPath {
         unappliedFrom ??= consumers.find((c) => c.name === PRIMARY_CONSUMER)?.nextSeq ?? Infinity;
         if (record.seq >= unappliedFrom) index.index([record]);
       },
-    }, disks);
+    }, regions);
     const committer = new Committer(journal, primary, log, { onApplied: (records) => index.applied(records), clock });
     const progressOrRecheck = (): Promise<void> => {
       committer.kick();

@@ -277,10 +277,10 @@ export class Volume {
    * to the primary (what a full or failing primary cannot take yet is served from the staging
    * area meanwhile), and serves through it, with requests held at the gate while the path switches.
    */
-  /** `disks`: how many disks write through it (a consistency group's members). */
-  async attachStaging(stores: Store[], log: Logger, beforeWrite: (() => void) | null = null, disks = 1): Promise<StagedPath> {
+  /** `regions`: the bases of the disks that write through it, when several do (a consistency group's members). */
+  async attachStaging(stores: Store[], log: Logger, beforeWrite: (() => void) | null = null, regions: readonly number[] | null = null): Promise<StagedPath> {
     if (this.staged) throw new FerryError('STAGING_EXISTS', `disk ${this.name} already has a staging area`);
-    const staged = await StagedPath.open(stores, this.primary, log, undefined, beforeWrite, disks);
+    const staged = await StagedPath.open(stores, this.primary, log, undefined, beforeWrite, regions);
     await this.gate.close();
     try {
       await staged.start();

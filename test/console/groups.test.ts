@@ -131,6 +131,9 @@ describe('web console: consistency groups', () => {
     const w = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 4M', d.uri('gb')], { timeoutMs: 60_000 });
     assert.equal(w.code, 0, w.stderr);
     await waitText("the lag of the group's mirror", '[data-testid=mirror-summary]', (t) => /Lag[1-9]\d* records, 4(\.\d+)?MiB/.test(t));
+    // Each member's share of it: all gb's.
+    await waitText("gb's share of the lag", 'tr[data-member=gb] [data-lag]', (t) => /^[1-9]\d* rec, 4(\.\d+)?MiB$/.test(t.trim()));
+    await waitText("ga's share of the lag", 'tr[data-member=ga] [data-lag]', (t) => t.trim() === '0 rec, 0B');
     await page.getByRole('button', { name: 'Resume' }).click();
     await waitText('the lag drained', '[data-testid=mirror-summary]', (t) => t.includes('in-sync') && t.includes('0 records, 0B'));
   });

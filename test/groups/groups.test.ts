@@ -9,7 +9,7 @@ import path from 'node:path';
 import { requireTool, type Ferryd } from '../harness.js';
 import { qemuIoOk } from '../interop/clients.js';
 import { Cleanup } from '../staging/helpers.js';
-import { MiB, T, assertSameBytes, cliFails, cliJson, diskShow, stagingShow, waitDrained, waitInSync } from '../mirror/helpers.js';
+import { MiB, T, assertSameBytes, cliFails, cliJson, diskShow, mirrorStatus, stagingShow, waitDrained, waitInSync } from '../mirror/helpers.js';
 
 /** Writes a pattern byte over [offset, offset+length) of a disk through NBD. */
 function write(d: Ferryd, disk: string, pattern: number, offset: number, length: number): Promise<unknown> {
@@ -111,7 +111,32 @@ describe('consistency groups', () => {
     assert.deepEqual(st.disks.find((x: any) => x.name === 'g1')?.members, ['log', 'data'], JSON.stringify(st));
     assert.equal(st.disks.find((x: any) => x.name === 'log')?.group, 'g1');
     assert.ok(st.problems.includes('g1: mirror paused'), JSON.stringify(st.problems));
+    // Each member's share of the mirror's lag: 5 records for log, 2 for data written while it is paused;
+    // the shares add up to the group's lag, and the same after a restart (the journal's ledger rebuilt at open).
+    const shares = async (): Promise<{ group: [number, number]; members: Record<string, [number, number]> }> => {
+      const s = await mirrorStatus(d, 'g1');
+      return { group: [s.lagRecords, s.lagBytes], members: Object.fromEntries(s.members.map((x: any) => [x.disk, [x.lagRecords, x.lagBytes]])) };
+    };
+    const lag0 = await shares();
+    await qemuIoOk(d.uri('log'), [0, 1, 2, 3, 4].map((i) => `write -P 0x61 ${8 * MiB + i * 8192} 4k`));
+    await qemuIoOk(d.uri('data'), [`write -P 0x62 ${9 * MiB} 64k`, `write -P 0x63 ${10 * MiB} 64k`]);
+    const lag1 = await shares();
+    assert.equal(lag1.members.log![0] - lag0.members.log![0], 5, JSON.stringify({ lag0, lag1 }));
+    assert.equal(lag1.members.data![0] - lag0.members.data![0], 2, JSON.stringify({ lag0, lag1 }));
+    assert.ok(lag1.members.data![1] - lag0.members.data![1] > 2 * 64 * 1024 && lag1.members.log![1] - lag0.members.log![1] > 5 * 4096, JSON.stringify({ lag0, lag1 }));
+    const addUp = (x: typeof lag1, where: string): void => {
+      const sum = (i: 0 | 1): number => Object.values(x.members).reduce((n, m) => n + m[i], 0);
+      assert.deepEqual([sum(0), sum(1)], x.group, `${where}: the members' shares add up to the group's lag: ${JSON.stringify(x)}`);
+    };
+    addUp(lag1, 'paused');
+    await d.restart();
+    // The mirror resumes from its last checkpointed position: the same, or older (more behind).
+    const lag2 = await shares();
+    addUp(lag2, 'after a restart (the mirror still paused)');
+    assert.ok(lag2.members.log![0] >= lag1.members.log![0] && lag2.members.data![0] >= lag1.members.data![0], JSON.stringify({ lag1, lag2 }));
     await cliJson(d, ['mirror', 'resume', 'g1']);
+    await waitDrained(d, 'g1');
+    assert.deepEqual(Object.values((await shares()).members), [[0, 0], [0, 0]], 'drained: no member behind');
     // The mirror's policies are the group's.
     assert.equal((await cliJson(d, ['mirror', 'set', 'g1', '--rpo', '30s'])).policy.rpoMs, 30_000);
 

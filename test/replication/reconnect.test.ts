@@ -190,6 +190,35 @@ describe('reconnect and delta failback', () => {
     await identical(s.a, 'sb', s.b, 'sb-dr', 'writes at A reach B again');
   });
 
+  it("killed after dropping its own mirror (step 3), the reconnect run again gives the survivor's mirror the policy A's mirror had", LONG, async () => {
+    await mirrored('kp', 64 * MiB, 8 * MiB);
+    await cliJson(s.a, ['mirror', 'set', 'kp', '--bandwidth', '40M', '--rpo', '90s']);
+    s.proxy.cut();
+    assert.equal((await s.a.kill9()).signal, 'SIGKILL');
+    await cliJson(s.b, ['mirror', 'promote', 'kp-dr']);
+    await qemuIoOk(s.b.uri('kp-dr'), ['write -P 0x22 1M 64k']);
+    s.proxy.restore();
+    s.a.env.FERRY_FAILPOINT = 'reconnect-dropped';
+    try {
+      await s.a.restart();
+      await learns(s.a, 'kp', 'fenced');
+      const cut = await s.a.cli(['mirror', 'reconnect', 'kp', '--json'], { timeoutMs: 120_000 });
+      await waitFor('A killed itself after dropping its mirror', () => s.a.proc.exitCode !== null || s.a.proc.signalCode !== null, 60_000);
+      assert.equal(s.a.proc.signalCode, 'SIGKILL', `the failpoint killed A (CLI exit ${cut.code})`);
+    } finally {
+      delete s.a.env.FERRY_FAILPOINT;
+    }
+    await s.a.start();
+    assert.equal((await s.a.api('GET', '/v1/disks/kp/mirror')).status, 404, "A's own mirror was dropped before the kill");
+    assert.equal((await drOf(s.a, 'kp')).state, 'fenced', 'A stays fenced, waiting for the survivor');
+    await cliJson(s.a, ['mirror', 'reconnect', 'kp', '--wait']);
+    const atB = await mirrorStatus(s.b, 'kp-dr');
+    assert.equal(atB.role, 'primary');
+    assert.equal(atB.policy.bandwidth, 40 * MiB, `the policy recorded at step 2 went on: ${JSON.stringify(atB.policy)}`);
+    assert.equal(atB.policy.rpoMs, 90_000);
+    await identical(s.b, 'kp-dr', s.a, 'kp', 'after the reconnect run again');
+  });
+
   it('kill -9 of the reconnecting site, then of the survivor, mid-resync: it resumes and converges', LONG, async (t) => {
     const SIZE = 256 * MiB;
     await mirrored('kr', SIZE, SIZE);
