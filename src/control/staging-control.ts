@@ -90,9 +90,14 @@ export class StagingControl {
     this.log.info({ disk: row.name, records: r.records, bytes: r.payloadBytes, end: r.end, rewritten: r.rewrittenRecords }, 'staging area recovered and replayed to the primary');
   }
 
-  /** The bases of the disks that write through the staging area of `name`: a group's members (ascending), else null (one disk). */
+  /**
+   * The bases of the disks that write through the staging area of `name`: a group's members
+   * (ascending), else null (one disk). Read from the rows: at start the group's staging area is
+   * opened before the registry lists the group.
+   */
   private regionsOf(name: string): number[] | null {
-    return this.disks.isGroup(name) ? this.disks.groups.members(name).map((m) => m.base).sort((a, b) => a - b) : null;
+    const members = this.disks.groups.members(name);
+    return members.length > 0 ? members.map((m) => m.base).sort((a, b) => a - b) : null;
   }
 
   private onlineVolume(name: string): { row: DiskRow; volume: Volume } {
