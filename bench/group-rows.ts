@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { runFio, type Measurement } from './fio.js';
 import type { MirrorContext, MirrorResult } from './mirror-rows.js';
-import { cpuSeconds, dropPageCache, machineBusySeconds, sleep } from './proc.js';
+import { cpuSeconds, machineBusySeconds, sleep } from './proc.js';
 import { rows as fioRows, type RowDef } from './rows.js';
 import { BENCH_STAGING_SIZE, drained, ferryServer, waitInSync, type FerryApi } from './servers.js';
 
@@ -155,11 +155,6 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
     if (st.consumers.length < 2) throw new Error(`group-4-disks: the staging area of ${o} has consumers ${JSON.stringify(st.consumers)}, expected the disk's and a mirror's`);
   }
   ctx.log(`group: ${configs.map((c) => `${owners(c).length} mirror(s) of ${c}`).join(', ')} in sync in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
-  // The syncs read every disk and wrote every mirror file sequentially, all at once: the page
-  // cache they leave (large folios, sized by how fragmented memory was at that moment) would
-  // weigh on one configuration's random writes more than the other's. Every file starts with none.
-  const cached = fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => /\.(img|stg)$/.test(f) && !f.startsWith('ferryd'));
-  for (const f of cached) dropPageCache(path.join(dir, f));
 
   const settle = async (): Promise<void> => {
     await ctx.settle(files.get(used[0]!)!);
@@ -241,7 +236,7 @@ export async function runGroupRows(ids: string[], ctx: MirrorContext): Promise<G
   }
   await server.stop();
 
-  const method = `One ferryd of its own (${server.command}) serving ${2 * DISKS} fully written ${diskMiB} MiB disks (same fill as above; BENCH_GROUP_DISK_MIB), adopted: s0..s3, each with its own ${perStagingMiB} MiB staging area (\`POST /v1/disks/sN/staging\`) and its own local mirror onto a new file (\`POST /v1/disks/sN/mirror {to: local:FILE}\`), and g0..g3, the members of one consistency group with one staging area of the same total size (\`POST /v1/groups {name, disks, staging, stagingSize: ${DISKS * perStagingMiB}M}\`, as \`ferry group create\` does) and the group's local mirror (\`POST /v1/groups/${GROUP}/mirror {to: local:DIR}\`, as \`ferry mirror create --group --to local:DIR\` does: a file per member); every mirror synced before the first run, then every disk, staging and mirror file's page cache dropped (the syncs' sequential reads and writes leave large folios, which make 4 KiB random writes costlier by an amount that depends on the memory of the moment). A run is 4 fio processes at once, one per disk (the 4 KiB random write QD32 job of the rows, ${ctx.timing.rampSeconds}+${ctx.timing.seconds} s); the two configurations alternate, the order swapped every repeat, each run from steady state (mirrors in sync, staging areas drained, \`sync -f\`, a quiet machine). ${ctx.repeats} repeat(s); medians`;
+  const method = `One ferryd of its own (${server.command}) serving ${2 * DISKS} fully written ${diskMiB} MiB disks (same fill as above; BENCH_GROUP_DISK_MIB), adopted: s0..s3, each with its own ${perStagingMiB} MiB staging area (\`POST /v1/disks/sN/staging\`) and its own local mirror onto a new file (\`POST /v1/disks/sN/mirror {to: local:FILE}\`), and g0..g3, the members of one consistency group with one staging area of the same total size (\`POST /v1/groups {name, disks, staging, stagingSize: ${DISKS * perStagingMiB}M}\`, as \`ferry group create\` does) and the group's local mirror (\`POST /v1/groups/${GROUP}/mirror {to: local:DIR}\`, as \`ferry mirror create --group --to local:DIR\` does: a file per member); every mirror synced before the first run (the syncs leave the page cache as they found it: src/mirror/sync-engine.ts). A run is 4 fio processes at once, one per disk (the 4 KiB random write QD32 job of the rows, ${ctx.timing.rampSeconds}+${ctx.timing.seconds} s); the two configurations alternate, the order swapped every repeat, each run from steady state (mirrors in sync, staging areas drained, \`sync -f\`, a quiet machine). ${ctx.repeats} repeat(s); medians`;
   if (configs.length < 2) {
     ctx.log(`group-4-disks: BENCH_GROUP_ONLY=${only}: one configuration, no verdict`);
     return { results: [], method };

@@ -3,7 +3,8 @@
  * path needs. fallocate() modes (preallocate a staging area, punch holes for
  * TRIM, zero ranges for WRITE_ZEROES), the block-device ioctls that stand in for
  * them (BLKDISCARD, BLKZEROOUT), SEEK_DATA/SEEK_HOLE for allocation maps, the size
- * of a block device, a read-ahead hint, and a read that never waits for the device
+ * of a block device, a read-ahead hint and its opposite (pages not needed again), the count
+ * of a range's cached pages (cachestat), and a read that never waits for the device
  * (preadv2 RWF_NOWAIT: served from the page cache or refused). Anything that can block
  * on the device runs on the libuv thread pool; the lseek calls are metadata lookups and
  * the non-waiting read only copies cached pages, so those run inline. A batch of
@@ -30,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -370,6 +372,46 @@ static napi_value will_need(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* dontNeed(fd, offset, length): the range's pages are not needed again (POSIX_FADV_DONTNEED):
+ * clean ones leave the page cache, dirty ones are written back first. Advisory. */
+static napi_value dont_need(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int fd;
+  int64_t offset, length;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_int64(env, argv[1], &offset));
+  CHECK(napi_get_value_int64(env, argv[2], &length));
+  int rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED);
+  if (rc != 0) napi_throw(env, errno_error(env, rc, "posix_fadvise"));
+  return NULL;
+}
+
+/* cachedPages(fd, offset, length): how many pages of the range the page cache holds (Linux 6.5
+ * cachestat(2)), or -1 where the kernel cannot tell. */
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct ferry_cachestat_range { uint64_t off, len; };
+struct ferry_cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+static napi_value cached_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], out;
+  int fd;
+  int64_t offset, length;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_int64(env, argv[1], &offset));
+  CHECK(napi_get_value_int64(env, argv[2], &length));
+  struct ferry_cachestat_range range = {(uint64_t)offset, (uint64_t)length};
+  struct ferry_cachestat cs;
+  memset(&cs, 0, sizeof cs);
+  long rc = syscall(__NR_cachestat, fd, &range, &cs, 0);
+  CHECK(napi_create_int64(env, rc == 0 ? (int64_t)cs.nr_cache : -1, &out));
+  return out;
+}
+
 /* lockExclusive(fd): flock(LOCK_EX | LOCK_NB); throws EWOULDBLOCK when another open file holds it. */
 static napi_value lock_exclusive(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -419,6 +461,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"space", NULL, space, NULL, NULL, NULL, napi_default, NULL},
     {"seek", NULL, seek, NULL, NULL, NULL, napi_default, NULL},
     {"willNeed", NULL, will_need, NULL, NULL, NULL, napi_default, NULL},
+    {"dontNeed", NULL, dont_need, NULL, NULL, NULL, napi_default, NULL},
+    {"cachedPages", NULL, cached_pages, NULL, NULL, NULL, napi_default, NULL},
     {"readCached", NULL, read_cached, NULL, NULL, NULL, napi_default, NULL},
     {"writeBatch", NULL, write_batch, NULL, NULL, NULL, napi_default, NULL},
     {"lockExclusive", NULL, lock_exclusive, NULL, NULL, NULL, napi_default, NULL},

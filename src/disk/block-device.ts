@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import assert from 'node:assert/strict';
 import { FerryError, fromSystemError } from '../errors.js';
-import { SpaceOp, WRITE_BATCH_BUFFERS_MAX, deviceSize, readCached, seekData, seekHole, space, willNeed, writeBatch } from './native-io.js';
+import { SpaceOp, WRITE_BATCH_BUFFERS_MAX, cachedPages, deviceSize, dontNeed, readCached, seekData, seekHole, space, willNeed, writeBatch } from './native-io.js';
 import { SyncBatcher } from './sync-batcher.js';
 import { lockFile, type FileLock } from './file-lock.js';
 import type { Store } from './store.js';
@@ -440,6 +440,26 @@ export class BlockDevice implements Store {
       willNeed(this.fd, offset, length);
     } catch {
       // Read-ahead is advisory.
+    }
+  }
+
+  /** Pages of the range in the page cache; -1 where the kernel cannot tell. */
+  cachedPages(offset: number, length: number): number {
+    this.check(offset, length);
+    try {
+      return cachedPages(this.fd, offset, length);
+    } catch {
+      return -1;
+    }
+  }
+
+  /** The range's pages are not needed again (a hint, so failures are ignored). */
+  dropCache(offset: number, length: number): void {
+    this.check(offset, length);
+    try {
+      dontNeed(this.fd, offset, length);
+    } catch {
+      // Advisory, as read-ahead is.
     }
   }
 

@@ -206,6 +206,22 @@ export class ConcatStore implements DiskStore {
     for (const p of this.pieces(offset, length)) if (p.member) p.member.store.prefetch(p.at, p.length);
   }
 
+  /** Cached pages of the members' parts of the range; -1 if any member cannot tell (gaps hold none). */
+  cachedPages(offset: number, length: number): number {
+    let n = 0;
+    for (const p of this.pieces(offset, length)) {
+      if (!p.member) continue;
+      const c = p.member.store.cachedPages?.(p.at, p.length) ?? -1;
+      if (c < 0) return -1;
+      n += c;
+    }
+    return n;
+  }
+
+  dropCache(offset: number, length: number): void {
+    for (const p of this.pieces(offset, length)) if (p.member) p.member.store.dropCache?.(p.at, p.length);
+  }
+
   async sync(): Promise<void> {
     await Promise.all(this.members.map((m) => m.store.sync()));
   }

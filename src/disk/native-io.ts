@@ -11,6 +11,8 @@ interface Addon {
   space(fd: number, op: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
   seek(fd: number, offset: number, which: number): number;
   willNeed(fd: number, offset: number, length: number): void;
+  dontNeed(fd: number, offset: number, length: number): void;
+  cachedPages(fd: number, offset: number, length: number): number;
   /** Absent from an addon built before it existed: then every read goes to the pool. */
   readCached?(fd: number, buf: Buffer, bufOffset: number, length: number, position: number): number;
   writeBatch(fd: number | number[], buffers: Buffer[], offsets: number[], cb: (err: NodeJS.ErrnoException | null) => void): void;
@@ -45,6 +47,16 @@ export function deviceSize(fd: number): number {
 
 export function willNeed(fd: number, offset: number, length: number): void {
   addon.willNeed(fd, offset, length);
+}
+
+/** The range's pages are not needed again: clean ones leave the page cache (dirty ones are written back first). */
+export function dontNeed(fd: number, offset: number, length: number): void {
+  addon.dontNeed(fd, offset, length);
+}
+
+/** Pages of the range in the page cache, or -1 where the kernel cannot tell (cachestat(2), Linux 6.5). */
+export function cachedPages(fd: number, offset: number, length: number): number {
+  return addon.cachedPages(fd, offset, length);
 }
 
 /**

@@ -25,6 +25,14 @@ export interface Store {
    * Optional: a FUA write is a write and a sync without it.
    */
   writeFua?(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void>;
+  /**
+   * Page-cache hints for a one-off pass over the store (a mirror's sync): `cachedPages` counts the
+   * range's pages the page cache holds now (-1: unknown), `dropCache` says they are not needed
+   * again (clean ones leave the cache, dirty ones are written back first). Advisory: a store
+   * without a page cache of its own has neither.
+   */
+  cachedPages?(offset: number, length: number): number;
+  dropCache?(offset: number, length: number): void;
   /** Makes every write completed before the call durable. */
   sync(): Promise<void>;
   /** False once the path no longer names the open file (removed or replaced underneath us). */

@@ -312,7 +312,7 @@ export class Mirror {
       if (this.closed || this.committer.isPaused || this.syncDone || this.mode === 'bitmap') return;
       const dirty = this.mode === 'resync' ? this.dirty : null;
       const engine = new SyncEngine(
-        { size: volume.size, read: (b, o, l, off) => volume.readInternal(b, o, l, off), extents: (off, len, max) => volume.extents(off, len, max) },
+        { size: volume.size, read: (b, o, l, off) => volume.readInternal(b, o, l, off), extents: (off, len, max) => volume.extents(off, len, max), cachedPages: (off, len) => volume.primaryStore.cachedPages?.(off, len) ?? -1, dropCache: (off, len) => volume.primaryStore.dropCache?.(off, len) },
         this.target,
         dirty
           ? {

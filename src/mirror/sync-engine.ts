@@ -16,11 +16,24 @@
 // the workers go on copying. A target far away (a remote mirror: every chunk makes a round
 // trip over the replication link and waits its turn at the mirror site) asks for more
 // chunks in flight (SyncTargetHints), so the link never idles while chunks are read and sent.
+// Page cache: a sync passes over the disk once, so it leaves the cache as it found it. A chunk
+// that had at most an eighth of its pages cached before the engine came near it is released
+// after its read: each chunk is asked (cachestat) coldLeadChunks ahead of the one being read,
+// before the engine's reads and their read-ahead reach it, one bit per chunk kept. The target's
+// pages are released once a checkpoint made them durable. Kept, they would crowd out the clients' pages,
+// and being read ahead and written in large runs they are large folios, which make every
+// small write the clients send afterwards dearer (docs/BENCHMARKS.md: the group row measured
+// other CPU 0.66 cores and twice ferryd's CPU per write with them).
 import assert from 'node:assert';
 import type { Logger } from 'pino';
 import type { Extent } from '../disk/block-device.js';
 import type { DiskStore } from '../disk/store.js';
 import { ChunkHolds, SYNC_CHUNK_BYTES } from './chunk-holds.js';
+
+/** The page size cachedPages counts in. */
+const pageBytes = 4096;
+/** How far ahead of the chunk being read the cache is asked about (beyond any read-ahead: 256 MiB). */
+const coldLeadChunks = 64;
 
 export type SyncMode = 'full' | 'checksum';
 
@@ -29,6 +42,9 @@ export interface SyncSource {
   readonly size: number;
   read(buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void>;
   extents(offset: number, length: number, extentsMax: number): Extent[];
+  /** The page-cache hints of the disk under it (Store.cachedPages/dropCache); a source without them leaves the cache alone. */
+  cachedPages?(offset: number, length: number): number;
+  dropCache?(offset: number, length: number): void;
 }
 
 export interface SyncOptions {
@@ -89,6 +105,12 @@ export class SyncEngine {
   private checkpointError: Error | null = null;
   private readonly startedAt = Date.now();
   private readonly startedCursor: number;
+  /** One bit per chunk hardly cached before the engine came near it: its pages are released after its read (null: the source cannot tell). */
+  private cold: Uint8Array | null;
+  /** Chunks below this were asked (from the cursor at the start on). */
+  private coldAskedTo: number;
+  /** The target's pages below this were released (after the checkpoint that made them durable). */
+  private releasedTo: number;
   copiedBytes = 0;
   skippedBytes = 0;
   done = false;
@@ -101,6 +123,9 @@ export class SyncEngine {
   ) {
     this.cursor = Math.min(opts.startCursor, source.size);
     this.startedCursor = this.cursor;
+    this.releasedTo = this.cursor;
+    this.cold = source.cachedPages ? new Uint8Array(Math.ceil(Math.ceil(source.size / SYNC_CHUNK_BYTES) / 8)) : null;
+    this.coldAskedTo = Math.floor(this.cursor / SYNC_CHUNK_BYTES);
     this.holds = opts.holds ?? new ChunkHolds();
     if (opts.granules) assert.ok(opts.granules.bytes > 0 && SYNC_CHUNK_BYTES % opts.granules.bytes === 0, 'granules divide a sync chunk');
   }
@@ -144,6 +169,7 @@ export class SyncEngine {
   }
 
   start(): Promise<void> {
+    this.askCold(Math.floor(this.cursor / SYNC_CHUNK_BYTES) + coldLeadChunks);
     this.running ??= this.run().catch((err) => {
       this.error = (err as Error).message;
       this.opts.log.error({ err: this.error }, 'mirror sync failed; it resumes from its checkpoint when restarted');
@@ -240,6 +266,9 @@ export class SyncEngine {
     const cursor = this.cursor;
     await this.target.sync();
     this.opts.onCheckpoint(cursor);
+    // What the sync made durable is not needed in the cache (clean now: it leaves at once).
+    if (cursor > this.releasedTo) this.target.dropCache?.(this.releasedTo, cursor - this.releasedTo);
+    this.releasedTo = Math.max(this.releasedTo, cursor);
   }
 
   private async copyChunk(chunk: number, bufs: ChunkBuffers): Promise<void> {
@@ -255,11 +284,38 @@ export class SyncEngine {
     const release = this.holds.hold(chunk);
     try {
       const buf = bufs.ours.subarray(0, length);
+      const cold = this.isCold(offset);
       await this.source.read(buf, 0, length, offset);
+      if (cold) this.source.dropCache?.(offset, length);
       if (this.opts.mode === 'checksum') await this.writeDiffering(buf, offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, length));
       else await this.writeData(buf, offset);
     } finally {
       release();
+    }
+  }
+
+  /** Whether the range was hardly cached before the sync read it (see the head of this file); unknown: no. */
+  private isCold(offset: number): boolean {
+    const chunk = Math.floor(offset / SYNC_CHUNK_BYTES);
+    this.askCold(chunk + coldLeadChunks);
+    return this.cold !== null && (this.cold[chunk >> 3]! & (1 << (chunk & 7))) !== 0;
+  }
+
+  /** Asks the source which chunks up to `last` are hardly cached (see the head of this file); stops for good where it cannot tell. */
+  private askCold(last: number): void {
+    const cold = this.cold;
+    if (!cold || !this.source.cachedPages) return;
+    const end = Math.min(last + 1, Math.ceil(this.source.size / SYNC_CHUNK_BYTES));
+    for (; this.coldAskedTo < end; this.coldAskedTo++) {
+      const c = this.coldAskedTo;
+      const offset = c * SYNC_CHUNK_BYTES;
+      const length = Math.min(SYNC_CHUNK_BYTES, this.source.size - offset);
+      const pages = this.source.cachedPages(offset, length);
+      if (pages < 0) {
+        this.cold = null;
+        return;
+      }
+      if (pages * pageBytes <= length / 8) cold[c >> 3]! |= 1 << (c & 7);
     }
   }
 
@@ -270,7 +326,9 @@ export class SyncEngine {
       for (const r of runs) {
         assert.ok(Math.floor(r.offset / SYNC_CHUNK_BYTES) === chunk && r.offset + r.length <= (chunk + 1) * SYNC_CHUNK_BYTES, 'a granule run stays within its chunk');
         const buf = bufs.ours.subarray(0, r.length);
+        const cold = this.isCold(r.offset);
         await this.source.read(buf, 0, r.length, r.offset);
+        if (cold) this.source.dropCache?.(r.offset, r.length);
         if (this.opts.mode === 'checksum') await this.writeDiffering(buf, r.offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, r.length));
         else await this.writeData(buf, r.offset);
       }

@@ -209,7 +209,8 @@ describe('reconnect and delta failback', () => {
       delete s.a.env.FERRY_FAILPOINT;
     }
     await s.a.start();
-    assert.equal((await s.a.api('GET', '/v1/disks/kp/mirror')).status, 404, "A's own mirror was dropped before the kill");
+    const gone = await s.a.api('GET', '/v1/disks/kp/mirror');
+    assert.equal(gone.body?.error?.code, 'NO_MIRROR', `A's own mirror was dropped before the kill: ${JSON.stringify(gone.body)}`);
     assert.equal((await drOf(s.a, 'kp')).state, 'fenced', 'A stays fenced, waiting for the survivor');
     await cliJson(s.a, ['mirror', 'reconnect', 'kp', '--wait']);
     const atB = await mirrorStatus(s.b, 'kp-dr');
