@@ -357,8 +357,8 @@ static napi_value read_cached(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* willNeed(fd, offset, length): start read-ahead (NBD_CMD_CACHE). */
-static napi_value will_need(napi_env env, napi_callback_info info) {
+/* posix_fadvise(fd, offset, length, advice) for the hints below; advisory, but an error is thrown. */
+static napi_value advise(napi_env env, napi_callback_info info, int advice) {
   size_t argc = 3;
   napi_value argv[3];
   int fd;
@@ -367,25 +367,20 @@ static napi_value will_need(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[0], &fd));
   CHECK(napi_get_value_int64(env, argv[1], &offset));
   CHECK(napi_get_value_int64(env, argv[2], &length));
-  int rc = posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
+  int rc = posix_fadvise(fd, offset, length, advice);
   if (rc != 0) napi_throw(env, errno_error(env, rc, "posix_fadvise"));
   return NULL;
 }
 
+/* willNeed(fd, offset, length): start read-ahead (NBD_CMD_CACHE). */
+static napi_value will_need(napi_env env, napi_callback_info info) {
+  return advise(env, info, POSIX_FADV_WILLNEED);
+}
+
 /* dontNeed(fd, offset, length): the range's pages are not needed again (POSIX_FADV_DONTNEED):
- * clean ones leave the page cache, dirty ones are written back first. Advisory. */
+ * clean ones leave the page cache, dirty ones are written back first. */
 static napi_value dont_need(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  int fd;
-  int64_t offset, length;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &fd));
-  CHECK(napi_get_value_int64(env, argv[1], &offset));
-  CHECK(napi_get_value_int64(env, argv[2], &length));
-  int rc = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED);
-  if (rc != 0) napi_throw(env, errno_error(env, rc, "posix_fadvise"));
-  return NULL;
+  return advise(env, info, POSIX_FADV_DONTNEED);
 }
 
 /* cachedPages(fd, offset, length): how many pages of the range the page cache holds (Linux 6.5
