@@ -59,7 +59,7 @@ export function DiskPage({ name }: { name: string }) {
       {s && <StagingCard s={s} />}
       {m ? <MirrorActions disk={name} m={m} /> : d.state === 'online' && !d.group && <CreateMirror disk={name} />}
       {m && (m.role === 'replica' || m.link) && <Switchover disk={name} m={m} clients={d.clients} />}
-      {(d.dr ?? m?.dr)?.state === 'fenced' || (d.dr ?? m?.dr)?.state === 'split-brain' ? <Reconnect disk={name} dr={(d.dr ?? m?.dr)!} /> : null}
+      <Reconnect disk={name} dr={d.dr ?? m?.dr ?? null} />
       {m && <TestFailoverPanel disk={name} m={m} />}
       {m && m.role === 'primary' && <SetMirror disk={name} />}
       <DiskRemove disk={name} />

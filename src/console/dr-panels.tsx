@@ -109,14 +109,19 @@ export function Switchover({ disk, m, clients }: { disk: string; m: Mirror; clie
  * writes since then are thrown away (in split brain it is named as the side to discard), so
  * the typed confirmation guards it; attached NBD clients are disconnected.
  */
-export function Reconnect({ disk, dr }: { disk: string; dr: DiskDr }) {
+export function Reconnect({ disk, dr }: { disk: string; dr: DiskDr | null }) {
   const a = useAction();
   const [confirm, setConfirm] = useState(false);
+  // Offered on a fenced or split-brain disk only; but once run, the card stays to show the
+  // outcome: the page's polls see the roles change before the request answers.
+  const offered = dr?.state === 'fenced' || dr?.state === 'split-brain';
+  if (!offered && !a.busy && !a.result && !a.error) return null;
+  const splitBrain = dr?.state === 'split-brain';
   const run = (): void => {
     setConfirm(false);
     void a.run('reconnect', async () => {
       const site = await api<{ name: string | null }>('GET', '/v1/site');
-      const discard = dr.state === 'split-brain' && site.name ? `&discardChangesAt=${enc(site.name)}` : '';
+      const discard = splitBrain && site.name ? `&discardChangesAt=${enc(site.name)}` : '';
       const r = await api<ReconnectResult>('POST', `/v1/disks/${enc(disk)}/mirror/reconnect?force=true${discard}`);
       return `reconnected: the replica of ${r.primary} now, generation ${r.generation}; resyncing ${bytes(r.resyncBytes)} of ${bytes(r.diskBytes)} (changed here ${bytes(r.changedHereBytes)}, there ${bytes(r.changedThereBytes)}), ${r.disconnected} client(s) disconnected`;
     });
@@ -126,17 +131,17 @@ export function Reconnect({ disk, dr }: { disk: string; dr: DiskDr }) {
       <h3>Reconnect as the replica</h3>
       <p>
         <small>
-          {dr.state === 'fenced' ? 'The other site was promoted past this one.' : 'Both sites took writes since they diverged; reconnecting here discards the writes made at this site.'} This disk becomes the replica of
+          {!splitBrain ? 'The other site was promoted past this one.' : 'Both sites took writes since they diverged; reconnecting here discards the writes made at this site.'} This disk becomes the replica of
           the other site, which sends only the regions changed on either side since they diverged; this site's writes since then are lost. Its current image is kept by an undo log
           until the resync completes.
         </small>
       </p>
       <div class="buttons">
-        <button type="button" class="danger" disabled={a.busy} onClick={() => setConfirm(true)}>
+        <button type="button" class="danger" disabled={a.busy || !offered} onClick={() => setConfirm(true)}>
           Reconnect…
         </button>
       </div>
-      {confirm && (
+      {confirm && offered && (
         <TypedConfirm
           disk={disk}
           what="Reconnect, discarding this site's writes"

@@ -203,7 +203,9 @@ describe('web console, two sites', () => {
     assert.equal(await confirmButton.isDisabled(), true, 'behind the typed confirmation');
     await pageA.getByLabel('type the disk name to confirm').fill('fx');
     await confirmButton.click();
-    await waitText(pageA, 'reconnected', '[role=status]', (t) => t.includes('reconnected: the replica of site-b:fx-dr'), 120_000);
+    // The card, not its status line alone: a failure shows its error there, and the card stays
+    // while the page's polls see the roles change before the request answers.
+    await waitText(pageA, 'reconnected', '[aria-label=reconnect]', (t) => t.includes('reconnected: the replica of site-b:fx-dr'), 120_000);
     await waitText(pageA, 'A holds the replica', '#disk-title', (t) => t.includes('Disk fx (replica)'), 60_000);
     await waitText(pageA, "A's DR state is normal again", '[data-testid=dr-state]', (t) => t.includes('DR normal'), 60_000);
     await waitFor('B in sync with A again', async () => (await b.api('GET', '/v1/disks/fx-dr/mirror')).body?.state === 'in-sync', 60_000);
