@@ -75,10 +75,12 @@ export async function caughtUp(apiA: FerryApi, disk: string, timeoutMs = 120_000
   for (;;) {
     const st = await apiA('GET', `/v1/disks/${disk}/mirror`);
     if (st.state === 'in-sync' && st.consistent && st.lagRecords === 0 && st.link?.state === 'connected') return st;
-    // In bitmap mode (a run overflowed the staging area: onFull bitmap, a legitimate outcome of a
-    // heavy row) the link's error says so while the regions resync: wait for that, as for the rest.
+    // Waited through, as the stream redials: a remote link's error (after a switchover the new
+    // primary's first attach can meet the old one between its roles, switchover.ts step 5), and
+    // the bitmap mode's (a run overflowed the staging area: onFull bitmap, a legitimate outcome
+    // of a heavy row) while the regions resync. A local mirror's committer error stays.
     const resyncing = st.state === 'bitmap' || st.state === 'resyncing';
-    if (st.syncError || (st.committerError && !resyncing)) throw new Error(`mirror of ${disk}: ${st.syncError ?? st.committerError}`);
+    if (st.syncError || (st.committerError && !resyncing && !st.link)) throw new Error(`mirror of ${disk}: ${st.syncError ?? st.committerError}`);
     if (Date.now() > deadline) throw new Error(`mirror of ${disk} not caught up after ${timeoutMs} ms: ${JSON.stringify(st)}`);
     await sleep(pollMs);
   }
