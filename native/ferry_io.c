@@ -357,16 +357,22 @@ static napi_value read_cached(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* posix_fadvise(fd, offset, length, advice) for the hints below; advisory, but an error is thrown. */
-static napi_value advise(napi_env env, napi_callback_info info, int advice) {
+/* The (fd, offset, length) arguments of the page-cache calls below. */
+static napi_status fd_range_args(napi_env env, napi_callback_info info, int *fd, int64_t *offset, int64_t *length) {
   size_t argc = 3;
   napi_value argv[3];
+  napi_status status;
+  if ((status = napi_get_cb_info(env, info, &argc, argv, NULL, NULL)) != napi_ok) return status;
+  if ((status = napi_get_value_int32(env, argv[0], fd)) != napi_ok) return status;
+  if ((status = napi_get_value_int64(env, argv[1], offset)) != napi_ok) return status;
+  return napi_get_value_int64(env, argv[2], length);
+}
+
+/* posix_fadvise(fd, offset, length, advice) for the hints below; advisory, but an error is thrown. */
+static napi_value advise(napi_env env, napi_callback_info info, int advice) {
   int fd;
   int64_t offset, length;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &fd));
-  CHECK(napi_get_value_int64(env, argv[1], &offset));
-  CHECK(napi_get_value_int64(env, argv[2], &length));
+  CHECK(fd_range_args(env, info, &fd, &offset, &length));
   int rc = posix_fadvise(fd, offset, length, advice);
   if (rc != 0) napi_throw(env, errno_error(env, rc, "posix_fadvise"));
   return NULL;
@@ -391,14 +397,10 @@ static napi_value dont_need(napi_env env, napi_callback_info info) {
 struct ferry_cachestat_range { uint64_t off, len; };
 struct ferry_cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
 static napi_value cached_pages(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3], out;
+  napi_value out;
   int fd;
   int64_t offset, length;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_int32(env, argv[0], &fd));
-  CHECK(napi_get_value_int64(env, argv[1], &offset));
-  CHECK(napi_get_value_int64(env, argv[2], &length));
+  CHECK(fd_range_args(env, info, &fd, &offset, &length));
   struct ferry_cachestat_range range = {(uint64_t)offset, (uint64_t)length};
   struct ferry_cachestat cs;
   memset(&cs, 0, sizeof cs);

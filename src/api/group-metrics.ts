@@ -7,9 +7,9 @@
 // the ferry_mirror_* series and its staging area in the ferry_staging_* series, both under the
 // group's name as `disk` (a group's name is in the disks' namespace).
 import client from 'prom-client';
-import type { Daemon } from '../control/daemon.js';
+import type { ScrapeView } from './scrape-view.js';
 
-export function registerGroupMetrics(registry: client.Registry, daemon: Daemon): void {
+export function registerGroupMetrics(registry: client.Registry, view: ScrapeView): void {
   new client.Gauge({
     name: 'ferry_group_members',
     help: 'Disks in a consistency group (they share its staging area, so one write order)',
@@ -17,7 +17,7 @@ export function registerGroupMetrics(registry: client.Registry, daemon: Daemon):
     registers: [registry],
     collect() {
       this.reset();
-      for (const g of daemon.groups.list()) this.set({ group: g.name }, g.members.length);
+      for (const g of view.groups()) this.set({ group: g.name }, g.members.length);
     },
   });
   new client.Gauge({
@@ -27,7 +27,7 @@ export function registerGroupMetrics(registry: client.Registry, daemon: Daemon):
     registers: [registry],
     collect() {
       this.reset();
-      for (const g of daemon.groups.list()) this.set({ group: g.name }, g.state === 'online' ? 1 : 0);
+      for (const g of view.groups()) this.set({ group: g.name }, g.state === 'online' ? 1 : 0);
     },
   });
   new client.Gauge({
@@ -37,8 +37,8 @@ export function registerGroupMetrics(registry: client.Registry, daemon: Daemon):
     registers: [registry],
     collect() {
       this.reset();
-      // A group's mirror status carries its members (mirror-control.ts statusOf).
-      for (const s of daemon.mirrors.status()) for (const m of s.members ?? []) this.set({ group: s.disk, disk: m.disk, target: m.target }, m.synced ? 1 : 0);
+      // A group's mirror status carries its members (mirror-control.ts statusOf); one status per scrape (scrape-view.ts).
+      for (const s of view.mirrors()) for (const m of s.members ?? []) this.set({ group: s.disk, disk: m.disk, target: m.target }, m.synced ? 1 : 0);
     },
   });
   for (const [name, help, field] of [
@@ -52,7 +52,7 @@ export function registerGroupMetrics(registry: client.Registry, daemon: Daemon):
       registers: [registry],
       collect() {
         this.reset();
-        for (const s of daemon.mirrors.status()) for (const m of s.members ?? []) if (m[field] !== null) this.set({ group: s.disk, disk: m.disk }, m[field]);
+        for (const s of view.mirrors()) for (const m of s.members ?? []) if (m[field] !== null) this.set({ group: s.disk, disk: m.disk }, m[field]);
       },
     });
   }

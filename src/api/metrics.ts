@@ -2,12 +2,14 @@
 // disks (I/O counters, clients, online), staging areas (fill, free bytes, copy health,
 // records not yet applied), mirrors (state as an enum gauge, lag, sync progress, dirty bytes,
 // link, RPO target and whether it is met); consistency groups (group-metrics.ts; a group's staging
-// area and mirror are in the staging and mirror series under its name). Served at /metrics on the API (with the token) and, with `serve --metrics`, on an
+// area and mirror are in the staging and mirror series under its name). Each list is built
+// once per scrape (scrape-view.ts). Served at /metrics on the API (with the token) and, with `serve --metrics`, on an
 // address of its own without one (metrics-server.ts) for Prometheus to scrape.
 import client from 'prom-client';
 import type { Daemon } from '../control/daemon.js';
 import type { MirrorState } from '../mirror/mirror.js';
 import { registerGroupMetrics } from './group-metrics.js';
+import { ScrapeView, type StagingInfo } from './scrape-view.js';
 
 /** Every state a mirror can be in (mirror/mirror.ts; the compiler checks none is missing), one series each in ferry_mirror_state. */
 const MIRROR_STATES = Object.keys({ syncing: 1, 'in-sync': 1, paused: 1, bitmap: 1, resyncing: 1 } satisfies Record<MirrorState, 1>) as MirrorState[];
@@ -16,6 +18,7 @@ export class Metrics {
   private readonly registry = new client.Registry();
 
   constructor(daemon: Daemon) {
+    const view = new ScrapeView(daemon);
     client.collectDefaultMetrics({ register: this.registry, prefix: 'ferry_process_' });
     type Stats = NonNullable<ReturnType<Daemon['disks']['list']>[number]['stats']>;
     const perDiskCounter = (name: string, help: string, pick: (s: Stats) => number): void => {
@@ -26,7 +29,7 @@ export class Metrics {
         registers: [this.registry],
         collect() {
           this.reset();
-          for (const d of daemon.disks.list()) if (d.stats) this.inc({ disk: d.name }, pick(d.stats));
+          for (const d of view.disks()) if (d.stats) this.inc({ disk: d.name }, pick(d.stats));
         },
       });
     };
@@ -42,7 +45,7 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        for (const d of daemon.disks.list()) this.set({ disk: d.name }, d.clients);
+        for (const d of view.disks()) this.set({ disk: d.name }, d.clients);
       },
     });
     new client.Gauge({
@@ -52,26 +55,16 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        for (const d of daemon.disks.list()) this.set({ disk: d.name }, d.state === 'online' ? 1 : 0);
+        for (const d of view.disks()) this.set({ disk: d.name }, d.state === 'online' ? 1 : 0);
       },
     });
-    this.stagingGauges(daemon);
-    this.mirrorGauges(daemon);
-    registerGroupMetrics(this.registry, daemon);
+    this.stagingGauges(view);
+    this.mirrorGauges(view);
+    registerGroupMetrics(this.registry, view);
   }
 
-  private stagingGauges(daemon: Daemon): void {
-    type Info = ReturnType<Daemon['staging']['show']>;
-    /** Every online disk's staging area, and every group's under its name (those without one, or unavailable, are left out). */
-    const stagings = (): Info[] =>
-      [...daemon.disks.list().filter((d) => d.state === 'online').map((d) => d.name), ...daemon.groups.list().map((g) => g.name)].flatMap((name) => {
-        try {
-          return [daemon.staging.show(name)];
-        } catch {
-          return []; // NO_STAGING
-        }
-      });
-    const gauge = (name: string, help: string, pick: (s: Info) => number): void => {
+  private stagingGauges(view: ScrapeView): void {
+    const gauge = (name: string, help: string, pick: (s: StagingInfo) => number): void => {
       new client.Gauge({
         name,
         help,
@@ -79,7 +72,7 @@ export class Metrics {
         registers: [this.registry],
         collect() {
           this.reset();
-          for (const s of stagings()) this.set({ disk: s.disk }, pick(s));
+          for (const s of view.stagings()) this.set({ disk: s.disk }, pick(s));
         },
       });
     };
@@ -96,13 +89,13 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        for (const s of stagings()) for (const c of s.copies) this.set({ disk: s.disk, copy: c.path }, c.healthy ? 1 : 0);
+        for (const s of view.stagings()) for (const c of s.copies) this.set({ disk: s.disk, copy: c.path }, c.healthy ? 1 : 0);
       },
     });
   }
 
-  private mirrorGauges(daemon: Daemon): void {
-    type St = ReturnType<Daemon['mirrors']['status']>[number];
+  private mirrorGauges(view: ScrapeView): void {
+    type St = ReturnType<ScrapeView['mirrors']>[number];
     const gauge = (name: string, help: string, pick: (s: St) => number | null): void => {
       new client.Gauge({
         name,
@@ -111,7 +104,7 @@ export class Metrics {
         registers: [this.registry],
         collect() {
           this.reset();
-          for (const s of daemon.mirrors.status()) {
+          for (const s of view.mirrors()) {
             const v = pick(s);
             if (v !== null) this.set({ disk: s.disk, role: s.role, target: s.target }, v);
           }
@@ -125,7 +118,7 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        for (const s of daemon.mirrors.status()) for (const state of MIRROR_STATES) this.set({ disk: s.disk, role: s.role, target: s.target, state }, s.state === state ? 1 : 0);
+        for (const s of view.mirrors()) for (const state of MIRROR_STATES) this.set({ disk: s.disk, role: s.role, target: s.target, state }, s.state === state ? 1 : 0);
       },
     });
     gauge('ferry_mirror_dirty_bytes', 'Bytes marked dirty while the mirror fell back to its bitmap, still to resync', (s) => s.dirtyBytes);
@@ -148,7 +141,7 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.reset();
-        for (const s of daemon.mirrors.status()) if (s.role === 'primary' && s.rpo && s.rpo.targetSeconds !== null) this.inc({ disk: s.disk, role: s.role, target: s.target }, s.rpo.breaches);
+        for (const s of view.mirrors()) if (s.role === 'primary' && s.rpo && s.rpo.targetSeconds !== null) this.inc({ disk: s.disk, role: s.role, target: s.target }, s.rpo.breaches);
       },
     });
   }

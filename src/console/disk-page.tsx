@@ -58,7 +58,7 @@ export function DiskPage({ name }: { name: string }) {
       )}
       {s && <StagingCard s={s} />}
       {m ? <MirrorActions disk={name} m={m} /> : d.state === 'online' && !d.group && <CreateMirror disk={name} />}
-      {m && (m.role === 'replica' || m.link) && <Switchover disk={name} m={m} clients={d.clients} />}
+      <Switchover disk={name} m={m} clients={d.clients} />
       <Reconnect disk={name} dr={d.dr ?? m?.dr ?? null} />
       {m && <TestFailoverPanel disk={name} m={m} />}
       {m && m.role === 'primary' && <SetMirror disk={name} />}

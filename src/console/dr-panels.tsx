@@ -44,9 +44,14 @@ export function DrSummary({ dr }: { dr: DiskDr }) {
 }
 
 /** Planned switchover of a remote mirror: a confirmation step; force behind the typed disk name. */
-export function Switchover({ disk, m, clients }: { disk: string; m: Mirror; clients: number }) {
+export function Switchover({ disk, m, clients }: { disk: string; m: Mirror | undefined; clients: number }) {
   const a = useAction();
   const [confirm, setConfirm] = useState<null | 'plain' | 'force'>(null);
+  // Offered on a remote mirror at either site; once run, the card stays to show the outcome
+  // (the page's polls can see the mirror change hands before the request answers).
+  const offered = m !== undefined && (m.role === 'replica' || m.link !== null);
+  if (!offered && !a.busy && !a.result && !a.error) return null;
+  const primary = m?.role === 'primary';
   const run = (force: boolean): void => {
     setConfirm(null);
     void a.run('switchover', async () => {
@@ -59,21 +64,21 @@ export function Switchover({ disk, m, clients }: { disk: string; m: Mirror; clie
       <h3>Planned switchover</h3>
       <p>
         <small>
-          {m.role === 'primary'
-            ? `Writes here stop, every staged record reaches ${m.target}, which becomes the primary; this disk becomes its replica. No data is copied.`
+          {primary
+            ? `Writes here stop, every staged record reaches ${m!.target}, which becomes the primary; this disk becomes its replica. No data is copied.`
             : `Asks the primary site to switch over: this replica becomes the primary and the disk there its replica. No data is copied.`}
-          {m.role === 'primary' && clients > 0 && ` ${clients} NBD client(s) are attached here: refused (DISK_BUSY) unless forced.`}
+          {primary && clients > 0 && ` ${clients} NBD client(s) are attached here: refused (DISK_BUSY) unless forced.`}
         </small>
       </p>
       <div class="buttons">
-        <button type="button" disabled={a.busy} onClick={() => setConfirm('plain')}>
+        <button type="button" disabled={a.busy || !offered} onClick={() => setConfirm('plain')}>
           Switch over…
         </button>
-        <button type="button" class="danger" disabled={a.busy} onClick={() => setConfirm('force')}>
+        <button type="button" class="danger" disabled={a.busy || !offered} onClick={() => setConfirm('force')}>
           Switch over --force…
         </button>
       </div>
-      {confirm === 'plain' && (
+      {confirm === 'plain' && offered && (
         <div class="confirm" role="dialog" aria-modal="true" aria-labelledby="switchover-title">
           <h3 id="switchover-title">Switch over {disk}?</h3>
           <p>The roles of the two sites reverse. Refused with DISK_BUSY while NBD clients are attached at the primary site.</p>
@@ -87,7 +92,7 @@ export function Switchover({ disk, m, clients }: { disk: string; m: Mirror; clie
           </div>
         </div>
       )}
-      {confirm === 'force' && (
+      {confirm === 'force' && offered && (
         <TypedConfirm
           disk={disk}
           what="Switch over, disconnecting NBD clients"

@@ -36,7 +36,6 @@ import { ChunkHolds, SYNC_CHUNK_BYTES } from '../mirror/chunk-holds.js';
 import { changePolicy, type PolicyRequest } from '../mirror/mirror-policy.js';
 import { RpoWatch } from '../mirror/rpo-watch.js';
 import { DIVERGENCE_GRANULE_BYTES } from '../replication/divergence-map.js';
-import type { RegionLag } from '../journal/region-ledger.js';
 import { groupMemberChange, groupMirrorMembers, openGroupTarget, perMember, replicaLayout, unsyncedChunks, type GroupMirrorContext } from './group-mirror.js';
 
 /** How mirror control reaches peer sites (wired by the daemon). */
@@ -284,8 +283,9 @@ export class MirrorControl {
     const watch = this.rpo.get(m.disk);
     const status = m.status();
     // A group's members: each one's share of the lag, from the position the mirror has applied (or the peer acknowledged).
-    const lag = (): RegionLag[] | null => this.disks.entry(m.disk).volume?.staging?.journal.lagByRegion(status.appliedSeq + 1) ?? null;
-    const members = this.disks.isGroup(m.disk) ? { members: groupMirrorMembers(this.groupCtx, m.disk, lag()) } : {};
+    const members = this.disks.isGroup(m.disk)
+      ? { members: groupMirrorMembers(this.groupCtx, m.disk, this.disks.entry(m.disk).volume?.staging?.journal.lagByRegion(status.appliedSeq + 1) ?? null) }
+      : {};
     return { ...status, rpo: watch ? watch.observe(m.imageAtMs()) : null, ...members };
   }
 

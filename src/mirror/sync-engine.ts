@@ -283,15 +283,20 @@ export class SyncEngine {
     }
     const release = this.holds.hold(chunk);
     try {
-      const buf = bufs.ours.subarray(0, length);
-      const cold = this.isCold(offset);
-      await this.source.read(buf, 0, length, offset);
-      if (cold) this.source.dropCache?.(offset, length);
-      if (this.opts.mode === 'checksum') await this.writeDiffering(buf, offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, length));
-      else await this.writeData(buf, offset);
+      await this.copyRange(offset, length, bufs);
     } finally {
       release();
     }
+  }
+
+  /** Copies a range within one chunk (its chunk held by the caller): read, its pages dropped after if it was cold, then written. */
+  private async copyRange(offset: number, length: number, bufs: ChunkBuffers): Promise<void> {
+    const buf = bufs.ours.subarray(0, length);
+    const cold = this.isCold(offset);
+    await this.source.read(buf, 0, length, offset);
+    if (cold) this.source.dropCache?.(offset, length);
+    if (this.opts.mode === 'checksum') await this.writeDiffering(buf, offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, length));
+    else await this.writeData(buf, offset);
   }
 
   /** Whether the range was hardly cached before the sync read it (see the head of this file); unknown: no. */
@@ -325,12 +330,7 @@ export class SyncEngine {
     try {
       for (const r of runs) {
         assert.ok(Math.floor(r.offset / SYNC_CHUNK_BYTES) === chunk && r.offset + r.length <= (chunk + 1) * SYNC_CHUNK_BYTES, 'a granule run stays within its chunk');
-        const buf = bufs.ours.subarray(0, r.length);
-        const cold = this.isCold(r.offset);
-        await this.source.read(buf, 0, r.length, r.offset);
-        if (cold) this.source.dropCache?.(r.offset, r.length);
-        if (this.opts.mode === 'checksum') await this.writeDiffering(buf, r.offset, (bufs.theirs ??= Buffer.allocUnsafeSlow(SYNC_CHUNK_BYTES)).subarray(0, r.length));
-        else await this.writeData(buf, r.offset);
+        await this.copyRange(r.offset, r.length, bufs);
       }
     } finally {
       release();

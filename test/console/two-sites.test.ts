@@ -155,6 +155,8 @@ describe('web console, two sites', () => {
 
     await pageA.getByRole('button', { name: 'Switch over…' }).click();
     await pageA.getByRole('button', { name: 'Switch over', exact: true }).click();
+    // The outcome stays in its card while the page's polls see the roles change.
+    await waitText(pageA, 'switched over', '[aria-label=switchover]', (t) => t.includes('switched over: the primary is now site-b:far-dr'), 120_000);
     await waitText(pageA, 'the roles reversed at A', '#disk-title', (t) => t.includes('Disk far (replica)'), 120_000);
     const dr = await waitText(pageA, "A's DR state", '[data-testid=dr-state]', (t) => t.includes('DR normal') && /generation [0-9a-f]{16}/.test(t));
     const generation = /generation ([0-9a-f]{16})/.exec(dr)![1]!;
