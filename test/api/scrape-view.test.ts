@@ -20,8 +20,7 @@ before(async () => {
   daemon = new Daemon({ dataDir: path.join(work, 'data'), nbd: any, api: any, repl: any, tls: { mode: 'off' }, log: pino({ level: 'silent' }) });
   await daemon.start();
   await daemon.disks.create({ name: 'd1', size: 16 << 20 });
-  fs.mkdirSync(path.join(work, 'mirror'));
-  await daemon.mirrors.create({ disk: 'd1', to: `local:${path.join(work, 'mirror')}`, staging: path.join(work, 'd1.stg'), stagingSize: 64 << 20 });
+  await daemon.mirrors.create({ disk: 'd1', to: `local:${path.join(work, 'd1.mirror')}`, staging: path.join(work, 'd1.stg'), stagingSize: 64 << 20 });
 });
 after(async () => {
   await daemon.stop();
