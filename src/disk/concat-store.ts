@@ -81,7 +81,7 @@ export class ConcatStore implements DiskStore {
 
   /** Splits [offset, offset+length) at member boundaries, gaps included, in order. */
   private pieces(offset: number, length: number): Piece[] {
-    assert.ok(offset >= 0 && length >= 0 && offset + length <= this.size, `range ${offset}+${length} inside the group's ${this.size} bytes`);
+    if (!(offset >= 0 && length >= 0 && offset + length <= this.size)) assert.fail(`range ${offset}+${length} inside the group's ${this.size} bytes`); // message built on failure only
     const out: Piece[] = [];
     const end = offset + length;
     let at = offset;
@@ -124,7 +124,7 @@ export class ConcatStore implements DiskStore {
 
   private writeWith(fn: (s: DiskStore, buf: Buffer, bufOffset: number, length: number, at: number) => Promise<void>, buf: Buffer, bufOffset: number, length: number, offset: number): Promise<void> {
     const ps = this.pieces(offset, length);
-    for (const p of ps) assert.ok(p.member !== null, `C1: data written at ${offset}+${length} falls on no member of ${this.path}`);
+    for (const p of ps) if (p.member === null) assert.fail(`C1: data written at ${offset}+${length} falls on no member of ${this.path}`);
     if (ps.length === 1) return fn(ps[0]!.member!.store, buf, bufOffset, length, ps[0]!.at);
     return Promise.all(ps.map((p) => fn(p.member!.store, buf, bufOffset + p.rel, p.length, p.at))).then(() => undefined);
   }
@@ -153,7 +153,7 @@ export class ConcatStore implements DiskStore {
         continue;
       }
       for (const p of this.pieces(offsets[i]!, b.length)) {
-        assert.ok(p.member !== null, `C1: data written at ${offsets[i]}+${b.length} falls on no member of ${this.path}`);
+        if (p.member === null) assert.fail(`C1: data written at ${offsets[i]}+${b.length} falls on no member of ${this.path}`);
         members.push(p.member);
         bufs.push(p.rel === 0 && p.length === b.length ? b : b.subarray(p.rel, p.rel + p.length));
         ats.push(p.at);

@@ -83,4 +83,13 @@ export async function writeInOrder(store: Store, buffers: Buffer[], offsets: num
 }
 
 /** Everything a volume needs from its primary disk. */
-export type DiskStore = Store & Pick<BlockDevice, 'kind' | 'readOnly' | 'trim' | 'zero' | 'extents' | 'prefetch'>;
+export type DiskStore = Store &
+  Pick<BlockDevice, 'kind' | 'readOnly' | 'trim' | 'zero' | 'extents' | 'prefetch'> & {
+    /**
+     * A client's write handed on, callback style, to another volume's data path (a consistency
+     * group member's window onto its group): `done` once that path acknowledges it (durable
+     * when `fua`). `data` is the payload from offset 0. Optional: it spares the member's volume
+     * its own promise chain (volume.ts writeFrom).
+     */
+    forwardWrite?(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void;
+  };

@@ -67,7 +67,6 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
-
 export class Journal extends EventEmitter {
   readonly journalId: bigint;
   readonly areaBytes: number;

@@ -184,8 +184,11 @@ export class Volume {
    * `length` bytes of `data` from offset 0 (a payload buffer of the NBD receive path).
    */
   writeFrom(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
-    const dev = this.readOnly || this.fenceReason !== null || this.changeTracker !== null ? null : this.direct();
-    if (dev === null) {
+    const plain = !this.readOnly && this.fenceReason === null && this.changeTracker === null && this.staged === null && this.gate.isOpen;
+    const dev = plain ? this.direct() : null;
+    // A group member's window: the group's volume takes the write (its gate, fence, staging area).
+    const forward = plain && dev === null && this.primary.forwardWrite ? this.primary : null;
+    if (dev === null && forward === null) {
       this.write(data, 0, length, offset, fua).then(() => done(null), done);
       return;
     }
@@ -199,11 +202,12 @@ export class Volume {
       }
       done(err);
     };
+    if (forward) return forward.forwardWrite!(data, length, offset, fua, finish);
     const written = (err: Error | null): void => {
       if (err || !fua) return finish(err);
-      dev.sync().then(() => finish(null), finish);
+      dev!.sync().then(() => finish(null), finish);
     };
-    dev.writeFrom(data, 0, length, offset, written);
+    dev!.writeFrom(data, 0, length, offset, written);
   }
 
   /** The primary device when a request may go straight to it now: no staging area, gate open. */
