@@ -88,8 +88,8 @@ export type DiskStore = Store &
     /**
      * A client's write handed on, callback style, to another volume's data path (a consistency
      * group member's window onto its group): `done` once that path acknowledges it (durable
-     * when `fua`). `data` is the payload from offset 0. Optional: it spares the member's volume
-     * its own promise chain (volume.ts writeFrom).
+     * when `fua`). `data` is the payload from offset 0. Every error goes to `done`, none is
+     * thrown. Optional: it spares the member's volume its own promise chain (volume.ts writeFrom).
      */
     forwardWrite?(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void;
   };

@@ -48,7 +48,11 @@ export class WindowStore implements DiskStore {
 
   /** A client's write straight into the group's data path (see DiskStore.forwardWrite). */
   forwardWrite(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
-    this.check(offset, length);
+    try {
+      this.check(offset, length);
+    } catch (err) {
+      return done(err); // through done, never thrown: the member's volume has entered its gate
+    }
     this.group.writeFrom(data, length, this.base + offset, fua, done);
   }
 

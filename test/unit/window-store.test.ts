@@ -86,6 +86,40 @@ describe('WindowStore', () => {
     assert.deepEqual(fileBytes(files[2]!, 8192, 4096), Buffer.alloc(4096, 0x77));
     await s.close();
   });
+
+  it("a member's client write (writeFrom, the NBD path) is handed to the group's volume: mapped, counted at both, held with the group, refused by a read-only group", async () => {
+    const s = onDevices();
+    const files = s.files as string[];
+    const group = new Volume('g', s.concat, false);
+    const member = new Volume('m1', new WindowStore(group, MiB, 768 * KiB, files[1]!), false);
+    const writeFrom = (data: Buffer, offset: number, fua: boolean): Promise<void> =>
+      new Promise((resolve, reject) => member.writeFrom(data, data.length, offset, fua, (err) => (err ? reject(err) : resolve())));
+    const a = tagged(3, 8 * KiB, 9);
+    await writeFrom(a, 16 * KiB, false);
+    await writeFrom(a, 768 * KiB - 8 * KiB, true);
+    assert.deepEqual(fileBytes(files[1]!, 16 * KiB, 8 * KiB), a);
+    assert.deepEqual(fileBytes(files[1]!, 768 * KiB - 8 * KiB, 8 * KiB), a);
+    assert.equal(member.stats.writeOps, 2);
+    assert.equal(group.stats.writeOps, 2, "the writes went through the group's volume");
+    // Past the member's end: refused, nothing written, counted as the member's error.
+    await assert.rejects(writeFrom(Buffer.alloc(8 * KiB, 1), 768 * KiB - 4 * KiB, false), /inside member of/);
+    assert.equal(member.stats.errors, 1);
+    (await member.hold())(); // its gate was left: a hold of the member drains at once
+    // Held with the group, then done once it is released.
+    const release = await group.hold();
+    let settled = false;
+    const w = writeFrom(Buffer.alloc(4096, 0x66), 0, false).then(() => (settled = true));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(settled, false, 'held while the group is held');
+    release();
+    await w;
+    assert.deepEqual(fileBytes(files[1]!, 0, 4096), Buffer.alloc(4096, 0x66));
+    // A read-only group refuses it, and the member's bytes stay.
+    group.setReplicaHold(true);
+    await assert.rejects(writeFrom(Buffer.alloc(4096, 0x55), 0, false), (e: unknown) => e instanceof FerryError && e.code === 'READ_ONLY');
+    assert.deepEqual(fileBytes(files[1]!, 0, 4096), Buffer.alloc(4096, 0x66));
+    await s.close();
+  });
 });
 
 describe('FailedStore', () => {
