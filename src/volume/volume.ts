@@ -184,11 +184,11 @@ export class Volume {
    * `length` bytes of `data` from offset 0 (a payload buffer of the NBD receive path).
    */
   writeFrom(data: Buffer, length: number, offset: number, fua: boolean, done: (err: unknown) => void): void {
+    const primary = this.primary;
+    // Straight to the primary device, or, for a group member's window, to the group's volume
+    // (its gate, fence, staging area): only with this volume's own checks all clear.
     const plain = !this.readOnly && this.fenceReason === null && this.changeTracker === null && this.staged === null && this.gate.isOpen;
-    const dev = plain ? this.direct() : null;
-    // A group member's window: the group's volume takes the write (its gate, fence, staging area).
-    const forward = plain && dev === null && this.primary.forwardWrite ? this.primary : null;
-    if (dev === null && forward === null) {
+    if (!plain || !(primary instanceof BlockDevice || primary.forwardWrite)) {
       this.write(data, 0, length, offset, fua).then(() => done(null), done);
       return;
     }
@@ -202,12 +202,12 @@ export class Volume {
       }
       done(err);
     };
-    if (forward) return forward.forwardWrite!(data, length, offset, fua, finish);
+    if (!(primary instanceof BlockDevice)) return primary.forwardWrite!(data, length, offset, fua, finish);
     const written = (err: Error | null): void => {
       if (err || !fua) return finish(err);
-      dev!.sync().then(() => finish(null), finish);
+      primary.sync().then(() => finish(null), finish);
     };
-    dev!.writeFrom(data, 0, length, offset, written);
+    primary.writeFrom(data, 0, length, offset, written);
   }
 
   /** The primary device when a request may go straight to it now: no staging area, gate open. */
