@@ -5,7 +5,10 @@
 //
 // Structure: a sorted list of buckets, each a sorted array of at most bucketMax
 // extents, so insert, remove and range lookups cost O(log n + bucketMax) whatever the
-// number of extents. The number of extents is bounded by the volume (extentsMax):
+// number of extents. Every write inserts an extent and every applied record removes one,
+// so both are on the write path. Their cost is mostly moving the references after the
+// extent within its bucket, so buckets are small, and extents move in place, with no array
+// allocated per call (splice, closures). The number of extents is bounded by the volume (extentsMax):
 // writers wait for the committer rather than letting the index grow without limit.
 import assert from 'node:assert/strict';
 
@@ -20,7 +23,8 @@ export interface OverlayExtent {
   jpos: number;
 }
 
-const bucketMax = 512;
+/** Extents per bucket: 512 made an insert plus a removal cost about 1.8 µs at 400 to 6,000 extents, 32 about 0.35–0.6 µs. */
+const bucketMax = 32;
 
 export class Overlay {
   private buckets: OverlayExtent[][] = [];
@@ -87,11 +91,13 @@ export class Overlay {
   /** Adds the newest extent, trimming or splitting every older extent it overlaps. */
   insert(ext: OverlayExtent): void {
     assert.ok(ext.end > ext.start, 'overlay extents are never empty');
-    const displaced = this.removeRange(ext.start, ext.end, () => true);
-    for (const x of displaced) {
-      assert.ok(x.seq < ext.seq, 'a newer record can only replace older ones');
-      if (x.start < ext.start) this.add({ ...x, end: ext.start });
-      if (x.end > ext.end) this.add({ ...x, start: ext.end, jpos: x.kind === ExtentKind.DATA ? x.jpos + (ext.end - x.start) : -1 });
+    const displaced = this.removeRange(ext.start, ext.end, -1);
+    if (displaced !== null) {
+      for (const x of displaced) {
+        assert.ok(x.seq < ext.seq, 'a newer record can only replace older ones');
+        if (x.start < ext.start) this.add({ start: x.start, end: ext.start, seq: x.seq, kind: x.kind, jpos: x.jpos });
+        if (x.end > ext.end) this.add({ start: ext.end, end: x.end, seq: x.seq, kind: x.kind, jpos: x.kind === ExtentKind.DATA ? x.jpos + (ext.end - x.start) : -1 });
+      }
     }
     this.add(ext);
   }
@@ -99,20 +105,25 @@ export class Overlay {
   /** Drops what is left of record `seq` within [start, end) once it is on the primary. */
   removeRecord(seq: number, start: number, end: number): void {
     if (end <= start) return;
-    this.removeRange(start, end, (x) => x.seq === seq);
+    this.removeRange(start, end, seq);
   }
 
-  /** Removes and returns whole extents that overlap [start, end) and match `which`. */
-  private removeRange(start: number, end: number, which: (x: OverlayExtent) => boolean): OverlayExtent[] {
-    const out: OverlayExtent[] = [];
+  /**
+   * Removes whole extents that overlap [start, end): those of record `seq`, or every one when
+   * `seq` is -1 (returned then, null when none).
+   */
+  private removeRange(start: number, end: number, seq: number): OverlayExtent[] | null {
+    let out: OverlayExtent[] | null = null;
     if (this.count === 0) return out;
     let [b, i] = this.seek(start);
     while (b < this.buckets.length) {
       const arr = this.buckets[b]!;
       while (i < arr.length && arr[i]!.start < end) {
-        if (which(arr[i]!)) {
-          out.push(arr[i]!);
-          arr.splice(i, 1);
+        const x = arr[i]!;
+        if (seq === -1 || x.seq === seq) {
+          if (seq === -1) (out ??= []).push(x);
+          for (let k = i + 1; k < arr.length; k++) arr[k - 1] = arr[k]!;
+          arr.pop();
           this.count--;
         } else i++;
       }
@@ -143,7 +154,9 @@ export class Overlay {
       if (arr[mid]!.start < ext.start) lo = mid + 1;
       else hi = mid;
     }
-    arr.splice(lo, 0, ext);
+    arr.push(ext);
+    for (let k = arr.length - 1; k > lo; k--) arr[k] = arr[k - 1]!;
+    arr[lo] = ext;
     if (arr.length > bucketMax) this.buckets.splice(b + 1, 0, arr.splice(arr.length >> 1));
   }
 
