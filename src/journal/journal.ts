@@ -141,7 +141,7 @@ export class Journal extends EventEmitter {
     });
     this.rebuilder = new CopyRebuilder(this.copySet, this.areaBytes, this.ringBytes, log, {
       failure: () => this.failure,
-      inCheckpointChain: (fn) => this.inCheckpointChain(fn),
+      inCheckpointChain: (fn) => this.checkpoints.inChain(fn),
       underBatchLock: (fn) => this.underBatchLock(fn),
       liveRing: () => ({ from: this.tail.pos, to: this.headPos, empty: this.tail.seq === this.nextSeq }),
       checkpoint: () => this.checkpoint(),
@@ -226,7 +226,7 @@ export class Journal extends EventEmitter {
     assert.ok(Number.isSafeInteger(firstSeq) && firstSeq >= this.nextSeq, 'a rebase only moves the numbering forward');
     // In the checkpoint chain and under the batch lock: no checkpoint of the old positions can
     // complete after the restart, and no record is appended before the new positions are durable.
-    await this.inCheckpointChain(() =>
+    await this.checkpoints.inChain(() =>
       this.underBatchLock(async () => {
         assert.ok(!this.writing && this.queue.length === 0, 'no append runs during a rebase');
         for (const c of this.consumers.snapshot()) assert.equal(c.nextSeq, this.nextSeq, 'every consumer is done before a rebase');
@@ -378,7 +378,6 @@ export class Journal extends EventEmitter {
     });
   }
 
-
   /**
    * Makes every written record durable on every healthy copy (NBD FLUSH), sharing a sync
    * that is running or about to (see durability.ts).
@@ -401,7 +400,6 @@ export class Journal extends EventEmitter {
   recordTime(seq: number): number | null {
     return this.recent.get(seq)?.timeMs ?? null;
   }
-
 
   /**
    * The record `seq` expected at `pos` (or at ring start, if it wrapped), verified. From the
@@ -434,11 +432,6 @@ export class Journal extends EventEmitter {
   /** Makes the consumer positions durable on every copy, then frees the space behind them (J4; see checkpointer.ts). */
   checkpoint(): Promise<void> {
     return this.checkpoints.checkpoint();
-  }
-
-  /** Runs `fn` once every checkpoint (or rebuild join) queued before it is done; the next waits for it. */
-  private inCheckpointChain(fn: () => Promise<void>): Promise<void> {
-    return this.checkpoints.inChain(fn);
   }
 
   /** Rebuilds a failed copy onto `store` while writes go on (see copy-rebuilder.ts). */
