@@ -8,8 +8,8 @@
 // number of extents. Every write inserts an extent and every applied record removes one,
 // so both are on the write path. Their cost is mostly moving the references after the
 // extent within its bucket, so buckets are small, and extents move in place, with no array
-// allocated per call (splice, closures). The number of extents is bounded by the volume (extentsMax):
-// writers wait for the committer rather than letting the index grow without limit.
+// allocated per call (splice, closures). The number of extents is bounded by the volume
+// (extentsMax): writers wait for the committer rather than letting the index grow without limit.
 import assert from 'node:assert/strict';
 
 export const ExtentKind = { DATA: 0, ZERO: 1 } as const;
@@ -25,6 +25,8 @@ export interface OverlayExtent {
 
 /** Extents per bucket: 512 made an insert plus a removal cost about 1.8 µs at 400 to 6,000 extents, 32 about 0.35–0.6 µs. */
 const bucketMax = 32;
+/** removeRange's `seq` for every extent in the range (records are numbered from 1). */
+const EVERY_RECORD = -1;
 
 export class Overlay {
   private buckets: OverlayExtent[][] = [];
@@ -91,7 +93,7 @@ export class Overlay {
   /** Adds the newest extent, trimming or splitting every older extent it overlaps. */
   insert(ext: OverlayExtent): void {
     assert.ok(ext.end > ext.start, 'overlay extents are never empty');
-    const displaced = this.removeRange(ext.start, ext.end, -1);
+    const displaced = this.removeRange(ext.start, ext.end, EVERY_RECORD);
     if (displaced !== null) {
       for (const x of displaced) {
         assert.ok(x.seq < ext.seq, 'a newer record can only replace older ones');
@@ -110,7 +112,7 @@ export class Overlay {
 
   /**
    * Removes whole extents that overlap [start, end): those of record `seq`, or every one when
-   * `seq` is -1 (returned then, null when none).
+   * `seq` is EVERY_RECORD (returned then, null when none).
    */
   private removeRange(start: number, end: number, seq: number): OverlayExtent[] | null {
     let out: OverlayExtent[] | null = null;
@@ -120,8 +122,8 @@ export class Overlay {
       const arr = this.buckets[b]!;
       while (i < arr.length && arr[i]!.start < end) {
         const x = arr[i]!;
-        if (seq === -1 || x.seq === seq) {
-          if (seq === -1) (out ??= []).push(x);
+        if (seq === EVERY_RECORD || x.seq === seq) {
+          if (seq === EVERY_RECORD) (out ??= []).push(x);
           for (let k = i + 1; k < arr.length; k++) arr[k - 1] = arr[k]!;
           arr.pop();
           this.count--;
